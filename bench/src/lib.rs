@@ -1,0 +1,1 @@
+//! Workload samplers shared by depot benchmarks.

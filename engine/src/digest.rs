@@ -1,0 +1,54 @@
+//! The state digest: a BLAKE3 hash over a canonical rendering of the whole state. It does not
+//! depend on the number of shards, on hash-map order or on the memory layout, so two engines
+//! that processed the same commands have the same digest.
+
+use crate::front::Front;
+use crate::shard::ShardState;
+use std::collections::BTreeMap;
+
+/// Feeds the canonical state to a hasher: sorted tenants, levels, reservations and keys.
+pub fn digest<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let mut put = |s: String| {
+        h.update(s.as_bytes());
+        h.update(b"\n");
+    };
+    put(format!("seq {} now {}", front.seq, front.now));
+    for e in &front.tenants {
+        let c = &e.config;
+        put(format!("tenant {} {:?} {:?}", e.id, c.locations, c.channels));
+        put(format!("bundles {:?}", c.bundles));
+        put(format!("rules {}", serde_json::to_string(&c.rule_document).expect("rules serialize")));
+    }
+    for ((t, key), e) in front.idempotency_sorted() {
+        put(format!("idem {t} {key:?} {:?} {} {:?}", e.fingerprint, e.at, e.response));
+    }
+    let mut skus = BTreeMap::new();
+    let mut parts = BTreeMap::new();
+    let mut timers = 0usize;
+    for s in shards {
+        for (k, st) in &s.skus {
+            skus.insert((k.tenant, k.sku.clone()), (st.levels.clone(), st.chans.clone(), st.cost.clone()));
+        }
+        for (id, p) in &s.parts {
+            let mut items = p.items.clone();
+            items.sort_by_key(|i| i.item);
+            parts.entry(*id).or_insert_with(Vec::new).push((p.lifecycle, p.expires_at, p.ended_at, p.channel, items));
+        }
+        timers += s.expiry.len() + s.purge.len();
+    }
+    let _ = timers; // Timer entries are lazily deleted: their count is not part of the state.
+    for ((t, sku), (levels, chans, cost)) in skus {
+        put(format!("sku {t} {sku} {levels:?} {chans:?} {cost:?}"));
+    }
+    for (id, mut ps) in parts {
+        ps.sort_by_key(|p| p.4.first().map(|i| i.item));
+        put(format!("res {} {:?}", id.0, ps));
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Hex form of a digest.
+pub fn hex(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,1246 @@
+//! The execution protocol: `prepare` (read, per shard), `decide` (pure, over every shard's
+//! preparation), `apply` (write, per shard) and `merge` (pure, over every shard's output).
+//! `docs/allocation.md` is the specification this file implements.
+
+use crate::ats::{self, Level};
+use crate::command::{Bucket, FillPolicy};
+use crate::config::{ChanIdx, LocIdx, TenantConfig};
+use crate::ids::{ReservationId, Sku, TimeMs};
+use crate::job::{loc_id, Decision, Finished, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut, PartPrep, Prep};
+use crate::outcome::{
+    AllocationView, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView, Outcome, Refusal,
+    ReservationState, ReservationView, Reply, Shortage, StockView, Term,
+};
+use crate::rules::{CompiledRouting, OversellPolicy};
+use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------------------------
+// prepare
+
+impl ShardState {
+    /// Reads what the decision needs from this shard. Changes nothing.
+    pub fn prepare(&self, job: &Job) -> Prep {
+        match &job.kind {
+            JobKind::Reserve { channel, items, .. } => self.prepare_reserve(job, *channel, items),
+            JobKind::Extend { id, .. }
+            | JobKind::Commit { id, .. }
+            | JobKind::Release { id }
+            | JobKind::Cancel { id } => Prep::Part(self.part_prep(job, *id)),
+            JobKind::Fulfil { id, lines } => Prep::Part(self.part_prep(job, *id).map(|mut p| {
+                let part = &self.parts[id];
+                for (i, (line, loc)) in lines.iter().enumerate() {
+                    if self.owns(job.tenant, line.sku.as_str()) {
+                        p.checks.push((i, alloc_sum(part, &line.sku, *loc, |a| a.open)));
+                    }
+                }
+                p
+            })),
+            JobKind::Return { id, sku, loc, .. } => Prep::Part(self.part_prep(job, *id).map(|mut p| {
+                if self.owns(job.tenant, sku.as_str()) {
+                    let part = &self.parts[id];
+                    p.checks.push((0, alloc_sum(part, sku, *loc, |a| a.shipped - a.returned)));
+                }
+                p
+            })),
+            _ => Prep::None,
+        }
+    }
+
+    fn part_prep(&self, job: &Job, id: ReservationId) -> Option<PartPrep> {
+        self.parts.get(&id).filter(|p| p.tenant == job.tenant).map(Part::prep)
+    }
+
+    fn prepare_reserve(&self, job: &Job, channel: ChanIdx, items: &[crate::job::ItemReq]) -> Prep {
+        if self.parts.len() >= self.holds_max {
+            return Prep::Refused(Refusal::LimitExceeded {
+                what: "reservations held on one shard".into(),
+                limit: self.holds_max as u64,
+            });
+        }
+        let cfg = self.config(job.tenant);
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if !self.owns(job.tenant, item.sku.as_str()) {
+                continue;
+            }
+            let mut prep = ItemPrep { item: i, ..ItemPrep::default() };
+            if let Some(st) = self.sku(job.tenant, item.sku.as_str()) {
+                prep.ats = st.ats(channel);
+                if cfg.rules.is_empty() {
+                    prep.locations = st.levels.iter().map(|l| (l.loc, l.available())).collect();
+                } else {
+                    let app = cfg.rules.applicable(&item.sku, channel);
+                    prep.locations =
+                        st.levels.iter().filter(|l| ats::eligible(&app, l.loc)).map(|l| (l.loc, l.available())).collect();
+                    prep.routing = app.routing.and_then(|r| match &r.kind {
+                        crate::rules::CompiledKind::Routing(r) => Some(r.clone()),
+                        _ => None,
+                    });
+                }
+            }
+            out.push(prep);
+        }
+        Prep::Items(out)
+    }
+}
+
+/// Sum of `f` over the allocations of `sku` at `loc` in a part; `None` when there are none.
+fn alloc_sum(part: &Part, sku: &Sku, loc: LocIdx, f: impl Fn(&Alloc) -> i64) -> Option<i64> {
+    let mut found = false;
+    let mut sum = 0;
+    for item in part.items.iter().filter(|i| &i.sku == sku) {
+        for a in item.allocs.iter().filter(|a| a.loc == loc) {
+            found = true;
+            sum += f(a);
+        }
+    }
+    found.then_some(sum)
+}
+
+// ---------------------------------------------------------------------------------------------
+// decide
+
+/// Turns every participant's preparation into one decision. Pure: every participant computing
+/// it gets the same answer.
+pub fn decide(job: &Job, cfg: Option<&TenantConfig>, preps: &[Prep]) -> Decision {
+    if let Some(r) = preps.iter().find_map(|p| match p {
+        Prep::Refused(r) => Some(r.clone()),
+        _ => None,
+    }) {
+        return Decision::Refuse(r);
+    }
+    match &job.kind {
+        JobKind::Reserve { .. } => decide_reserve(job, cfg.expect("reserve has a tenant"), preps),
+        JobKind::Extend { .. }
+        | JobKind::Commit { .. }
+        | JobKind::Release { .. }
+        | JobKind::Cancel { .. }
+        | JobKind::Fulfil { .. }
+        | JobKind::Return { .. } => decide_lifecycle(job, preps),
+        _ => Decision::Proceed,
+    }
+}
+
+fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
+    let parts: Vec<&PartPrep> = preps.iter().filter_map(|p| if let Prep::Part(Some(p)) = p { Some(p) } else { None }).collect();
+    let id = match &job.kind {
+        JobKind::Extend { id, .. }
+        | JobKind::Commit { id, .. }
+        | JobKind::Release { id }
+        | JobKind::Cancel { id }
+        | JobKind::Fulfil { id, .. }
+        | JobKind::Return { id, .. } => *id,
+        _ => unreachable!("only lifecycle jobs"),
+    };
+    if parts.is_empty() || parts.len() != preps.len() {
+        return Decision::Refuse(Refusal::not_found(format!("reservation {id}")));
+    }
+    let head = parts[0];
+    let held = head.lifecycle == Lifecycle::Held;
+    let overdue = held && head.expires_at <= job.now;
+    let open: i64 = parts.iter().map(|p| p.open_units).sum();
+    let shipped: i64 = parts.iter().map(|p| p.shipped_units).sum();
+    let backordered: i64 = parts.iter().map(|p| p.backordered_units).sum();
+    let state_name = if overdue { "expired" } else { head.lifecycle.name() };
+    let wrong = |verb: &str| Refusal::state(format!("cannot {verb} reservation {id}: it is {state_name}"));
+    let needs_hold = |verb: &str| {
+        if overdue {
+            Decision::ExpireThenRefuse(wrong(verb))
+        } else if held {
+            Decision::Proceed
+        } else {
+            Decision::Refuse(wrong(verb))
+        }
+    };
+    match &job.kind {
+        JobKind::Extend { .. } => needs_hold("extend"),
+        JobKind::Release { .. } => needs_hold("release"),
+        JobKind::Commit { lines, .. } => match needs_hold("commit") {
+            Decision::Proceed => decide_commit(head, lines.as_deref()),
+            other => other,
+        },
+        JobKind::Cancel { .. } => {
+            if head.lifecycle != Lifecycle::Committed {
+                return if overdue { Decision::ExpireThenRefuse(wrong("cancel")) } else { Decision::Refuse(wrong("cancel")) };
+            }
+            if open == 0 && backordered == 0 && shipped > 0 {
+                return Decision::Refuse(Refusal::state(format!("cannot cancel reservation {id}: it is fulfilled")));
+            }
+            Decision::Proceed
+        }
+        JobKind::Fulfil { lines, .. } => {
+            if head.lifecycle != Lifecycle::Committed {
+                return if overdue { Decision::ExpireThenRefuse(wrong("fulfil")) } else { Decision::Refuse(wrong("fulfil")) };
+            }
+            let checks: BTreeMap<usize, Option<i64>> = parts.iter().flat_map(|p| p.checks.iter().copied()).collect();
+            for (i, (line, _)) in lines.iter().enumerate() {
+                let field = format!("lines[{i}]");
+                let touched = line.quantity + line.missing;
+                match checks.get(&i).copied().flatten() {
+                    None => {
+                        return Decision::Refuse(Refusal::invalid(
+                            &field,
+                            format!("reservation {id} has no allocation of {} at {}", line.sku, line.location),
+                        ))
+                    }
+                    Some(open) if touched > open => {
+                        return Decision::Refuse(Refusal::invalid(
+                            &field,
+                            format!("{touched} units picked or missing, but only {open} are open at {}", line.location),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Decision::Proceed
+        }
+        JobKind::Return { quantity, sku, .. } => {
+            if head.lifecycle != Lifecycle::Committed {
+                return Decision::Refuse(wrong("return units of"));
+            }
+            match parts.iter().find_map(|p| p.checks.first().map(|c| c.1)).flatten() {
+                None => Decision::Refuse(Refusal::invalid("location", format!("reservation {id} shipped no {sku} from there"))),
+                Some(returnable) if *quantity > returnable => Decision::Refuse(Refusal::invalid(
+                    "quantity",
+                    format!("only {returnable} shipped units of {sku} can still be returned"),
+                )),
+                Some(_) => Decision::Proceed,
+            }
+        }
+        _ => unreachable!("only lifecycle jobs"),
+    }
+}
+
+fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decision {
+    let Some(lines) = lines else {
+        return Decision::Commit { keep: head.granted.clone() };
+    };
+    if lines.is_empty() {
+        return Decision::Refuse(Refusal::invalid("lines", "list at least one line, or omit `lines` to commit all"));
+    }
+    let mut keep = vec![0i64; head.lines.len()];
+    for (i, (sku, q)) in lines.iter().enumerate() {
+        let field = format!("lines[{i}]");
+        let Some(li) = head.lines.iter().position(|l| &l.sku == sku) else {
+            return Decision::Refuse(Refusal::invalid(&field, format!("the reservation has no line for {sku}")));
+        };
+        if keep[li] != 0 {
+            return Decision::Refuse(Refusal::invalid(&field, format!("{sku} is listed twice")));
+        }
+        let granted = head.granted[li];
+        let q = q.unwrap_or(granted);
+        if q < 1 || q > granted {
+            return Decision::Refuse(Refusal::invalid(&field, format!("quantity must be between 1 and {granted}")));
+        }
+        keep[li] = q;
+    }
+    Decision::Commit { keep: keep.into() }
+}
+
+fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
+    let JobKind::Reserve { lines, items, fill, ship_to_region, .. } = &job.kind else { unreachable!() };
+    let mut by_item: Vec<Option<&ItemPrep>> = vec![None; items.len()];
+    for p in preps {
+        if let Prep::Items(v) = p {
+            for ip in v {
+                by_item[ip.item] = Some(ip);
+            }
+        }
+    }
+    let empty = ItemPrep::default();
+    let prep = |i: usize| by_item[i].unwrap_or(&empty);
+    let mut ats_by_sku: BTreeMap<&Sku, i64> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        ats_by_sku.insert(&item.sku, prep(i).ats);
+    }
+    let line_ats = |li: usize| -> i64 {
+        items
+            .iter()
+            .filter(|it| it.line as usize == li)
+            .map(|it| ats_by_sku[&it.sku] / it.per_unit)
+            .min()
+            .unwrap_or(0)
+    };
+    let shortages = |bad: &dyn Fn(usize) -> bool| -> Vec<Shortage> {
+        (0..lines.len())
+            .filter(|&li| bad(li))
+            .map(|li| Shortage { sku: lines[li].sku.clone(), requested: lines[li].requested, available_to_sell: line_ats(li) })
+            .collect()
+    };
+    // Units granted per line.
+    let granted: Vec<i64> = match fill {
+        FillPolicy::AllOrNothing | FillPolicy::Split { .. } => {
+            let mut demand: BTreeMap<&Sku, i64> = BTreeMap::new();
+            for it in items.iter() {
+                *demand.entry(&it.sku).or_default() += it.per_unit * lines[it.line as usize].requested;
+            }
+            let short: Vec<&Sku> = demand.iter().filter(|(s, d)| **d > ats_by_sku[*s]).map(|(s, _)| *s).collect();
+            if !short.is_empty() {
+                let bad = |li: usize| items.iter().any(|it| it.line as usize == li && short.contains(&&it.sku));
+                return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&bad) });
+            }
+            lines.iter().map(|l| l.requested).collect()
+        }
+        FillPolicy::Partial => {
+            let mut left = ats_by_sku.clone();
+            let mut granted = Vec::with_capacity(lines.len());
+            for (li, line) in lines.iter().enumerate() {
+                let its: Vec<_> = items.iter().filter(|it| it.line as usize == li).collect();
+                let fit = its.iter().map(|it| left[&it.sku] / it.per_unit).min().unwrap_or(0).clamp(0, line.requested);
+                for it in &its {
+                    *left.get_mut(&it.sku).expect("every item's SKU has an entry") -= fit * it.per_unit;
+                }
+                granted.push(fit);
+            }
+            if granted.iter().all(|&g| g == 0) {
+                return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&|_| true) });
+            }
+            granted
+        }
+    };
+    // Allocate every item, in order, from a working copy of each SKU's available units.
+    let mut work: BTreeMap<(&Sku, LocIdx), i64> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        for &(loc, avail) in &prep(i).locations {
+            work.entry((&it.sku, loc)).or_insert(avail);
+        }
+    }
+    let full_counts = fewest_split_counts(items, &granted, &by_item);
+    let mut plans = Vec::with_capacity(items.len());
+    let mut split_bad = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let want = granted[it.line as usize] * it.per_unit;
+        let p = prep(i);
+        let order = order_locations(cfg, p.routing.as_ref(), &p.locations, ship_to_region.as_deref(), &full_counts);
+        let mut left = want;
+        let mut allocations = Vec::new();
+        for loc in order {
+            if left == 0 {
+                break;
+            }
+            let avail = work.get_mut(&(&it.sku, loc)).expect("ordered locations come from the prep");
+            let take = left.min(*avail);
+            if take <= 0 {
+                continue;
+            }
+            *avail -= take;
+            left -= take;
+            allocations.push((loc, take));
+        }
+        if left > 0 {
+            // ATS never exceeds the eligible pool, so this means the rules and the pool disagree.
+            split_bad.push(it.line as usize);
+        }
+        if let FillPolicy::Split { max_locations } = fill {
+            if allocations.len() > *max_locations as usize {
+                split_bad.push(it.line as usize);
+            }
+        }
+        plans.push(ItemPlan { item: i, quantity: want, allocations });
+    }
+    if !split_bad.is_empty() {
+        return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&|li| split_bad.contains(&li)) });
+    }
+    Decision::Reserve { granted: granted.into(), plans: plans.into() }
+}
+
+/// For `fewest_splits`: per location, how many items it can serve in full.
+fn fewest_split_counts(items: &[crate::job::ItemReq], granted: &[i64], by_item: &[Option<&ItemPrep>]) -> BTreeMap<LocIdx, u32> {
+    let mut counts = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let want = granted[it.line as usize] * it.per_unit;
+        if want == 0 {
+            continue;
+        }
+        if let Some(p) = by_item[i] {
+            for &(loc, avail) in &p.locations {
+                if avail >= want {
+                    *counts.entry(loc).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// The order in which an item's units are taken from locations (`docs/allocation.md`).
+pub fn order_locations(
+    cfg: &TenantConfig,
+    routing: Option<&CompiledRouting>,
+    locations: &[(LocIdx, i64)],
+    ship_to: Option<&str>,
+    full_counts: &BTreeMap<LocIdx, u32>,
+) -> Vec<LocIdx> {
+    let mut locs: Vec<(LocIdx, i64)> = locations.iter().copied().filter(|&(_, a)| a > 0).collect();
+    match routing {
+        None => {}
+        Some(CompiledRouting::Priority(list)) => {
+            locs.sort_by_key(|&(l, _)| (list.iter().position(|&x| x == l).unwrap_or(usize::MAX), l));
+        }
+        Some(CompiledRouting::MostStock) => locs.sort_by_key(|&(l, a)| (std::cmp::Reverse(a), l)),
+        Some(CompiledRouting::FewestSplits) => locs.sort_by_key(|&(l, a)| {
+            (std::cmp::Reverse(full_counts.get(&l).copied().unwrap_or(0)), std::cmp::Reverse(a), l)
+        }),
+        Some(CompiledRouting::Nearest(regions)) => {
+            if let Some(r) = ship_to {
+                let list = regions.get(r);
+                locs.sort_by_key(|&(l, _)| {
+                    let region = cfg.locations[l as usize].region.as_deref();
+                    let rank = match region {
+                        Some(x) if x == r => 0,
+                        Some(x) => list.and_then(|v| v.iter().position(|y| y == x)).map_or(usize::MAX, |p| p + 1),
+                        None => usize::MAX,
+                    };
+                    (rank, l)
+                });
+            }
+        }
+    }
+    locs.into_iter().map(|(l, _)| l).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// apply
+
+/// Collects events with a sort key unique within the command.
+#[derive(Default)]
+struct Events {
+    out: Vec<(u64, EventKind)>,
+}
+
+impl Events {
+    fn push(&mut self, key: u64, e: EventKind) {
+        let k = (key << 20) | self.out.len() as u64;
+        self.out.push((k, e));
+    }
+}
+
+fn refused(r: Refusal) -> PartOut {
+    PartOut { events: Vec::new(), data: PartData::Refused(r) }
+}
+
+impl ShardState {
+    /// Applies the decision to this shard's state.
+    pub fn apply(&mut self, job: &Job, d: &Decision) -> PartOut {
+        match d {
+            Decision::Refuse(_) => return PartOut::default(),
+            Decision::ExpireThenRefuse(_) => {
+                let mut ev = Events::default();
+                if let Some(id) = job_reservation(job) {
+                    self.expire(id, job.now, &mut ev);
+                }
+                return PartOut::default();
+            }
+            _ => {}
+        }
+        let mut ev = Events::default();
+        let data = match &job.kind {
+            JobKind::Config { config, .. } => {
+                self.set_config(config.clone());
+                PartData::None
+            }
+            JobKind::Receive { .. }
+            | JobKind::Expect { .. }
+            | JobKind::Adjust { .. }
+            | JobKind::Set { .. }
+            | JobKind::Move { .. }
+            | JobKind::Transfer { .. } => match self.apply_stock(job, &mut ev) {
+                Ok(()) => PartData::None,
+                Err(r) => return refused(r),
+            },
+            JobKind::Reserve { .. } => self.apply_reserve(job, d),
+            JobKind::Extend { id, expires_at } => {
+                let part = self.parts.get_mut(id).expect("decided on an existing part");
+                part.expires_at = *expires_at;
+                self.expiry.insert(*expires_at, *id);
+                PartData::None
+            }
+            JobKind::Commit { id, .. } => {
+                let Decision::Commit { keep } = d else { unreachable!("commit decides Commit") };
+                self.apply_commit(*id, keep);
+                PartData::Reservation(PartSnapshot { part: self.parts[id].clone() })
+            }
+            JobKind::Release { id } => {
+                self.end(*id, Lifecycle::Released, job.now);
+                PartData::None
+            }
+            JobKind::Cancel { id } => {
+                self.end(*id, Lifecycle::Cancelled, job.now);
+                PartData::None
+            }
+            JobKind::Fulfil { .. } => {
+                self.apply_fulfil(job, &mut ev);
+                PartData::None
+            }
+            JobKind::Return { id, sku, loc, quantity, damaged } => {
+                if self.owns(job.tenant, sku.as_str()) {
+                    self.apply_return(job, *id, sku, *loc, *quantity, *damaged, &mut ev);
+                }
+                PartData::None
+            }
+            JobKind::Tick => self.apply_tick(job.now, &mut ev),
+            JobKind::GetStock { sku } => self.read_stock(job, sku),
+            JobKind::GetReservation { id } => match self.parts.get(id).filter(|p| p.tenant == job.tenant) {
+                Some(p) => PartData::Reservation(PartSnapshot { part: p.clone() }),
+                None => PartData::None,
+            },
+            JobKind::Explain { sku, channel } => self.read_explain(job, sku, *channel),
+        };
+        PartOut { events: ev.out, data }
+    }
+
+    fn apply_stock(&mut self, job: &Job, ev: &mut Events) -> Result<(), Refusal> {
+        let t = job.tenant;
+        let (op, sku, loc, reason, unit_cost) = match &job.kind {
+            JobKind::Receive { sku, loc, quantity, unit_cost, reason } => {
+                let q = *quantity;
+                let st = self.sku_mut(t, sku.as_str());
+                let before = st.level(*loc).map_or(0, |l| l.on_hand);
+                if let Some(uc) = unit_cost {
+                    let avg = match st.cost.as_deref() {
+                        Some(c) if before > 0 => average_cost(*c, before, *uc, q),
+                        _ => *uc,
+                    };
+                    st.cost = Some(Box::new(avg));
+                }
+                self.with_level(t, sku, *loc, |l| {
+                    l.on_hand += q;
+                    l.incoming -= q.min(l.incoming);
+                    if l.incoming == 0 {
+                        l.incoming_at = 0;
+                    }
+                });
+                ("receive", sku, *loc, reason, *unit_cost)
+            }
+            JobKind::Expect { sku, loc, quantity, expected_at, reason } => {
+                self.with_level(t, sku, *loc, |l| {
+                    l.incoming += quantity;
+                    if let Some(at) = expected_at {
+                        l.incoming_at = *at;
+                    }
+                });
+                ("expect", sku, *loc, reason, None)
+            }
+            JobKind::Adjust { sku, loc, delta, reason } => {
+                let l = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).copied().unwrap_or(Level::new(*loc));
+                if l.on_hand + delta < 0 {
+                    return Err(Refusal::state(format!("on_hand is {}; adjusting by {delta} would make it negative", l.on_hand)));
+                }
+                if *delta < 0 && l.available() + delta < 0 {
+                    return Err(Refusal::state(format!(
+                        "available is {}; adjusting by {delta} would make it negative (a count uses `set`)",
+                        l.available()
+                    )));
+                }
+                self.with_level(t, sku, *loc, |l| l.on_hand += delta);
+                ("adjust", sku, *loc, reason, None)
+            }
+            JobKind::Set { sku, loc, quantity, compare, reason } => {
+                let current = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).map_or(0, |l| l.on_hand);
+                if let Some(c) = compare {
+                    if *c != current {
+                        return Err(Refusal::CompareFailed { expected: *c, actual: current });
+                    }
+                }
+                self.with_level(t, sku, *loc, |l| l.on_hand = *quantity);
+                self.push_stock_event(job, "set", sku, *loc, reason, None, ev);
+                self.oversell_incident(job, sku, *loc, ev);
+                return Ok(());
+            }
+            JobKind::Move { sku, loc, from, to, quantity, reason } => {
+                let l = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).copied().unwrap_or(Level::new(*loc));
+                let have = ShardState::bucket(&l, *from);
+                if have < *quantity {
+                    return Err(Refusal::state(format!("only {have} units are {} here; cannot move {quantity}", bucket_name(*from))));
+                }
+                self.with_level(t, sku, *loc, |l| {
+                    if let Some(b) = ShardState::bucket_mut(l, *from) {
+                        *b -= quantity;
+                    }
+                    if let Some(b) = ShardState::bucket_mut(l, *to) {
+                        *b += quantity;
+                    }
+                });
+                ("move", sku, *loc, reason, None)
+            }
+            JobKind::Transfer { sku, loc, to, quantity, expected_at, reason } => {
+                let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).map_or(0, |l| l.available());
+                if avail < *quantity {
+                    return Err(Refusal::state(format!("only {avail} units are available to transfer")));
+                }
+                self.with_level(t, sku, *loc, |l| l.on_hand -= quantity);
+                self.with_level(t, sku, *to, |l| {
+                    l.incoming += quantity;
+                    if let Some(at) = expected_at {
+                        l.incoming_at = *at;
+                    }
+                });
+                self.push_stock_event(job, "transfer_out", sku, *loc, reason, None, ev);
+                self.push_stock_event(job, "transfer_in", sku, *to, reason, None, ev);
+                return Ok(());
+            }
+            _ => unreachable!("stock jobs only"),
+        };
+        self.push_stock_event(job, op, sku, loc, reason, unit_cost, ev);
+        Ok(())
+    }
+
+    fn push_stock_event(
+        &self,
+        job: &Job,
+        op: &str,
+        sku: &Sku,
+        loc: LocIdx,
+        reason: &str,
+        unit_cost: Option<rust_decimal::Decimal>,
+        ev: &mut Events,
+    ) {
+        let cfg = self.config(job.tenant);
+        let level = self.sku(job.tenant, sku.as_str()).and_then(|s| s.level(loc)).copied().unwrap_or(Level::new(loc));
+        ev.push(
+            0,
+            EventKind::StockChanged { op: op.to_string(), sku: sku.clone(), level: level_view(cfg, &level), reason: reason.to_string(), unit_cost },
+        );
+    }
+
+    /// A count left available negative: backorder committed allocations by policy.
+    fn oversell_incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
+        let t = job.tenant;
+        let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(loc)).map_or(0, |l| l.available());
+        if avail >= 0 {
+            return;
+        }
+        let cfg = self.config(t).clone();
+        let mut deficit = -avail;
+        ev.push(0, EventKind::OversellIncident { sku: sku.clone(), location: loc_id(&cfg, loc), deficit });
+        // Rare: a scan of this shard's parts, sorted so the choice never depends on hashing.
+        let mut victims: Vec<(i32, ReservationId)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.tenant == t && p.lifecycle == Lifecycle::Committed)
+            .filter(|(_, p)| p.items.iter().any(|i| &i.sku == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0)))
+            .map(|(id, p)| (cfg.channels[p.channel as usize].priority, *id))
+            .collect();
+        match cfg.rules.oversell_policy {
+            OversellPolicy::NewestFirst => victims.sort_by_key(|&(_, id)| std::cmp::Reverse(id)),
+            OversellPolicy::LowestPriorityFirst => victims.sort_by_key(|&(p, id)| (p, std::cmp::Reverse(id))),
+        }
+        for (_, id) in victims {
+            if deficit == 0 {
+                break;
+            }
+            let part = self.parts.get_mut(&id).expect("victims are live parts");
+            let channel = part.channel;
+            let mut took = 0;
+            for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+                for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
+                    let b = a.open.min(deficit - took);
+                    a.open -= b;
+                    item.backordered += b;
+                    took += b;
+                }
+            }
+            deficit -= took;
+            self.with_level(t, sku, loc, |l| l.committed -= took);
+            self.adjust_held(t, sku, channel, -took);
+            self.refresh(t, sku);
+            ev.push(
+                1,
+                EventKind::Backordered { id, sku: sku.clone(), location: loc_id(&cfg, loc), quantity: took, cause: "oversell_incident".into() },
+            );
+        }
+    }
+
+    fn apply_reserve(&mut self, job: &Job, d: &Decision) -> PartData {
+        let Decision::Reserve { granted, plans } = d else { unreachable!("reserve decides Reserve") };
+        let JobKind::Reserve { channel, lines, items, expires_at, order_ref, .. } = &job.kind else { unreachable!() };
+        let t = job.tenant;
+        let mut part_items = Vec::new();
+        for plan in plans.iter() {
+            let it = &items[plan.item];
+            if !self.owns(t, it.sku.as_str()) {
+                continue;
+            }
+            for &(loc, q) in &plan.allocations {
+                self.sku_mut(t, it.sku.as_str()).level_mut(loc).reserved += q;
+            }
+            self.adjust_held(t, &it.sku, *channel, plan.quantity);
+            self.refresh(t, &it.sku);
+            part_items.push(PartItem {
+                item: plan.item as u16,
+                line: it.line,
+                slot: it.slot,
+                sku: it.sku.clone(),
+                per_unit: it.per_unit,
+                quantity: plan.quantity,
+                allocs: plan.allocations.iter().map(|&(loc, open)| Alloc { loc, open, shipped: 0, returned: 0 }).collect(),
+                backordered: 0,
+            });
+        }
+        let id = ReservationId(job.seq);
+        let part = Part {
+            tenant: t,
+            channel: *channel,
+            lifecycle: Lifecycle::Held,
+            created_at: job.now,
+            expires_at: *expires_at,
+            ended_at: 0,
+            order_ref: order_ref.as_deref().map(Box::from),
+            lines: lines.clone(),
+            granted: granted.clone(),
+            items: part_items,
+        };
+        self.expiry.insert(*expires_at, id);
+        self.parts.insert(id, part.clone());
+        PartData::Reservation(PartSnapshot { part })
+    }
+
+    fn apply_commit(&mut self, id: ReservationId, keep: &Arc<[i64]>) {
+        let mut part = self.parts.remove(&id).expect("decided on an existing part");
+        let t = part.tenant;
+        for item in part.items.iter_mut() {
+            let keep_units = keep[item.line as usize] * item.per_unit;
+            let mut release = item.quantity - keep_units;
+            for a in item.allocs.iter_mut().rev() {
+                let r = a.open.min(release);
+                release -= r;
+                a.open -= r;
+                let kept = a.open;
+                self.with_level(t, &item.sku, a.loc, |l| {
+                    l.reserved -= r + kept;
+                    l.committed += kept;
+                });
+                self.adjust_held(t, &item.sku, part.channel, -r);
+            }
+            item.allocs.retain(|a| a.open > 0);
+            item.quantity = keep_units;
+            self.refresh(t, &item.sku);
+        }
+        part.granted = keep.clone();
+        part.lifecycle = Lifecycle::Committed;
+        self.parts.insert(id, part);
+    }
+
+    /// Ends a held or committed part: its open units stop counting against stock.
+    fn end(&mut self, id: ReservationId, to: Lifecycle, now: TimeMs) {
+        let part = self.parts.get_mut(&id).expect("ending an existing part");
+        let from = part.lifecycle;
+        part.lifecycle = to;
+        part.ended_at = now;
+        let (t, c) = (part.tenant, part.channel);
+        let mut changes = Vec::new();
+        for item in part.items.iter_mut() {
+            for a in &item.allocs {
+                changes.push((item.sku.clone(), a.loc, a.open));
+            }
+            if to == Lifecycle::Cancelled {
+                item.backordered = 0;
+            }
+        }
+        for (sku, loc, open) in changes {
+            self.with_level(t, &sku, loc, |l| match from {
+                Lifecycle::Held => l.reserved -= open,
+                _ => l.committed -= open,
+            });
+            self.adjust_held(t, &sku, c, -open);
+            self.refresh(t, &sku);
+        }
+        self.purge.insert(now.saturating_add(self.ended_retention_ms), id);
+    }
+
+    fn expire(&mut self, id: ReservationId, now: TimeMs, _ev: &mut Events) -> bool {
+        match self.parts.get(&id) {
+            Some(p) if p.lifecycle == Lifecycle::Held && p.expires_at <= now => {
+                self.end(id, Lifecycle::Expired, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn apply_tick(&mut self, now: TimeMs, ev: &mut Events) -> PartData {
+        let mut expired = Vec::new();
+        let mut again = Vec::new();
+        for id in self.expiry.take_due(now) {
+            let Some(p) = self.parts.get(&id) else { continue };
+            if p.lifecycle != Lifecycle::Held {
+                continue;
+            }
+            if p.expires_at <= now {
+                let tenant = p.tenant;
+                if self.expire(id, now, ev) {
+                    expired.push((id, tenant));
+                }
+            } else if p.expires_at / 1000 == now / 1000 {
+                // Due later in this second: keep the entry. Later seconds have their own entry.
+                again.push((p.expires_at, id));
+            }
+        }
+        for (at, id) in again {
+            self.expiry.insert(at, id);
+        }
+        let mut dropped = Vec::new();
+        let mut keep = Vec::new();
+        for id in self.purge.take_due(now) {
+            let Some(p) = self.parts.get(&id) else { continue };
+            let at = p.ended_at.saturating_add(self.ended_retention_ms);
+            if at <= now {
+                self.parts.remove(&id);
+                dropped.push(id);
+            } else {
+                keep.push((at, id));
+            }
+        }
+        for (at, id) in keep {
+            self.purge.insert(at, id);
+        }
+        PartData::Ticked { expired, dropped }
+    }
+
+    fn apply_fulfil(&mut self, job: &Job, ev: &mut Events) {
+        let JobKind::Fulfil { id, lines } = &job.kind else { unreachable!() };
+        let t = job.tenant;
+        let cfg = self.config(t).clone();
+        for (i, (line, loc)) in lines.iter().enumerate() {
+            if !self.owns(t, line.sku.as_str()) {
+                continue;
+            }
+            let key = i as u64 + 1;
+            let sku = &line.sku;
+            let mut part = self.parts.remove(id).expect("decided on an existing part");
+            let c = part.channel;
+            // Picked units leave on_hand and committed.
+            let picked = take_open(&mut part, sku, *loc, line.quantity, true);
+            self.with_level(t, sku, *loc, |l| {
+                l.on_hand -= picked;
+                l.committed -= picked;
+            });
+            self.adjust_held(t, sku, c, -picked);
+            if picked > 0 {
+                ev.push(key, EventKind::Fulfilled { id: *id, sku: sku.clone(), location: loc_id(&cfg, *loc), quantity: picked });
+            }
+            if line.missing > 0 {
+                self.short_pick(&cfg, &mut part, *id, sku, *loc, line.missing, key, ev);
+            }
+            self.refresh(t, sku);
+            self.parts.insert(*id, part);
+        }
+    }
+
+    /// Units found missing: on_hand and committed drop, then the units are re-allocated
+    /// elsewhere or backordered.
+    fn short_pick(
+        &mut self,
+        cfg: &TenantConfig,
+        part: &mut Part,
+        id: ReservationId,
+        sku: &Sku,
+        loc: LocIdx,
+        missing: i64,
+        key: u64,
+        ev: &mut Events,
+    ) {
+        let t = part.tenant;
+        let c = part.channel;
+        take_open(part, sku, loc, missing, false);
+        self.with_level(t, sku, loc, |l| {
+            l.on_hand -= missing;
+            l.committed -= missing;
+        });
+        ev.push(key, EventKind::Discrepancy { id, sku: sku.clone(), location: loc_id(cfg, loc), missing });
+        let app = cfg.rules.applicable(sku, c);
+        let routing = app.routing.and_then(|r| match &r.kind {
+            crate::rules::CompiledKind::Routing(r) => Some(r.clone()),
+            _ => None,
+        });
+        let candidates: Vec<(LocIdx, i64)> = self
+            .sku(t, sku.as_str())
+            .map(|s| s.levels.iter().filter(|l| l.loc != loc && ats::eligible(&app, l.loc)).map(|l| (l.loc, l.available())).collect())
+            .unwrap_or_default();
+        let order = order_locations(cfg, routing.as_ref(), &candidates, None, &BTreeMap::new());
+        let mut need = missing;
+        let item = part.items.iter_mut().find(|i| &i.sku == sku).expect("the part has the SKU");
+        for to in order {
+            if need == 0 {
+                break;
+            }
+            let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(to)).map_or(0, |l| l.available());
+            let take = need.min(avail);
+            if take <= 0 {
+                continue;
+            }
+            need -= take;
+            self.with_level(t, sku, to, |l| l.committed += take);
+            match item.allocs.iter_mut().find(|a| a.loc == to) {
+                Some(a) => a.open += take,
+                None => item.allocs.push(Alloc { loc: to, open: take, shipped: 0, returned: 0 }),
+            }
+            ev.push(key, EventKind::Reallocated { id, sku: sku.clone(), from: loc_id(cfg, loc), to: loc_id(cfg, to), quantity: take });
+        }
+        if need > 0 {
+            item.backordered += need;
+            self.adjust_held(t, sku, c, -need);
+            ev.push(key, EventKind::Backordered { id, sku: sku.clone(), location: loc_id(cfg, loc), quantity: need, cause: "short_pick".into() });
+        }
+    }
+
+    fn apply_return(&mut self, job: &Job, id: ReservationId, sku: &Sku, loc: LocIdx, quantity: i64, damaged: bool, ev: &mut Events) {
+        let t = job.tenant;
+        let part = self.parts.get_mut(&id).expect("decided on an existing part");
+        let mut left = quantity;
+        for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+            for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
+                let r = left.min(a.shipped - a.returned);
+                a.returned += r;
+                left -= r;
+            }
+        }
+        self.with_level(t, sku, loc, |l| {
+            l.on_hand += quantity;
+            if damaged {
+                l.damaged += quantity;
+            }
+        });
+        let cfg = self.config(t);
+        ev.push(0, EventKind::Returned { id, sku: sku.clone(), location: loc_id(cfg, loc), quantity, damaged });
+    }
+
+    fn read_stock(&self, job: &Job, sku: &Sku) -> PartData {
+        let cfg = self.config(job.tenant);
+        if let Some(components) = cfg.bundles.get(sku) {
+            return PartData::ComponentAts(self.component_ats(job.tenant, components));
+        }
+        let st = self.sku(job.tenant, sku.as_str());
+        let locations = st.map(|s| s.levels.iter().map(|l| level_view(cfg, l)).collect()).unwrap_or_default();
+        let channels = cfg
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(c, ch)| ChannelAts { channel: ch.id.clone(), available_to_sell: st.map_or(0, |s| s.ats(c as ChanIdx)) })
+            .collect();
+        PartData::Stock(StockView {
+            sku: sku.clone(),
+            locations,
+            channels,
+            average_unit_cost: st.and_then(|s| s.cost.as_deref().copied()),
+            components: Vec::new(),
+        })
+    }
+
+    fn component_ats(&self, tenant: u32, components: &[crate::config::Component]) -> Vec<(Sku, Vec<i64>)> {
+        let n = self.config(tenant).channels.len();
+        components
+            .iter()
+            .filter(|c| self.owns(tenant, c.sku.as_str()))
+            .map(|c| {
+                let st = self.sku(tenant, c.sku.as_str());
+                (c.sku.clone(), (0..n).map(|ch| st.map_or(0, |s| s.ats(ch as ChanIdx))).collect())
+            })
+            .collect()
+    }
+
+    fn read_explain(&self, job: &Job, sku: &Sku, channel: ChanIdx) -> PartData {
+        let cfg = self.config(job.tenant);
+        if let Some(components) = cfg.bundles.get(sku) {
+            return PartData::ComponentAts(self.component_ats(job.tenant, components));
+        }
+        let mut terms = Vec::new();
+        let (levels, held): (&[Level], &[i64]) = match self.sku(job.tenant, sku.as_str()) {
+            Some(s) => (&s.levels, s.held()),
+            None => (&[], &[]),
+        };
+        let v = ats::ats(cfg, sku, levels, held, channel, Some(&mut terms));
+        PartData::Explain(Explanation { sku: sku.clone(), channel: cfg.channels[channel as usize].id.clone(), available_to_sell: v, terms })
+    }
+}
+
+/// Takes up to `q` open units of `sku` at `loc` from a part's allocations, in item order;
+/// as shipped units when `ship`. Returns the units taken.
+fn take_open(part: &mut Part, sku: &Sku, loc: LocIdx, q: i64, ship: bool) -> i64 {
+    let mut left = q;
+    for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+        for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
+            let take = left.min(a.open);
+            a.open -= take;
+            if ship {
+                a.shipped += take;
+            }
+            left -= take;
+        }
+    }
+    q - left
+}
+
+fn average_cost(cost: rust_decimal::Decimal, on_hand: i64, unit_cost: rust_decimal::Decimal, q: i64) -> rust_decimal::Decimal {
+    let (a, b) = (rust_decimal::Decimal::from(on_hand), rust_decimal::Decimal::from(q));
+    cost.checked_mul(a)
+        .and_then(|x| unit_cost.checked_mul(b).and_then(|y| x.checked_add(y)))
+        .and_then(|s| s.checked_div(a + b))
+        .map_or(unit_cost, |v| v.round_dp(6))
+}
+
+fn job_reservation(job: &Job) -> Option<ReservationId> {
+    match &job.kind {
+        JobKind::Extend { id, .. }
+        | JobKind::Commit { id, .. }
+        | JobKind::Release { id }
+        | JobKind::Cancel { id }
+        | JobKind::Fulfil { id, .. }
+        | JobKind::Return { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
+pub fn level_view(cfg: &TenantConfig, l: &Level) -> LevelView {
+    LevelView {
+        location: loc_id(cfg, l.loc),
+        on_hand: l.on_hand,
+        reserved: l.reserved,
+        committed: l.committed,
+        damaged: l.damaged,
+        quality_control: l.quality_control,
+        safety_stock: l.safety_stock,
+        incoming: l.incoming,
+        incoming_expected_at: (l.incoming_at != 0).then_some(l.incoming_at),
+        available: l.available(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// merge
+
+/// Combines every participant's output into the command's answer. Pure and independent of the
+/// number of shards: outputs are combined in an order that only their content decides.
+pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<PartOut>) -> Finished {
+    let mut events: Vec<(u64, EventKind)> = Vec::new();
+    let mut data = Vec::new();
+    let mut refusal = None;
+    for o in outs {
+        events.extend(o.events);
+        match o.data {
+            PartData::Refused(r) => refusal = Some(r),
+            other => data.push(other),
+        }
+    }
+    events.sort_by_key(|(k, _)| *k);
+    let mut finished = Finished { outcome: Outcome::Ok(Reply::Done), events: Vec::new(), dropped: Vec::new() };
+    match d {
+        Decision::Refuse(r) => {
+            finished.outcome = Outcome::Refused(r.clone());
+            if matches!(job.kind, JobKind::Reserve { .. }) {
+                finished.dropped.push(ReservationId(job.seq));
+            }
+            return finished;
+        }
+        Decision::ExpireThenRefuse(r) => {
+            finished.outcome = Outcome::Refused(r.clone());
+            if let Some(id) = job_reservation(job) {
+                finished.events.push((None, EventKind::ReservationExpired { id }));
+            }
+            return finished;
+        }
+        _ => {}
+    }
+    if let Some(r) = refusal {
+        finished.outcome = Outcome::Refused(r);
+        return finished;
+    }
+    let parts = || {
+        data.iter()
+            .filter_map(|d| if let PartData::Reservation(s) = d { Some(s.part.clone()) } else { None })
+            .collect::<Vec<_>>()
+    };
+    let mut head_events = Vec::new();
+    let mut tenant_events = Vec::new();
+    finished.outcome = match &job.kind {
+        JobKind::Config { event, config } => {
+            head_events.push(event.clone());
+            match event {
+                EventKind::RulesPut { .. } => Outcome::Ok(Reply::Rules { version: config.rule_document.version }),
+                _ => Outcome::Ok(Reply::Done),
+            }
+        }
+        JobKind::Reserve { .. } => {
+            let cfg = cfg.expect("tenant config");
+            let view = reservation_view(cfg, ReservationId(job.seq), parts(), job.now);
+            head_events.push(EventKind::ReservationHeld { id: view.id, channel: view.channel.clone(), lines: view.lines.clone() });
+            Outcome::Ok(Reply::Reservation(view))
+        }
+        JobKind::Commit { id, .. } => {
+            let cfg = cfg.expect("tenant config");
+            let view = reservation_view(cfg, *id, parts(), job.now);
+            head_events.push(EventKind::ReservationCommitted { id: *id, lines: view.lines.clone() });
+            Outcome::Ok(Reply::Reservation(view))
+        }
+        JobKind::Extend { id, expires_at } => {
+            head_events.push(EventKind::ReservationExtended { id: *id, expires_at: *expires_at });
+            Outcome::Ok(Reply::Done)
+        }
+        JobKind::Release { id } => {
+            head_events.push(EventKind::ReservationReleased { id: *id });
+            Outcome::Ok(Reply::Done)
+        }
+        JobKind::Cancel { id } => {
+            head_events.push(EventKind::ReservationCancelled { id: *id });
+            Outcome::Ok(Reply::Done)
+        }
+        JobKind::Tick => {
+            let (mut expired, mut dropped) = (Vec::new(), Vec::new());
+            for d in &data {
+                if let PartData::Ticked { expired: e, dropped: dr } = d {
+                    expired.extend_from_slice(e);
+                    dropped.extend_from_slice(dr);
+                }
+            }
+            expired.sort();
+            expired.dedup();
+            dropped.sort();
+            dropped.dedup();
+            tenant_events.extend(expired.iter().map(|&(id, t)| (t, EventKind::ReservationExpired { id })));
+            let reply = Reply::Ticked { expired: expired.len() as u64, dropped: dropped.len() as u64 };
+            finished.dropped = dropped;
+            Outcome::Ok(reply)
+        }
+        JobKind::GetStock { sku } => merge_stock(cfg.expect("tenant config"), sku, data),
+        JobKind::Explain { sku, channel } => merge_explain(cfg.expect("tenant config"), sku, *channel, data),
+        JobKind::GetReservation { id } => {
+            let parts = parts();
+            if parts.is_empty() {
+                Outcome::Refused(Refusal::not_found(format!("reservation {id}")))
+            } else {
+                Outcome::Ok(Reply::Reservation(reservation_view(cfg.expect("tenant config"), *id, parts, job.now)))
+            }
+        }
+        _ => Outcome::Ok(Reply::Done),
+    };
+    finished.events = head_events.into_iter().chain(events.into_iter().map(|(_, e)| e)).map(|e| (None, e)).collect();
+    finished.events.extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
+    finished
+}
+
+fn merge_stock(cfg: &TenantConfig, sku: &Sku, data: Vec<PartData>) -> Outcome {
+    let mut comps: BTreeMap<Sku, Vec<i64>> = BTreeMap::new();
+    for d in data {
+        match d {
+            PartData::Stock(v) => return Outcome::Ok(Reply::Stock(v)),
+            PartData::ComponentAts(v) => comps.extend(v),
+            _ => {}
+        }
+    }
+    let components = cfg.bundles.get(sku).cloned().unwrap_or_default();
+    let channels = cfg
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(c, ch)| ChannelAts { channel: ch.id.clone(), available_to_sell: bundle_ats(&components, &comps, c) })
+        .collect();
+    Outcome::Ok(Reply::Stock(StockView { sku: sku.clone(), locations: Vec::new(), channels, average_unit_cost: None, components }))
+}
+
+fn bundle_ats(components: &[crate::config::Component], comps: &BTreeMap<Sku, Vec<i64>>, c: usize) -> i64 {
+    components.iter().map(|k| comps.get(&k.sku).map_or(0, |v| v[c]) / k.quantity).min().unwrap_or(0)
+}
+
+fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<PartData>) -> Outcome {
+    let mut comps: BTreeMap<Sku, Vec<i64>> = BTreeMap::new();
+    for d in data {
+        match d {
+            PartData::Explain(e) => return Outcome::Ok(Reply::Explain(e)),
+            PartData::ComponentAts(v) => comps.extend(v),
+            _ => {}
+        }
+    }
+    let components = cfg.bundles.get(sku).cloned().unwrap_or_default();
+    let c = channel as usize;
+    let terms = components
+        .iter()
+        .map(|k| {
+            let a = comps.get(&k.sku).map_or(0, |v| v[c]);
+            Term {
+                term: "bundle_component".into(),
+                quantity: a / k.quantity,
+                rule: None,
+                detail: Some(format!("{}: ATS {a} / {} per bundle; the bundle's ATS is the least of these", k.sku, k.quantity)),
+            }
+        })
+        .collect();
+    Outcome::Ok(Reply::Explain(Explanation {
+        sku: sku.clone(),
+        channel: cfg.channels[c].id.clone(),
+        available_to_sell: bundle_ats(&components, &comps, c),
+        terms,
+    }))
+}
+
+/// Builds the view of a reservation from its parts (in any order).
+pub fn reservation_view(cfg: &TenantConfig, id: ReservationId, parts: Vec<Part>, now: TimeMs) -> ReservationView {
+    let head = &parts[0];
+    let mut items: Vec<&PartItem> = parts.iter().flat_map(|p| p.items.iter()).collect();
+    items.sort_by_key(|i| i.item);
+    let allocs = |it: &PartItem| -> Vec<AllocationView> {
+        it.allocs
+            .iter()
+            .map(|a| AllocationView { location: loc_id(cfg, a.loc), quantity: a.open, shipped: a.shipped, returned: a.returned })
+            .collect()
+    };
+    let lines = head
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(li, l)| {
+            let its: Vec<&&PartItem> = items.iter().filter(|i| i.line as usize == li).collect();
+            let granted = head.granted[li];
+            let mut v = LineView {
+                sku: l.sku.clone(),
+                quantity: granted,
+                requested: if granted != l.requested { l.requested } else { 0 },
+                allocations: Vec::new(),
+                components: Vec::new(),
+                backordered: 0,
+            };
+            if l.is_bundle {
+                v.components = its
+                    .iter()
+                    .map(|it| ItemView { sku: it.sku.clone(), quantity: it.quantity, allocations: allocs(it), backordered: it.backordered })
+                    .collect();
+            } else if let Some(it) = its.first() {
+                v.allocations = allocs(it);
+                v.backordered = it.backordered;
+            }
+            v
+        })
+        .collect();
+    let (open, shipped, back): (i64, i64, i64) = items.iter().fold((0, 0, 0), |(o, s, b), it| {
+        (o + it.allocs.iter().map(|a| a.open).sum::<i64>(), s + it.allocs.iter().map(|a| a.shipped).sum::<i64>(), b + it.backordered)
+    });
+    let state = match head.lifecycle {
+        Lifecycle::Held if head.expires_at <= now => ReservationState::Expired,
+        Lifecycle::Held => ReservationState::Held,
+        Lifecycle::Committed if shipped > 0 && open == 0 && back == 0 => ReservationState::Fulfilled,
+        Lifecycle::Committed if shipped > 0 => ReservationState::PartiallyFulfilled,
+        Lifecycle::Committed => ReservationState::Committed,
+        Lifecycle::Released => ReservationState::Released,
+        Lifecycle::Expired => ReservationState::Expired,
+        Lifecycle::Cancelled => ReservationState::Cancelled,
+    };
+    ReservationView {
+        id,
+        channel: cfg.channels[head.channel as usize].id.clone(),
+        state,
+        created_at: head.created_at,
+        expires_at: head.expires_at,
+        order_ref: head.order_ref.as_deref().map(str::to_string),
+        lines,
+    }
+}
+
+fn bucket_name(b: Bucket) -> &'static str {
+    match b {
+        Bucket::Available => "available",
+        Bucket::Damaged => "damaged",
+        Bucket::QualityControl => "quality_control",
+        Bucket::SafetyStock => "safety_stock",
+    }
+}

@@ -1,0 +1,579 @@
+//! The front: validates requests, keeps tenant configuration, idempotency keys and reservation
+//! routes, assigns sequence numbers and time, and turns requests into [`Job`]s.
+//!
+//! Everything that decides whether a request is sequenced lives here and changes only when a
+//! request is admitted, never when a result comes back, so the same requests in the same order
+//! are admitted the same way however the shards are scheduled.
+
+use crate::command::{Command, FillPolicy, Request};
+use crate::config::{Channel, Location, TenantConfig, TenantEntry};
+use crate::ids::{ReservationId, Seq, Sku, TenantId, TimeMs};
+use crate::job::{Finished, ItemReq, Job, JobKind, LineHeader};
+use crate::limits::{Limits, QUANTITY_MAX};
+use crate::outcome::{Event, EventKind, Outcome, Refusal, Response};
+use crate::rules::{self, RuleDocument};
+use crate::shard::shard_of;
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// The tenant name used for engine-wide commands such as [`Command::Tick`].
+pub const SYSTEM_TENANT: &str = "_system";
+
+/// A remembered idempotency key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdemEntry {
+    pub fingerprint: [u8; 32],
+    pub at: TimeMs,
+    /// `None` while the first request is still executing.
+    pub response: Option<Response>,
+}
+
+/// What the front decided about a request.
+#[derive(Debug)]
+pub enum Admission {
+    /// Answered without the shards: refused, or a stored idempotent response.
+    Immediate(Response),
+    /// The same idempotency key is executing right now; wait for its response.
+    Wait { tenant: u32, key: String },
+    /// Run on the shards. `idem` names the key to record the response under.
+    Run { job: Job, idem: Option<(u32, String)> },
+}
+
+/// Front state. See the module documentation.
+#[derive(Debug)]
+pub struct Front {
+    pub limits: Limits,
+    pub shards: usize,
+    /// The last sequence number assigned.
+    pub seq: Seq,
+    /// The latest time seen; commands never go back in time.
+    pub now: TimeMs,
+    pub tenants: Vec<TenantEntry>,
+    pub tenant_index: BTreeMap<TenantId, u32>,
+    pub idempotency: FxHashMap<(u32, String), IdemEntry>,
+    idempotency_order: VecDeque<(TimeMs, u32, String)>,
+    /// Which shards hold parts of a reservation. A cache: a missing route only means the
+    /// command is sent to one fallback shard, which answers "not found" the same way.
+    pub routes: FxHashMap<ReservationId, u64>,
+}
+
+fn refuse(r: Refusal) -> Admission {
+    Admission::Immediate(Response { seq: None, replayed: false, outcome: Outcome::Refused(r) })
+}
+
+fn check_qty(field: &str, q: i64, min: i64) -> Result<(), Refusal> {
+    if q < min || q > QUANTITY_MAX {
+        return Err(Refusal::invalid(field, format!("must be between {min} and {QUANTITY_MAX}")));
+    }
+    Ok(())
+}
+
+impl Front {
+    pub fn new(limits: Limits, shards: usize) -> Self {
+        assert!((1..=crate::limits::SHARDS_MAX).contains(&shards), "shard count out of range");
+        Front {
+            limits,
+            shards,
+            seq: 0,
+            now: 0,
+            tenants: Vec::new(),
+            tenant_index: BTreeMap::new(),
+            idempotency: FxHashMap::default(),
+            idempotency_order: VecDeque::new(),
+            routes: FxHashMap::default(),
+        }
+    }
+
+    fn all_shards(&self) -> u64 {
+        if self.shards == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.shards) - 1
+        }
+    }
+
+    fn shard_bit(&self, tenant: u32, sku: &str) -> u64 {
+        1u64 << shard_of(tenant, sku, self.shards)
+    }
+
+    /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
+    /// sequenced with that number.
+    pub fn admit(&mut self, req: &Request, now: TimeMs, forced_seq: Option<Seq>) -> Admission {
+        self.now = self.now.max(now);
+        let now = self.now;
+        self.expire_idempotency(now);
+        let is_read = req.command.is_read();
+        // Engine-wide commands.
+        if let Command::Tick = req.command {
+            let job = self.job(0, TenantId::new(SYSTEM_TENANT).expect("valid id"), req, JobKind::Tick, self.all_shards(), forced_seq);
+            return Admission::Run { job, idem: None };
+        }
+        let tenant = match (&req.command, self.tenant_index.get(&req.tenant)) {
+            (Command::CreateTenant, Some(_)) => {
+                return refuse(Refusal::state(format!("tenant {} exists already", req.tenant)));
+            }
+            (Command::CreateTenant, None) => None,
+            (_, Some(&t)) => Some(t),
+            (_, None) => return refuse(Refusal::not_found(format!("tenant {}", req.tenant))),
+        };
+        // Idempotency, for writes of an existing tenant.
+        let mut idem = None;
+        if let (Some(key), Some(t), false) = (&req.idempotency_key, tenant, is_read) {
+            if key.is_empty() || key.len() > self.limits.idempotency_key_len_max {
+                return refuse(Refusal::invalid(
+                    "idempotency_key",
+                    format!("must be 1 to {} bytes", self.limits.idempotency_key_len_max),
+                ));
+            }
+            let fingerprint = fingerprint(&req.command);
+            if let Some(e) = self.idempotency.get(&(t, key.clone())) {
+                if e.fingerprint != fingerprint {
+                    return refuse(Refusal::IdempotencyKeyReused);
+                }
+                return match &e.response {
+                    Some(r) => Admission::Immediate(Response { replayed: true, ..r.clone() }),
+                    None => Admission::Wait { tenant: t, key: key.clone() },
+                };
+            }
+            if forced_seq.is_none() && self.idempotency.len() >= self.limits.idempotency_keys_max {
+                return refuse(Refusal::LimitExceeded {
+                    what: "idempotency keys remembered".into(),
+                    limit: self.limits.idempotency_keys_max as u64,
+                });
+            }
+            idem = Some((t, key.clone(), fingerprint));
+        }
+        let admitted = match tenant {
+            None => self.admit_create_tenant(req, forced_seq),
+            Some(t) => self.admit_command(t, req, forced_seq),
+        };
+        let job = match admitted {
+            Ok(job) => job,
+            Err(r) => return refuse(r),
+        };
+        let idem = idem.map(|(t, key, fingerprint)| {
+            self.idempotency.insert((t, key.clone()), IdemEntry { fingerprint, at: now, response: None });
+            self.idempotency_order.push_back((now, t, key.clone()));
+            (t, key)
+        });
+        Admission::Run { job, idem }
+    }
+
+    fn expire_idempotency(&mut self, now: TimeMs) {
+        let retention = self.limits.idempotency_retention_ms;
+        while let Some((at, _, _)) = self.idempotency_order.front() {
+            if at.saturating_add(retention) > now {
+                break;
+            }
+            let (_, t, key) = self.idempotency_order.pop_front().expect("front exists");
+            self.idempotency.remove(&(t, key));
+        }
+    }
+
+    fn job(&mut self, tenant: u32, tenant_id: TenantId, req: &Request, kind: JobKind, shards: u64, forced: Option<Seq>) -> Job {
+        let seq = if req.command.is_read() {
+            self.seq
+        } else {
+            self.seq = forced.unwrap_or(self.seq + 1);
+            self.seq
+        };
+        Job { seq, now: self.now, tenant, tenant_id, key_id: req.key_id.clone(), kind, shards }
+    }
+
+    fn admit_create_tenant(&mut self, req: &Request, forced: Option<Seq>) -> Result<Job, Refusal> {
+        if self.tenants.len() >= self.limits.tenants_max {
+            return Err(Refusal::LimitExceeded { what: "tenants".into(), limit: self.limits.tenants_max as u64 });
+        }
+        if req.tenant.as_str() == SYSTEM_TENANT {
+            return Err(Refusal::invalid("id", "this tenant id is reserved"));
+        }
+        let idx = self.tenants.len() as u32;
+        let config = Arc::new(TenantConfig { tenant_idx: idx, ..TenantConfig::default() });
+        self.tenants.push(TenantEntry { id: req.tenant.clone(), config: config.clone() });
+        self.tenant_index.insert(req.tenant.clone(), idx);
+        let all = self.all_shards();
+        Ok(self.job(idx, req.tenant.clone(), req, JobKind::Config { config, event: EventKind::TenantCreated }, all, forced))
+    }
+
+    fn text(&self, field: &str, s: &str) -> Result<(), Refusal> {
+        if s.len() > self.limits.text_len_max {
+            return Err(Refusal::invalid(field, format!("is {} bytes, the limit is {}", s.len(), self.limits.text_len_max)));
+        }
+        Ok(())
+    }
+
+    fn loc(&self, cfg: &TenantConfig, field: &str, l: &crate::ids::LocationId) -> Result<u16, Refusal> {
+        cfg.location_idx(l).ok_or_else(|| Refusal::not_found(format!("location {l}"))).map_err(|e| {
+            let _ = field;
+            e
+        })
+    }
+
+    fn stock_sku(&self, cfg: &TenantConfig, sku: &Sku) -> Result<(), Refusal> {
+        if cfg.is_bundle(sku) {
+            return Err(Refusal::invalid("sku", format!("{sku} is a bundle; stock is kept for its components")));
+        }
+        Ok(())
+    }
+
+    fn ttl(&self, ttl_ms: Option<u64>) -> Result<u64, Refusal> {
+        let ttl = ttl_ms.unwrap_or(self.limits.ttl_ms_default);
+        if ttl < self.limits.ttl_ms_min || ttl > self.limits.ttl_ms_max {
+            return Err(Refusal::invalid(
+                "ttl_seconds",
+                format!("must be between {} and {}", self.limits.ttl_ms_min / 1000, self.limits.ttl_ms_max / 1000),
+            ));
+        }
+        Ok(ttl)
+    }
+
+    /// Installs a changed configuration and returns it for the shards.
+    fn reconfigure(&mut self, t: u32, mut cfg: TenantConfig) -> Result<Arc<TenantConfig>, Refusal> {
+        cfg.rules = rules::compile(&cfg.rule_document, &cfg)
+            .map_err(|e| Refusal::invalid(&rule_field(&e), e.to_string()))?;
+        let cfg = Arc::new(cfg);
+        self.tenants[t as usize].config = cfg.clone();
+        Ok(cfg)
+    }
+
+    fn admit_command(&mut self, t: u32, req: &Request, forced: Option<Seq>) -> Result<Job, Refusal> {
+        let cfg = self.tenants[t as usize].config.clone();
+        let tid = req.tenant.clone();
+        let all = self.all_shards();
+        let one = |s: &Self, sku: &Sku| s.shard_bit(t, sku.as_str());
+        let (kind, shards) = match &req.command {
+            Command::CreateTenant | Command::Tick => unreachable!("handled by admit"),
+            Command::PutLocation { location, kind, name, region, wms } => {
+                self.text("name", name)?;
+                self.text("region", region.as_deref().unwrap_or(""))?;
+                self.text("wms", wms.as_deref().unwrap_or(""))?;
+                let mut next = (*cfg).clone();
+                let loc = Location { id: location.clone(), kind: *kind, name: name.clone(), region: region.clone(), wms: wms.clone() };
+                match next.location_idx(location) {
+                    Some(i) => next.locations[i as usize] = loc,
+                    None if next.locations.len() >= self.limits.locations_per_tenant_max => {
+                        return Err(Refusal::LimitExceeded {
+                            what: "locations per tenant".into(),
+                            limit: self.limits.locations_per_tenant_max as u64,
+                        })
+                    }
+                    None => next.locations.push(loc),
+                }
+                let config = self.reconfigure(t, next)?;
+                (JobKind::Config { config, event: EventKind::LocationPut { location: location.clone() } }, all)
+            }
+            Command::PutChannel { channel, kind, priority } => {
+                let mut next = (*cfg).clone();
+                let ch = Channel { id: channel.clone(), kind: *kind, priority: *priority };
+                match next.channel_idx(channel) {
+                    Some(i) => next.channels[i as usize] = ch,
+                    None if next.channels.len() >= self.limits.channels_per_tenant_max => {
+                        return Err(Refusal::LimitExceeded {
+                            what: "channels per tenant".into(),
+                            limit: self.limits.channels_per_tenant_max as u64,
+                        })
+                    }
+                    None => next.channels.push(ch),
+                }
+                let config = self.reconfigure(t, next)?;
+                (JobKind::Config { config, event: EventKind::ChannelPut { channel: channel.clone() } }, all)
+            }
+            Command::PutBundle { sku, components } => {
+                self.check_bundle(&cfg, sku, components)?;
+                let mut next = (*cfg).clone();
+                next.bundles.insert(sku.clone(), components.clone());
+                let config = self.reconfigure(t, next)?;
+                (JobKind::Config { config, event: EventKind::BundlePut { sku: sku.clone() } }, all)
+            }
+            Command::PutRules { document } => {
+                let mut next = (*cfg).clone();
+                next.rule_document = RuleDocument { version: cfg.rule_document.version + 1, ..document.clone() };
+                let config = self.reconfigure(t, next)?;
+                let version = config.rule_document.version;
+                (JobKind::Config { config, event: EventKind::RulesPut { version } }, all)
+            }
+            Command::Receive { sku, location, quantity, unit_cost, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                check_qty("quantity", *quantity, 1)?;
+                self.text("reason", reason)?;
+                if let Some(c) = unit_cost {
+                    if c.is_sign_negative() || *c > rust_decimal::Decimal::from(QUANTITY_MAX) {
+                        return Err(Refusal::invalid("unit_cost", format!("must be between 0 and {QUANTITY_MAX}")));
+                    }
+                }
+                let loc = self.loc(&cfg, "location", location)?;
+                let kind = JobKind::Receive { sku: sku.clone(), loc, quantity: *quantity, unit_cost: *unit_cost, reason: reason.clone() };
+                (kind, one(self, sku))
+            }
+            Command::Expect { sku, location, quantity, expected_at, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                check_qty("quantity", *quantity, 1)?;
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                let kind = JobKind::Expect { sku: sku.clone(), loc, quantity: *quantity, expected_at: *expected_at, reason: reason.clone() };
+                (kind, one(self, sku))
+            }
+            Command::Adjust { sku, location, delta, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                if *delta == 0 || delta.abs() > QUANTITY_MAX {
+                    return Err(Refusal::invalid("quantity", format!("a non-zero delta between -{QUANTITY_MAX} and {QUANTITY_MAX}")));
+                }
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                (JobKind::Adjust { sku: sku.clone(), loc, delta: *delta, reason: reason.clone() }, one(self, sku))
+            }
+            Command::Set { sku, location, quantity, compare_quantity, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                check_qty("quantity", *quantity, 0)?;
+                if let Some(c) = compare_quantity {
+                    check_qty("compare_quantity", *c, 0)?;
+                }
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                let kind = JobKind::Set { sku: sku.clone(), loc, quantity: *quantity, compare: *compare_quantity, reason: reason.clone() };
+                (kind, one(self, sku))
+            }
+            Command::Move { sku, location, from, to, quantity, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                check_qty("quantity", *quantity, 1)?;
+                if from == to {
+                    return Err(Refusal::invalid("to", "`from` and `to` must differ"));
+                }
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                let kind = JobKind::Move { sku: sku.clone(), loc, from: *from, to: *to, quantity: *quantity, reason: reason.clone() };
+                (kind, one(self, sku))
+            }
+            Command::Transfer { sku, location, to_location, quantity, expected_at, reason } => {
+                self.stock_sku(&cfg, sku)?;
+                check_qty("quantity", *quantity, 1)?;
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                let to = self.loc(&cfg, "to_location", to_location)?;
+                if loc == to {
+                    return Err(Refusal::invalid("to_location", "must differ from `location`"));
+                }
+                let kind = JobKind::Transfer { sku: sku.clone(), loc, to, quantity: *quantity, expected_at: *expected_at, reason: reason.clone() };
+                (kind, one(self, sku))
+            }
+            Command::Reserve { channel, lines, ttl_ms, order_ref, ship_to_region, fill } => {
+                let c = cfg.channel_idx(channel).ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
+                let ttl = self.ttl(*ttl_ms)?;
+                self.text("order_ref", order_ref.as_deref().unwrap_or(""))?;
+                self.text("ship_to_region", ship_to_region.as_deref().unwrap_or(""))?;
+                if let FillPolicy::Split { max_locations: 0 } = fill {
+                    return Err(Refusal::invalid("fill.max_locations", "must be at least 1"));
+                }
+                let (headers, items) = self.expand_lines(&cfg, lines)?;
+                let mask = items.iter().fold(0u64, |m, it| m | self.shard_bit(t, it.sku.as_str()));
+                let kind = JobKind::Reserve {
+                    channel: c,
+                    lines: headers.into(),
+                    items: items.into(),
+                    expires_at: self.now.saturating_add(ttl),
+                    order_ref: order_ref.clone(),
+                    ship_to_region: ship_to_region.clone(),
+                    fill: *fill,
+                };
+                let job = self.job(t, tid, req, kind, mask, forced);
+                self.routes.insert(ReservationId(job.seq), mask);
+                return Ok(job);
+            }
+            Command::Extend { id, ttl_ms } => {
+                let ttl = self.ttl(Some(*ttl_ms))?;
+                (JobKind::Extend { id: *id, expires_at: self.now.saturating_add(ttl) }, self.route(*id))
+            }
+            Command::Commit { id, lines } => {
+                if let Some(lines) = lines {
+                    if lines.len() > self.limits.lines_per_reservation_max {
+                        return Err(Refusal::invalid("lines", "too many lines"));
+                    }
+                    for (i, l) in lines.iter().enumerate() {
+                        if let Some(q) = l.quantity {
+                            check_qty(&format!("lines[{i}].quantity"), q, 1)?;
+                        }
+                    }
+                }
+                let lines = lines.as_ref().map(|ls| ls.iter().map(|l| (l.sku.clone(), l.quantity)).collect());
+                (JobKind::Commit { id: *id, lines }, self.route(*id))
+            }
+            Command::Release { id } => (JobKind::Release { id: *id }, self.route(*id)),
+            Command::Cancel { id } => (JobKind::Cancel { id: *id }, self.route(*id)),
+            Command::Fulfil { id, lines } => {
+                if lines.is_empty() || lines.len() > self.limits.lines_per_reservation_max {
+                    return Err(Refusal::invalid(
+                        "lines",
+                        format!("give 1 to {} lines", self.limits.lines_per_reservation_max),
+                    ));
+                }
+                let mut out = Vec::with_capacity(lines.len());
+                for (i, l) in lines.iter().enumerate() {
+                    check_qty(&format!("lines[{i}].quantity"), l.quantity, 0)?;
+                    check_qty(&format!("lines[{i}].missing"), l.missing, 0)?;
+                    if l.quantity + l.missing == 0 {
+                        return Err(Refusal::invalid(&format!("lines[{i}]"), "report at least one unit picked or missing"));
+                    }
+                    let loc = self.loc(&cfg, &format!("lines[{i}].location"), &l.location)?;
+                    if out.iter().any(|(x, lx): &(crate::command::FulfilLine, u16)| x.sku == l.sku && *lx == loc) {
+                        return Err(Refusal::invalid(&format!("lines[{i}]"), "the same SKU and location are listed twice"));
+                    }
+                    out.push((l.clone(), loc));
+                }
+                (JobKind::Fulfil { id: *id, lines: out }, self.route(*id))
+            }
+            Command::Return { id, sku, location, quantity, damaged, reason } => {
+                check_qty("quantity", *quantity, 1)?;
+                self.text("reason", reason)?;
+                let loc = self.loc(&cfg, "location", location)?;
+                let kind = JobKind::Return { id: *id, sku: sku.clone(), loc, quantity: *quantity, damaged: *damaged };
+                (kind, self.route(*id))
+            }
+            Command::GetStock { sku } => {
+                let mask = match cfg.bundles.get(sku) {
+                    Some(comps) => comps.iter().fold(0, |m, c| m | one(self, &c.sku)),
+                    None => one(self, sku),
+                };
+                (JobKind::GetStock { sku: sku.clone() }, mask)
+            }
+            Command::GetReservation { id } => (JobKind::GetReservation { id: *id }, self.route(*id)),
+            Command::Explain { sku, channel } => {
+                let c = cfg.channel_idx(channel).ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
+                let mask = match cfg.bundles.get(sku) {
+                    Some(comps) => comps.iter().fold(0, |m, k| m | one(self, &k.sku)),
+                    None => one(self, sku),
+                };
+                (JobKind::Explain { sku: sku.clone(), channel: c }, mask)
+            }
+        };
+        Ok(self.job(t, tid, req, kind, shards, forced))
+    }
+
+    /// The shards of a reservation, or one fallback shard that will answer "not found".
+    fn route(&self, id: ReservationId) -> u64 {
+        self.routes.get(&id).copied().unwrap_or(1u64 << (id.0 % self.shards as u64))
+    }
+
+    fn check_bundle(&self, cfg: &TenantConfig, sku: &Sku, components: &[crate::config::Component]) -> Result<(), Refusal> {
+        if components.is_empty() || components.len() > self.limits.components_per_bundle_max {
+            return Err(Refusal::invalid(
+                "components",
+                format!("give 1 to {} components", self.limits.components_per_bundle_max),
+            ));
+        }
+        if cfg.is_component(sku) {
+            return Err(Refusal::invalid("sku", format!("{sku} is a component of another bundle")));
+        }
+        for (i, c) in components.iter().enumerate() {
+            let field = format!("components[{i}]");
+            if !(1..=1_000_000).contains(&c.quantity) {
+                return Err(Refusal::invalid(&format!("{field}.quantity"), "must be between 1 and 1000000"));
+            }
+            if &c.sku == sku {
+                return Err(Refusal::invalid(&field, "a bundle cannot contain itself"));
+            }
+            if cfg.is_bundle(&c.sku) {
+                return Err(Refusal::invalid(&field, format!("{} is a bundle; bundles do not nest", c.sku)));
+            }
+            if components[..i].iter().any(|o| o.sku == c.sku) {
+                return Err(Refusal::invalid(&field, format!("{} is listed twice", c.sku)));
+            }
+        }
+        Ok(())
+    }
+
+    fn expand_lines(&self, cfg: &TenantConfig, lines: &[crate::command::LineRequest]) -> Result<(Vec<LineHeader>, Vec<ItemReq>), Refusal> {
+        if lines.is_empty() || lines.len() > self.limits.lines_per_reservation_max {
+            return Err(Refusal::invalid("lines", format!("give 1 to {} lines", self.limits.lines_per_reservation_max)));
+        }
+        let mut headers = Vec::with_capacity(lines.len());
+        let mut items = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            check_qty(&format!("lines[{i}].quantity"), l.quantity, 1)?;
+            if lines[..i].iter().any(|o| o.sku == l.sku) {
+                return Err(Refusal::invalid(&format!("lines[{i}].sku"), format!("{} is on an earlier line", l.sku)));
+            }
+            let line = i as u16;
+            match cfg.bundles.get(&l.sku) {
+                Some(comps) => {
+                    headers.push(LineHeader { sku: l.sku.clone(), requested: l.quantity, is_bundle: true });
+                    for (slot, c) in comps.iter().enumerate() {
+                        items.push(ItemReq { line, slot: slot as u16, sku: c.sku.clone(), per_unit: c.quantity });
+                    }
+                }
+                None => {
+                    headers.push(LineHeader { sku: l.sku.clone(), requested: l.quantity, is_bundle: false });
+                    items.push(ItemReq { line, slot: 0, sku: l.sku.clone(), per_unit: 1 });
+                }
+            }
+        }
+        Ok((headers, items))
+    }
+
+    /// Records a finished job: stores the idempotent response, forgets dropped routes, and
+    /// turns the events into numbered [`Event`]s.
+    pub fn finish(&mut self, job: &Job, idem: Option<(u32, String)>, fin: Finished) -> (Response, Vec<Event>) {
+        let dropped = fin.dropped.clone();
+        let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
+        self.record(idem.as_ref(), &response, &dropped);
+        (response, events)
+    }
+
+    /// Stores an idempotent response and forgets routes of reservations that are gone.
+    pub fn record(&mut self, idem: Option<&(u32, String)>, response: &Response, dropped: &[ReservationId]) {
+        if let Some(key) = idem {
+            if let Some(e) = self.idempotency.get_mut(key) {
+                e.response = Some(response.clone());
+            }
+        }
+        for id in dropped {
+            self.routes.remove(id);
+        }
+    }
+
+    /// Config of a tenant by index.
+    pub fn config(&self, t: u32) -> Option<&Arc<TenantConfig>> {
+        self.tenants.get(t as usize).map(|e| &e.config)
+    }
+
+    /// Idempotency entries in a canonical order, for digests and snapshots.
+    pub fn idempotency_sorted(&self) -> Vec<(&(u32, String), &IdemEntry)> {
+        let mut v: Vec<_> = self.idempotency.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+}
+
+/// Turns a finished job into its response and numbered events. `tenant_name` resolves the
+/// tenant of events that belong to another tenant than the job's (expiries during a tick).
+pub fn respond(job: &Job, fin: Finished, tenant_name: impl Fn(u32) -> TenantId) -> (Response, Vec<Event>) {
+    let written = !matches!(job.kind, JobKind::GetStock { .. } | JobKind::GetReservation { .. } | JobKind::Explain { .. });
+    let response = Response { seq: written.then_some(job.seq), replayed: false, outcome: fin.outcome };
+    let events = fin
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (t, kind))| Event {
+            seq: job.seq,
+            index: i as u32,
+            at: job.now,
+            tenant: t.map_or_else(|| job.tenant_id.clone(), &tenant_name),
+            key_id: job.key_id.clone(),
+            kind,
+        })
+        .collect();
+    (response, events)
+}
+
+fn rule_field(e: &rules::RuleError) -> String {
+    match e.index {
+        Some(i) => format!("rules[{i}].{}", e.field),
+        None => e.field.to_string(),
+    }
+}
+
+/// A stable fingerprint of a command's content, for idempotency.
+pub fn fingerprint(c: &Command) -> [u8; 32] {
+    let bytes = serde_json::to_vec(c).expect("commands serialize");
+    *blake3::hash(&bytes).as_bytes()
+}

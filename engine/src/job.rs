@@ -1,0 +1,179 @@
+//! A sequenced command as the shards execute it, and the messages of the execution protocol.
+//!
+//! Every command runs in three steps: each participating shard *prepares* (reads its state),
+//! one pure *decide* turns all preparations into a decision, and each shard *applies* it. A
+//! command on one shard does this alone; a command spanning shards meets at a rendezvous.
+//! Because every shard sees commands in sequence order, the outcome depends only on the
+//! sequence, never on timing.
+
+use crate::command::{Bucket, FillPolicy, FulfilLine};
+use crate::config::{ChanIdx, LocIdx, TenantConfig};
+use crate::ids::{LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
+use crate::outcome::{EventKind, Outcome, Refusal};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+
+/// A line of a reservation as recorded: the requested SKU (maybe a bundle) and its units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineHeader {
+    pub sku: Sku,
+    /// Units requested.
+    pub requested: i64,
+    pub is_bundle: bool,
+}
+
+/// One physical SKU to allocate for a line (the line's SKU, or one bundle component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemReq {
+    pub line: u16,
+    /// Position among the line's items (component order).
+    pub slot: u16,
+    pub sku: Sku,
+    /// Units of this SKU per unit of the line (1 for plain lines).
+    pub per_unit: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum JobKind {
+    Config { config: Arc<TenantConfig>, event: EventKind },
+    Receive { sku: Sku, loc: LocIdx, quantity: i64, unit_cost: Option<Decimal>, reason: String },
+    Expect { sku: Sku, loc: LocIdx, quantity: i64, expected_at: Option<TimeMs>, reason: String },
+    Adjust { sku: Sku, loc: LocIdx, delta: i64, reason: String },
+    Set { sku: Sku, loc: LocIdx, quantity: i64, compare: Option<i64>, reason: String },
+    Move { sku: Sku, loc: LocIdx, from: Bucket, to: Bucket, quantity: i64, reason: String },
+    Transfer { sku: Sku, loc: LocIdx, to: LocIdx, quantity: i64, expected_at: Option<TimeMs>, reason: String },
+    Reserve {
+        channel: ChanIdx,
+        lines: Arc<[LineHeader]>,
+        items: Arc<[ItemReq]>,
+        expires_at: TimeMs,
+        order_ref: Option<String>,
+        ship_to_region: Option<String>,
+        fill: FillPolicy,
+    },
+    Extend { id: ReservationId, expires_at: TimeMs },
+    /// `lines`: (line sku, units to keep); `None` keeps everything.
+    Commit { id: ReservationId, lines: Option<Vec<(Sku, Option<i64>)>> },
+    Release { id: ReservationId },
+    Cancel { id: ReservationId },
+    Fulfil { id: ReservationId, lines: Vec<(FulfilLine, LocIdx)> },
+    Return { id: ReservationId, sku: Sku, loc: LocIdx, quantity: i64, damaged: bool },
+    Tick,
+    GetStock { sku: Sku },
+    GetReservation { id: ReservationId },
+    Explain { sku: Sku, channel: ChanIdx },
+}
+
+/// A command with everything the shards need, as the front sequenced it.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// For reads: the sequence number of the last write before them.
+    pub seq: Seq,
+    pub now: TimeMs,
+    pub tenant: u32,
+    pub tenant_id: TenantId,
+    pub key_id: String,
+    pub kind: JobKind,
+    /// The shards taking part, as a bit mask; never empty.
+    pub shards: u64,
+}
+
+impl Job {
+    pub fn shard_count(&self) -> u32 {
+        self.shards.count_ones()
+    }
+}
+
+/// What a shard read while preparing a reservation, per item it owns.
+#[derive(Clone, Debug, Default)]
+pub struct ItemPrep {
+    pub item: usize,
+    /// The channel's ATS for the item's SKU.
+    pub ats: i64,
+    /// Eligible locations with their available units, in creation order.
+    pub locations: Vec<(LocIdx, i64)>,
+    pub routing: Option<crate::rules::CompiledRouting>,
+}
+
+/// A reservation part's summary, for lifecycle decisions.
+#[derive(Clone, Debug)]
+pub struct PartPrep {
+    pub lifecycle: crate::shard::Lifecycle,
+    pub expires_at: TimeMs,
+    pub lines: Arc<[LineHeader]>,
+    /// Units granted per line.
+    pub granted: Arc<[i64]>,
+    pub open_units: i64,
+    pub shipped_units: i64,
+    pub backordered_units: i64,
+    /// For fulfil and return: per request line this shard owns, the units that line may
+    /// touch at its (SKU, location) (open for fulfil, shipped less returned for return);
+    /// `None` when the reservation has no allocation there.
+    pub checks: Vec<(usize, Option<i64>)>,
+}
+
+/// What one shard contributes before the decision.
+#[derive(Clone, Debug)]
+pub enum Prep {
+    None,
+    Items(Vec<ItemPrep>),
+    Part(Option<PartPrep>),
+    Refused(Refusal),
+}
+
+/// Units of one item taken at each location, decided for all shards at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemPlan {
+    pub item: usize,
+    pub quantity: i64,
+    pub allocations: Vec<(LocIdx, i64)>,
+}
+
+/// The decision every participant applies.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Refuse(Refusal),
+    /// Expired before this command: expire the parts, then refuse.
+    ExpireThenRefuse(Refusal),
+    Proceed,
+    Reserve { granted: Arc<[i64]>, plans: Arc<[ItemPlan]> },
+    /// Units to keep per (line index): the rest is released.
+    Commit { keep: Arc<[i64]> },
+}
+
+/// What one shard returns after applying.
+#[derive(Clone, Debug, Default)]
+pub struct PartOut {
+    /// Events with a sort key unique within the command.
+    pub events: Vec<(u64, EventKind)>,
+    pub data: PartData,
+}
+
+#[derive(Clone, Debug, Default)]
+pub enum PartData {
+    #[default]
+    None,
+    Refused(Refusal),
+    Stock(crate::outcome::StockView),
+    Explain(crate::outcome::Explanation),
+    /// Reservation content held by this shard.
+    Reservation(crate::shard::PartSnapshot),
+    Ticked { expired: Vec<(ReservationId, u32)>, dropped: Vec<ReservationId> },
+    /// The ATS of components, for a bundle read.
+    ComponentAts(Vec<(Sku, Vec<i64>)>),
+}
+
+/// The answer to a job once merged.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// Events; `Some(tenant)` when the event belongs to another tenant than the job's (ticks).
+    pub events: Vec<(Option<u32>, EventKind)>,
+    /// Reservations that no longer exist anywhere (routes may be dropped).
+    pub dropped: Vec<ReservationId>,
+}
+
+/// Location ids for views.
+pub fn loc_id(cfg: &TenantConfig, loc: LocIdx) -> LocationId {
+    cfg.locations[loc as usize].id.clone()
+}

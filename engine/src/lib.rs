@@ -1,0 +1,36 @@
+//! depot's engine: an in-memory, sharded, deterministic inventory state machine.
+//!
+//! - [`Request`]s carrying [`Command`]s go in; [`Response`]s with an [`Outcome`] and
+//!   numbered [`Event`]s come out.
+//! - [`Machine`] runs everything on one thread, one command at a time: the definition.
+//! - [`Engine`] runs one thread per shard and agrees with [`Machine`] command for command.
+//! - Time is an argument of every call. The engine reads no clock, does no I/O and draws no
+//!   randomness; the same writes in the same order give the same state, proven by
+//!   [`Machine::digest`] / [`Engine::digest`].
+//!
+//! The semantics of stock, ATS, rules and reservations are in `docs/allocation.md`.
+
+pub mod ats;
+pub mod command;
+pub mod config;
+pub mod digest;
+pub mod exec;
+pub mod front;
+pub mod ids;
+pub mod job;
+pub mod limits;
+pub mod machine;
+pub mod outcome;
+pub mod rules;
+pub mod runtime;
+pub mod shard;
+pub mod timers;
+
+pub use command::{Bucket, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, Request};
+pub use config::{ChannelKind, Component, LocationKind};
+pub use ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
+pub use limits::Limits;
+pub use machine::{LogEntry, Machine};
+pub use outcome::{Event, EventKind, Outcome, Refusal, Reply, ReservationState, Response};
+pub use rules::{Rule, RuleDocument, RuleKind};
+pub use runtime::{Engine, EngineConfig, Journal, MemoryJournal};

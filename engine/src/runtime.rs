@@ -1,0 +1,376 @@
+//! The threaded engine: one thread per shard, each owning its shard's state, fed in sequence
+//! order through a queue. The front assigns sequence numbers under one lock and pushes each
+//! batch's jobs to every shard queue before releasing it, so every shard sees jobs in the same
+//! global order. A job spanning shards meets at a [`Rendezvous`]: every participant prepares,
+//! the last to arrive decides, every participant applies, the last to finish merges.
+
+use crate::command::Request;
+use crate::exec::{decide, merge};
+use crate::front::{respond, Admission, Front};
+use crate::ids::TimeMs;
+use crate::job::{Decision, Job, PartOut, Prep};
+use crate::limits::Limits;
+use crate::machine::LogEntry;
+use crate::outcome::{Event, Outcome, Refusal, Response};
+use crate::shard::ShardState;
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
+
+/// Receives every sequenced write, in sequence order, while the sequencer lock is held.
+/// The write-ahead log implements it.
+pub trait Journal: Send {
+    fn append(&mut self, entry: &LogEntry);
+}
+
+/// A journal that keeps entries in memory (tests, simulation).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryJournal {
+    pub entries: Arc<Mutex<Vec<LogEntry>>>,
+}
+
+impl Journal for MemoryJournal {
+    fn append(&mut self, entry: &LogEntry) {
+        self.entries.lock().expect("journal lock").push(entry.clone());
+    }
+}
+
+/// How to start an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of shard threads; default: one per core.
+    pub shards: usize,
+    pub limits: Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        EngineConfig { shards: cores.clamp(1, crate::limits::SHARDS_MAX), limits: Limits::default() }
+    }
+}
+
+type Answer = (Response, Vec<Event>);
+
+/// The answers of one `execute` call and who waits for them.
+struct Batch {
+    slots: Vec<OnceLock<Answer>>,
+    remaining: AtomicUsize,
+    waiter: Thread,
+}
+
+impl Batch {
+    fn complete(&self, i: usize, a: Answer) {
+        if self.slots[i].set(a).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waiter.unpark();
+        }
+    }
+}
+
+/// The meeting point of a job spanning shards.
+struct Rendezvous {
+    participants: usize,
+    preps: Mutex<Vec<(usize, Prep)>>,
+    decision: OnceLock<Decision>,
+    outs: Mutex<Vec<PartOut>>,
+}
+
+struct Task {
+    job: Arc<Job>,
+    slot: usize,
+    idem: Option<(u32, String)>,
+    rendezvous: Option<Arc<Rendezvous>>,
+}
+
+enum Msg {
+    Tasks { batch: Arc<Batch>, tasks: Vec<Task> },
+    Stop,
+}
+
+struct FrontSide {
+    front: Front,
+    journal: Option<Box<dyn Journal>>,
+    /// Requests waiting for the first execution of their idempotency key.
+    waiting: FxHashMap<(u32, String), Vec<(Arc<Batch>, usize)>>,
+}
+
+struct Inner {
+    front: Mutex<FrontSide>,
+    queues: Vec<Sender<Msg>>,
+    depth: Vec<AtomicUsize>,
+    states: Vec<Arc<Mutex<ShardState>>>,
+    queue_depth_max: usize,
+    batch_len_max: usize,
+}
+
+/// The sharded engine. Cheap to share: wrap it in an `Arc`.
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("shards", &self.inner.queues.len()).finish()
+    }
+}
+
+impl Engine {
+    pub fn start(config: EngineConfig) -> Engine {
+        Self::start_with(config, None)
+    }
+
+    /// Starts an engine whose every sequenced write is handed to `journal`.
+    pub fn start_with(config: EngineConfig, journal: Option<Box<dyn Journal>>) -> Engine {
+        let n = config.shards;
+        let front = Front::new(config.limits.clone(), n);
+        let states: Vec<_> = (0..n)
+            .map(|i| {
+                Arc::new(Mutex::new(ShardState::new(
+                    i,
+                    n,
+                    config.limits.holds_per_shard_max,
+                    config.limits.ended_retention_ms,
+                )))
+            })
+            .collect();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded::<Msg>()).unzip();
+        let inner = Arc::new(Inner {
+            front: Mutex::new(FrontSide { front, journal, waiting: FxHashMap::default() }),
+            queues: senders,
+            depth: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            states,
+            queue_depth_max: config.limits.queue_depth_max,
+            batch_len_max: config.limits.batch_len_max,
+        });
+        let threads = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                let inner = inner.clone();
+                std::thread::Builder::new()
+                    .name(format!("depot-shard-{i}"))
+                    .spawn(move || shard_main(i, rx, inner))
+                    .expect("spawn shard thread")
+            })
+            .collect();
+        Engine { inner, threads }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.inner.queues.len()
+    }
+
+    /// Executes one request.
+    pub fn execute_one(&self, request: Request, now: TimeMs) -> Answer {
+        self.execute(vec![request], now).pop().expect("one answer per request")
+    }
+
+    /// Executes a batch of requests, sequenced in order, and waits for all answers.
+    pub fn execute(&self, requests: Vec<Request>, now: TimeMs) -> Vec<Answer> {
+        let batch = Arc::new(Batch {
+            slots: (0..requests.len()).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(requests.len()),
+            waiter: std::thread::current(),
+        });
+        if requests.len() > self.inner.batch_len_max {
+            let r = Refusal::LimitExceeded { what: "requests in one batch".into(), limit: self.inner.batch_len_max as u64 };
+            return requests.iter().map(|_| (refused(r.clone()), Vec::new())).collect();
+        }
+        self.submit(&batch, requests, now);
+        while batch.remaining.load(Ordering::Acquire) != 0 {
+            std::thread::park();
+        }
+        let batch = match Arc::try_unwrap(batch) {
+            Ok(b) => b,
+            // A shard may still hold its reference for an instant after the last answer.
+            Err(arc) => {
+                return arc.slots.iter().map(|s| s.get().cloned().expect("every slot is answered")).collect();
+            }
+        };
+        batch.slots.into_iter().map(|s| s.into_inner().expect("every slot is answered")).collect()
+    }
+
+    fn submit(&self, batch: &Arc<Batch>, requests: Vec<Request>, now: TimeMs) {
+        let n = self.inner.queues.len();
+        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+        let mut side = self.inner.lock_front();
+        for (slot, req) in requests.into_iter().enumerate() {
+            // A full queue refuses before admission, so a refused request leaves no trace.
+            let full = (0..n).any(|s| self.inner.depth[s].load(Ordering::Relaxed) + per_shard[s].len() >= self.inner.queue_depth_max);
+            if full {
+                batch.complete(slot, (refused(Refusal::Overloaded), Vec::new()));
+                continue;
+            }
+            let admission = side.front.admit(&req, now, None);
+            match admission {
+                Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
+                Admission::Wait { tenant, key } => side.waiting.entry((tenant, key)).or_default().push((batch.clone(), slot)),
+                Admission::Run { job, idem } => {
+                    let targets = job.shards;
+                    if !req.command.is_read() {
+                        if let Some(j) = side.journal.as_mut() {
+                            j.append(&LogEntry { seq: job.seq, now: job.now, request: req });
+                        }
+                    }
+                    let count = targets.count_ones() as usize;
+                    let rendezvous = (count > 1).then(|| {
+                        Arc::new(Rendezvous {
+                            participants: count,
+                            preps: Mutex::new(Vec::with_capacity(count)),
+                            decision: OnceLock::new(),
+                            outs: Mutex::new(Vec::with_capacity(count)),
+                        })
+                    });
+                    let job = Arc::new(job);
+                    for (s, tasks) in per_shard.iter_mut().enumerate() {
+                        if targets & (1 << s) != 0 {
+                            tasks.push(Task { job: job.clone(), slot, idem: idem.clone(), rendezvous: rendezvous.clone() });
+                        }
+                    }
+                }
+            }
+        }
+        for (s, tasks) in per_shard.into_iter().enumerate() {
+            if tasks.is_empty() {
+                continue;
+            }
+            self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
+            self.inner.queues[s].send(Msg::Tasks { batch: batch.clone(), tasks }).expect("shard threads outlive the engine handle");
+        }
+        drop(side);
+    }
+
+    /// Waits until every queued job has run, then calls `f` with the front and all shards.
+    /// New requests wait meanwhile. Used for digests and snapshots.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Front, &[&ShardState]) -> R) -> R {
+        // Shards may need the front lock to finish a job, so it is not held while waiting.
+        let side = loop {
+            let side = self.inner.lock_front();
+            if self.inner.depth.iter().all(|d| d.load(Ordering::Acquire) == 0) {
+                break side;
+            }
+            drop(side);
+            std::thread::yield_now();
+        };
+        let guards: Vec<MutexGuard<'_, ShardState>> = self.inner.states.iter().map(|s| s.lock().expect("shard lock")).collect();
+        let refs: Vec<&ShardState> = guards.iter().map(|g| &**g).collect();
+        f(&side.front, &refs)
+    }
+
+    /// The state digest; equal to the digest of a [`crate::Machine`] fed the same writes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.inspect(|front, shards| crate::digest::digest(front, shards.iter().copied()))
+    }
+
+    /// Commands queued per shard, for metrics.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.inner.depth.iter().map(|d| d.load(Ordering::Relaxed)).collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for q in &self.inner.queues {
+            let _ = q.send(Msg::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn refused(r: Refusal) -> Response {
+    Response { seq: None, replayed: false, outcome: Outcome::Refused(r) }
+}
+
+impl Inner {
+    fn lock_front(&self) -> MutexGuard<'_, FrontSide> {
+        self.front.lock().expect("front lock: a panic elsewhere poisoned it")
+    }
+}
+
+fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
+    while let Ok(msg) = rx.recv() {
+        let (batch, tasks) = match msg {
+            Msg::Tasks { batch, tasks } => (batch, tasks),
+            Msg::Stop => return,
+        };
+        let mut state = inner.states[index].lock().expect("shard lock");
+        for task in tasks {
+            run_task(index, &mut state, &inner, &batch, task);
+            inner.depth[index].fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, task: Task) {
+    let job = &*task.job;
+    let cfg_of = |s: &ShardState| s.tenants.get(job.tenant as usize).cloned();
+    let fin = match &task.rendezvous {
+        None => {
+            let prep = state.prepare(job);
+            let d = decide(job, cfg_of(state).as_deref(), std::slice::from_ref(&prep));
+            let out = state.apply(job, &d);
+            merge(job, cfg_of(state).as_deref(), &d, vec![out])
+        }
+        Some(rv) => {
+            let prep = state.prepare(job);
+            let last = {
+                let mut preps = rv.preps.lock().expect("rendezvous lock");
+                preps.push((index, prep));
+                preps.len() == rv.participants
+            };
+            if last {
+                let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
+                preps.sort_by_key(|(i, _)| *i);
+                let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
+                let _ = rv.decision.set(decide(job, cfg_of(state).as_deref(), &preps));
+            }
+            let d = wait_for(&rv.decision);
+            let out = state.apply(job, d);
+            let mut outs = rv.outs.lock().expect("rendezvous lock");
+            outs.push(out);
+            if outs.len() < rv.participants {
+                return;
+            }
+            let outs = std::mem::take(&mut *outs);
+            merge(job, cfg_of(state).as_deref(), d, outs)
+        }
+    };
+    let needs_front = task.idem.is_some() || !fin.dropped.is_empty() || fin.events.iter().any(|(t, _)| t.is_some());
+    if !needs_front {
+        let answer = respond(job, fin, |_| unreachable!("no foreign-tenant events"));
+        batch.complete(task.slot, answer);
+        return;
+    }
+    let mut side = inner.lock_front();
+    let dropped = fin.dropped.clone();
+    let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
+    side.front.record(task.idem.as_ref(), &response, &dropped);
+    if let Some(key) = &task.idem {
+        for (b, slot) in side.waiting.remove(key).unwrap_or_default() {
+            b.complete(slot, (Response { replayed: true, ..response.clone() }, Vec::new()));
+        }
+    }
+    drop(side);
+    batch.complete(task.slot, (response, events));
+}
+
+/// Waits for the decision of a rendezvous: spins briefly, then yields the core.
+fn wait_for(cell: &OnceLock<Decision>) -> &Decision {
+    let mut spins = 0u32;
+    loop {
+        if let Some(d) = cell.get() {
+            return d;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for depot's cross-crate tests.
