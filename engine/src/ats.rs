@@ -23,10 +23,18 @@ pub struct Level {
 
 impl Level {
     pub fn new(loc: LocIdx) -> Self {
-        Level { loc, ..Level::default() }
+        Level {
+            loc,
+            ..Level::default()
+        }
     }
     pub fn available(&self) -> i64 {
-        self.on_hand - self.reserved - self.committed - self.damaged - self.quality_control - self.safety_stock
+        self.on_hand
+            - self.reserved
+            - self.committed
+            - self.damaged
+            - self.quality_control
+            - self.safety_stock
     }
     /// Units that could be sold if nothing were held: on_hand less the unsellable buckets.
     pub fn sellable(&self) -> i64 {
@@ -63,15 +71,26 @@ pub fn ats(
 ) -> i64 {
     let mut push = |term: &str, quantity: i64, rule: Option<String>, detail: Option<String>| {
         if let Some(t) = terms.as_deref_mut() {
-            t.push(Term { term: term.to_string(), quantity, rule, detail });
+            t.push(Term {
+                term: term.to_string(),
+                quantity,
+                rule,
+                detail,
+            });
         }
     };
     if levels.is_empty() {
-        push("no_stock_levels", 0, None, Some("the SKU has no stock at any location".into()));
+        push(
+            "no_stock_levels",
+            0,
+            None,
+            Some("the SKU has no stock at any location".into()),
+        );
         return 0;
     }
     let app = cfg.rules.applicable(sku, c);
-    let (mut on_hand, mut reserved, mut committed, mut damaged, mut qc, mut safety) = (0, 0, 0, 0, 0, 0);
+    let (mut on_hand, mut reserved, mut committed, mut damaged, mut qc, mut safety) =
+        (0, 0, 0, 0, 0, 0);
     let mut excluded = Vec::new();
     for l in levels {
         if !eligible(&app, l.loc) {
@@ -86,14 +105,32 @@ pub fn ats(
         safety += l.safety_stock;
     }
     push("on_hand", on_hand, None, None);
-    push("reserved", -reserved, None, Some("held by reservations".into()));
-    push("committed", -committed, None, Some("committed orders awaiting pick".into()));
+    push(
+        "reserved",
+        -reserved,
+        None,
+        Some("held by reservations".into()),
+    );
+    push(
+        "committed",
+        -committed,
+        None,
+        Some("committed orders awaiting pick".into()),
+    );
     push("damaged", -damaged, None, None);
     push("quality_control", -qc, None, None);
     push("safety_stock", -safety, None, None);
     if !excluded.is_empty() {
-        let names: Vec<&str> = excluded.iter().map(|&i| cfg.locations[i as usize].id.as_str()).collect();
-        push("ineligible_locations", 0, None, Some(format!("not counted: {}", names.join(", "))));
+        let names: Vec<&str> = excluded
+            .iter()
+            .map(|&i| cfg.locations[i as usize].id.as_str())
+            .collect();
+        push(
+            "ineligible_locations",
+            0,
+            None,
+            Some(format!("not counted: {}", names.join(", "))),
+        );
     }
     if let Some(l) = levels.iter().find(|l| l.available() < 0) {
         let loc = cfg.locations[l.loc as usize].id.as_str();
@@ -102,7 +139,10 @@ pub fn ats(
             "oversell_incident",
             -total,
             None,
-            Some(format!("available is {} at {loc}; nothing is sold until it is positive", l.available())),
+            Some(format!(
+                "available is {} at {loc}; nothing is sold until it is positive",
+                l.available()
+            )),
         );
         return 0;
     }
@@ -112,7 +152,9 @@ pub fn ats(
         if d == c {
             continue;
         }
-        let CompiledKind::RingFence { amount, .. } = &rule.kind else { continue };
+        let CompiledKind::RingFence { amount, .. } = &rule.kind else {
+            continue;
+        };
         let size = match amount {
             Amount::Units(u) => *u,
             Amount::Percent(p) => sellable.max(0) * i64::from(*p) / 100,
@@ -121,7 +163,12 @@ pub fn ats(
         let remaining = (size - held_d).max(0);
         if remaining > 0 {
             let ch = cfg.channels[d as usize].id.as_str();
-            push("ring_fence", -remaining, Some(rule_label(rule)), Some(format!("kept for {ch}: {size} less {held_d} it holds")));
+            push(
+                "ring_fence",
+                -remaining,
+                Some(rule_label(rule)),
+                Some(format!("kept for {ch}: {size} less {held_d} it holds")),
+            );
         }
         ats -= remaining;
     }
@@ -142,13 +189,22 @@ pub fn ats(
     if let Some(rule) = app.cap {
         if let CompiledKind::Cap(units) = rule.kind {
             if ats > units {
-                push("cap", units - ats, Some(rule_label(rule)), Some(format!("advertise at most {units}")));
+                push(
+                    "cap",
+                    units - ats,
+                    Some(rule_label(rule)),
+                    Some(format!("advertise at most {units}")),
+                );
                 ats = units;
             }
         }
     }
     if let Some(rule) = app.scarcity {
-        if let CompiledKind::Scarcity { threshold, min_priority } = rule.kind {
+        if let CompiledKind::Scarcity {
+            threshold,
+            min_priority,
+        } = rule.kind
+        {
             let total: i64 = levels.iter().map(Level::available).sum();
             let prio = cfg.channels[c as usize].priority;
             if total <= threshold && prio < min_priority && ats > 0 {
@@ -156,7 +212,9 @@ pub fn ats(
                     "scarcity",
                     -ats,
                     Some(rule_label(rule)),
-                    Some(format!("{total} available <= {threshold}; priority {prio} < {min_priority}")),
+                    Some(format!(
+                        "{total} available <= {threshold}; priority {prio} < {min_priority}"
+                    )),
                 );
                 ats = 0;
             }

@@ -73,24 +73,76 @@ pub enum Bucket {
 pub enum Command {
     // --- configuration (applied on every shard) ---
     CreateTenant,
-    PutLocation { location: LocationId, kind: LocationKind, name: String, region: Option<String>, wms: Option<String> },
-    PutChannel { channel: ChannelId, kind: ChannelKind, priority: i32 },
-    PutBundle { sku: Sku, components: Vec<Component> },
-    PutRules { document: RuleDocument },
+    PutLocation {
+        location: LocationId,
+        kind: LocationKind,
+        name: String,
+        region: Option<String>,
+        wms: Option<String>,
+    },
+    PutChannel {
+        channel: ChannelId,
+        kind: ChannelKind,
+        priority: i32,
+    },
+    PutBundle {
+        sku: Sku,
+        components: Vec<Component>,
+    },
+    PutRules {
+        document: RuleDocument,
+    },
 
     // --- stock operations (one SKU, one shard) ---
     /// Inbound units: on_hand += quantity, incoming -= min(quantity, incoming).
-    Receive { sku: Sku, location: LocationId, quantity: i64, unit_cost: Option<Decimal>, reason: String },
+    Receive {
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        unit_cost: Option<Decimal>,
+        reason: String,
+    },
     /// Expected units: incoming += quantity, with the date they are expected.
-    Expect { sku: Sku, location: LocationId, quantity: i64, expected_at: Option<TimeMs>, reason: String },
+    Expect {
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        expected_at: Option<TimeMs>,
+        reason: String,
+    },
     /// on_hand += delta; may not make available negative.
-    Adjust { sku: Sku, location: LocationId, delta: i64, reason: String },
+    Adjust {
+        sku: Sku,
+        location: LocationId,
+        delta: i64,
+        reason: String,
+    },
     /// A physical count: on_hand = quantity. May make available negative (an oversell incident).
-    Set { sku: Sku, location: LocationId, quantity: i64, compare_quantity: Option<i64>, reason: String },
+    Set {
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        compare_quantity: Option<i64>,
+        reason: String,
+    },
     /// Between named quantities (available <-> damaged, quality_control, safety_stock).
-    Move { sku: Sku, location: LocationId, from: Bucket, to: Bucket, quantity: i64, reason: String },
+    Move {
+        sku: Sku,
+        location: LocationId,
+        from: Bucket,
+        to: Bucket,
+        quantity: i64,
+        reason: String,
+    },
     /// Out of `location` now, incoming at `to_location` (received there later).
-    Transfer { sku: Sku, location: LocationId, to_location: LocationId, quantity: i64, expected_at: Option<TimeMs>, reason: String },
+    Transfer {
+        sku: Sku,
+        location: LocationId,
+        to_location: LocationId,
+        quantity: i64,
+        expected_at: Option<TimeMs>,
+        reason: String,
+    },
 
     // --- reservations ---
     Reserve {
@@ -102,27 +154,57 @@ pub enum Command {
         #[serde(default)]
         fill: FillPolicy,
     },
-    Extend { id: ReservationId, ttl_ms: u64 },
-    Commit { id: ReservationId, lines: Option<Vec<CommitLine>> },
-    Release { id: ReservationId },
-    Cancel { id: ReservationId },
-    Fulfil { id: ReservationId, lines: Vec<FulfilLine> },
+    Extend {
+        id: ReservationId,
+        ttl_ms: u64,
+    },
+    Commit {
+        id: ReservationId,
+        lines: Option<Vec<CommitLine>>,
+    },
+    Release {
+        id: ReservationId,
+    },
+    Cancel {
+        id: ReservationId,
+    },
+    Fulfil {
+        id: ReservationId,
+        lines: Vec<FulfilLine>,
+    },
     /// Units of a fulfilled line come back, sellable or damaged.
-    Return { id: ReservationId, sku: Sku, location: LocationId, quantity: i64, damaged: bool, reason: String },
+    Return {
+        id: ReservationId,
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        damaged: bool,
+        reason: String,
+    },
 
     /// Advances time on every shard: expires holds, drops ended reservations past retention.
     Tick,
 
     // --- reads (not logged, consume no sequence number) ---
-    GetStock { sku: Sku },
-    GetReservation { id: ReservationId },
-    Explain { sku: Sku, channel: ChannelId },
+    GetStock {
+        sku: Sku,
+    },
+    GetReservation {
+        id: ReservationId,
+    },
+    Explain {
+        sku: Sku,
+        channel: ChannelId,
+    },
 }
 
 impl Command {
     /// Reads change nothing and are never logged.
     pub fn is_read(&self) -> bool {
-        matches!(self, Command::GetStock { .. } | Command::GetReservation { .. } | Command::Explain { .. })
+        matches!(
+            self,
+            Command::GetStock { .. } | Command::GetReservation { .. } | Command::Explain { .. }
+        )
     }
     /// Configuration commands are applied on every shard.
     pub fn is_config(&self) -> bool {

@@ -84,17 +84,25 @@ pub struct TenantConfig {
 
 impl TenantConfig {
     pub fn location_idx(&self, id: &LocationId) -> Option<LocIdx> {
-        self.locations.iter().position(|l| &l.id == id).map(|i| i as LocIdx)
+        self.locations
+            .iter()
+            .position(|l| &l.id == id)
+            .map(|i| i as LocIdx)
     }
     pub fn channel_idx(&self, id: &ChannelId) -> Option<ChanIdx> {
-        self.channels.iter().position(|c| &c.id == id).map(|i| i as ChanIdx)
+        self.channels
+            .iter()
+            .position(|c| &c.id == id)
+            .map(|i| i as ChanIdx)
     }
     pub fn is_bundle(&self, sku: &Sku) -> bool {
         self.bundles.contains_key(sku)
     }
     /// True when any bundle of this tenant has `sku` as a component.
     pub fn is_component(&self, sku: &Sku) -> bool {
-        self.bundles.values().any(|cs| cs.iter().any(|c| &c.sku == sku))
+        self.bundles
+            .values()
+            .any(|cs| cs.iter().any(|c| &c.sku == sku))
     }
 }
 

@@ -6,34 +6,66 @@ use crate::front::Front;
 use crate::shard::ShardState;
 use std::collections::BTreeMap;
 
-/// Feeds the canonical state to a hasher: sorted tenants, levels, reservations and keys.
+/// Hashes the canonical state: sorted tenants, levels, reservations and keys.
 pub fn digest<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    let mut put = |s: String| {
-        h.update(s.as_bytes());
+    for line in canonical(front, shards) {
+        h.update(line.as_bytes());
         h.update(b"\n");
-    };
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The canonical rendering of the state, one line per item, for digests and for comparing
+/// two states line by line when digests differ.
+pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut put = |s: String| lines.push(s);
     put(format!("seq {} now {}", front.seq, front.now));
     for e in &front.tenants {
         let c = &e.config;
-        put(format!("tenant {} {:?} {:?}", e.id, c.locations, c.channels));
+        put(format!(
+            "tenant {} {:?} {:?}",
+            e.id, c.locations, c.channels
+        ));
         put(format!("bundles {:?}", c.bundles));
-        put(format!("rules {}", serde_json::to_string(&c.rule_document).expect("rules serialize")));
+        put(format!(
+            "rules {}",
+            serde_json::to_string(&c.rule_document).expect("rules serialize")
+        ));
     }
     for ((t, key), e) in front.idempotency_sorted() {
-        put(format!("idem {t} {key:?} {:?} {} {:?}", e.fingerprint, e.at, e.response));
+        put(format!(
+            "idem {t} {key:?} {:?} {} {:?}",
+            e.fingerprint, e.at, e.response
+        ));
     }
     let mut skus = BTreeMap::new();
     let mut parts = BTreeMap::new();
     let mut timers = 0usize;
     for s in shards {
         for (k, st) in &s.skus {
-            skus.insert((k.tenant, k.sku.clone()), (st.levels.clone(), st.chans.clone(), st.cost.clone()));
+            skus.insert(
+                (k.tenant, k.sku.clone()),
+                (st.levels.clone(), st.chans.clone(), st.cost.clone()),
+            );
         }
         for (id, p) in &s.parts {
-            let mut items = p.items.clone();
-            items.sort_by_key(|i| i.item);
-            parts.entry(*id).or_insert_with(Vec::new).push((p.lifecycle, p.expires_at, p.ended_at, p.channel, items));
+            // Every part carries the same header; the items are spread over the parts.
+            let header = format!(
+                "{} {:?} {} {} {} {:?} {:?} {:?} {:?}",
+                p.tenant,
+                p.lifecycle,
+                p.created_at,
+                p.expires_at,
+                p.ended_at,
+                p.channel,
+                p.order_ref,
+                p.lines,
+                p.granted
+            );
+            let entry = parts.entry(*id).or_insert_with(|| (header, Vec::new()));
+            entry.1.extend(p.items.iter().cloned());
         }
         timers += s.expiry.len() + s.purge.len();
     }
@@ -41,11 +73,11 @@ pub fn digest<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -
     for ((t, sku), (levels, chans, cost)) in skus {
         put(format!("sku {t} {sku} {levels:?} {chans:?} {cost:?}"));
     }
-    for (id, mut ps) in parts {
-        ps.sort_by_key(|p| p.4.first().map(|i| i.item));
-        put(format!("res {} {:?}", id.0, ps));
+    for (id, (header, mut items)) in parts {
+        items.sort_by_key(|i| i.item);
+        put(format!("res {} {header} {items:?}", id.0));
     }
-    *h.finalize().as_bytes()
+    lines
 }
 
 /// Hex form of a digest.

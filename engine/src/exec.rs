@@ -6,10 +6,12 @@ use crate::ats::{self, Level};
 use crate::command::{Bucket, FillPolicy};
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
-use crate::job::{loc_id, Decision, Finished, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut, PartPrep, Prep};
+use crate::job::{
+    loc_id, Decision, Finished, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut, PartPrep, Prep,
+};
 use crate::outcome::{
-    AllocationView, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView, Outcome, Refusal,
-    ReservationState, ReservationView, Reply, Shortage, StockView, Term,
+    AllocationView, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView, Outcome,
+    Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
 };
 use crate::rules::{CompiledRouting, OversellPolicy};
 use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState};
@@ -32,24 +34,31 @@ impl ShardState {
                 let part = &self.parts[id];
                 for (i, (line, loc)) in lines.iter().enumerate() {
                     if self.owns(job.tenant, line.sku.as_str()) {
-                        p.checks.push((i, alloc_sum(part, &line.sku, *loc, |a| a.open)));
+                        p.checks
+                            .push((i, alloc_sum(part, &line.sku, *loc, |a| a.open)));
                     }
                 }
                 p
             })),
-            JobKind::Return { id, sku, loc, .. } => Prep::Part(self.part_prep(job, *id).map(|mut p| {
-                if self.owns(job.tenant, sku.as_str()) {
-                    let part = &self.parts[id];
-                    p.checks.push((0, alloc_sum(part, sku, *loc, |a| a.shipped - a.returned)));
-                }
-                p
-            })),
+            JobKind::Return { id, sku, loc, .. } => {
+                Prep::Part(self.part_prep(job, *id).map(|mut p| {
+                    if self.owns(job.tenant, sku.as_str()) {
+                        let part = &self.parts[id];
+                        p.checks
+                            .push((0, alloc_sum(part, sku, *loc, |a| a.shipped - a.returned)));
+                    }
+                    p
+                }))
+            }
             _ => Prep::None,
         }
     }
 
     fn part_prep(&self, job: &Job, id: ReservationId) -> Option<PartPrep> {
-        self.parts.get(&id).filter(|p| p.tenant == job.tenant).map(Part::prep)
+        self.parts
+            .get(&id)
+            .filter(|p| p.tenant == job.tenant)
+            .map(Part::prep)
     }
 
     fn prepare_reserve(&self, job: &Job, channel: ChanIdx, items: &[crate::job::ItemReq]) -> Prep {
@@ -60,20 +69,27 @@ impl ShardState {
             });
         }
         let cfg = self.config(job.tenant);
-        let mut out = Vec::new();
+        let mut out = smallvec::SmallVec::new();
         for (i, item) in items.iter().enumerate() {
             if !self.owns(job.tenant, item.sku.as_str()) {
                 continue;
             }
-            let mut prep = ItemPrep { item: i, ..ItemPrep::default() };
+            let mut prep = ItemPrep {
+                item: i,
+                ..ItemPrep::default()
+            };
             if let Some(st) = self.sku(job.tenant, item.sku.as_str()) {
                 prep.ats = st.ats(channel);
                 if cfg.rules.is_empty() {
                     prep.locations = st.levels.iter().map(|l| (l.loc, l.available())).collect();
                 } else {
                     let app = cfg.rules.applicable(&item.sku, channel);
-                    prep.locations =
-                        st.levels.iter().filter(|l| ats::eligible(&app, l.loc)).map(|l| (l.loc, l.available())).collect();
+                    prep.locations = st
+                        .levels
+                        .iter()
+                        .filter(|l| ats::eligible(&app, l.loc))
+                        .map(|l| (l.loc, l.available()))
+                        .collect();
                     prep.routing = app.routing.and_then(|r| match &r.kind {
                         crate::rules::CompiledKind::Routing(r) => Some(r.clone()),
                         _ => None,
@@ -124,7 +140,16 @@ pub fn decide(job: &Job, cfg: Option<&TenantConfig>, preps: &[Prep]) -> Decision
 }
 
 fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
-    let parts: Vec<&PartPrep> = preps.iter().filter_map(|p| if let Prep::Part(Some(p)) = p { Some(p) } else { None }).collect();
+    let parts: Vec<&PartPrep> = preps
+        .iter()
+        .filter_map(|p| {
+            if let Prep::Part(Some(p)) = p {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect();
     let id = match &job.kind {
         JobKind::Extend { id, .. }
         | JobKind::Commit { id, .. }
@@ -143,8 +168,16 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
     let open: i64 = parts.iter().map(|p| p.open_units).sum();
     let shipped: i64 = parts.iter().map(|p| p.shipped_units).sum();
     let backordered: i64 = parts.iter().map(|p| p.backordered_units).sum();
-    let state_name = if overdue { "expired" } else { head.lifecycle.name() };
-    let wrong = |verb: &str| Refusal::state(format!("cannot {verb} reservation {id}: it is {state_name}"));
+    let state_name = if overdue {
+        "expired"
+    } else {
+        head.lifecycle.name()
+    };
+    let wrong = |verb: &str| {
+        Refusal::state(format!(
+            "cannot {verb} reservation {id}: it is {state_name}"
+        ))
+    };
     let needs_hold = |verb: &str| {
         if overdue {
             Decision::ExpireThenRefuse(wrong(verb))
@@ -163,18 +196,31 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
         },
         JobKind::Cancel { .. } => {
             if head.lifecycle != Lifecycle::Committed {
-                return if overdue { Decision::ExpireThenRefuse(wrong("cancel")) } else { Decision::Refuse(wrong("cancel")) };
+                return if overdue {
+                    Decision::ExpireThenRefuse(wrong("cancel"))
+                } else {
+                    Decision::Refuse(wrong("cancel"))
+                };
             }
             if open == 0 && backordered == 0 && shipped > 0 {
-                return Decision::Refuse(Refusal::state(format!("cannot cancel reservation {id}: it is fulfilled")));
+                return Decision::Refuse(Refusal::state(format!(
+                    "cannot cancel reservation {id}: it is fulfilled"
+                )));
             }
             Decision::Proceed
         }
         JobKind::Fulfil { lines, .. } => {
             if head.lifecycle != Lifecycle::Committed {
-                return if overdue { Decision::ExpireThenRefuse(wrong("fulfil")) } else { Decision::Refuse(wrong("fulfil")) };
+                return if overdue {
+                    Decision::ExpireThenRefuse(wrong("fulfil"))
+                } else {
+                    Decision::Refuse(wrong("fulfil"))
+                };
             }
-            let checks: BTreeMap<usize, Option<i64>> = parts.iter().flat_map(|p| p.checks.iter().copied()).collect();
+            let checks: BTreeMap<usize, Option<i64>> = parts
+                .iter()
+                .flat_map(|p| p.checks.iter().copied())
+                .collect();
             for (i, (line, _)) in lines.iter().enumerate() {
                 let field = format!("lines[{i}]");
                 let touched = line.quantity + line.missing;
@@ -182,13 +228,19 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
                     None => {
                         return Decision::Refuse(Refusal::invalid(
                             &field,
-                            format!("reservation {id} has no allocation of {} at {}", line.sku, line.location),
+                            format!(
+                                "reservation {id} has no allocation of {} at {}",
+                                line.sku, line.location
+                            ),
                         ))
                     }
                     Some(open) if touched > open => {
                         return Decision::Refuse(Refusal::invalid(
                             &field,
-                            format!("{touched} units picked or missing, but only {open} are open at {}", line.location),
+                            format!(
+                                "{touched} units picked or missing, but only {open} are open at {}",
+                                line.location
+                            ),
                         ))
                     }
                     Some(_) => {}
@@ -197,11 +249,24 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
             Decision::Proceed
         }
         JobKind::Return { quantity, sku, .. } => {
+            // An overdue hold is expired first, as by any command on it.
             if head.lifecycle != Lifecycle::Committed {
-                return Decision::Refuse(wrong("return units of"));
+                let r = wrong("return units of");
+                return if overdue {
+                    Decision::ExpireThenRefuse(r)
+                } else {
+                    Decision::Refuse(r)
+                };
             }
-            match parts.iter().find_map(|p| p.checks.first().map(|c| c.1)).flatten() {
-                None => Decision::Refuse(Refusal::invalid("location", format!("reservation {id} shipped no {sku} from there"))),
+            match parts
+                .iter()
+                .find_map(|p| p.checks.first().map(|c| c.1))
+                .flatten()
+            {
+                None => Decision::Refuse(Refusal::invalid(
+                    "location",
+                    format!("reservation {id} shipped no {sku} from there"),
+                )),
                 Some(returnable) if *quantity > returnable => Decision::Refuse(Refusal::invalid(
                     "quantity",
                     format!("only {returnable} shipped units of {sku} can still be returned"),
@@ -215,16 +280,24 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
 
 fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decision {
     let Some(lines) = lines else {
-        return Decision::Commit { keep: head.granted.clone() };
+        return Decision::Commit {
+            keep: head.granted.clone(),
+        };
     };
     if lines.is_empty() {
-        return Decision::Refuse(Refusal::invalid("lines", "list at least one line, or omit `lines` to commit all"));
+        return Decision::Refuse(Refusal::invalid(
+            "lines",
+            "list at least one line, or omit `lines` to commit all",
+        ));
     }
     let mut keep = vec![0i64; head.lines.len()];
     for (i, (sku, q)) in lines.iter().enumerate() {
         let field = format!("lines[{i}]");
         let Some(li) = head.lines.iter().position(|l| &l.sku == sku) else {
-            return Decision::Refuse(Refusal::invalid(&field, format!("the reservation has no line for {sku}")));
+            return Decision::Refuse(Refusal::invalid(
+                &field,
+                format!("the reservation has no line for {sku}"),
+            ));
         };
         if keep[li] != 0 {
             return Decision::Refuse(Refusal::invalid(&field, format!("{sku} is listed twice")));
@@ -232,7 +305,10 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
         let granted = head.granted[li];
         let q = q.unwrap_or(granted);
         if q < 1 || q > granted {
-            return Decision::Refuse(Refusal::invalid(&field, format!("quantity must be between 1 and {granted}")));
+            return Decision::Refuse(Refusal::invalid(
+                &field,
+                format!("quantity must be between 1 and {granted}"),
+            ));
         }
         keep[li] = q;
     }
@@ -240,8 +316,18 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
 }
 
 fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
-    let JobKind::Reserve { lines, items, fill, ship_to_region, .. } = &job.kind else { unreachable!() };
-    let mut by_item: Vec<Option<&ItemPrep>> = vec![None; items.len()];
+    let JobKind::Reserve {
+        lines,
+        items,
+        fill,
+        ship_to_region,
+        ..
+    } = &job.kind
+    else {
+        unreachable!()
+    };
+    let mut by_item: smallvec::SmallVec<[Option<&ItemPrep>; 4]> =
+        smallvec::smallvec![None; items.len()];
     for p in preps {
         if let Prep::Items(v) = p {
             for ip in v {
@@ -251,76 +337,117 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     }
     let empty = ItemPrep::default();
     let prep = |i: usize| by_item[i].unwrap_or(&empty);
-    let mut ats_by_sku: BTreeMap<&Sku, i64> = BTreeMap::new();
-    for (i, item) in items.iter().enumerate() {
-        ats_by_sku.insert(&item.sku, prep(i).ats);
-    }
+    let ats_by_sku = SmallMap::from_iter(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (&it.sku, prep(i).ats)),
+    );
     let line_ats = |li: usize| -> i64 {
         items
             .iter()
             .filter(|it| it.line as usize == li)
-            .map(|it| ats_by_sku[&it.sku] / it.per_unit)
+            .map(|it| *ats_by_sku.get(&&it.sku) / it.per_unit)
             .min()
             .unwrap_or(0)
     };
     let shortages = |bad: &dyn Fn(usize) -> bool| -> Vec<Shortage> {
         (0..lines.len())
             .filter(|&li| bad(li))
-            .map(|li| Shortage { sku: lines[li].sku.clone(), requested: lines[li].requested, available_to_sell: line_ats(li) })
+            .map(|li| Shortage {
+                sku: lines[li].sku.clone(),
+                requested: lines[li].requested,
+                available_to_sell: line_ats(li),
+            })
             .collect()
     };
     // Units granted per line.
-    let granted: Vec<i64> = match fill {
+    let granted: smallvec::SmallVec<[i64; 4]> = match fill {
         FillPolicy::AllOrNothing | FillPolicy::Split { .. } => {
-            let mut demand: BTreeMap<&Sku, i64> = BTreeMap::new();
+            let mut demand = ats_by_sku.clone();
+            demand.entries.iter_mut().for_each(|e| e.1 = 0);
             for it in items.iter() {
-                *demand.entry(&it.sku).or_default() += it.per_unit * lines[it.line as usize].requested;
+                // Saturating: 100 lines of 10^12 bundles of 10^6 units each overflow i64.
+                let d = demand.get_mut(&&it.sku);
+                *d = d.saturating_add(it.per_unit * lines[it.line as usize].requested);
             }
-            let short: Vec<&Sku> = demand.iter().filter(|(s, d)| **d > ats_by_sku[*s]).map(|(s, _)| *s).collect();
+            let short: Vec<&Sku> = demand
+                .entries
+                .iter()
+                .filter(|(s, d)| *d > *ats_by_sku.get(s))
+                .map(|(s, _)| *s)
+                .collect();
             if !short.is_empty() {
-                let bad = |li: usize| items.iter().any(|it| it.line as usize == li && short.contains(&&it.sku));
-                return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&bad) });
+                let bad = |li: usize| {
+                    items
+                        .iter()
+                        .any(|it| it.line as usize == li && short.contains(&&it.sku))
+                };
+                return Decision::Refuse(Refusal::InsufficientStock {
+                    shortages: shortages(&bad),
+                });
             }
             lines.iter().map(|l| l.requested).collect()
         }
         FillPolicy::Partial => {
             let mut left = ats_by_sku.clone();
-            let mut granted = Vec::with_capacity(lines.len());
+            let mut granted = smallvec::SmallVec::with_capacity(lines.len());
             for (li, line) in lines.iter().enumerate() {
                 let its: Vec<_> = items.iter().filter(|it| it.line as usize == li).collect();
-                let fit = its.iter().map(|it| left[&it.sku] / it.per_unit).min().unwrap_or(0).clamp(0, line.requested);
+                let fit = its
+                    .iter()
+                    .map(|it| *left.get(&&it.sku) / it.per_unit)
+                    .min()
+                    .unwrap_or(0)
+                    .clamp(0, line.requested);
                 for it in &its {
-                    *left.get_mut(&it.sku).expect("every item's SKU has an entry") -= fit * it.per_unit;
+                    *left.get_mut(&&it.sku) -= fit * it.per_unit;
                 }
                 granted.push(fit);
             }
             if granted.iter().all(|&g| g == 0) {
-                return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&|_| true) });
+                return Decision::Refuse(Refusal::InsufficientStock {
+                    shortages: shortages(&|_| true),
+                });
             }
             granted
         }
     };
     // Allocate every item, in order, from a working copy of each SKU's available units.
-    let mut work: BTreeMap<(&Sku, LocIdx), i64> = BTreeMap::new();
-    for (i, it) in items.iter().enumerate() {
-        for &(loc, avail) in &prep(i).locations {
-            work.entry((&it.sku, loc)).or_insert(avail);
-        }
-    }
-    let full_counts = fewest_split_counts(items, &granted, &by_item);
-    let mut plans = Vec::with_capacity(items.len());
+    let mut work = SmallMap::from_iter(items.iter().enumerate().flat_map(|(i, it)| {
+        prep(i)
+            .locations
+            .iter()
+            .map(move |&(loc, a)| ((&it.sku, loc), a))
+    }));
+    let full_counts = if by_item
+        .iter()
+        .flatten()
+        .any(|p| matches!(p.routing, Some(CompiledRouting::FewestSplits)))
+    {
+        fewest_split_counts(items, &granted, &by_item)
+    } else {
+        BTreeMap::new()
+    };
+    let mut plans = smallvec::SmallVec::with_capacity(items.len());
     let mut split_bad = Vec::new();
     for (i, it) in items.iter().enumerate() {
         let want = granted[it.line as usize] * it.per_unit;
         let p = prep(i);
-        let order = order_locations(cfg, p.routing.as_ref(), &p.locations, ship_to_region.as_deref(), &full_counts);
+        let order = order_locations(
+            cfg,
+            p.routing.as_ref(),
+            &p.locations,
+            ship_to_region.as_deref(),
+            &full_counts,
+        );
         let mut left = want;
-        let mut allocations = Vec::new();
+        let mut allocations = smallvec::SmallVec::new();
         for loc in order {
             if left == 0 {
                 break;
             }
-            let avail = work.get_mut(&(&it.sku, loc)).expect("ordered locations come from the prep");
+            let avail = work.get_mut(&(&it.sku, loc));
             let take = left.min(*avail);
             if take <= 0 {
                 continue;
@@ -338,16 +465,56 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
                 split_bad.push(it.line as usize);
             }
         }
-        plans.push(ItemPlan { item: i, quantity: want, allocations });
+        plans.push(ItemPlan {
+            item: i,
+            quantity: want,
+            allocations,
+        });
     }
     if !split_bad.is_empty() {
-        return Decision::Refuse(Refusal::InsufficientStock { shortages: shortages(&|li| split_bad.contains(&li)) });
+        return Decision::Refuse(Refusal::InsufficientStock {
+            shortages: shortages(&|li| split_bad.contains(&li)),
+        });
     }
-    Decision::Reserve { granted: granted.into(), plans: plans.into() }
+    Decision::Reserve {
+        granted: Arc::from(&granted[..]),
+        plans,
+    }
+}
+
+/// A map for the few keys of one reservation: a sorted vector, first value kept per key.
+#[derive(Clone)]
+struct SmallMap<K: Ord, V> {
+    entries: smallvec::SmallVec<[(K, V); 4]>,
+}
+
+impl<K: Ord, V> SmallMap<K, V> {
+    fn from_iter(it: impl Iterator<Item = (K, V)>) -> Self {
+        let mut entries: smallvec::SmallVec<[(K, V); 4]> = it.collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        SmallMap { entries }
+    }
+    fn index(&self, k: &K) -> usize {
+        self.entries
+            .binary_search_by(|e| e.0.cmp(k))
+            .expect("every key was inserted")
+    }
+    fn get(&self, k: &K) -> &V {
+        &self.entries[self.index(k)].1
+    }
+    fn get_mut(&mut self, k: &K) -> &mut V {
+        let i = self.index(k);
+        &mut self.entries[i].1
+    }
 }
 
 /// For `fewest_splits`: per location, how many items it can serve in full.
-fn fewest_split_counts(items: &[crate::job::ItemReq], granted: &[i64], by_item: &[Option<&ItemPrep>]) -> BTreeMap<LocIdx, u32> {
+fn fewest_split_counts(
+    items: &[crate::job::ItemReq],
+    granted: &[i64],
+    by_item: &[Option<&ItemPrep>],
+) -> BTreeMap<LocIdx, u32> {
     let mut counts = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
         let want = granted[it.line as usize] * it.per_unit;
@@ -372,16 +539,23 @@ pub fn order_locations(
     locations: &[(LocIdx, i64)],
     ship_to: Option<&str>,
     full_counts: &BTreeMap<LocIdx, u32>,
-) -> Vec<LocIdx> {
-    let mut locs: Vec<(LocIdx, i64)> = locations.iter().copied().filter(|&(_, a)| a > 0).collect();
+) -> smallvec::SmallVec<[LocIdx; 4]> {
+    let mut locs: smallvec::SmallVec<[(LocIdx, i64); 4]> =
+        locations.iter().copied().filter(|&(_, a)| a > 0).collect();
     match routing {
         None => {}
         Some(CompiledRouting::Priority(list)) => {
-            locs.sort_by_key(|&(l, _)| (list.iter().position(|&x| x == l).unwrap_or(usize::MAX), l));
+            locs.sort_by_key(|&(l, _)| {
+                (list.iter().position(|&x| x == l).unwrap_or(usize::MAX), l)
+            });
         }
         Some(CompiledRouting::MostStock) => locs.sort_by_key(|&(l, a)| (std::cmp::Reverse(a), l)),
         Some(CompiledRouting::FewestSplits) => locs.sort_by_key(|&(l, a)| {
-            (std::cmp::Reverse(full_counts.get(&l).copied().unwrap_or(0)), std::cmp::Reverse(a), l)
+            (
+                std::cmp::Reverse(full_counts.get(&l).copied().unwrap_or(0)),
+                std::cmp::Reverse(a),
+                l,
+            )
         }),
         Some(CompiledRouting::Nearest(regions)) => {
             if let Some(r) = ship_to {
@@ -390,7 +564,9 @@ pub fn order_locations(
                     let region = cfg.locations[l as usize].region.as_deref();
                     let rank = match region {
                         Some(x) if x == r => 0,
-                        Some(x) => list.and_then(|v| v.iter().position(|y| y == x)).map_or(usize::MAX, |p| p + 1),
+                        Some(x) => list
+                            .and_then(|v| v.iter().position(|y| y == x))
+                            .map_or(usize::MAX, |p| p + 1),
                         None => usize::MAX,
                     };
                     (rank, l)
@@ -418,7 +594,10 @@ impl Events {
 }
 
 fn refused(r: Refusal) -> PartOut {
-    PartOut { events: Vec::new(), data: PartData::Refused(r) }
+    PartOut {
+        events: Vec::new(),
+        data: PartData::Refused(r),
+    }
 }
 
 impl ShardState {
@@ -458,9 +637,13 @@ impl ShardState {
                 PartData::None
             }
             JobKind::Commit { id, .. } => {
-                let Decision::Commit { keep } = d else { unreachable!("commit decides Commit") };
+                let Decision::Commit { keep } = d else {
+                    unreachable!("commit decides Commit")
+                };
                 self.apply_commit(*id, keep);
-                PartData::Reservation(PartSnapshot { part: self.parts[id].clone() })
+                PartData::Reservation(PartSnapshot {
+                    part: self.parts[id].clone(),
+                })
             }
             JobKind::Release { id } => {
                 self.end(*id, Lifecycle::Released, job.now);
@@ -474,7 +657,13 @@ impl ShardState {
                 self.apply_fulfil(job, &mut ev);
                 PartData::None
             }
-            JobKind::Return { id, sku, loc, quantity, damaged } => {
+            JobKind::Return {
+                id,
+                sku,
+                loc,
+                quantity,
+                damaged,
+            } => {
                 if self.owns(job.tenant, sku.as_str()) {
                     self.apply_return(job, *id, sku, *loc, *quantity, *damaged, &mut ev);
                 }
@@ -482,19 +671,30 @@ impl ShardState {
             }
             JobKind::Tick => self.apply_tick(job.now, &mut ev),
             JobKind::GetStock { sku } => self.read_stock(job, sku),
-            JobKind::GetReservation { id } => match self.parts.get(id).filter(|p| p.tenant == job.tenant) {
-                Some(p) => PartData::Reservation(PartSnapshot { part: p.clone() }),
-                None => PartData::None,
-            },
+            JobKind::GetReservation { id } => {
+                match self.parts.get(id).filter(|p| p.tenant == job.tenant) {
+                    Some(p) => PartData::Reservation(PartSnapshot { part: p.clone() }),
+                    None => PartData::None,
+                }
+            }
             JobKind::Explain { sku, channel } => self.read_explain(job, sku, *channel),
         };
-        PartOut { events: ev.out, data }
+        PartOut {
+            events: ev.out,
+            data,
+        }
     }
 
     fn apply_stock(&mut self, job: &Job, ev: &mut Events) -> Result<(), Refusal> {
         let t = job.tenant;
         let (op, sku, loc, reason, unit_cost) = match &job.kind {
-            JobKind::Receive { sku, loc, quantity, unit_cost, reason } => {
+            JobKind::Receive {
+                sku,
+                loc,
+                quantity,
+                unit_cost,
+                reason,
+            } => {
                 let q = *quantity;
                 let st = self.sku_mut(t, sku.as_str());
                 let before = st.level(*loc).map_or(0, |l| l.on_hand);
@@ -514,7 +714,13 @@ impl ShardState {
                 });
                 ("receive", sku, *loc, reason, *unit_cost)
             }
-            JobKind::Expect { sku, loc, quantity, expected_at, reason } => {
+            JobKind::Expect {
+                sku,
+                loc,
+                quantity,
+                expected_at,
+                reason,
+            } => {
                 self.with_level(t, sku, *loc, |l| {
                     l.incoming += quantity;
                     if let Some(at) = expected_at {
@@ -523,10 +729,22 @@ impl ShardState {
                 });
                 ("expect", sku, *loc, reason, None)
             }
-            JobKind::Adjust { sku, loc, delta, reason } => {
-                let l = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).copied().unwrap_or(Level::new(*loc));
+            JobKind::Adjust {
+                sku,
+                loc,
+                delta,
+                reason,
+            } => {
+                let l = self
+                    .sku(t, sku.as_str())
+                    .and_then(|s| s.level(*loc))
+                    .copied()
+                    .unwrap_or(Level::new(*loc));
                 if l.on_hand + delta < 0 {
-                    return Err(Refusal::state(format!("on_hand is {}; adjusting by {delta} would make it negative", l.on_hand)));
+                    return Err(Refusal::state(format!(
+                        "on_hand is {}; adjusting by {delta} would make it negative",
+                        l.on_hand
+                    )));
                 }
                 if *delta < 0 && l.available() + delta < 0 {
                     return Err(Refusal::state(format!(
@@ -537,11 +755,23 @@ impl ShardState {
                 self.with_level(t, sku, *loc, |l| l.on_hand += delta);
                 ("adjust", sku, *loc, reason, None)
             }
-            JobKind::Set { sku, loc, quantity, compare, reason } => {
-                let current = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).map_or(0, |l| l.on_hand);
+            JobKind::Set {
+                sku,
+                loc,
+                quantity,
+                compare,
+                reason,
+            } => {
+                let current = self
+                    .sku(t, sku.as_str())
+                    .and_then(|s| s.level(*loc))
+                    .map_or(0, |l| l.on_hand);
                 if let Some(c) = compare {
                     if *c != current {
-                        return Err(Refusal::CompareFailed { expected: *c, actual: current });
+                        return Err(Refusal::CompareFailed {
+                            expected: *c,
+                            actual: current,
+                        });
                     }
                 }
                 self.with_level(t, sku, *loc, |l| l.on_hand = *quantity);
@@ -549,11 +779,25 @@ impl ShardState {
                 self.oversell_incident(job, sku, *loc, ev);
                 return Ok(());
             }
-            JobKind::Move { sku, loc, from, to, quantity, reason } => {
-                let l = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).copied().unwrap_or(Level::new(*loc));
+            JobKind::Move {
+                sku,
+                loc,
+                from,
+                to,
+                quantity,
+                reason,
+            } => {
+                let l = self
+                    .sku(t, sku.as_str())
+                    .and_then(|s| s.level(*loc))
+                    .copied()
+                    .unwrap_or(Level::new(*loc));
                 let have = ShardState::bucket(&l, *from);
                 if have < *quantity {
-                    return Err(Refusal::state(format!("only {have} units are {} here; cannot move {quantity}", bucket_name(*from))));
+                    return Err(Refusal::state(format!(
+                        "only {have} units are {} here; cannot move {quantity}",
+                        bucket_name(*from)
+                    )));
                 }
                 self.with_level(t, sku, *loc, |l| {
                     if let Some(b) = ShardState::bucket_mut(l, *from) {
@@ -565,10 +809,22 @@ impl ShardState {
                 });
                 ("move", sku, *loc, reason, None)
             }
-            JobKind::Transfer { sku, loc, to, quantity, expected_at, reason } => {
-                let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(*loc)).map_or(0, |l| l.available());
+            JobKind::Transfer {
+                sku,
+                loc,
+                to,
+                quantity,
+                expected_at,
+                reason,
+            } => {
+                let avail = self
+                    .sku(t, sku.as_str())
+                    .and_then(|s| s.level(*loc))
+                    .map_or(0, |l| l.available());
                 if avail < *quantity {
-                    return Err(Refusal::state(format!("only {avail} units are available to transfer")));
+                    return Err(Refusal::state(format!(
+                        "only {avail} units are available to transfer"
+                    )));
                 }
                 self.with_level(t, sku, *loc, |l| l.on_hand -= quantity);
                 self.with_level(t, sku, *to, |l| {
@@ -598,34 +854,60 @@ impl ShardState {
         ev: &mut Events,
     ) {
         let cfg = self.config(job.tenant);
-        let level = self.sku(job.tenant, sku.as_str()).and_then(|s| s.level(loc)).copied().unwrap_or(Level::new(loc));
+        let level = self
+            .sku(job.tenant, sku.as_str())
+            .and_then(|s| s.level(loc))
+            .copied()
+            .unwrap_or(Level::new(loc));
         ev.push(
             0,
-            EventKind::StockChanged { op: op.to_string(), sku: sku.clone(), level: level_view(cfg, &level), reason: reason.to_string(), unit_cost },
+            EventKind::StockChanged {
+                op: op.to_string(),
+                sku: sku.clone(),
+                level: level_view(cfg, &level),
+                reason: reason.to_string(),
+                unit_cost,
+            },
         );
     }
 
     /// A count left available negative: backorder committed allocations by policy.
     fn oversell_incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
         let t = job.tenant;
-        let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(loc)).map_or(0, |l| l.available());
+        let avail = self
+            .sku(t, sku.as_str())
+            .and_then(|s| s.level(loc))
+            .map_or(0, |l| l.available());
         if avail >= 0 {
             return;
         }
         let cfg = self.config(t).clone();
         let mut deficit = -avail;
-        ev.push(0, EventKind::OversellIncident { sku: sku.clone(), location: loc_id(&cfg, loc), deficit });
+        ev.push(
+            0,
+            EventKind::OversellIncident {
+                sku: sku.clone(),
+                location: loc_id(&cfg, loc),
+                deficit,
+            },
+        );
         // Rare: a scan of this shard's parts, sorted so the choice never depends on hashing.
         let mut victims: Vec<(i32, ReservationId)> = self
             .parts
             .iter()
             .filter(|(_, p)| p.tenant == t && p.lifecycle == Lifecycle::Committed)
-            .filter(|(_, p)| p.items.iter().any(|i| &i.sku == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0)))
+            .filter(|(_, p)| {
+                p.items
+                    .iter()
+                    .any(|i| &i.sku == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0))
+            })
             .map(|(id, p)| (cfg.channels[p.channel as usize].priority, *id))
             .collect();
         match cfg.rules.oversell_policy {
             OversellPolicy::NewestFirst => victims.sort_by_key(|&(_, id)| std::cmp::Reverse(id)),
-            OversellPolicy::LowestPriorityFirst => victims.sort_by_key(|&(p, id)| (p, std::cmp::Reverse(id))),
+            OversellPolicy::LowestPriorityFirst => {
+                victims.sort_by_key(|&(p, id)| (p, std::cmp::Reverse(id)))
+            }
         }
         for (_, id) in victims {
             if deficit == 0 {
@@ -648,14 +930,32 @@ impl ShardState {
             self.refresh(t, sku);
             ev.push(
                 1,
-                EventKind::Backordered { id, sku: sku.clone(), location: loc_id(&cfg, loc), quantity: took, cause: "oversell_incident".into() },
+                EventKind::Backordered {
+                    id,
+                    sku: sku.clone(),
+                    location: loc_id(&cfg, loc),
+                    quantity: took,
+                    cause: "oversell_incident".into(),
+                },
             );
         }
     }
 
     fn apply_reserve(&mut self, job: &Job, d: &Decision) -> PartData {
-        let Decision::Reserve { granted, plans } = d else { unreachable!("reserve decides Reserve") };
-        let JobKind::Reserve { channel, lines, items, expires_at, order_ref, .. } = &job.kind else { unreachable!() };
+        let Decision::Reserve { granted, plans } = d else {
+            unreachable!("reserve decides Reserve")
+        };
+        let JobKind::Reserve {
+            channel,
+            lines,
+            items,
+            expires_at,
+            order_ref,
+            ..
+        } = &job.kind
+        else {
+            unreachable!()
+        };
         let t = job.tenant;
         let mut part_items = Vec::new();
         for plan in plans.iter() {
@@ -663,11 +963,12 @@ impl ShardState {
             if !self.owns(t, it.sku.as_str()) {
                 continue;
             }
+            let (cfg, st) = self.sku_entry(t, it.sku.as_str());
             for &(loc, q) in &plan.allocations {
-                self.sku_mut(t, it.sku.as_str()).level_mut(loc).reserved += q;
+                st.level_mut(loc).reserved += q;
             }
-            self.adjust_held(t, &it.sku, *channel, plan.quantity);
-            self.refresh(t, &it.sku);
+            *st.held_mut(*channel) += plan.quantity;
+            st.refresh(cfg, &it.sku);
             part_items.push(PartItem {
                 item: plan.item as u16,
                 line: it.line,
@@ -675,7 +976,16 @@ impl ShardState {
                 sku: it.sku.clone(),
                 per_unit: it.per_unit,
                 quantity: plan.quantity,
-                allocs: plan.allocations.iter().map(|&(loc, open)| Alloc { loc, open, shipped: 0, returned: 0 }).collect(),
+                allocs: plan
+                    .allocations
+                    .iter()
+                    .map(|&(loc, open)| Alloc {
+                        loc,
+                        open,
+                        shipped: 0,
+                        returned: 0,
+                    })
+                    .collect(),
                 backordered: 0,
             });
         }
@@ -693,8 +1003,9 @@ impl ShardState {
             items: part_items,
         };
         self.expiry.insert(*expires_at, id);
-        self.parts.insert(id, part.clone());
-        PartData::Reservation(PartSnapshot { part })
+        self.parts.insert(id, part);
+        // The response is built from the decision (`held_view`), not from the parts.
+        PartData::None
     }
 
     fn apply_commit(&mut self, id: ReservationId, keep: &Arc<[i64]>) {
@@ -747,7 +1058,8 @@ impl ShardState {
             self.adjust_held(t, &sku, c, -open);
             self.refresh(t, &sku);
         }
-        self.purge.insert(now.saturating_add(self.ended_retention_ms), id);
+        self.purge
+            .insert(now.saturating_add(self.ended_retention_ms), id);
     }
 
     fn expire(&mut self, id: ReservationId, now: TimeMs, _ev: &mut Events) -> bool {
@@ -764,7 +1076,9 @@ impl ShardState {
         let mut expired = Vec::new();
         let mut again = Vec::new();
         for id in self.expiry.take_due(now) {
-            let Some(p) = self.parts.get(&id) else { continue };
+            let Some(p) = self.parts.get(&id) else {
+                continue;
+            };
             if p.lifecycle != Lifecycle::Held {
                 continue;
             }
@@ -784,7 +1098,9 @@ impl ShardState {
         let mut dropped = Vec::new();
         let mut keep = Vec::new();
         for id in self.purge.take_due(now) {
-            let Some(p) = self.parts.get(&id) else { continue };
+            let Some(p) = self.parts.get(&id) else {
+                continue;
+            };
             let at = p.ended_at.saturating_add(self.ended_retention_ms);
             if at <= now {
                 self.parts.remove(&id);
@@ -800,7 +1116,9 @@ impl ShardState {
     }
 
     fn apply_fulfil(&mut self, job: &Job, ev: &mut Events) {
-        let JobKind::Fulfil { id, lines } = &job.kind else { unreachable!() };
+        let JobKind::Fulfil { id, lines } = &job.kind else {
+            unreachable!()
+        };
         let t = job.tenant;
         let cfg = self.config(t).clone();
         for (i, (line, loc)) in lines.iter().enumerate() {
@@ -819,7 +1137,15 @@ impl ShardState {
             });
             self.adjust_held(t, sku, c, -picked);
             if picked > 0 {
-                ev.push(key, EventKind::Fulfilled { id: *id, sku: sku.clone(), location: loc_id(&cfg, *loc), quantity: picked });
+                ev.push(
+                    key,
+                    EventKind::Fulfilled {
+                        id: *id,
+                        sku: sku.clone(),
+                        location: loc_id(&cfg, *loc),
+                        quantity: picked,
+                    },
+                );
             }
             if line.missing > 0 {
                 self.short_pick(&cfg, &mut part, *id, sku, *loc, line.missing, key, ev);
@@ -844,12 +1170,39 @@ impl ShardState {
     ) {
         let t = part.tenant;
         let c = part.channel;
-        take_open(part, sku, loc, missing, false);
+        // What each item of the SKU lost at `loc`, in item order: each re-allocates its own.
+        let mut lost: Vec<(usize, i64)> = Vec::new();
+        let mut left = missing;
+        for (ii, item) in part
+            .items
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, i)| &i.sku == sku)
+        {
+            let mut took = 0;
+            for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
+                let take = left.min(a.open);
+                a.open -= take;
+                left -= take;
+                took += take;
+            }
+            if took > 0 {
+                lost.push((ii, took));
+            }
+        }
         self.with_level(t, sku, loc, |l| {
             l.on_hand -= missing;
             l.committed -= missing;
         });
-        ev.push(key, EventKind::Discrepancy { id, sku: sku.clone(), location: loc_id(cfg, loc), missing });
+        ev.push(
+            key,
+            EventKind::Discrepancy {
+                id,
+                sku: sku.clone(),
+                location: loc_id(cfg, loc),
+                missing,
+            },
+        );
         let app = cfg.rules.applicable(sku, c);
         let routing = app.routing.and_then(|r| match &r.kind {
             crate::rules::CompiledKind::Routing(r) => Some(r.clone()),
@@ -857,38 +1210,83 @@ impl ShardState {
         });
         let candidates: Vec<(LocIdx, i64)> = self
             .sku(t, sku.as_str())
-            .map(|s| s.levels.iter().filter(|l| l.loc != loc && ats::eligible(&app, l.loc)).map(|l| (l.loc, l.available())).collect())
+            .map(|s| {
+                s.levels
+                    .iter()
+                    .filter(|l| l.loc != loc && ats::eligible(&app, l.loc))
+                    .map(|l| (l.loc, l.available()))
+                    .collect()
+            })
             .unwrap_or_default();
         let order = order_locations(cfg, routing.as_ref(), &candidates, None, &BTreeMap::new());
-        let mut need = missing;
-        let item = part.items.iter_mut().find(|i| &i.sku == sku).expect("the part has the SKU");
-        for to in order {
-            if need == 0 {
-                break;
+        for (ii, mut need) in lost {
+            let item = &mut part.items[ii];
+            for &to in &order {
+                if need == 0 {
+                    break;
+                }
+                let avail = self
+                    .sku(t, sku.as_str())
+                    .and_then(|s| s.level(to))
+                    .map_or(0, |l| l.available());
+                let take = need.min(avail);
+                if take <= 0 {
+                    continue;
+                }
+                need -= take;
+                self.with_level(t, sku, to, |l| l.committed += take);
+                match item.allocs.iter_mut().find(|a| a.loc == to) {
+                    Some(a) => a.open += take,
+                    None => item.allocs.push(Alloc {
+                        loc: to,
+                        open: take,
+                        shipped: 0,
+                        returned: 0,
+                    }),
+                }
+                ev.push(
+                    key,
+                    EventKind::Reallocated {
+                        id,
+                        sku: sku.clone(),
+                        from: loc_id(cfg, loc),
+                        to: loc_id(cfg, to),
+                        quantity: take,
+                    },
+                );
             }
-            let avail = self.sku(t, sku.as_str()).and_then(|s| s.level(to)).map_or(0, |l| l.available());
-            let take = need.min(avail);
-            if take <= 0 {
-                continue;
+            if need > 0 {
+                item.backordered += need;
+                self.adjust_held(t, sku, c, -need);
+                ev.push(
+                    key,
+                    EventKind::Backordered {
+                        id,
+                        sku: sku.clone(),
+                        location: loc_id(cfg, loc),
+                        quantity: need,
+                        cause: "short_pick".into(),
+                    },
+                );
             }
-            need -= take;
-            self.with_level(t, sku, to, |l| l.committed += take);
-            match item.allocs.iter_mut().find(|a| a.loc == to) {
-                Some(a) => a.open += take,
-                None => item.allocs.push(Alloc { loc: to, open: take, shipped: 0, returned: 0 }),
-            }
-            ev.push(key, EventKind::Reallocated { id, sku: sku.clone(), from: loc_id(cfg, loc), to: loc_id(cfg, to), quantity: take });
-        }
-        if need > 0 {
-            item.backordered += need;
-            self.adjust_held(t, sku, c, -need);
-            ev.push(key, EventKind::Backordered { id, sku: sku.clone(), location: loc_id(cfg, loc), quantity: need, cause: "short_pick".into() });
         }
     }
 
-    fn apply_return(&mut self, job: &Job, id: ReservationId, sku: &Sku, loc: LocIdx, quantity: i64, damaged: bool, ev: &mut Events) {
+    fn apply_return(
+        &mut self,
+        job: &Job,
+        id: ReservationId,
+        sku: &Sku,
+        loc: LocIdx,
+        quantity: i64,
+        damaged: bool,
+        ev: &mut Events,
+    ) {
         let t = job.tenant;
-        let part = self.parts.get_mut(&id).expect("decided on an existing part");
+        let part = self
+            .parts
+            .get_mut(&id)
+            .expect("decided on an existing part");
         let mut left = quantity;
         for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
             for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
@@ -904,7 +1302,16 @@ impl ShardState {
             }
         });
         let cfg = self.config(t);
-        ev.push(0, EventKind::Returned { id, sku: sku.clone(), location: loc_id(cfg, loc), quantity, damaged });
+        ev.push(
+            0,
+            EventKind::Returned {
+                id,
+                sku: sku.clone(),
+                location: loc_id(cfg, loc),
+                quantity,
+                damaged,
+            },
+        );
     }
 
     fn read_stock(&self, job: &Job, sku: &Sku) -> PartData {
@@ -913,12 +1320,17 @@ impl ShardState {
             return PartData::ComponentAts(self.component_ats(job.tenant, components));
         }
         let st = self.sku(job.tenant, sku.as_str());
-        let locations = st.map(|s| s.levels.iter().map(|l| level_view(cfg, l)).collect()).unwrap_or_default();
+        let locations = st
+            .map(|s| s.levels.iter().map(|l| level_view(cfg, l)).collect())
+            .unwrap_or_default();
         let channels = cfg
             .channels
             .iter()
             .enumerate()
-            .map(|(c, ch)| ChannelAts { channel: ch.id.clone(), available_to_sell: st.map_or(0, |s| s.ats(c as ChanIdx)) })
+            .map(|(c, ch)| ChannelAts {
+                channel: ch.id.clone(),
+                available_to_sell: st.map_or(0, |s| s.ats(c as ChanIdx)),
+            })
             .collect();
         PartData::Stock(StockView {
             sku: sku.clone(),
@@ -929,14 +1341,23 @@ impl ShardState {
         })
     }
 
-    fn component_ats(&self, tenant: u32, components: &[crate::config::Component]) -> Vec<(Sku, Vec<i64>)> {
+    fn component_ats(
+        &self,
+        tenant: u32,
+        components: &[crate::config::Component],
+    ) -> Vec<(Sku, Vec<i64>)> {
         let n = self.config(tenant).channels.len();
         components
             .iter()
             .filter(|c| self.owns(tenant, c.sku.as_str()))
             .map(|c| {
                 let st = self.sku(tenant, c.sku.as_str());
-                (c.sku.clone(), (0..n).map(|ch| st.map_or(0, |s| s.ats(ch as ChanIdx))).collect())
+                (
+                    c.sku.clone(),
+                    (0..n)
+                        .map(|ch| st.map_or(0, |s| s.ats(ch as ChanIdx)))
+                        .collect(),
+                )
             })
             .collect()
     }
@@ -952,7 +1373,12 @@ impl ShardState {
             None => (&[], &[]),
         };
         let v = ats::ats(cfg, sku, levels, held, channel, Some(&mut terms));
-        PartData::Explain(Explanation { sku: sku.clone(), channel: cfg.channels[channel as usize].id.clone(), available_to_sell: v, terms })
+        PartData::Explain(Explanation {
+            sku: sku.clone(),
+            channel: cfg.channels[channel as usize].id.clone(),
+            available_to_sell: v,
+            terms,
+        })
     }
 }
 
@@ -973,8 +1399,16 @@ fn take_open(part: &mut Part, sku: &Sku, loc: LocIdx, q: i64, ship: bool) -> i64
     q - left
 }
 
-fn average_cost(cost: rust_decimal::Decimal, on_hand: i64, unit_cost: rust_decimal::Decimal, q: i64) -> rust_decimal::Decimal {
-    let (a, b) = (rust_decimal::Decimal::from(on_hand), rust_decimal::Decimal::from(q));
+fn average_cost(
+    cost: rust_decimal::Decimal,
+    on_hand: i64,
+    unit_cost: rust_decimal::Decimal,
+    q: i64,
+) -> rust_decimal::Decimal {
+    let (a, b) = (
+        rust_decimal::Decimal::from(on_hand),
+        rust_decimal::Decimal::from(q),
+    );
     cost.checked_mul(a)
         .and_then(|x| unit_cost.checked_mul(b).and_then(|y| x.checked_add(y)))
         .and_then(|s| s.checked_div(a + b))
@@ -1025,7 +1459,11 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
         }
     }
     events.sort_by_key(|(k, _)| *k);
-    let mut finished = Finished { outcome: Outcome::Ok(Reply::Done), events: Vec::new(), dropped: Vec::new() };
+    let mut finished = Finished {
+        outcome: Outcome::Ok(Reply::Done),
+        events: Vec::new(),
+        dropped: Vec::new(),
+    };
     match d {
         Decision::Refuse(r) => {
             finished.outcome = Outcome::Refused(r.clone());
@@ -1037,7 +1475,9 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
         Decision::ExpireThenRefuse(r) => {
             finished.outcome = Outcome::Refused(r.clone());
             if let Some(id) = job_reservation(job) {
-                finished.events.push((None, EventKind::ReservationExpired { id }));
+                finished
+                    .events
+                    .push((None, EventKind::ReservationExpired { id }));
             }
             return finished;
         }
@@ -1047,35 +1487,53 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
         finished.outcome = Outcome::Refused(r);
         return finished;
     }
-    let parts = || {
-        data.iter()
-            .filter_map(|d| if let PartData::Reservation(s) = d { Some(s.part.clone()) } else { None })
-            .collect::<Vec<_>>()
-    };
+    let mut parts: Vec<Part> = Vec::new();
+    for d in std::mem::take(&mut data) {
+        match d {
+            PartData::Reservation(s) => parts.push(s.part),
+            other => data.push(other),
+        }
+    }
+    let mut parts = Some(parts);
+    let mut parts = move || parts.take().unwrap_or_default();
     let mut head_events = Vec::new();
     let mut tenant_events = Vec::new();
     finished.outcome = match &job.kind {
         JobKind::Config { event, config } => {
             head_events.push(event.clone());
             match event {
-                EventKind::RulesPut { .. } => Outcome::Ok(Reply::Rules { version: config.rule_document.version }),
+                EventKind::RulesPut { .. } => Outcome::Ok(Reply::Rules {
+                    version: config.rule_document.version,
+                }),
                 _ => Outcome::Ok(Reply::Done),
             }
         }
         JobKind::Reserve { .. } => {
-            let cfg = cfg.expect("tenant config");
-            let view = reservation_view(cfg, ReservationId(job.seq), parts(), job.now);
-            head_events.push(EventKind::ReservationHeld { id: view.id, channel: view.channel.clone(), lines: view.lines.clone() });
+            let Decision::Reserve { granted, plans } = d else {
+                unreachable!("reserve decides Reserve")
+            };
+            let view = held_view(cfg.expect("tenant config"), job, granted, plans);
+            head_events.push(EventKind::ReservationHeld {
+                id: view.id,
+                channel: view.channel.clone(),
+                lines: view.lines.clone(),
+            });
             Outcome::Ok(Reply::Reservation(view))
         }
         JobKind::Commit { id, .. } => {
             let cfg = cfg.expect("tenant config");
             let view = reservation_view(cfg, *id, parts(), job.now);
-            head_events.push(EventKind::ReservationCommitted { id: *id, lines: view.lines.clone() });
+            head_events.push(EventKind::ReservationCommitted {
+                id: *id,
+                lines: view.lines.clone(),
+            });
             Outcome::Ok(Reply::Reservation(view))
         }
         JobKind::Extend { id, expires_at } => {
-            head_events.push(EventKind::ReservationExtended { id: *id, expires_at: *expires_at });
+            head_events.push(EventKind::ReservationExtended {
+                id: *id,
+                expires_at: *expires_at,
+            });
             Outcome::Ok(Reply::Done)
         }
         JobKind::Release { id } => {
@@ -1089,7 +1547,11 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
         JobKind::Tick => {
             let (mut expired, mut dropped) = (Vec::new(), Vec::new());
             for d in &data {
-                if let PartData::Ticked { expired: e, dropped: dr } = d {
+                if let PartData::Ticked {
+                    expired: e,
+                    dropped: dr,
+                } = d
+                {
                     expired.extend_from_slice(e);
                     dropped.extend_from_slice(dr);
                 }
@@ -1098,25 +1560,45 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
             expired.dedup();
             dropped.sort();
             dropped.dedup();
-            tenant_events.extend(expired.iter().map(|&(id, t)| (t, EventKind::ReservationExpired { id })));
-            let reply = Reply::Ticked { expired: expired.len() as u64, dropped: dropped.len() as u64 };
+            tenant_events.extend(
+                expired
+                    .iter()
+                    .map(|&(id, t)| (t, EventKind::ReservationExpired { id })),
+            );
+            let reply = Reply::Ticked {
+                expired: expired.len() as u64,
+                dropped: dropped.len() as u64,
+            };
             finished.dropped = dropped;
             Outcome::Ok(reply)
         }
         JobKind::GetStock { sku } => merge_stock(cfg.expect("tenant config"), sku, data),
-        JobKind::Explain { sku, channel } => merge_explain(cfg.expect("tenant config"), sku, *channel, data),
+        JobKind::Explain { sku, channel } => {
+            merge_explain(cfg.expect("tenant config"), sku, *channel, data)
+        }
         JobKind::GetReservation { id } => {
             let parts = parts();
             if parts.is_empty() {
                 Outcome::Refused(Refusal::not_found(format!("reservation {id}")))
             } else {
-                Outcome::Ok(Reply::Reservation(reservation_view(cfg.expect("tenant config"), *id, parts, job.now)))
+                Outcome::Ok(Reply::Reservation(reservation_view(
+                    cfg.expect("tenant config"),
+                    *id,
+                    parts,
+                    job.now,
+                )))
             }
         }
         _ => Outcome::Ok(Reply::Done),
     };
-    finished.events = head_events.into_iter().chain(events.into_iter().map(|(_, e)| e)).map(|e| (None, e)).collect();
-    finished.events.extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
+    finished.events = head_events
+        .into_iter()
+        .chain(events.into_iter().map(|(_, e)| e))
+        .map(|e| (None, e))
+        .collect();
+    finished
+        .events
+        .extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
     finished
 }
 
@@ -1134,13 +1616,30 @@ fn merge_stock(cfg: &TenantConfig, sku: &Sku, data: Vec<PartData>) -> Outcome {
         .channels
         .iter()
         .enumerate()
-        .map(|(c, ch)| ChannelAts { channel: ch.id.clone(), available_to_sell: bundle_ats(&components, &comps, c) })
+        .map(|(c, ch)| ChannelAts {
+            channel: ch.id.clone(),
+            available_to_sell: bundle_ats(&components, &comps, c),
+        })
         .collect();
-    Outcome::Ok(Reply::Stock(StockView { sku: sku.clone(), locations: Vec::new(), channels, average_unit_cost: None, components }))
+    Outcome::Ok(Reply::Stock(StockView {
+        sku: sku.clone(),
+        locations: Vec::new(),
+        channels,
+        average_unit_cost: None,
+        components,
+    }))
 }
 
-fn bundle_ats(components: &[crate::config::Component], comps: &BTreeMap<Sku, Vec<i64>>, c: usize) -> i64 {
-    components.iter().map(|k| comps.get(&k.sku).map_or(0, |v| v[c]) / k.quantity).min().unwrap_or(0)
+fn bundle_ats(
+    components: &[crate::config::Component],
+    comps: &BTreeMap<Sku, Vec<i64>>,
+    c: usize,
+) -> i64 {
+    components
+        .iter()
+        .map(|k| comps.get(&k.sku).map_or(0, |v| v[c]) / k.quantity)
+        .min()
+        .unwrap_or(0)
 }
 
 fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<PartData>) -> Outcome {
@@ -1162,7 +1661,10 @@ fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<Part
                 term: "bundle_component".into(),
                 quantity: a / k.quantity,
                 rule: None,
-                detail: Some(format!("{}: ATS {a} / {} per bundle; the bundle's ATS is the least of these", k.sku, k.quantity)),
+                detail: Some(format!(
+                    "{}: ATS {a} / {} per bundle; the bundle's ATS is the least of these",
+                    k.sku, k.quantity
+                )),
             }
         })
         .collect();
@@ -1174,15 +1676,98 @@ fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<Part
     }))
 }
 
+/// The view of a reservation just held, from its decision: the same as
+/// [`reservation_view`] would build from its parts, without copying them.
+fn held_view(
+    cfg: &TenantConfig,
+    job: &Job,
+    granted: &[i64],
+    plans: &[ItemPlan],
+) -> ReservationView {
+    let JobKind::Reserve {
+        channel,
+        lines,
+        items,
+        expires_at,
+        order_ref,
+        ..
+    } = &job.kind
+    else {
+        unreachable!()
+    };
+    let allocs = |p: &ItemPlan| -> Vec<AllocationView> {
+        p.allocations
+            .iter()
+            .map(|&(loc, q)| AllocationView {
+                location: loc_id(cfg, loc),
+                quantity: q,
+                shipped: 0,
+                returned: 0,
+            })
+            .collect()
+    };
+    let lines = lines
+        .iter()
+        .enumerate()
+        .map(|(li, l)| {
+            let mut v = LineView {
+                sku: l.sku.clone(),
+                quantity: granted[li],
+                requested: if granted[li] != l.requested {
+                    l.requested
+                } else {
+                    0
+                },
+                allocations: Vec::new(),
+                components: Vec::new(),
+                backordered: 0,
+            };
+            let mut its = plans.iter().filter(|p| items[p.item].line as usize == li);
+            if l.is_bundle {
+                v.components = its
+                    .map(|p| ItemView {
+                        sku: items[p.item].sku.clone(),
+                        quantity: p.quantity,
+                        allocations: allocs(p),
+                        backordered: 0,
+                    })
+                    .collect();
+            } else if let Some(p) = its.next() {
+                v.allocations = allocs(p);
+            }
+            v
+        })
+        .collect();
+    ReservationView {
+        id: ReservationId(job.seq),
+        channel: cfg.channels[*channel as usize].id.clone(),
+        state: ReservationState::Held,
+        created_at: job.now,
+        expires_at: *expires_at,
+        order_ref: order_ref.clone(),
+        lines,
+    }
+}
+
 /// Builds the view of a reservation from its parts (in any order).
-pub fn reservation_view(cfg: &TenantConfig, id: ReservationId, parts: Vec<Part>, now: TimeMs) -> ReservationView {
+pub fn reservation_view(
+    cfg: &TenantConfig,
+    id: ReservationId,
+    parts: Vec<Part>,
+    now: TimeMs,
+) -> ReservationView {
     let head = &parts[0];
     let mut items: Vec<&PartItem> = parts.iter().flat_map(|p| p.items.iter()).collect();
     items.sort_by_key(|i| i.item);
     let allocs = |it: &PartItem| -> Vec<AllocationView> {
         it.allocs
             .iter()
-            .map(|a| AllocationView { location: loc_id(cfg, a.loc), quantity: a.open, shipped: a.shipped, returned: a.returned })
+            .map(|a| AllocationView {
+                location: loc_id(cfg, a.loc),
+                quantity: a.open,
+                shipped: a.shipped,
+                returned: a.returned,
+            })
             .collect()
     };
     let lines = head
@@ -1195,7 +1780,11 @@ pub fn reservation_view(cfg: &TenantConfig, id: ReservationId, parts: Vec<Part>,
             let mut v = LineView {
                 sku: l.sku.clone(),
                 quantity: granted,
-                requested: if granted != l.requested { l.requested } else { 0 },
+                requested: if granted != l.requested {
+                    l.requested
+                } else {
+                    0
+                },
                 allocations: Vec::new(),
                 components: Vec::new(),
                 backordered: 0,
@@ -1203,7 +1792,12 @@ pub fn reservation_view(cfg: &TenantConfig, id: ReservationId, parts: Vec<Part>,
             if l.is_bundle {
                 v.components = its
                     .iter()
-                    .map(|it| ItemView { sku: it.sku.clone(), quantity: it.quantity, allocations: allocs(it), backordered: it.backordered })
+                    .map(|it| ItemView {
+                        sku: it.sku.clone(),
+                        quantity: it.quantity,
+                        allocations: allocs(it),
+                        backordered: it.backordered,
+                    })
                     .collect();
             } else if let Some(it) = its.first() {
                 v.allocations = allocs(it);
@@ -1213,12 +1807,18 @@ pub fn reservation_view(cfg: &TenantConfig, id: ReservationId, parts: Vec<Part>,
         })
         .collect();
     let (open, shipped, back): (i64, i64, i64) = items.iter().fold((0, 0, 0), |(o, s, b), it| {
-        (o + it.allocs.iter().map(|a| a.open).sum::<i64>(), s + it.allocs.iter().map(|a| a.shipped).sum::<i64>(), b + it.backordered)
+        (
+            o + it.allocs.iter().map(|a| a.open).sum::<i64>(),
+            s + it.allocs.iter().map(|a| a.shipped).sum::<i64>(),
+            b + it.backordered,
+        )
     });
     let state = match head.lifecycle {
         Lifecycle::Held if head.expires_at <= now => ReservationState::Expired,
         Lifecycle::Held => ReservationState::Held,
-        Lifecycle::Committed if shipped > 0 && open == 0 && back == 0 => ReservationState::Fulfilled,
+        Lifecycle::Committed if shipped > 0 && open == 0 && back == 0 => {
+            ReservationState::Fulfilled
+        }
         Lifecycle::Committed if shipped > 0 => ReservationState::PartiallyFulfilled,
         Lifecycle::Committed => ReservationState::Committed,
         Lifecycle::Released => ReservationState::Released,

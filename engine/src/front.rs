@@ -37,7 +37,10 @@ pub enum Admission {
     /// The same idempotency key is executing right now; wait for its response.
     Wait { tenant: u32, key: String },
     /// Run on the shards. `idem` names the key to record the response under.
-    Run { job: Job, idem: Option<(u32, String)> },
+    Run {
+        job: Job,
+        idem: Option<(u32, String)>,
+    },
 }
 
 /// Front state. See the module documentation.
@@ -59,19 +62,34 @@ pub struct Front {
 }
 
 fn refuse(r: Refusal) -> Admission {
-    Admission::Immediate(Response { seq: None, replayed: false, outcome: Outcome::Refused(r) })
+    Admission::Immediate(Response {
+        seq: None,
+        replayed: false,
+        outcome: Outcome::Refused(r),
+    })
 }
 
 fn check_qty(field: &str, q: i64, min: i64) -> Result<(), Refusal> {
+    check_qty_at(|| field.to_string(), q, min)
+}
+
+/// As [`check_qty`], naming the field only when it is wrong (the hot path formats nothing).
+fn check_qty_at(field: impl FnOnce() -> String, q: i64, min: i64) -> Result<(), Refusal> {
     if q < min || q > QUANTITY_MAX {
-        return Err(Refusal::invalid(field, format!("must be between {min} and {QUANTITY_MAX}")));
+        return Err(Refusal::invalid(
+            &field(),
+            format!("must be between {min} and {QUANTITY_MAX}"),
+        ));
     }
     Ok(())
 }
 
 impl Front {
     pub fn new(limits: Limits, shards: usize) -> Self {
-        assert!((1..=crate::limits::SHARDS_MAX).contains(&shards), "shard count out of range");
+        assert!(
+            (1..=crate::limits::SHARDS_MAX).contains(&shards),
+            "shard count out of range"
+        );
         Front {
             limits,
             shards,
@@ -100,18 +118,40 @@ impl Front {
     /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
     /// sequenced with that number.
     pub fn admit(&mut self, req: &Request, now: TimeMs, forced_seq: Option<Seq>) -> Admission {
+        let before = self.now;
         self.now = self.now.max(now);
+        let admission = self.admit_now(req, forced_seq);
+        // Only a sequenced write moves the clock (and expires idempotency keys): replays, reads
+        // and refusals are not logged, and replaying the log must rebuild the same state.
+        if !matches!(admission, Admission::Run { .. }) || req.command.is_read() {
+            self.now = before;
+        }
+        admission
+    }
+
+    fn admit_now(&mut self, req: &Request, forced_seq: Option<Seq>) -> Admission {
         let now = self.now;
-        self.expire_idempotency(now);
+        let retention = self.limits.idempotency_retention_ms;
         let is_read = req.command.is_read();
         // Engine-wide commands.
         if let Command::Tick = req.command {
-            let job = self.job(0, TenantId::new(SYSTEM_TENANT).expect("valid id"), req, JobKind::Tick, self.all_shards(), forced_seq);
+            self.expire_idempotency(now);
+            let job = self.job(
+                0,
+                TenantId::new(SYSTEM_TENANT).expect("valid id"),
+                req,
+                JobKind::Tick,
+                self.all_shards(),
+                forced_seq,
+            );
             return Admission::Run { job, idem: None };
         }
         let tenant = match (&req.command, self.tenant_index.get(&req.tenant)) {
             (Command::CreateTenant, Some(_)) => {
-                return refuse(Refusal::state(format!("tenant {} exists already", req.tenant)));
+                return refuse(Refusal::state(format!(
+                    "tenant {} exists already",
+                    req.tenant
+                )));
             }
             (Command::CreateTenant, None) => None,
             (_, Some(&t)) => Some(t),
@@ -127,16 +167,34 @@ impl Front {
                 ));
             }
             let fingerprint = fingerprint(&req.command);
-            if let Some(e) = self.idempotency.get(&(t, key.clone())) {
+            // An entry past the retention window is forgotten (removed when a write is sequenced).
+            if let Some(e) = self
+                .idempotency
+                .get(&(t, key.clone()))
+                .filter(|e| e.at.saturating_add(retention) > now)
+            {
                 if e.fingerprint != fingerprint {
                     return refuse(Refusal::IdempotencyKeyReused);
                 }
                 return match &e.response {
-                    Some(r) => Admission::Immediate(Response { replayed: true, ..r.clone() }),
-                    None => Admission::Wait { tenant: t, key: key.clone() },
+                    Some(r) => Admission::Immediate(Response {
+                        replayed: true,
+                        ..r.clone()
+                    }),
+                    None => Admission::Wait {
+                        tenant: t,
+                        key: key.clone(),
+                    },
                 };
             }
-            if forced_seq.is_none() && self.idempotency.len() >= self.limits.idempotency_keys_max {
+            let forgotten = self
+                .idempotency_order
+                .iter()
+                .take_while(|(at, _, _)| at.saturating_add(retention) <= now)
+                .count();
+            if forced_seq.is_none()
+                && self.idempotency.len() - forgotten >= self.limits.idempotency_keys_max
+            {
                 return refuse(Refusal::LimitExceeded {
                     what: "idempotency keys remembered".into(),
                     limit: self.limits.idempotency_keys_max as u64,
@@ -152,8 +210,18 @@ impl Front {
             Ok(job) => job,
             Err(r) => return refuse(r),
         };
+        if !is_read {
+            self.expire_idempotency(now);
+        }
         let idem = idem.map(|(t, key, fingerprint)| {
-            self.idempotency.insert((t, key.clone()), IdemEntry { fingerprint, at: now, response: None });
+            self.idempotency.insert(
+                (t, key.clone()),
+                IdemEntry {
+                    fingerprint,
+                    at: now,
+                    response: None,
+                },
+            );
             self.idempotency_order.push_back((now, t, key.clone()));
             (t, key)
         });
@@ -166,53 +234,107 @@ impl Front {
             if at.saturating_add(retention) > now {
                 break;
             }
-            let (_, t, key) = self.idempotency_order.pop_front().expect("front exists");
-            self.idempotency.remove(&(t, key));
+            let (at, t, key) = self.idempotency_order.pop_front().expect("front exists");
+            if self
+                .idempotency
+                .get(&(t, key.clone()))
+                .is_some_and(|e| e.at == at)
+            {
+                self.idempotency.remove(&(t, key));
+            }
         }
     }
 
-    fn job(&mut self, tenant: u32, tenant_id: TenantId, req: &Request, kind: JobKind, shards: u64, forced: Option<Seq>) -> Job {
+    fn job(
+        &mut self,
+        tenant: u32,
+        tenant_id: TenantId,
+        req: &Request,
+        kind: JobKind,
+        shards: u64,
+        forced: Option<Seq>,
+    ) -> Job {
         let seq = if req.command.is_read() {
             self.seq
         } else {
             self.seq = forced.unwrap_or(self.seq + 1);
             self.seq
         };
-        Job { seq, now: self.now, tenant, tenant_id, key_id: req.key_id.clone(), kind, shards }
+        Job {
+            seq,
+            now: self.now,
+            tenant,
+            tenant_id,
+            key_id: req.key_id.clone(),
+            kind,
+            shards,
+        }
     }
 
     fn admit_create_tenant(&mut self, req: &Request, forced: Option<Seq>) -> Result<Job, Refusal> {
         if self.tenants.len() >= self.limits.tenants_max {
-            return Err(Refusal::LimitExceeded { what: "tenants".into(), limit: self.limits.tenants_max as u64 });
+            return Err(Refusal::LimitExceeded {
+                what: "tenants".into(),
+                limit: self.limits.tenants_max as u64,
+            });
         }
         if req.tenant.as_str() == SYSTEM_TENANT {
             return Err(Refusal::invalid("id", "this tenant id is reserved"));
         }
         let idx = self.tenants.len() as u32;
-        let config = Arc::new(TenantConfig { tenant_idx: idx, ..TenantConfig::default() });
-        self.tenants.push(TenantEntry { id: req.tenant.clone(), config: config.clone() });
+        let config = Arc::new(TenantConfig {
+            tenant_idx: idx,
+            ..TenantConfig::default()
+        });
+        self.tenants.push(TenantEntry {
+            id: req.tenant.clone(),
+            config: config.clone(),
+        });
         self.tenant_index.insert(req.tenant.clone(), idx);
         let all = self.all_shards();
-        Ok(self.job(idx, req.tenant.clone(), req, JobKind::Config { config, event: EventKind::TenantCreated }, all, forced))
+        Ok(self.job(
+            idx,
+            req.tenant.clone(),
+            req,
+            JobKind::Config {
+                config,
+                event: EventKind::TenantCreated,
+            },
+            all,
+            forced,
+        ))
     }
 
     fn text(&self, field: &str, s: &str) -> Result<(), Refusal> {
         if s.len() > self.limits.text_len_max {
-            return Err(Refusal::invalid(field, format!("is {} bytes, the limit is {}", s.len(), self.limits.text_len_max)));
+            return Err(Refusal::invalid(
+                field,
+                format!(
+                    "is {} bytes, the limit is {}",
+                    s.len(),
+                    self.limits.text_len_max
+                ),
+            ));
         }
         Ok(())
     }
 
-    fn loc(&self, cfg: &TenantConfig, field: &str, l: &crate::ids::LocationId) -> Result<u16, Refusal> {
-        cfg.location_idx(l).ok_or_else(|| Refusal::not_found(format!("location {l}"))).map_err(|e| {
-            let _ = field;
-            e
-        })
+    fn loc(
+        &self,
+        cfg: &TenantConfig,
+        field: &str,
+        l: &crate::ids::LocationId,
+    ) -> Result<u16, Refusal> {
+        cfg.location_idx(l)
+            .ok_or_else(|| Refusal::not_found(format!("location {l} (in `{field}`)")))
     }
 
     fn stock_sku(&self, cfg: &TenantConfig, sku: &Sku) -> Result<(), Refusal> {
         if cfg.is_bundle(sku) {
-            return Err(Refusal::invalid("sku", format!("{sku} is a bundle; stock is kept for its components")));
+            return Err(Refusal::invalid(
+                "sku",
+                format!("{sku} is a bundle; stock is kept for its components"),
+            ));
         }
         Ok(())
     }
@@ -222,7 +344,11 @@ impl Front {
         if ttl < self.limits.ttl_ms_min || ttl > self.limits.ttl_ms_max {
             return Err(Refusal::invalid(
                 "ttl_seconds",
-                format!("must be between {} and {}", self.limits.ttl_ms_min / 1000, self.limits.ttl_ms_max / 1000),
+                format!(
+                    "must be between {} and {}",
+                    self.limits.ttl_ms_min / 1000,
+                    self.limits.ttl_ms_max / 1000
+                ),
             ));
         }
         Ok(ttl)
@@ -237,19 +363,36 @@ impl Front {
         Ok(cfg)
     }
 
-    fn admit_command(&mut self, t: u32, req: &Request, forced: Option<Seq>) -> Result<Job, Refusal> {
+    fn admit_command(
+        &mut self,
+        t: u32,
+        req: &Request,
+        forced: Option<Seq>,
+    ) -> Result<Job, Refusal> {
         let cfg = self.tenants[t as usize].config.clone();
         let tid = req.tenant.clone();
         let all = self.all_shards();
         let one = |s: &Self, sku: &Sku| s.shard_bit(t, sku.as_str());
         let (kind, shards) = match &req.command {
             Command::CreateTenant | Command::Tick => unreachable!("handled by admit"),
-            Command::PutLocation { location, kind, name, region, wms } => {
+            Command::PutLocation {
+                location,
+                kind,
+                name,
+                region,
+                wms,
+            } => {
                 self.text("name", name)?;
                 self.text("region", region.as_deref().unwrap_or(""))?;
                 self.text("wms", wms.as_deref().unwrap_or(""))?;
                 let mut next = (*cfg).clone();
-                let loc = Location { id: location.clone(), kind: *kind, name: name.clone(), region: region.clone(), wms: wms.clone() };
+                let loc = Location {
+                    id: location.clone(),
+                    kind: *kind,
+                    name: name.clone(),
+                    region: region.clone(),
+                    wms: wms.clone(),
+                };
                 match next.location_idx(location) {
                     Some(i) => next.locations[i as usize] = loc,
                     None if next.locations.len() >= self.limits.locations_per_tenant_max => {
@@ -261,11 +404,27 @@ impl Front {
                     None => next.locations.push(loc),
                 }
                 let config = self.reconfigure(t, next)?;
-                (JobKind::Config { config, event: EventKind::LocationPut { location: location.clone() } }, all)
+                (
+                    JobKind::Config {
+                        config,
+                        event: EventKind::LocationPut {
+                            location: location.clone(),
+                        },
+                    },
+                    all,
+                )
             }
-            Command::PutChannel { channel, kind, priority } => {
+            Command::PutChannel {
+                channel,
+                kind,
+                priority,
+            } => {
                 let mut next = (*cfg).clone();
-                let ch = Channel { id: channel.clone(), kind: *kind, priority: *priority };
+                let ch = Channel {
+                    id: channel.clone(),
+                    kind: *kind,
+                    priority: *priority,
+                };
                 match next.channel_idx(channel) {
                     Some(i) => next.channels[i as usize] = ch,
                     None if next.channels.len() >= self.limits.channels_per_tenant_max => {
@@ -277,53 +436,125 @@ impl Front {
                     None => next.channels.push(ch),
                 }
                 let config = self.reconfigure(t, next)?;
-                (JobKind::Config { config, event: EventKind::ChannelPut { channel: channel.clone() } }, all)
+                (
+                    JobKind::Config {
+                        config,
+                        event: EventKind::ChannelPut {
+                            channel: channel.clone(),
+                        },
+                    },
+                    all,
+                )
             }
             Command::PutBundle { sku, components } => {
                 self.check_bundle(&cfg, sku, components)?;
                 let mut next = (*cfg).clone();
                 next.bundles.insert(sku.clone(), components.clone());
                 let config = self.reconfigure(t, next)?;
-                (JobKind::Config { config, event: EventKind::BundlePut { sku: sku.clone() } }, all)
+                (
+                    JobKind::Config {
+                        config,
+                        event: EventKind::BundlePut { sku: sku.clone() },
+                    },
+                    all,
+                )
             }
             Command::PutRules { document } => {
                 let mut next = (*cfg).clone();
-                next.rule_document = RuleDocument { version: cfg.rule_document.version + 1, ..document.clone() };
+                next.rule_document = RuleDocument {
+                    version: cfg.rule_document.version + 1,
+                    ..document.clone()
+                };
                 let config = self.reconfigure(t, next)?;
                 let version = config.rule_document.version;
-                (JobKind::Config { config, event: EventKind::RulesPut { version } }, all)
+                (
+                    JobKind::Config {
+                        config,
+                        event: EventKind::RulesPut { version },
+                    },
+                    all,
+                )
             }
-            Command::Receive { sku, location, quantity, unit_cost, reason } => {
+            Command::Receive {
+                sku,
+                location,
+                quantity,
+                unit_cost,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
                 check_qty("quantity", *quantity, 1)?;
                 self.text("reason", reason)?;
                 if let Some(c) = unit_cost {
                     if c.is_sign_negative() || *c > rust_decimal::Decimal::from(QUANTITY_MAX) {
-                        return Err(Refusal::invalid("unit_cost", format!("must be between 0 and {QUANTITY_MAX}")));
+                        return Err(Refusal::invalid(
+                            "unit_cost",
+                            format!("must be between 0 and {QUANTITY_MAX}"),
+                        ));
                     }
                 }
                 let loc = self.loc(&cfg, "location", location)?;
-                let kind = JobKind::Receive { sku: sku.clone(), loc, quantity: *quantity, unit_cost: *unit_cost, reason: reason.clone() };
+                let kind = JobKind::Receive {
+                    sku: sku.clone(),
+                    loc,
+                    quantity: *quantity,
+                    unit_cost: *unit_cost,
+                    reason: reason.clone(),
+                };
                 (kind, one(self, sku))
             }
-            Command::Expect { sku, location, quantity, expected_at, reason } => {
+            Command::Expect {
+                sku,
+                location,
+                quantity,
+                expected_at,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
                 check_qty("quantity", *quantity, 1)?;
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
-                let kind = JobKind::Expect { sku: sku.clone(), loc, quantity: *quantity, expected_at: *expected_at, reason: reason.clone() };
+                let kind = JobKind::Expect {
+                    sku: sku.clone(),
+                    loc,
+                    quantity: *quantity,
+                    expected_at: *expected_at,
+                    reason: reason.clone(),
+                };
                 (kind, one(self, sku))
             }
-            Command::Adjust { sku, location, delta, reason } => {
+            Command::Adjust {
+                sku,
+                location,
+                delta,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
-                if *delta == 0 || delta.abs() > QUANTITY_MAX {
-                    return Err(Refusal::invalid("quantity", format!("a non-zero delta between -{QUANTITY_MAX} and {QUANTITY_MAX}")));
+                if *delta == 0 || !(-QUANTITY_MAX..=QUANTITY_MAX).contains(delta) {
+                    return Err(Refusal::invalid(
+                        "quantity",
+                        format!("a non-zero delta between -{QUANTITY_MAX} and {QUANTITY_MAX}"),
+                    ));
                 }
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
-                (JobKind::Adjust { sku: sku.clone(), loc, delta: *delta, reason: reason.clone() }, one(self, sku))
+                (
+                    JobKind::Adjust {
+                        sku: sku.clone(),
+                        loc,
+                        delta: *delta,
+                        reason: reason.clone(),
+                    },
+                    one(self, sku),
+                )
             }
-            Command::Set { sku, location, quantity, compare_quantity, reason } => {
+            Command::Set {
+                sku,
+                location,
+                quantity,
+                compare_quantity,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
                 check_qty("quantity", *quantity, 0)?;
                 if let Some(c) = compare_quantity {
@@ -331,10 +562,23 @@ impl Front {
                 }
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
-                let kind = JobKind::Set { sku: sku.clone(), loc, quantity: *quantity, compare: *compare_quantity, reason: reason.clone() };
+                let kind = JobKind::Set {
+                    sku: sku.clone(),
+                    loc,
+                    quantity: *quantity,
+                    compare: *compare_quantity,
+                    reason: reason.clone(),
+                };
                 (kind, one(self, sku))
             }
-            Command::Move { sku, location, from, to, quantity, reason } => {
+            Command::Move {
+                sku,
+                location,
+                from,
+                to,
+                quantity,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
                 check_qty("quantity", *quantity, 1)?;
                 if from == to {
@@ -342,23 +586,56 @@ impl Front {
                 }
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
-                let kind = JobKind::Move { sku: sku.clone(), loc, from: *from, to: *to, quantity: *quantity, reason: reason.clone() };
+                let kind = JobKind::Move {
+                    sku: sku.clone(),
+                    loc,
+                    from: *from,
+                    to: *to,
+                    quantity: *quantity,
+                    reason: reason.clone(),
+                };
                 (kind, one(self, sku))
             }
-            Command::Transfer { sku, location, to_location, quantity, expected_at, reason } => {
+            Command::Transfer {
+                sku,
+                location,
+                to_location,
+                quantity,
+                expected_at,
+                reason,
+            } => {
                 self.stock_sku(&cfg, sku)?;
                 check_qty("quantity", *quantity, 1)?;
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
                 let to = self.loc(&cfg, "to_location", to_location)?;
                 if loc == to {
-                    return Err(Refusal::invalid("to_location", "must differ from `location`"));
+                    return Err(Refusal::invalid(
+                        "to_location",
+                        "must differ from `location`",
+                    ));
                 }
-                let kind = JobKind::Transfer { sku: sku.clone(), loc, to, quantity: *quantity, expected_at: *expected_at, reason: reason.clone() };
+                let kind = JobKind::Transfer {
+                    sku: sku.clone(),
+                    loc,
+                    to,
+                    quantity: *quantity,
+                    expected_at: *expected_at,
+                    reason: reason.clone(),
+                };
                 (kind, one(self, sku))
             }
-            Command::Reserve { channel, lines, ttl_ms, order_ref, ship_to_region, fill } => {
-                let c = cfg.channel_idx(channel).ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
+            Command::Reserve {
+                channel,
+                lines,
+                ttl_ms,
+                order_ref,
+                ship_to_region,
+                fill,
+            } => {
+                let c = cfg
+                    .channel_idx(channel)
+                    .ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
                 let ttl = self.ttl(*ttl_ms)?;
                 self.text("order_ref", order_ref.as_deref().unwrap_or(""))?;
                 self.text("ship_to_region", ship_to_region.as_deref().unwrap_or(""))?;
@@ -366,11 +643,13 @@ impl Front {
                     return Err(Refusal::invalid("fill.max_locations", "must be at least 1"));
                 }
                 let (headers, items) = self.expand_lines(&cfg, lines)?;
-                let mask = items.iter().fold(0u64, |m, it| m | self.shard_bit(t, it.sku.as_str()));
+                let mask = items
+                    .iter()
+                    .fold(0u64, |m, it| m | self.shard_bit(t, it.sku.as_str()));
                 let kind = JobKind::Reserve {
                     channel: c,
-                    lines: headers.into(),
-                    items: items.into(),
+                    lines: headers,
+                    items,
                     expires_at: self.now.saturating_add(ttl),
                     order_ref: order_ref.clone(),
                     ship_to_region: ship_to_region.clone(),
@@ -382,7 +661,13 @@ impl Front {
             }
             Command::Extend { id, ttl_ms } => {
                 let ttl = self.ttl(Some(*ttl_ms))?;
-                (JobKind::Extend { id: *id, expires_at: self.now.saturating_add(ttl) }, self.route(*id))
+                (
+                    JobKind::Extend {
+                        id: *id,
+                        expires_at: self.now.saturating_add(ttl),
+                    },
+                    self.route(*id),
+                )
             }
             Command::Commit { id, lines } => {
                 if let Some(lines) = lines {
@@ -391,11 +676,13 @@ impl Front {
                     }
                     for (i, l) in lines.iter().enumerate() {
                         if let Some(q) = l.quantity {
-                            check_qty(&format!("lines[{i}].quantity"), q, 1)?;
+                            check_qty_at(|| format!("lines[{i}].quantity"), q, 1)?;
                         }
                     }
                 }
-                let lines = lines.as_ref().map(|ls| ls.iter().map(|l| (l.sku.clone(), l.quantity)).collect());
+                let lines = lines
+                    .as_ref()
+                    .map(|ls| ls.iter().map(|l| (l.sku.clone(), l.quantity)).collect());
                 (JobKind::Commit { id: *id, lines }, self.route(*id))
             }
             Command::Release { id } => (JobKind::Release { id: *id }, self.route(*id)),
@@ -409,24 +696,54 @@ impl Front {
                 }
                 let mut out = Vec::with_capacity(lines.len());
                 for (i, l) in lines.iter().enumerate() {
-                    check_qty(&format!("lines[{i}].quantity"), l.quantity, 0)?;
-                    check_qty(&format!("lines[{i}].missing"), l.missing, 0)?;
+                    check_qty_at(|| format!("lines[{i}].quantity"), l.quantity, 0)?;
+                    check_qty_at(|| format!("lines[{i}].missing"), l.missing, 0)?;
                     if l.quantity + l.missing == 0 {
-                        return Err(Refusal::invalid(&format!("lines[{i}]"), "report at least one unit picked or missing"));
+                        return Err(Refusal::invalid(
+                            &format!("lines[{i}]"),
+                            "report at least one unit picked or missing",
+                        ));
                     }
                     let loc = self.loc(&cfg, &format!("lines[{i}].location"), &l.location)?;
-                    if out.iter().any(|(x, lx): &(crate::command::FulfilLine, u16)| x.sku == l.sku && *lx == loc) {
-                        return Err(Refusal::invalid(&format!("lines[{i}]"), "the same SKU and location are listed twice"));
+                    if out
+                        .iter()
+                        .any(|(x, lx): &(crate::command::FulfilLine, u16)| {
+                            x.sku == l.sku && *lx == loc
+                        })
+                    {
+                        return Err(Refusal::invalid(
+                            &format!("lines[{i}]"),
+                            "the same SKU and location are listed twice",
+                        ));
                     }
                     out.push((l.clone(), loc));
                 }
-                (JobKind::Fulfil { id: *id, lines: out }, self.route(*id))
+                (
+                    JobKind::Fulfil {
+                        id: *id,
+                        lines: out,
+                    },
+                    self.route(*id),
+                )
             }
-            Command::Return { id, sku, location, quantity, damaged, reason } => {
+            Command::Return {
+                id,
+                sku,
+                location,
+                quantity,
+                damaged,
+                reason,
+            } => {
                 check_qty("quantity", *quantity, 1)?;
                 self.text("reason", reason)?;
                 let loc = self.loc(&cfg, "location", location)?;
-                let kind = JobKind::Return { id: *id, sku: sku.clone(), loc, quantity: *quantity, damaged: *damaged };
+                let kind = JobKind::Return {
+                    id: *id,
+                    sku: sku.clone(),
+                    loc,
+                    quantity: *quantity,
+                    damaged: *damaged,
+                };
                 (kind, self.route(*id))
             }
             Command::GetStock { sku } => {
@@ -436,14 +753,24 @@ impl Front {
                 };
                 (JobKind::GetStock { sku: sku.clone() }, mask)
             }
-            Command::GetReservation { id } => (JobKind::GetReservation { id: *id }, self.route(*id)),
+            Command::GetReservation { id } => {
+                (JobKind::GetReservation { id: *id }, self.route(*id))
+            }
             Command::Explain { sku, channel } => {
-                let c = cfg.channel_idx(channel).ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
+                let c = cfg
+                    .channel_idx(channel)
+                    .ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
                 let mask = match cfg.bundles.get(sku) {
                     Some(comps) => comps.iter().fold(0, |m, k| m | one(self, &k.sku)),
                     None => one(self, sku),
                 };
-                (JobKind::Explain { sku: sku.clone(), channel: c }, mask)
+                (
+                    JobKind::Explain {
+                        sku: sku.clone(),
+                        channel: c,
+                    },
+                    mask,
+                )
             }
         };
         Ok(self.job(t, tid, req, kind, shards, forced))
@@ -451,68 +778,137 @@ impl Front {
 
     /// The shards of a reservation, or one fallback shard that will answer "not found".
     fn route(&self, id: ReservationId) -> u64 {
-        self.routes.get(&id).copied().unwrap_or(1u64 << (id.0 % self.shards as u64))
+        self.routes
+            .get(&id)
+            .copied()
+            .unwrap_or(1u64 << (id.0 % self.shards as u64))
     }
 
-    fn check_bundle(&self, cfg: &TenantConfig, sku: &Sku, components: &[crate::config::Component]) -> Result<(), Refusal> {
+    fn check_bundle(
+        &self,
+        cfg: &TenantConfig,
+        sku: &Sku,
+        components: &[crate::config::Component],
+    ) -> Result<(), Refusal> {
         if components.is_empty() || components.len() > self.limits.components_per_bundle_max {
             return Err(Refusal::invalid(
                 "components",
-                format!("give 1 to {} components", self.limits.components_per_bundle_max),
+                format!(
+                    "give 1 to {} components",
+                    self.limits.components_per_bundle_max
+                ),
             ));
         }
         if cfg.is_component(sku) {
-            return Err(Refusal::invalid("sku", format!("{sku} is a component of another bundle")));
+            return Err(Refusal::invalid(
+                "sku",
+                format!("{sku} is a component of another bundle"),
+            ));
         }
         for (i, c) in components.iter().enumerate() {
             let field = format!("components[{i}]");
             if !(1..=1_000_000).contains(&c.quantity) {
-                return Err(Refusal::invalid(&format!("{field}.quantity"), "must be between 1 and 1000000"));
+                return Err(Refusal::invalid(
+                    &format!("{field}.quantity"),
+                    "must be between 1 and 1000000",
+                ));
             }
             if &c.sku == sku {
                 return Err(Refusal::invalid(&field, "a bundle cannot contain itself"));
             }
             if cfg.is_bundle(&c.sku) {
-                return Err(Refusal::invalid(&field, format!("{} is a bundle; bundles do not nest", c.sku)));
+                return Err(Refusal::invalid(
+                    &field,
+                    format!("{} is a bundle; bundles do not nest", c.sku),
+                ));
             }
             if components[..i].iter().any(|o| o.sku == c.sku) {
-                return Err(Refusal::invalid(&field, format!("{} is listed twice", c.sku)));
+                return Err(Refusal::invalid(
+                    &field,
+                    format!("{} is listed twice", c.sku),
+                ));
             }
         }
         Ok(())
     }
 
-    fn expand_lines(&self, cfg: &TenantConfig, lines: &[crate::command::LineRequest]) -> Result<(Vec<LineHeader>, Vec<ItemReq>), Refusal> {
+    fn expand_lines(
+        &self,
+        cfg: &TenantConfig,
+        lines: &[crate::command::LineRequest],
+    ) -> Result<(Arc<[LineHeader]>, Arc<[ItemReq]>), Refusal> {
         if lines.is_empty() || lines.len() > self.limits.lines_per_reservation_max {
-            return Err(Refusal::invalid("lines", format!("give 1 to {} lines", self.limits.lines_per_reservation_max)));
+            return Err(Refusal::invalid(
+                "lines",
+                format!("give 1 to {} lines", self.limits.lines_per_reservation_max),
+            ));
         }
-        let mut headers = Vec::with_capacity(lines.len());
+        let mut bundles = false;
+        for (i, l) in lines.iter().enumerate() {
+            check_qty_at(|| format!("lines[{i}].quantity"), l.quantity, 1)?;
+            if lines[..i].iter().any(|o| o.sku == l.sku) {
+                return Err(Refusal::invalid(
+                    &format!("lines[{i}].sku"),
+                    format!("{} is on an earlier line", l.sku),
+                ));
+            }
+            bundles |= cfg.is_bundle(&l.sku);
+        }
+        let headers = lines
+            .iter()
+            .map(|l| LineHeader {
+                sku: l.sku.clone(),
+                requested: l.quantity,
+                is_bundle: bundles && cfg.is_bundle(&l.sku),
+            })
+            .collect();
+        if !bundles {
+            // One item per line, collected straight into the shared slice.
+            let items = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| ItemReq {
+                    line: i as u16,
+                    slot: 0,
+                    sku: l.sku.clone(),
+                    per_unit: 1,
+                })
+                .collect();
+            return Ok((headers, items));
+        }
         let mut items = Vec::with_capacity(lines.len());
         for (i, l) in lines.iter().enumerate() {
-            check_qty(&format!("lines[{i}].quantity"), l.quantity, 1)?;
-            if lines[..i].iter().any(|o| o.sku == l.sku) {
-                return Err(Refusal::invalid(&format!("lines[{i}].sku"), format!("{} is on an earlier line", l.sku)));
-            }
             let line = i as u16;
             match cfg.bundles.get(&l.sku) {
                 Some(comps) => {
-                    headers.push(LineHeader { sku: l.sku.clone(), requested: l.quantity, is_bundle: true });
                     for (slot, c) in comps.iter().enumerate() {
-                        items.push(ItemReq { line, slot: slot as u16, sku: c.sku.clone(), per_unit: c.quantity });
+                        items.push(ItemReq {
+                            line,
+                            slot: slot as u16,
+                            sku: c.sku.clone(),
+                            per_unit: c.quantity,
+                        });
                     }
                 }
-                None => {
-                    headers.push(LineHeader { sku: l.sku.clone(), requested: l.quantity, is_bundle: false });
-                    items.push(ItemReq { line, slot: 0, sku: l.sku.clone(), per_unit: 1 });
-                }
+                None => items.push(ItemReq {
+                    line,
+                    slot: 0,
+                    sku: l.sku.clone(),
+                    per_unit: 1,
+                }),
             }
         }
-        Ok((headers, items))
+        Ok((headers, items.into()))
     }
 
     /// Records a finished job: stores the idempotent response, forgets dropped routes, and
     /// turns the events into numbered [`Event`]s.
-    pub fn finish(&mut self, job: &Job, idem: Option<(u32, String)>, fin: Finished) -> (Response, Vec<Event>) {
+    pub fn finish(
+        &mut self,
+        job: &Job,
+        idem: Option<(u32, String)>,
+        fin: Finished,
+    ) -> (Response, Vec<Event>) {
         let dropped = fin.dropped.clone();
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
         self.record(idem.as_ref(), &response, &dropped);
@@ -520,7 +916,12 @@ impl Front {
     }
 
     /// Stores an idempotent response and forgets routes of reservations that are gone.
-    pub fn record(&mut self, idem: Option<&(u32, String)>, response: &Response, dropped: &[ReservationId]) {
+    pub fn record(
+        &mut self,
+        idem: Option<&(u32, String)>,
+        response: &Response,
+        dropped: &[ReservationId],
+    ) {
         if let Some(key) = idem {
             if let Some(e) = self.idempotency.get_mut(key) {
                 e.response = Some(response.clone());
@@ -546,9 +947,20 @@ impl Front {
 
 /// Turns a finished job into its response and numbered events. `tenant_name` resolves the
 /// tenant of events that belong to another tenant than the job's (expiries during a tick).
-pub fn respond(job: &Job, fin: Finished, tenant_name: impl Fn(u32) -> TenantId) -> (Response, Vec<Event>) {
-    let written = !matches!(job.kind, JobKind::GetStock { .. } | JobKind::GetReservation { .. } | JobKind::Explain { .. });
-    let response = Response { seq: written.then_some(job.seq), replayed: false, outcome: fin.outcome };
+pub fn respond(
+    job: &Job,
+    fin: Finished,
+    tenant_name: impl Fn(u32) -> TenantId,
+) -> (Response, Vec<Event>) {
+    let written = !matches!(
+        job.kind,
+        JobKind::GetStock { .. } | JobKind::GetReservation { .. } | JobKind::Explain { .. }
+    );
+    let response = Response {
+        seq: written.then_some(job.seq),
+        replayed: false,
+        outcome: fin.outcome,
+    };
     let events = fin
         .events
         .into_iter()

@@ -1,8 +1,11 @@
 //! Validated identifiers: tenants, SKUs, locations, channels, reservations, and time.
+//!
+//! String ids are stored inline up to 24 bytes (`CompactString`): cloning one copies bytes
+//! instead of touching a reference count that every shard thread would share.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 
 /// Longest id of any kind, in bytes (PRODUCT.md: SKUs are 1–128 printable bytes).
 pub const ID_LEN_MAX: usize = 128;
@@ -37,13 +40,13 @@ macro_rules! string_id {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(Arc<str>);
+        pub struct $name(CompactString);
 
         impl $name {
             /// Validates and wraps `s`.
             pub fn new(s: &str) -> Result<Self, IdError> {
                 check_id(s)?;
-                Ok(Self(Arc::from(s)))
+                Ok(Self(CompactString::new(s)))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -57,12 +60,12 @@ macro_rules! string_id {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0.to_string()
+                v.0.into_string()
             }
         }
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{:?}", &*self.0)
+                write!(f, "{:?}", self.0.as_str())
             }
         }
         impl fmt::Display for $name {

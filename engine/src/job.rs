@@ -11,6 +11,7 @@ use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
 use crate::outcome::{EventKind, Outcome, Refusal};
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// A line of a reservation as recorded: the requested SKU (maybe a bundle) and its units.
@@ -35,13 +36,53 @@ pub struct ItemReq {
 
 #[derive(Clone, Debug)]
 pub enum JobKind {
-    Config { config: Arc<TenantConfig>, event: EventKind },
-    Receive { sku: Sku, loc: LocIdx, quantity: i64, unit_cost: Option<Decimal>, reason: String },
-    Expect { sku: Sku, loc: LocIdx, quantity: i64, expected_at: Option<TimeMs>, reason: String },
-    Adjust { sku: Sku, loc: LocIdx, delta: i64, reason: String },
-    Set { sku: Sku, loc: LocIdx, quantity: i64, compare: Option<i64>, reason: String },
-    Move { sku: Sku, loc: LocIdx, from: Bucket, to: Bucket, quantity: i64, reason: String },
-    Transfer { sku: Sku, loc: LocIdx, to: LocIdx, quantity: i64, expected_at: Option<TimeMs>, reason: String },
+    Config {
+        config: Arc<TenantConfig>,
+        event: EventKind,
+    },
+    Receive {
+        sku: Sku,
+        loc: LocIdx,
+        quantity: i64,
+        unit_cost: Option<Decimal>,
+        reason: String,
+    },
+    Expect {
+        sku: Sku,
+        loc: LocIdx,
+        quantity: i64,
+        expected_at: Option<TimeMs>,
+        reason: String,
+    },
+    Adjust {
+        sku: Sku,
+        loc: LocIdx,
+        delta: i64,
+        reason: String,
+    },
+    Set {
+        sku: Sku,
+        loc: LocIdx,
+        quantity: i64,
+        compare: Option<i64>,
+        reason: String,
+    },
+    Move {
+        sku: Sku,
+        loc: LocIdx,
+        from: Bucket,
+        to: Bucket,
+        quantity: i64,
+        reason: String,
+    },
+    Transfer {
+        sku: Sku,
+        loc: LocIdx,
+        to: LocIdx,
+        quantity: i64,
+        expected_at: Option<TimeMs>,
+        reason: String,
+    },
     Reserve {
         channel: ChanIdx,
         lines: Arc<[LineHeader]>,
@@ -51,17 +92,43 @@ pub enum JobKind {
         ship_to_region: Option<String>,
         fill: FillPolicy,
     },
-    Extend { id: ReservationId, expires_at: TimeMs },
+    Extend {
+        id: ReservationId,
+        expires_at: TimeMs,
+    },
     /// `lines`: (line sku, units to keep); `None` keeps everything.
-    Commit { id: ReservationId, lines: Option<Vec<(Sku, Option<i64>)>> },
-    Release { id: ReservationId },
-    Cancel { id: ReservationId },
-    Fulfil { id: ReservationId, lines: Vec<(FulfilLine, LocIdx)> },
-    Return { id: ReservationId, sku: Sku, loc: LocIdx, quantity: i64, damaged: bool },
+    Commit {
+        id: ReservationId,
+        lines: Option<Vec<(Sku, Option<i64>)>>,
+    },
+    Release {
+        id: ReservationId,
+    },
+    Cancel {
+        id: ReservationId,
+    },
+    Fulfil {
+        id: ReservationId,
+        lines: Vec<(FulfilLine, LocIdx)>,
+    },
+    Return {
+        id: ReservationId,
+        sku: Sku,
+        loc: LocIdx,
+        quantity: i64,
+        damaged: bool,
+    },
     Tick,
-    GetStock { sku: Sku },
-    GetReservation { id: ReservationId },
-    Explain { sku: Sku, channel: ChanIdx },
+    GetStock {
+        sku: Sku,
+    },
+    GetReservation {
+        id: ReservationId,
+    },
+    Explain {
+        sku: Sku,
+        channel: ChanIdx,
+    },
 }
 
 /// A command with everything the shards need, as the front sequenced it.
@@ -91,7 +158,7 @@ pub struct ItemPrep {
     /// The channel's ATS for the item's SKU.
     pub ats: i64,
     /// Eligible locations with their available units, in creation order.
-    pub locations: Vec<(LocIdx, i64)>,
+    pub locations: SmallVec<[(LocIdx, i64); 4]>,
     pub routing: Option<crate::rules::CompiledRouting>,
 }
 
@@ -116,7 +183,7 @@ pub struct PartPrep {
 #[derive(Clone, Debug)]
 pub enum Prep {
     None,
-    Items(Vec<ItemPrep>),
+    Items(SmallVec<[ItemPrep; 1]>),
     Part(Option<PartPrep>),
     Refused(Refusal),
 }
@@ -126,7 +193,7 @@ pub enum Prep {
 pub struct ItemPlan {
     pub item: usize,
     pub quantity: i64,
-    pub allocations: Vec<(LocIdx, i64)>,
+    pub allocations: SmallVec<[(LocIdx, i64); 2]>,
 }
 
 /// The decision every participant applies.
@@ -136,9 +203,14 @@ pub enum Decision {
     /// Expired before this command: expire the parts, then refuse.
     ExpireThenRefuse(Refusal),
     Proceed,
-    Reserve { granted: Arc<[i64]>, plans: Arc<[ItemPlan]> },
+    Reserve {
+        granted: Arc<[i64]>,
+        plans: SmallVec<[ItemPlan; 1]>,
+    },
     /// Units to keep per (line index): the rest is released.
-    Commit { keep: Arc<[i64]> },
+    Commit {
+        keep: Arc<[i64]>,
+    },
 }
 
 /// What one shard returns after applying.
@@ -158,7 +230,10 @@ pub enum PartData {
     Explain(crate::outcome::Explanation),
     /// Reservation content held by this shard.
     Reservation(crate::shard::PartSnapshot),
-    Ticked { expired: Vec<(ReservationId, u32)>, dropped: Vec<ReservationId> },
+    Ticked {
+        expired: Vec<(ReservationId, u32)>,
+        dropped: Vec<ReservationId>,
+    },
     /// The ATS of components, for a bundle read.
     ComponentAts(Vec<(Sku, Vec<i64>)>),
 }

@@ -27,25 +27,56 @@ pub struct Machine {
 
 /// Runs a job on the given shards (all of them, indexed by shard number) sequentially.
 pub(crate) fn run_on(shards: &mut [ShardState], job: &Job) -> crate::job::Finished {
-    let participants: Vec<usize> = (0..shards.len()).filter(|i| job.shards & (1 << i) != 0).collect();
-    let preps: Vec<Prep> = participants.iter().map(|&i| shards[i].prepare(job)).collect();
+    let participants: Vec<usize> = (0..shards.len())
+        .filter(|i| job.shards & (1 << i) != 0)
+        .collect();
+    let preps: Vec<Prep> = participants
+        .iter()
+        .map(|&i| shards[i].prepare(job))
+        .collect();
     let first = participants[0];
-    let d = decide(job, shards[first].tenants.get(job.tenant as usize).map(|c| &**c), &preps);
-    let outs = participants.iter().map(|&i| shards[i].apply(job, &d)).collect();
-    merge(job, shards[first].tenants.get(job.tenant as usize).map(|c| &**c), &d, outs)
+    let d = decide(
+        job,
+        shards[first].tenants.get(job.tenant as usize).map(|c| &**c),
+        &preps,
+    );
+    let outs = participants
+        .iter()
+        .map(|&i| shards[i].apply(job, &d))
+        .collect();
+    merge(
+        job,
+        shards[first].tenants.get(job.tenant as usize).map(|c| &**c),
+        &d,
+        outs,
+    )
 }
 
 impl Machine {
     pub fn new(limits: Limits, shards: usize) -> Self {
         let states = (0..shards)
-            .map(|i| ShardState::new(i, shards, limits.holds_per_shard_max, limits.ended_retention_ms))
+            .map(|i| {
+                ShardState::new(
+                    i,
+                    shards,
+                    limits.holds_per_shard_max,
+                    limits.ended_retention_ms,
+                )
+            })
             .collect();
-        Machine { front: Front::new(limits, shards), shards: states }
+        Machine {
+            front: Front::new(limits, shards),
+            shards: states,
+        }
     }
 
     /// Executes one request at time `now`. Writes are returned with the log entry that
     /// reproduces them.
-    pub fn execute(&mut self, request: &Request, now: TimeMs) -> (Response, Vec<Event>, Option<LogEntry>) {
+    pub fn execute(
+        &mut self,
+        request: &Request,
+        now: TimeMs,
+    ) -> (Response, Vec<Event>, Option<LogEntry>) {
         self.run(request, now, None)
     }
 
@@ -55,17 +86,33 @@ impl Machine {
         (r, e)
     }
 
-    fn run(&mut self, request: &Request, now: TimeMs, forced: Option<Seq>) -> (Response, Vec<Event>, Option<LogEntry>) {
+    fn run(
+        &mut self,
+        request: &Request,
+        now: TimeMs,
+        forced: Option<Seq>,
+    ) -> (Response, Vec<Event>, Option<LogEntry>) {
         match self.front.admit(request, now, forced) {
             Admission::Immediate(r) => (r, Vec::new(), None),
-            Admission::Wait { .. } => unreachable!("one command at a time: nothing is ever in flight"),
+            Admission::Wait { .. } => {
+                unreachable!("one command at a time: nothing is ever in flight")
+            }
             Admission::Run { job, idem } => {
-                let log = (!request.command.is_read()).then(|| LogEntry { seq: job.seq, now: job.now, request: request.clone() });
+                let log = (!request.command.is_read()).then(|| LogEntry {
+                    seq: job.seq,
+                    now: job.now,
+                    request: request.clone(),
+                });
                 let fin = run_on(&mut self.shards, &job);
                 let (r, e) = self.front.finish(&job, idem, fin);
                 (r, e, log)
             }
         }
+    }
+
+    /// The canonical state, line by line; see [`crate::digest`].
+    pub fn canonical(&self) -> Vec<String> {
+        crate::digest::canonical(&self.front, self.shards.iter())
     }
 
     /// The digest of the whole state; see [`crate::digest`].

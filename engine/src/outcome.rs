@@ -79,13 +79,18 @@ pub enum Refusal {
 
 impl Refusal {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Refusal::InvalidRequest { field: field.to_string(), message: message.into() }
+        Refusal::InvalidRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
     pub fn not_found(what: impl Into<String>) -> Self {
         Refusal::NotFound { what: what.into() }
     }
     pub fn state(message: impl Into<String>) -> Self {
-        Refusal::InvalidState { message: message.into() }
+        Refusal::InvalidState {
+            message: message.into(),
+        }
     }
 }
 
@@ -238,10 +243,18 @@ pub struct Event {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum EventKind {
     TenantCreated,
-    LocationPut { location: LocationId },
-    ChannelPut { channel: ChannelId },
-    BundlePut { sku: Sku },
-    RulesPut { version: u64 },
+    LocationPut {
+        location: LocationId,
+    },
+    ChannelPut {
+        channel: ChannelId,
+    },
+    BundlePut {
+        sku: Sku,
+    },
+    RulesPut {
+        version: u64,
+    },
     /// A stock operation changed a level; `level` is the level after it.
     StockChanged {
         op: String,
@@ -251,22 +264,70 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unit_cost: Option<Decimal>,
     },
-    ReservationHeld { id: ReservationId, channel: ChannelId, lines: Vec<LineView> },
-    ReservationExtended { id: ReservationId, expires_at: TimeMs },
-    ReservationCommitted { id: ReservationId, lines: Vec<LineView> },
-    ReservationReleased { id: ReservationId },
-    ReservationExpired { id: ReservationId },
-    ReservationCancelled { id: ReservationId },
+    ReservationHeld {
+        id: ReservationId,
+        channel: ChannelId,
+        lines: Vec<LineView>,
+    },
+    ReservationExtended {
+        id: ReservationId,
+        expires_at: TimeMs,
+    },
+    ReservationCommitted {
+        id: ReservationId,
+        lines: Vec<LineView>,
+    },
+    ReservationReleased {
+        id: ReservationId,
+    },
+    ReservationExpired {
+        id: ReservationId,
+    },
+    ReservationCancelled {
+        id: ReservationId,
+    },
     /// Units picked and shipped.
-    Fulfilled { id: ReservationId, sku: Sku, location: LocationId, quantity: i64 },
+    Fulfilled {
+        id: ReservationId,
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+    },
     /// A short pick: units expected at a location were not found (on_hand lowered).
-    Discrepancy { id: ReservationId, sku: Sku, location: LocationId, missing: i64 },
+    Discrepancy {
+        id: ReservationId,
+        sku: Sku,
+        location: LocationId,
+        missing: i64,
+    },
     /// Units of an order moved to another location after a short pick.
-    Reallocated { id: ReservationId, sku: Sku, from: LocationId, to: LocationId, quantity: i64 },
+    Reallocated {
+        id: ReservationId,
+        sku: Sku,
+        from: LocationId,
+        to: LocationId,
+        quantity: i64,
+    },
     /// Units of an order that cannot be served now.
-    Backordered { id: ReservationId, sku: Sku, location: LocationId, quantity: i64, cause: String },
-    Returned { id: ReservationId, sku: Sku, location: LocationId, quantity: i64, damaged: bool },
+    Backordered {
+        id: ReservationId,
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        cause: String,
+    },
+    Returned {
+        id: ReservationId,
+        sku: Sku,
+        location: LocationId,
+        quantity: i64,
+        damaged: bool,
+    },
     /// A physical count made available negative; every channel's ATS for the SKU is zero
     /// until it is positive again.
-    OversellIncident { sku: Sku, location: LocationId, deficit: i64 },
+    OversellIncident {
+        sku: Sku,
+        location: LocationId,
+        deficit: i64,
+    },
 }

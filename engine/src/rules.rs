@@ -37,8 +37,11 @@ pub struct RuleDocument {
 
 /// One rule. Targets: `skus` (a list) or `sku_prefix`, or neither for all SKUs. Channels:
 /// `channels` (a list) or `except_channels`, or neither for all channels.
+///
+/// Read through [`RuleWire`]: serde cannot combine `flatten` with `deny_unknown_fields`
+/// (every field, `kind` included, was refused as unknown).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RuleWire")]
 pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -112,6 +115,116 @@ impl Default for RuleKind {
     }
 }
 
+/// The wire form of a [`Rule`]: every field of every kind, flat, so that a field unknown to
+/// the rule's kind is refused rather than silently ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleWire {
+    #[serde(default)]
+    id: Option<String>,
+    kind: String,
+    #[serde(default)]
+    skus: Option<Vec<Sku>>,
+    #[serde(default)]
+    sku_prefix: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<ChannelId>>,
+    #[serde(default)]
+    except_channels: Option<Vec<ChannelId>>,
+    #[serde(default)]
+    locations: Option<Vec<LocationId>>,
+    #[serde(default)]
+    deny_locations: Option<Vec<LocationId>>,
+    #[serde(default)]
+    units: Option<i64>,
+    #[serde(default)]
+    percent: Option<u8>,
+    #[serde(default)]
+    channel: Option<ChannelId>,
+    #[serde(default)]
+    threshold: Option<i64>,
+    #[serde(default)]
+    min_priority: Option<i32>,
+    #[serde(default)]
+    strategy: Option<String>,
+    #[serde(default)]
+    regions: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl TryFrom<RuleWire> for Rule {
+    type Error = String;
+    fn try_from(w: RuleWire) -> Result<Rule, String> {
+        let given = [
+            ("locations", w.locations.is_some()),
+            ("deny_locations", w.deny_locations.is_some()),
+            ("units", w.units.is_some()),
+            ("percent", w.percent.is_some()),
+            ("channel", w.channel.is_some()),
+            ("threshold", w.threshold.is_some()),
+            ("min_priority", w.min_priority.is_some()),
+            ("strategy", w.strategy.is_some()),
+            ("regions", w.regions.is_some()),
+        ];
+        let allowed: &[&str] = match (w.kind.as_str(), w.strategy.as_deref()) {
+            ("eligibility", _) => &["locations", "deny_locations"],
+            ("buffer", _) => &["units", "percent"],
+            ("cap", _) => &["units"],
+            ("ring_fence", _) => &["channel", "units", "percent"],
+            ("scarcity", _) => &["threshold", "min_priority"],
+            ("routing", Some("priority")) => &["strategy", "locations"],
+            ("routing", Some("nearest")) => &["strategy", "regions"],
+            ("routing", _) => &["strategy"],
+            (k, _) => return Err(format!("unknown rule kind {k:?}")),
+        };
+        if let Some((f, _)) = given.iter().find(|(f, g)| *g && !allowed.contains(f)) {
+            return Err(format!("unknown field `{f}` for a {} rule", w.kind));
+        }
+        let need = |f: &str| format!("missing field `{f}`");
+        let kind = match w.kind.as_str() {
+            "eligibility" => RuleKind::Eligibility {
+                locations: w.locations,
+                deny_locations: w.deny_locations,
+            },
+            "buffer" => RuleKind::Buffer {
+                units: w.units,
+                percent: w.percent,
+            },
+            "cap" => RuleKind::Cap {
+                units: w.units.ok_or_else(|| need("units"))?,
+            },
+            "ring_fence" => RuleKind::RingFence {
+                channel: w.channel.ok_or_else(|| need("channel"))?,
+                units: w.units,
+                percent: w.percent,
+            },
+            "scarcity" => RuleKind::Scarcity {
+                threshold: w.threshold.ok_or_else(|| need("threshold"))?,
+                min_priority: w.min_priority.ok_or_else(|| need("min_priority"))?,
+            },
+            _ => RuleKind::Routing(match w.strategy.as_deref() {
+                Some("priority") => Routing::Priority {
+                    locations: w.locations.ok_or_else(|| need("locations"))?,
+                },
+                Some("most_stock") => Routing::MostStock,
+                Some("fewest_splits") => Routing::FewestSplits,
+                Some("nearest") => Routing::Nearest {
+                    regions: w.regions.unwrap_or_default(),
+                },
+                Some(s) => return Err(format!("unknown routing strategy {s:?}")),
+                None => return Err(need("strategy")),
+            }),
+        };
+        Ok(Rule {
+            id: w.id,
+            kind,
+            skus: w.skus,
+            sku_prefix: w.sku_prefix,
+            channels: w.channels,
+            except_channels: w.except_channels,
+        })
+    }
+}
+
 /// A validation failure, naming the offending rule by position and id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {message}", rule_name(*.index, .id.as_deref()))]
@@ -176,11 +289,20 @@ pub enum Amount {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompiledKind {
-    Eligibility { allow: Option<Vec<LocIdx>>, deny: Vec<LocIdx> },
+    Eligibility {
+        allow: Option<Vec<LocIdx>>,
+        deny: Vec<LocIdx>,
+    },
     Buffer(Amount),
     Cap(i64),
-    RingFence { channel: ChanIdx, amount: Amount },
-    Scarcity { threshold: i64, min_priority: i32 },
+    RingFence {
+        channel: ChanIdx,
+        amount: Amount,
+    },
+    Scarcity {
+        threshold: i64,
+        min_priority: i32,
+    },
     Routing(CompiledRouting),
 }
 
@@ -201,11 +323,17 @@ pub struct CompiledRules {
 
 impl CompiledRule {
     fn applies_to_channel(&self, c: ChanIdx) -> bool {
-        self.channels.as_ref().is_none_or(|m| m.get(c as usize).copied().unwrap_or(false))
+        self.channels
+            .as_ref()
+            .is_none_or(|m| m.get(c as usize).copied().unwrap_or(false))
     }
     /// Ordering key for "most specific wins"; ties go to the earlier rule.
     fn rank(&self) -> (u32, bool, std::cmp::Reverse<usize>) {
-        (self.target.specificity(), self.channels.is_some(), std::cmp::Reverse(self.index))
+        (
+            self.target.specificity(),
+            self.channels.is_some(),
+            std::cmp::Reverse(self.index),
+        )
     }
 }
 
@@ -254,7 +382,9 @@ impl CompiledRules {
         let mut out: BTreeMap<ChanIdx, &CompiledRule> = BTreeMap::new();
         for r in &self.rules {
             if let CompiledKind::RingFence { channel, .. } = r.kind {
-                if r.target.matches(sku) && out.get(&channel).is_none_or(|cur| r.rank() > cur.rank()) {
+                if r.target.matches(sku)
+                    && out.get(&channel).is_none_or(|cur| r.rank() > cur.rank())
+                {
                     out.insert(channel, r);
                 }
             }
@@ -282,7 +412,12 @@ pub fn compile(doc: &RuleDocument, config: &TenantConfig) -> Result<CompiledRule
     let mut seen_ids = BTreeSet::new();
     let mut rules = Vec::with_capacity(doc.rules.len());
     for (index, rule) in doc.rules.iter().enumerate() {
-        let err = |field: &'static str, message: String| RuleError { index: Some(index), id: rule.id.clone(), field, message };
+        let err = |field: &'static str, message: String| RuleError {
+            index: Some(index),
+            id: rule.id.clone(),
+            field,
+            message,
+        };
         if let Some(id) = &rule.id {
             if id.is_empty() || id.len() > 128 {
                 return Err(err("id", "must be 1 to 128 bytes".into()));
@@ -295,14 +430,29 @@ pub fn compile(doc: &RuleDocument, config: &TenantConfig) -> Result<CompiledRule
         let channels = compile_channels(rule, config).map_err(|(f, m)| err(f, m))?;
         let kind = compile_kind(&rule.kind, config).map_err(|(f, m)| err(f, m))?;
         if matches!(kind, CompiledKind::RingFence { .. }) && channels.is_some() {
-            return Err(err("channels", "a ring_fence names its one channel in `channel`".into()));
+            return Err(err(
+                "channels",
+                "a ring_fence names its one channel in `channel`".into(),
+            ));
         }
         if matches!(kind, CompiledKind::Scarcity { .. }) && channels.is_some() {
-            return Err(err("channels", "a scarcity rule applies to all channels by priority".into()));
+            return Err(err(
+                "channels",
+                "a scarcity rule applies to all channels by priority".into(),
+            ));
         }
-        rules.push(CompiledRule { index, id: rule.id.clone(), target, channels, kind });
+        rules.push(CompiledRule {
+            index,
+            id: rule.id.clone(),
+            target,
+            channels,
+            kind,
+        });
     }
-    Ok(CompiledRules { rules, oversell_policy: doc.oversell_policy })
+    Ok(CompiledRules {
+        rules,
+        oversell_policy: doc.oversell_policy,
+    })
 }
 
 type FieldErr = (&'static str, String);
@@ -327,14 +477,22 @@ fn check_list_len(field: &'static str, n: usize) -> Result<(), FieldErr> {
         return Err((field, format!("`{field}` must not be empty")));
     }
     if n > RULE_LIST_MAX {
-        return Err((field, format!("`{field}` lists {n} entries, the limit is {RULE_LIST_MAX}")));
+        return Err((
+            field,
+            format!("`{field}` lists {n} entries, the limit is {RULE_LIST_MAX}"),
+        ));
     }
     Ok(())
 }
 
 fn compile_channels(rule: &Rule, config: &TenantConfig) -> Result<Option<Vec<bool>>, FieldErr> {
     let (field, list, negate) = match (&rule.channels, &rule.except_channels) {
-        (Some(_), Some(_)) => return Err(("channels", "give `channels` or `except_channels`, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err((
+                "channels",
+                "give `channels` or `except_channels`, not both".into(),
+            ))
+        }
         (Some(l), None) => ("channels", l, false),
         (None, Some(l)) => ("except_channels", l, true),
         (None, None) => return Ok(None),
@@ -342,17 +500,25 @@ fn compile_channels(rule: &Rule, config: &TenantConfig) -> Result<Option<Vec<boo
     check_list_len(field, list.len())?;
     let mut mask = vec![negate; config.channels.len()];
     for ch in list {
-        let i = config.channel_idx(ch).ok_or((field, format!("unknown channel {:?}", ch.as_str())))?;
+        let i = config
+            .channel_idx(ch)
+            .ok_or((field, format!("unknown channel {:?}", ch.as_str())))?;
         mask[i as usize] = !negate;
     }
     Ok(Some(mask))
 }
 
-fn locations(field: &'static str, list: &[LocationId], config: &TenantConfig) -> Result<Vec<LocIdx>, FieldErr> {
+fn locations(
+    field: &'static str,
+    list: &[LocationId],
+    config: &TenantConfig,
+) -> Result<Vec<LocIdx>, FieldErr> {
     check_list_len(field, list.len())?;
     let mut out = Vec::with_capacity(list.len());
     for l in list {
-        let i = config.location_idx(l).ok_or((field, format!("unknown location {:?}", l.as_str())))?;
+        let i = config
+            .location_idx(l)
+            .ok_or((field, format!("unknown location {:?}", l.as_str())))?;
         if out.contains(&i) {
             return Err((field, format!("location {:?} is listed twice", l.as_str())));
         }
@@ -365,9 +531,13 @@ fn amount(units: Option<i64>, percent: Option<u8>) -> Result<Amount, FieldErr> {
     match (units, percent) {
         (Some(_), Some(_)) => Err(("units", "give `units` or `percent`, not both".into())),
         (None, None) => Err(("units", "give `units` or `percent`".into())),
-        (Some(u), None) if !(0..=crate::limits::QUANTITY_MAX).contains(&u) => {
-            Err(("units", format!("units must be between 0 and {}", crate::limits::QUANTITY_MAX)))
-        }
+        (Some(u), None) if !(0..=crate::limits::QUANTITY_MAX).contains(&u) => Err((
+            "units",
+            format!(
+                "units must be between 0 and {}",
+                crate::limits::QUANTITY_MAX
+            ),
+        )),
         (Some(u), None) => Ok(Amount::Units(u)),
         (None, Some(p)) if p > 100 => Err(("percent", "percent must be between 0 and 100".into())),
         (None, Some(p)) => Ok(Amount::Percent(p)),
@@ -376,38 +546,87 @@ fn amount(units: Option<i64>, percent: Option<u8>) -> Result<Amount, FieldErr> {
 
 fn compile_kind(kind: &RuleKind, config: &TenantConfig) -> Result<CompiledKind, FieldErr> {
     Ok(match kind {
-        RuleKind::Eligibility { locations: allow, deny_locations } => {
+        RuleKind::Eligibility {
+            locations: allow,
+            deny_locations,
+        } => {
             if allow.is_none() && deny_locations.is_none() {
-                return Err(("locations", "give `locations`, `deny_locations` or both".into()));
+                return Err((
+                    "locations",
+                    "give `locations`, `deny_locations` or both".into(),
+                ));
             }
-            let allow = allow.as_deref().map(|l| locations("locations", l, config)).transpose()?;
-            let deny = deny_locations.as_deref().map(|l| locations("deny_locations", l, config)).transpose()?;
-            CompiledKind::Eligibility { allow, deny: deny.unwrap_or_default() }
+            let allow = allow
+                .as_deref()
+                .map(|l| locations("locations", l, config))
+                .transpose()?;
+            let deny = deny_locations
+                .as_deref()
+                .map(|l| locations("deny_locations", l, config))
+                .transpose()?;
+            CompiledKind::Eligibility {
+                allow,
+                deny: deny.unwrap_or_default(),
+            }
         }
         RuleKind::Buffer { units, percent } => CompiledKind::Buffer(amount(*units, *percent)?),
         RuleKind::Cap { units } => {
             if !(0..=crate::limits::QUANTITY_MAX).contains(units) {
-                return Err(("units", format!("units must be between 0 and {}", crate::limits::QUANTITY_MAX)));
+                return Err((
+                    "units",
+                    format!(
+                        "units must be between 0 and {}",
+                        crate::limits::QUANTITY_MAX
+                    ),
+                ));
             }
             CompiledKind::Cap(*units)
         }
-        RuleKind::RingFence { channel, units, percent } => {
-            let c = config.channel_idx(channel).ok_or(("channel", format!("unknown channel {:?}", channel.as_str())))?;
-            CompiledKind::RingFence { channel: c, amount: amount(*units, *percent)? }
-        }
-        RuleKind::Scarcity { threshold, min_priority } => {
-            if !(0..=crate::limits::QUANTITY_MAX).contains(threshold) {
-                return Err(("threshold", format!("threshold must be between 0 and {}", crate::limits::QUANTITY_MAX)));
+        RuleKind::RingFence {
+            channel,
+            units,
+            percent,
+        } => {
+            let c = config
+                .channel_idx(channel)
+                .ok_or(("channel", format!("unknown channel {:?}", channel.as_str())))?;
+            CompiledKind::RingFence {
+                channel: c,
+                amount: amount(*units, *percent)?,
             }
-            CompiledKind::Scarcity { threshold: *threshold, min_priority: *min_priority }
+        }
+        RuleKind::Scarcity {
+            threshold,
+            min_priority,
+        } => {
+            if !(0..=crate::limits::QUANTITY_MAX).contains(threshold) {
+                return Err((
+                    "threshold",
+                    format!(
+                        "threshold must be between 0 and {}",
+                        crate::limits::QUANTITY_MAX
+                    ),
+                ));
+            }
+            CompiledKind::Scarcity {
+                threshold: *threshold,
+                min_priority: *min_priority,
+            }
         }
         RuleKind::Routing(r) => CompiledKind::Routing(match r {
-            Routing::Priority { locations: l } => CompiledRouting::Priority(locations("locations", l, config)?),
+            Routing::Priority { locations: l } => {
+                CompiledRouting::Priority(locations("locations", l, config)?)
+            }
             Routing::MostStock => CompiledRouting::MostStock,
             Routing::FewestSplits => CompiledRouting::FewestSplits,
             Routing::Nearest { regions } => {
-                if regions.len() > RULE_LIST_MAX || regions.values().any(|v| v.len() > RULE_LIST_MAX) {
-                    return Err(("regions", format!("regions may list at most {RULE_LIST_MAX} entries")));
+                if regions.len() > RULE_LIST_MAX
+                    || regions.values().any(|v| v.len() > RULE_LIST_MAX)
+                {
+                    return Err((
+                        "regions",
+                        format!("regions may list at most {RULE_LIST_MAX} entries"),
+                    ));
                 }
                 CompiledRouting::Nearest(regions.clone())
             }

@@ -33,7 +33,10 @@ pub struct MemoryJournal {
 
 impl Journal for MemoryJournal {
     fn append(&mut self, entry: &LogEntry) {
-        self.entries.lock().expect("journal lock").push(entry.clone());
+        self.entries
+            .lock()
+            .expect("journal lock")
+            .push(entry.clone());
     }
 }
 
@@ -48,7 +51,10 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        EngineConfig { shards: cores.clamp(1, crate::limits::SHARDS_MAX), limits: Limits::default() }
+        EngineConfig {
+            shards: cores.clamp(1, crate::limits::SHARDS_MAX),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -89,11 +95,14 @@ enum Msg {
     Stop,
 }
 
+/// A request waiting for another's response: its batch and slot.
+type Waiter = (Arc<Batch>, usize);
+
 struct FrontSide {
     front: Front,
     journal: Option<Box<dyn Journal>>,
     /// Requests waiting for the first execution of their idempotency key.
-    waiting: FxHashMap<(u32, String), Vec<(Arc<Batch>, usize)>>,
+    waiting: FxHashMap<(u32, String), Vec<Waiter>>,
 }
 
 struct Inner {
@@ -113,7 +122,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("shards", &self.inner.queues.len()).finish()
+        f.debug_struct("Engine")
+            .field("shards", &self.inner.queues.len())
+            .finish()
     }
 }
 
@@ -138,7 +149,11 @@ impl Engine {
             .collect();
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded::<Msg>()).unzip();
         let inner = Arc::new(Inner {
-            front: Mutex::new(FrontSide { front, journal, waiting: FxHashMap::default() }),
+            front: Mutex::new(FrontSide {
+                front,
+                journal,
+                waiting: FxHashMap::default(),
+            }),
             queues: senders,
             depth: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             states,
@@ -165,7 +180,9 @@ impl Engine {
 
     /// Executes one request.
     pub fn execute_one(&self, request: Request, now: TimeMs) -> Answer {
-        self.execute(vec![request], now).pop().expect("one answer per request")
+        self.execute(vec![request], now)
+            .pop()
+            .expect("one answer per request")
     }
 
     /// Executes a batch of requests, sequenced in order, and waits for all answers.
@@ -176,8 +193,14 @@ impl Engine {
             waiter: std::thread::current(),
         });
         if requests.len() > self.inner.batch_len_max {
-            let r = Refusal::LimitExceeded { what: "requests in one batch".into(), limit: self.inner.batch_len_max as u64 };
-            return requests.iter().map(|_| (refused(r.clone()), Vec::new())).collect();
+            let r = Refusal::LimitExceeded {
+                what: "requests in one batch".into(),
+                limit: self.inner.batch_len_max as u64,
+            };
+            return requests
+                .iter()
+                .map(|_| (refused(r.clone()), Vec::new()))
+                .collect();
         }
         self.submit(&batch, requests, now);
         while batch.remaining.load(Ordering::Acquire) != 0 {
@@ -187,10 +210,18 @@ impl Engine {
             Ok(b) => b,
             // A shard may still hold its reference for an instant after the last answer.
             Err(arc) => {
-                return arc.slots.iter().map(|s| s.get().cloned().expect("every slot is answered")).collect();
+                return arc
+                    .slots
+                    .iter()
+                    .map(|s| s.get().cloned().expect("every slot is answered"))
+                    .collect();
             }
         };
-        batch.slots.into_iter().map(|s| s.into_inner().expect("every slot is answered")).collect()
+        batch
+            .slots
+            .into_iter()
+            .map(|s| s.into_inner().expect("every slot is answered"))
+            .collect()
     }
 
     fn submit(&self, batch: &Arc<Batch>, requests: Vec<Request>, now: TimeMs) {
@@ -199,7 +230,10 @@ impl Engine {
         let mut side = self.inner.lock_front();
         for (slot, req) in requests.into_iter().enumerate() {
             // A full queue refuses before admission, so a refused request leaves no trace.
-            let full = (0..n).any(|s| self.inner.depth[s].load(Ordering::Relaxed) + per_shard[s].len() >= self.inner.queue_depth_max);
+            let full = (0..n).any(|s| {
+                self.inner.depth[s].load(Ordering::Relaxed) + per_shard[s].len()
+                    >= self.inner.queue_depth_max
+            });
             if full {
                 batch.complete(slot, (refused(Refusal::Overloaded), Vec::new()));
                 continue;
@@ -207,12 +241,20 @@ impl Engine {
             let admission = side.front.admit(&req, now, None);
             match admission {
                 Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
-                Admission::Wait { tenant, key } => side.waiting.entry((tenant, key)).or_default().push((batch.clone(), slot)),
+                Admission::Wait { tenant, key } => side
+                    .waiting
+                    .entry((tenant, key))
+                    .or_default()
+                    .push((batch.clone(), slot)),
                 Admission::Run { job, idem } => {
                     let targets = job.shards;
                     if !req.command.is_read() {
                         if let Some(j) = side.journal.as_mut() {
-                            j.append(&LogEntry { seq: job.seq, now: job.now, request: req });
+                            j.append(&LogEntry {
+                                seq: job.seq,
+                                now: job.now,
+                                request: req,
+                            });
                         }
                     }
                     let count = targets.count_ones() as usize;
@@ -227,7 +269,12 @@ impl Engine {
                     let job = Arc::new(job);
                     for (s, tasks) in per_shard.iter_mut().enumerate() {
                         if targets & (1 << s) != 0 {
-                            tasks.push(Task { job: job.clone(), slot, idem: idem.clone(), rendezvous: rendezvous.clone() });
+                            tasks.push(Task {
+                                job: job.clone(),
+                                slot,
+                                idem: idem.clone(),
+                                rendezvous: rendezvous.clone(),
+                            });
                         }
                     }
                 }
@@ -238,7 +285,12 @@ impl Engine {
                 continue;
             }
             self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
-            self.inner.queues[s].send(Msg::Tasks { batch: batch.clone(), tasks }).expect("shard threads outlive the engine handle");
+            self.inner.queues[s]
+                .send(Msg::Tasks {
+                    batch: batch.clone(),
+                    tasks,
+                })
+                .expect("shard threads outlive the engine handle");
         }
         drop(side);
     }
@@ -249,13 +301,23 @@ impl Engine {
         // Shards may need the front lock to finish a job, so it is not held while waiting.
         let side = loop {
             let side = self.inner.lock_front();
-            if self.inner.depth.iter().all(|d| d.load(Ordering::Acquire) == 0) {
+            if self
+                .inner
+                .depth
+                .iter()
+                .all(|d| d.load(Ordering::Acquire) == 0)
+            {
                 break side;
             }
             drop(side);
             std::thread::yield_now();
         };
-        let guards: Vec<MutexGuard<'_, ShardState>> = self.inner.states.iter().map(|s| s.lock().expect("shard lock")).collect();
+        let guards: Vec<MutexGuard<'_, ShardState>> = self
+            .inner
+            .states
+            .iter()
+            .map(|s| s.lock().expect("shard lock"))
+            .collect();
         let refs: Vec<&ShardState> = guards.iter().map(|g| &**g).collect();
         f(&side.front, &refs)
     }
@@ -265,9 +327,18 @@ impl Engine {
         self.inspect(|front, shards| crate::digest::digest(front, shards.iter().copied()))
     }
 
+    /// The canonical state, line by line; see [`crate::digest`].
+    pub fn canonical(&self) -> Vec<String> {
+        self.inspect(|front, shards| crate::digest::canonical(front, shards.iter().copied()))
+    }
+
     /// Commands queued per shard, for metrics.
     pub fn queue_depths(&self) -> Vec<usize> {
-        self.inner.depth.iter().map(|d| d.load(Ordering::Relaxed)).collect()
+        self.inner
+            .depth
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -283,12 +354,18 @@ impl Drop for Engine {
 }
 
 fn refused(r: Refusal) -> Response {
-    Response { seq: None, replayed: false, outcome: Outcome::Refused(r) }
+    Response {
+        seq: None,
+        replayed: false,
+        outcome: Outcome::Refused(r),
+    }
 }
 
 impl Inner {
     fn lock_front(&self) -> MutexGuard<'_, FrontSide> {
-        self.front.lock().expect("front lock: a panic elsewhere poisoned it")
+        self.front
+            .lock()
+            .expect("front lock: a panic elsewhere poisoned it")
     }
 }
 
@@ -308,13 +385,16 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
 
 fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, task: Task) {
     let job = &*task.job;
-    let cfg_of = |s: &ShardState| s.tenants.get(job.tenant as usize).cloned();
+    // Borrowed, not cloned: the config's `Arc` count is shared by every shard thread.
+    fn cfg_of(s: &ShardState, t: u32) -> Option<&crate::config::TenantConfig> {
+        s.tenants.get(t as usize).map(|c| &**c)
+    }
     let fin = match &task.rendezvous {
         None => {
             let prep = state.prepare(job);
-            let d = decide(job, cfg_of(state).as_deref(), std::slice::from_ref(&prep));
+            let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
             let out = state.apply(job, &d);
-            merge(job, cfg_of(state).as_deref(), &d, vec![out])
+            merge(job, cfg_of(state, job.tenant), &d, vec![out])
         }
         Some(rv) => {
             let prep = state.prepare(job);
@@ -327,7 +407,9 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
                 let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
                 preps.sort_by_key(|(i, _)| *i);
                 let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
-                let _ = rv.decision.set(decide(job, cfg_of(state).as_deref(), &preps));
+                let _ = rv
+                    .decision
+                    .set(decide(job, cfg_of(state, job.tenant), &preps));
             }
             let d = wait_for(&rv.decision);
             let out = state.apply(job, d);
@@ -337,10 +419,12 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
                 return;
             }
             let outs = std::mem::take(&mut *outs);
-            merge(job, cfg_of(state).as_deref(), d, outs)
+            merge(job, cfg_of(state, job.tenant), d, outs)
         }
     };
-    let needs_front = task.idem.is_some() || !fin.dropped.is_empty() || fin.events.iter().any(|(t, _)| t.is_some());
+    let needs_front = task.idem.is_some()
+        || !fin.dropped.is_empty()
+        || fin.events.iter().any(|(t, _)| t.is_some());
     if !needs_front {
         let answer = respond(job, fin, |_| unreachable!("no foreign-tenant events"));
         batch.complete(task.slot, answer);
@@ -352,7 +436,16 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
     side.front.record(task.idem.as_ref(), &response, &dropped);
     if let Some(key) = &task.idem {
         for (b, slot) in side.waiting.remove(key).unwrap_or_default() {
-            b.complete(slot, (Response { replayed: true, ..response.clone() }, Vec::new()));
+            b.complete(
+                slot,
+                (
+                    Response {
+                        replayed: true,
+                        ..response.clone()
+                    },
+                    Vec::new(),
+                ),
+            );
         }
     }
     drop(side);

@@ -56,7 +56,10 @@ impl Hash for SkuRef<'_> {
 
 impl From<&SkuRef<'_>> for SkuKey {
     fn from(r: &SkuRef<'_>) -> SkuKey {
-        SkuKey { tenant: r.tenant, sku: Box::from(r.sku) }
+        SkuKey {
+            tenant: r.tenant,
+            sku: Box::from(r.sku),
+        }
     }
 }
 
@@ -93,7 +96,10 @@ impl SkuState {
         &mut self.chans[n + c as usize]
     }
     pub fn level(&self, loc: LocIdx) -> Option<&Level> {
-        self.levels.binary_search_by_key(&loc, |l| l.loc).ok().map(|i| &self.levels[i])
+        self.levels
+            .binary_search_by_key(&loc, |l| l.loc)
+            .ok()
+            .map(|i| &self.levels[i])
     }
     /// The level at `loc`, created empty when missing.
     pub fn level_mut(&mut self, loc: LocIdx) -> &mut Level {
@@ -153,7 +159,10 @@ pub enum Lifecycle {
 
 impl Lifecycle {
     pub fn ended(self) -> bool {
-        matches!(self, Lifecycle::Released | Lifecycle::Expired | Lifecycle::Cancelled)
+        matches!(
+            self,
+            Lifecycle::Released | Lifecycle::Expired | Lifecycle::Cancelled
+        )
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -209,10 +218,18 @@ pub struct Part {
 
 impl Part {
     pub fn open_units(&self) -> i64 {
-        self.items.iter().flat_map(|i| &i.allocs).map(|a| a.open).sum()
+        self.items
+            .iter()
+            .flat_map(|i| &i.allocs)
+            .map(|a| a.open)
+            .sum()
     }
     pub fn shipped_units(&self) -> i64 {
-        self.items.iter().flat_map(|i| &i.allocs).map(|a| a.shipped).sum()
+        self.items
+            .iter()
+            .flat_map(|i| &i.allocs)
+            .map(|a| a.shipped)
+            .sum()
     }
     pub fn backordered_units(&self) -> i64 {
         self.items.iter().map(|i| i.backordered).sum()
@@ -284,7 +301,10 @@ impl ShardState {
         let n = self.tenants[tenant as usize].channels.len();
         self.skus
             .entry_ref(&SkuRef { tenant, sku })
-            .or_insert_with(|| SkuState { chans: vec![0; 2 * n].into_boxed_slice(), ..SkuState::default() })
+            .or_insert_with(|| SkuState {
+                chans: vec![0; 2 * n].into_boxed_slice(),
+                ..SkuState::default()
+            })
     }
 
     /// Installs a tenant's new configuration and recomputes the ATS of its SKUs.
@@ -305,16 +325,41 @@ impl ShardState {
 
     /// Recomputes the ATS of one SKU after a change.
     pub fn refresh(&mut self, tenant: u32, sku: &Sku) {
-        let cfg = self.tenants[tenant as usize].clone();
-        if let Some(st) = self.skus.get_mut(&SkuRef { tenant, sku: sku.as_str() }) {
-            st.refresh(&cfg, sku);
+        // Borrow the config rather than clone its `Arc`: the count is shared by all shards.
+        let cfg = &self.tenants[tenant as usize];
+        if let Some(st) = self.skus.get_mut(&SkuRef {
+            tenant,
+            sku: sku.as_str(),
+        }) {
+            st.refresh(cfg, sku);
         }
     }
 
+    /// The tenant's config and the SKU's state (created empty when missing), in one lookup.
+    pub fn sku_entry(&mut self, tenant: u32, sku: &str) -> (&TenantConfig, &mut SkuState) {
+        let cfg = &self.tenants[tenant as usize];
+        let n = cfg.channels.len();
+        let st = self
+            .skus
+            .entry_ref(&SkuRef { tenant, sku })
+            .or_insert_with(|| SkuState {
+                chans: vec![0; 2 * n].into_boxed_slice(),
+                ..SkuState::default()
+            });
+        (cfg, st)
+    }
+
     /// Changes a level with `f` and refreshes the SKU's ATS.
-    pub fn with_level<R>(&mut self, tenant: u32, sku: &Sku, loc: LocIdx, f: impl FnOnce(&mut Level) -> R) -> R {
-        let r = f(self.sku_mut(tenant, sku.as_str()).level_mut(loc));
-        self.refresh(tenant, sku);
+    pub fn with_level<R>(
+        &mut self,
+        tenant: u32,
+        sku: &Sku,
+        loc: LocIdx,
+        f: impl FnOnce(&mut Level) -> R,
+    ) -> R {
+        let (cfg, st) = self.sku_entry(tenant, sku.as_str());
+        let r = f(st.level_mut(loc));
+        st.refresh(cfg, sku);
         r
     }
 
