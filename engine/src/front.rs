@@ -29,6 +29,9 @@ pub struct IdemEntry {
     pub response: Option<Response>,
 }
 
+/// A reservation's lines and the physical items they expand into.
+type Expanded = (Arc<[LineHeader]>, Arc<[ItemReq]>);
+
 /// What the front decided about a request.
 #[derive(Debug)]
 pub enum Admission {
@@ -836,7 +839,7 @@ impl Front {
         &self,
         cfg: &TenantConfig,
         lines: &[crate::command::LineRequest],
-    ) -> Result<(Arc<[LineHeader]>, Arc<[ItemReq]>), Refusal> {
+    ) -> Result<Expanded, Refusal> {
         if lines.is_empty() || lines.len() > self.limits.lines_per_reservation_max {
             return Err(Refusal::invalid(
                 "lines",

@@ -80,6 +80,8 @@ struct Rendezvous {
     participants: usize,
     preps: Mutex<Vec<(usize, Prep)>>,
     decision: OnceLock<Decision>,
+    /// Participants parked while waiting for the decision.
+    sleepers: Mutex<Vec<Thread>>,
     outs: Mutex<Vec<PartOut>>,
 }
 
@@ -263,6 +265,7 @@ impl Engine {
                             participants: count,
                             preps: Mutex::new(Vec::with_capacity(count)),
                             decision: OnceLock::new(),
+                            sleepers: Mutex::new(Vec::new()),
                             outs: Mutex::new(Vec::with_capacity(count)),
                         })
                     });
@@ -407,11 +410,12 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
                 let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
                 preps.sort_by_key(|(i, _)| *i);
                 let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
-                let _ = rv
-                    .decision
-                    .set(decide(job, cfg_of(state, job.tenant), &preps));
+                let _ = rv.decision.set(decide(job, cfg_of(state, job.tenant), &preps));
+                for t in rv.sleepers.lock().expect("rendezvous lock").drain(..) {
+                    t.unpark();
+                }
             }
-            let d = wait_for(&rv.decision);
+            let d = wait_for(rv);
             let out = state.apply(job, d);
             let mut outs = rv.outs.lock().expect("rendezvous lock");
             outs.push(out);
@@ -452,18 +456,25 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
     batch.complete(task.slot, (response, events));
 }
 
-/// Waits for the decision of a rendezvous: spins briefly, then yields the core.
-fn wait_for(cell: &OnceLock<Decision>) -> &Decision {
-    let mut spins = 0u32;
-    loop {
-        if let Some(d) = cell.get() {
+/// Waits for the decision of a rendezvous: spins briefly (the other shards are usually about
+/// to arrive), then yields the core a few times, then parks until the decider wakes it, so a
+/// waiting shard never burns a core an oversubscribed machine needs for the others.
+fn wait_for(rv: &Rendezvous) -> &Decision {
+    for i in 0..2_000u32 {
+        if let Some(d) = rv.decision.get() {
             return d;
         }
-        spins += 1;
-        if spins < 64 {
+        if i < 1_000 {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
         }
+    }
+    rv.sleepers.lock().expect("rendezvous lock").push(std::thread::current());
+    loop {
+        if let Some(d) = rv.decision.get() {
+            return d;
+        }
+        std::thread::park();
     }
 }
