@@ -3,12 +3,18 @@
 //! nothing.
 
 use depot_engine::{
-    ChannelKind, Command, Engine, EngineConfig, LineRequest, LocationKind, Outcome, Reply, Request, Sku, TenantId,
+    ChannelKind, Command, Engine, EngineConfig, LineRequest, LocationKind, Outcome, Reply, Request,
+    Sku, TenantId,
 };
 use std::sync::Arc;
 
 fn req(command: Command) -> Request {
-    Request { tenant: TenantId::new("acme").unwrap(), key_id: "test".into(), idempotency_key: None, command }
+    Request {
+        tenant: TenantId::new("acme").unwrap(),
+        key_id: "test".into(),
+        idempotency_key: None,
+        command,
+    }
 }
 
 fn sku(s: &str) -> Sku {
@@ -21,7 +27,10 @@ fn ok(engine: &Engine, command: Command) {
 }
 
 fn setup(shards: usize, hot_units: i64, cart_units: i64) -> Engine {
-    let engine = Engine::start(EngineConfig { shards, ..EngineConfig::default() });
+    let engine = Engine::start(EngineConfig {
+        shards,
+        ..EngineConfig::default()
+    });
     ok(&engine, Command::CreateTenant);
     for (l, region) in [("wh-east", "us-east"), ("wh-west", "us-west")] {
         ok(
@@ -35,7 +44,14 @@ fn setup(shards: usize, hot_units: i64, cart_units: i64) -> Engine {
             },
         );
     }
-    ok(&engine, Command::PutChannel { channel: depot_engine::ChannelId::new("web").unwrap(), kind: ChannelKind::Shopify, priority: 1 });
+    ok(
+        &engine,
+        Command::PutChannel {
+            channel: depot_engine::ChannelId::new("web").unwrap(),
+            kind: ChannelKind::Shopify,
+            priority: 1,
+        },
+    );
     let receive = |s: &str, l: &str, q: i64| Command::Receive {
         sku: sku(s),
         location: depot_engine::LocationId::new(l).unwrap(),
@@ -45,7 +61,10 @@ fn setup(shards: usize, hot_units: i64, cart_units: i64) -> Engine {
     };
     // The hot SKU's units are split over two locations: a reservation may take from both.
     ok(&engine, receive("hot", "wh-east", hot_units / 2));
-    ok(&engine, receive("hot", "wh-west", hot_units - hot_units / 2));
+    ok(
+        &engine,
+        receive("hot", "wh-west", hot_units - hot_units / 2),
+    );
     for s in ["cart-a", "cart-b", "cart-c", "cart-d"] {
         ok(&engine, receive(s, "wh-east", cart_units));
     }
@@ -55,7 +74,13 @@ fn setup(shards: usize, hot_units: i64, cart_units: i64) -> Engine {
 fn reserve(lines: &[(&str, i64)]) -> Request {
     req(Command::Reserve {
         channel: depot_engine::ChannelId::new("web").unwrap(),
-        lines: lines.iter().map(|(s, q)| LineRequest { sku: sku(s), quantity: *q }).collect(),
+        lines: lines
+            .iter()
+            .map(|(s, q)| LineRequest {
+                sku: sku(s),
+                quantity: *q,
+            })
+            .collect(),
         ttl_ms: None,
         order_ref: None,
         ship_to_region: None,
@@ -65,10 +90,15 @@ fn reserve(lines: &[(&str, i64)]) -> Request {
 
 fn stock(engine: &Engine, s: &str) -> (i64, i64) {
     let (r, _) = engine.execute_one(req(Command::GetStock { sku: sku(s) }), 2_000);
-    let Outcome::Ok(Reply::Stock(v)) = r.outcome else { panic!("stock read failed: {:?}", r.outcome) };
+    let Outcome::Ok(Reply::Stock(v)) = r.outcome else {
+        panic!("stock read failed: {:?}", r.outcome)
+    };
     let on_hand = v.locations.iter().map(|l| l.on_hand).sum();
     let reserved = v.locations.iter().map(|l| l.reserved).sum();
-    assert!(v.locations.iter().all(|l| l.available >= 0), "{s} went negative: {v:?}");
+    assert!(
+        v.locations.iter().all(|l| l.available >= 0),
+        "{s} went negative: {v:?}"
+    );
     (on_hand, reserved)
 }
 
@@ -86,17 +116,30 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
                 let (mut hot, mut carts) = (0i64, 0i64);
                 for round in 0..120 {
                     // Batches mixing single hot-SKU holds (1 or 2 units) and multi-SKU carts.
-                    let mut batch: Vec<Request> = (0..40).map(|i| reserve(&[("hot", 1 + (i + t) as i64 % 2)])).collect();
-                    batch.push(reserve(&[("cart-a", 1), ("cart-b", 2), ("cart-c", 1), ("hot", 1)]));
+                    let mut batch: Vec<Request> = (0..40)
+                        .map(|i| reserve(&[("hot", 1 + (i + t) as i64 % 2)]))
+                        .collect();
+                    batch.push(reserve(&[
+                        ("cart-a", 1),
+                        ("cart-b", 2),
+                        ("cart-c", 1),
+                        ("hot", 1),
+                    ]));
                     batch.push(reserve(&[("cart-d", 3), ("cart-a", 1)]));
                     let answers = engine.execute(batch.clone(), 1_000 + round);
                     for (req, (resp, _)) in batch.iter().zip(answers) {
-                        let Command::Reserve { lines, .. } = &req.command else { unreachable!() };
+                        let Command::Reserve { lines, .. } = &req.command else {
+                            unreachable!()
+                        };
                         match resp.outcome {
                             Outcome::Ok(Reply::Reservation(v)) => {
                                 for (line, granted) in lines.iter().zip(&v.lines) {
-                                    assert_eq!(line.quantity, granted.quantity, "all-or-nothing granted a partial line");
-                                    let placed: i64 = granted.allocations.iter().map(|a| a.quantity).sum();
+                                    assert_eq!(
+                                        line.quantity, granted.quantity,
+                                        "all-or-nothing granted a partial line"
+                                    );
+                                    let placed: i64 =
+                                        granted.allocations.iter().map(|a| a.quantity).sum();
                                     assert_eq!(placed, granted.quantity);
                                     if line.sku.as_str() == "hot" {
                                         hot += line.quantity;
@@ -105,7 +148,9 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
                                     }
                                 }
                             }
-                            Outcome::Refused(depot_engine::Refusal::InsufficientStock { .. }) => {}
+                            Outcome::Refused(depot_engine::Refusal::InsufficientStock {
+                                ..
+                            }) => {}
                             other => panic!("unexpected outcome {other:?}"),
                         }
                     }
@@ -121,7 +166,10 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
         carts += b;
     }
     // Demand (8 x 120 x ~61 units of hot) far exceeds the stock, so it must sell out exactly.
-    assert_eq!(hot, hot_units, "granted hot units must equal the stock exactly");
+    assert_eq!(
+        hot, hot_units,
+        "granted hot units must equal the stock exactly"
+    );
     let (on_hand, reserved) = stock(&engine, "hot");
     assert_eq!((on_hand, reserved), (hot_units, hot_units));
     let mut cart_reserved = 0;
@@ -131,13 +179,22 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
         assert!(reserved <= cart_units);
         cart_reserved += reserved;
     }
-    assert_eq!(cart_reserved, carts, "reserved units of cart SKUs equal what was granted");
+    assert_eq!(
+        cart_reserved, carts,
+        "reserved units of cart SKUs equal what was granted"
+    );
 }
 
 #[test]
 fn journal_replay_gives_the_threaded_engines_digest() {
     let journal = depot_engine::MemoryJournal::default();
-    let recorded = Engine::start_with(EngineConfig { shards: 3, ..EngineConfig::default() }, Some(Box::new(journal.clone())));
+    let recorded = Engine::start_with(
+        EngineConfig {
+            shards: 3,
+            ..EngineConfig::default()
+        },
+        Some(Box::new(journal.clone())),
+    );
     ok(&recorded, Command::CreateTenant);
     ok(
         &recorded,
@@ -149,7 +206,14 @@ fn journal_replay_gives_the_threaded_engines_digest() {
             wms: None,
         },
     );
-    ok(&recorded, Command::PutChannel { channel: depot_engine::ChannelId::new("web").unwrap(), kind: ChannelKind::Shopify, priority: 0 });
+    ok(
+        &recorded,
+        Command::PutChannel {
+            channel: depot_engine::ChannelId::new("web").unwrap(),
+            kind: ChannelKind::Shopify,
+            priority: 0,
+        },
+    );
     for s in ["a", "b", "c"] {
         ok(
             &recorded,
@@ -162,9 +226,14 @@ fn journal_replay_gives_the_threaded_engines_digest() {
             },
         );
     }
-    let batch: Vec<Request> = (0..60).map(|i| reserve(&[("a", 1 + i % 3), ("b", 1), ("c", i % 2 + 1)])).collect();
+    let batch: Vec<Request> = (0..60)
+        .map(|i| reserve(&[("a", 1 + i % 3), ("b", 1), ("c", i % 2 + 1)]))
+        .collect();
     let answers = recorded.execute(batch, 5_000);
-    assert!(answers.iter().any(|(r, _)| r.outcome.is_ok()) && answers.iter().any(|(r, _)| !r.outcome.is_ok()));
+    assert!(
+        answers.iter().any(|(r, _)| r.outcome.is_ok())
+            && answers.iter().any(|(r, _)| !r.outcome.is_ok())
+    );
     let entries = journal.entries.lock().unwrap().clone();
     assert_eq!(entries.len(), 6 + 60, "every sequenced write is journaled");
     for shards in [1, 3, 4] {
@@ -177,6 +246,78 @@ fn journal_replay_gives_the_threaded_engines_digest() {
             assert_eq!(x, y, "replay into {shards} shard(s)");
         }
         assert_eq!(a.len(), b.len());
-        assert_eq!(machine.digest(), recorded.digest(), "replay into {shards} shard(s)");
+        assert_eq!(
+            machine.digest(),
+            recorded.digest(),
+            "replay into {shards} shard(s)"
+        );
     }
+}
+
+#[test]
+fn a_full_shard_queue_refuses_with_overloaded_and_changes_nothing() {
+    let limits = depot_engine::Limits {
+        queue_depth_max: 8,
+        batch_len_max: 64,
+        ..depot_engine::Limits::default()
+    };
+    let engine = Engine::start(EngineConfig { shards: 2, limits });
+    ok(&engine, Command::CreateTenant);
+    ok(
+        &engine,
+        Command::PutLocation {
+            location: depot_engine::LocationId::new("wh").unwrap(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        },
+    );
+    ok(
+        &engine,
+        Command::PutChannel {
+            channel: depot_engine::ChannelId::new("web").unwrap(),
+            kind: ChannelKind::B2b,
+            priority: 0,
+        },
+    );
+    ok(
+        &engine,
+        Command::Receive {
+            sku: sku("a"),
+            location: depot_engine::LocationId::new("wh").unwrap(),
+            quantity: 1_000,
+            unit_cost: None,
+            reason: "r".into(),
+        },
+    );
+    // One batch of 40 holds: the queue takes 8 at a time, so the rest are refused up front.
+    let answers = engine.execute((0..40).map(|_| reserve(&[("a", 1)])).collect(), 2_000);
+    let granted = answers.iter().filter(|(r, _)| r.outcome.is_ok()).count();
+    let overloaded: Vec<_> = answers
+        .iter()
+        .filter(|(r, _)| {
+            matches!(
+                r.outcome,
+                Outcome::Refused(depot_engine::Refusal::Overloaded)
+            )
+        })
+        .collect();
+    assert_eq!(granted + overloaded.len(), 40);
+    assert!(granted >= 1 && !overloaded.is_empty(), "granted {granted}");
+    assert!(
+        overloaded
+            .iter()
+            .all(|(r, events)| r.seq.is_none() && events.is_empty()),
+        "a refused request is not sequenced"
+    );
+    let (_, reserved) = stock(&engine, "a");
+    assert_eq!(reserved, granted as i64, "only granted holds reserve units");
+    // A batch over the batch limit is refused as a whole.
+    let answers = engine.execute((0..65).map(|_| reserve(&[("a", 1)])).collect(), 3_000);
+    assert!(answers.iter().all(|(r, _)| matches!(
+        &r.outcome,
+        Outcome::Refused(depot_engine::Refusal::LimitExceeded { limit: 64, .. })
+    )));
+    assert_eq!(stock(&engine, "a").1, granted as i64);
 }
