@@ -1,1 +1,3 @@
 //! Shared helpers for depot's cross-crate tests.
+
+pub mod model;
