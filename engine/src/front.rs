@@ -940,6 +940,15 @@ impl Front {
         self.tenants.get(t as usize).map(|e| &e.config)
     }
 
+    /// Puts back a remembered key when a state image is loaded.
+    pub fn restore_idempotency(&mut self, tenant: u32, key: String, entry: IdemEntry) {
+        self.idempotency_order
+            .push_back((entry.at, tenant, key.clone()));
+        self.idempotency.insert((tenant, key), entry);
+        // Eviction walks the order front to back: keep it sorted by time.
+        self.idempotency_order.make_contiguous().sort();
+    }
+
     /// Idempotency entries in a canonical order, for digests and snapshots.
     pub fn idempotency_sorted(&self) -> Vec<(&(u32, String), &IdemEntry)> {
         let mut v: Vec<_> = self.idempotency.iter().collect();

@@ -24,6 +24,7 @@ pub mod outcome;
 pub mod rules;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod timers;
 
 pub use command::{Bucket, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, Request};

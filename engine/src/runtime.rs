@@ -410,7 +410,9 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
                 let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
                 preps.sort_by_key(|(i, _)| *i);
                 let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
-                let _ = rv.decision.set(decide(job, cfg_of(state, job.tenant), &preps));
+                let _ = rv
+                    .decision
+                    .set(decide(job, cfg_of(state, job.tenant), &preps));
                 for t in rv.sleepers.lock().expect("rendezvous lock").drain(..) {
                     t.unpark();
                 }
@@ -470,7 +472,10 @@ fn wait_for(rv: &Rendezvous) -> &Decision {
             std::thread::yield_now();
         }
     }
-    rv.sleepers.lock().expect("rendezvous lock").push(std::thread::current());
+    rv.sleepers
+        .lock()
+        .expect("rendezvous lock")
+        .push(std::thread::current());
     loop {
         if let Some(d) = rv.decision.get() {
             return d;

@@ -1,0 +1,332 @@
+//! W1 and W2 (`shared/workloads/WORKLOADS.md`) on the threaded engine, in process.
+//!
+//! Per run: a fresh engine (one shard per core), 10,000 SKUs with 1,000,000 units each, then
+//! `clients` closed-loop client threads (default: one per shard) that each generate and submit
+//! batches of `batch` requests through `Engine::execute` for `secs` seconds. Operations of
+//! batches completing in the first `warmup` seconds are not counted. After the run every SKU
+//! is read with `GetStock` and checked: Σ available + Σ reserved = N × 1,000,000,
+//! min(available) >= 0, and Σ reserved = the units of the successful reservations.
+//!
+//! Memory-only: no journal is attached. Throughput counts successful and insufficient
+//! reservations, as WORKLOADS.md defines it.
+//!
+//! Usage: `throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024]
+//! [--clients N] [--shards N] [--wait-idle 120]`
+
+use depot_bench::{rng, StockCheck, Tally, Workload, SKUS, STOCK_PER_SKU, W};
+use depot_engine::{Engine, EngineConfig, Limits};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct Opts {
+    workloads: Vec<W>,
+    runs: usize,
+    secs: f64,
+    warmup: f64,
+    batch: usize,
+    clients: usize,
+    shards: usize,
+    /// Longest wait for an idle machine before each run, in seconds (0: do not wait).
+    wait_idle: f64,
+}
+
+fn opts() -> Opts {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut o = Opts {
+        workloads: vec![W::W1, W::W2],
+        runs: 3,
+        secs: 10.0,
+        warmup: 1.0,
+        batch: 1024,
+        clients: 0,
+        shards: cores,
+        wait_idle: 120.0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--workload" => {
+                o.workloads = match v.to_ascii_lowercase().as_str() {
+                    "w1" => vec![W::W1],
+                    "w2" => vec![W::W2],
+                    _ => vec![W::W1, W::W2],
+                }
+            }
+            "--runs" => o.runs = v.parse().expect("--runs N"),
+            "--secs" => o.secs = v.parse().expect("--secs S"),
+            "--warmup" => o.warmup = v.parse().expect("--warmup S"),
+            "--batch" => o.batch = v.parse().expect("--batch N"),
+            "--clients" => o.clients = v.parse().expect("--clients N"),
+            "--shards" => o.shards = v.parse().expect("--shards N"),
+            "--wait-idle" => o.wait_idle = v.parse().expect("--wait-idle S"),
+            "-h" | "--help" => {
+                eprintln!("throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    if o.clients == 0 {
+        o.clients = o.shards;
+    }
+    o
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RunResult {
+    ops_per_s: f64,
+    counted: Tally,
+    all: Tally,
+    check: StockCheck,
+    /// Mean time of one `execute` call of the counted window, in microseconds.
+    batch_us: f64,
+    /// Share of the machine's CPU time used by other processes during the run.
+    foreign: f64,
+}
+
+/// CPU time counters: the machine's (from `/proc/stat`) and this process's, in clock ticks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    total: u64,
+    busy: u64,
+    own: u64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = f.iter().sum();
+        let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
+        let g: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |k: usize| g.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let own = tick(11) + tick(12);
+        Cpu {
+            total,
+            busy: total - idle,
+            own,
+        }
+    }
+
+    fn foreign_since(&self, before: &Cpu) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let other = (self.busy.saturating_sub(before.busy))
+            .saturating_sub(self.own.saturating_sub(before.own));
+        other as f64 / total
+    }
+}
+
+/// Waits (at most `max_secs`) until other processes use less than 10 % of the CPUs over a
+/// second: the machine is shared, and a compile next door halves the figures.
+fn wait_idle(max_secs: f64) {
+    let start = Instant::now();
+    loop {
+        let before = Cpu::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = Cpu::now().foreign_since(&before);
+        if busy < 0.10 || start.elapsed().as_secs_f64() >= max_secs {
+            if start.elapsed().as_secs_f64() > 1.5 {
+                eprintln!(
+                    "  waited {:.0?} for an idle machine (others now {:.0}%)",
+                    start.elapsed(),
+                    busy * 100.0
+                );
+            }
+            return;
+        }
+    }
+}
+
+fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
+    if o.wait_idle > 0.0 {
+        wait_idle(o.wait_idle);
+    }
+    let engine = Engine::start(EngineConfig {
+        shards: o.shards,
+        limits: Limits::default(),
+    });
+    let t0 = Instant::now();
+    workload.setup_engine(&engine, STOCK_PER_SKU);
+    eprintln!(
+        "  setup: {} SKUs received in {:.2?}",
+        workload.skus.len(),
+        t0.elapsed()
+    );
+
+    let barrier = Barrier::new(o.clients + 1);
+    let mut cpu0 = Cpu::now();
+    let results: Vec<(Tally, Tally, Duration, u64, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..o.clients)
+            .map(|c| {
+                let (engine, barrier, workload) = (&engine, &barrier, workload);
+                s.spawn(move || {
+                    let mut rng = rng(run_idx, c as u64);
+                    let (mut counted, mut all) = (Tally::default(), Tally::default());
+                    let (mut busy, mut batches) = (Duration::ZERO, 0u64);
+                    // Operations per second of the run, by completion time.
+                    let mut per_sec = vec![0u64; o.secs.ceil() as usize + 1];
+                    barrier.wait();
+                    let start = Instant::now();
+                    let (warm, end) = (
+                        Duration::from_secs_f64(o.warmup),
+                        Duration::from_secs_f64(o.secs),
+                    );
+                    loop {
+                        let reqs = workload.batch(w, o.batch, &mut rng);
+                        let units: Vec<i64> = reqs.iter().map(depot_bench::units).collect();
+                        let sent = Instant::now();
+                        let now_ms =
+                            1_700_000_000_000 + sent.duration_since(start).as_millis() as u64;
+                        let answers = engine.execute(reqs, now_ms);
+                        let done = Instant::now();
+                        let at = done.duration_since(start);
+                        let mut t = Tally::default();
+                        for (u, (resp, _)) in units.iter().zip(&answers) {
+                            t.count(*u, &resp.outcome);
+                        }
+                        all.add(&t);
+                        let sec = (at.as_secs() as usize).min(per_sec.len() - 1);
+                        per_sec[sec] += t.ops();
+                        if at > warm && at <= end {
+                            counted.add(&t);
+                            busy += done - sent;
+                            batches += 1;
+                        }
+                        if at >= end {
+                            break;
+                        }
+                    }
+                    (counted, all, busy, batches, per_sec)
+                })
+            })
+            .collect();
+        barrier.wait();
+        cpu0 = Cpu::now();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    let foreign = Cpu::now().foreign_since(&cpu0);
+    let (mut counted, mut all) = (Tally::default(), Tally::default());
+    let (mut busy, mut batches) = (Duration::ZERO, 0);
+    let mut per_sec = vec![0u64; o.secs.ceil() as usize + 1];
+    for (c, a, b, n, p) in &results {
+        for (x, y) in per_sec.iter_mut().zip(p) {
+            *x += y;
+        }
+        counted.add(c);
+        all.add(a);
+        busy += *b;
+        batches += n;
+    }
+    let window = o.secs - o.warmup;
+    let check = workload.check_engine(&engine);
+    let t_drop = Instant::now();
+    drop(engine);
+    eprintln!("  ops per second of the run: {per_sec:?}");
+    eprintln!("  engine dropped in {:.2?}", t_drop.elapsed());
+    RunResult {
+        ops_per_s: counted.ops() as f64 / window,
+        counted,
+        all,
+        check,
+        batch_us: busy.as_secs_f64() * 1e6 / batches.max(1) as f64,
+        foreign,
+    }
+}
+
+fn main() {
+    let o = opts();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "depot throughput: {cores} cores ({model}), {} shards, {} client threads, batches of {}, {} s runs ({} s warm-up), memory-only",
+        o.shards, o.clients, o.batch, o.secs, o.warmup
+    );
+    let workload = Workload::new(SKUS);
+    let expected_total = SKUS as i64 * STOCK_PER_SKU;
+    let mut failed = false;
+    for &w in &o.workloads {
+        let mut rates = Vec::new();
+        for r in 0..o.runs {
+            eprintln!("{} run {}/{}", w.name(), r + 1, o.runs);
+            let res = run(&o, w, r as u64, &workload);
+            let c = res.check;
+            let sum_ok = c.available + c.reserved == expected_total;
+            let min_ok = c.min_available >= 0;
+            let units_ok = c.reserved == res.all.units;
+            let clean = res.all.other == 0;
+            failed |= !(sum_ok && min_ok && units_ok && clean);
+            println!(
+                "{} run {}: {:>10.0} ops/s  (counted ok {} insufficient {}; all ok {} insufficient {} other {}; {:.0} us per batch; other processes used {:.0}% of the CPUs) \
+                 check: Σavail+Σreserved = {} [{}], min available {} [{}], Σreserved = units granted [{}], no other refusals [{}]",
+                w.name(),
+                r + 1,
+                res.ops_per_s,
+                res.counted.ok,
+                res.counted.insufficient,
+                res.all.ok,
+                res.all.insufficient,
+                res.all.other,
+                res.batch_us,
+                res.foreign * 100.0,
+                c.available + c.reserved,
+                pass(sum_ok),
+                c.min_available,
+                pass(min_ok),
+                pass(units_ok),
+                pass(clean),
+            );
+            rates.push(res.ops_per_s);
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = if rates.len() % 2 == 1 {
+            rates[rates.len() / 2]
+        } else {
+            (rates[rates.len() / 2 - 1] + rates[rates.len() / 2]) / 2.0
+        };
+        println!(
+            "{}: min {:.0}  median {:.0}  max {:.0} ops/s over {} runs",
+            w.name(),
+            rates[0],
+            median,
+            rates[rates.len() - 1],
+            rates.len()
+        );
+    }
+    if failed {
+        eprintln!("a check FAILED");
+        std::process::exit(1);
+    }
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "pass"
+    } else {
+        "FAIL"
+    }
+}

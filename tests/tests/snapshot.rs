@@ -1,0 +1,270 @@
+//! The state image: taken from a machine, archived, validated and loaded into any number of
+//! shards, it gives the same digest, and the loaded machine goes on exactly as the original.
+
+use depot_engine::snapshot::{from_bytes, load, to_bytes};
+use depot_engine::{
+    ChannelId, ChannelKind, Command, CommitLine, Component, FillPolicy, FulfilLine, Limits,
+    LineRequest, LocationId, LocationKind, Machine, Request, ReservationId, Response, Sku,
+    TenantId,
+};
+
+fn req(command: Command) -> Request {
+    Request {
+        tenant: TenantId::new("acme").unwrap(),
+        key_id: "k1".into(),
+        idempotency_key: None,
+        command,
+    }
+}
+
+fn sku(s: &str) -> Sku {
+    Sku::new(s).unwrap()
+}
+
+fn loc(s: &str) -> LocationId {
+    LocationId::new(s).unwrap()
+}
+
+fn reserve(lines: &[(&str, i64)], ttl_ms: u64) -> Command {
+    Command::Reserve {
+        channel: ChannelId::new("web").unwrap(),
+        lines: lines
+            .iter()
+            .map(|(s, q)| LineRequest {
+                sku: sku(s),
+                quantity: *q,
+            })
+            .collect(),
+        ttl_ms: Some(ttl_ms),
+        order_ref: Some("order-1".into()),
+        ship_to_region: None,
+        fill: FillPolicy::AllOrNothing,
+    }
+}
+
+/// A state with every kind of record: tenants, config, rules, bundles, levels with every
+/// bucket, held, committed, fulfilled, expired and backordered reservations, and a key.
+fn busy_machine() -> Machine {
+    let mut m = Machine::new(Limits::default(), 2);
+    let mut run = |c: Command, now: u64| m.execute(&req(c), now).0;
+    run(Command::CreateTenant, 1_000);
+    for (l, r) in [("east", "us-east"), ("west", "us-west")] {
+        run(
+            Command::PutLocation {
+                location: loc(l),
+                kind: LocationKind::Warehouse,
+                name: l.into(),
+                region: Some(r.into()),
+                wms: None,
+            },
+            1_000,
+        );
+    }
+    run(
+        Command::PutChannel {
+            channel: ChannelId::new("web").unwrap(),
+            kind: ChannelKind::Shopify,
+            priority: 5,
+        },
+        1_000,
+    );
+    run(
+        Command::PutChannel {
+            channel: ChannelId::new("b2b").unwrap(),
+            kind: ChannelKind::B2b,
+            priority: 1,
+        },
+        1_000,
+    );
+    let rules = serde_json::from_value(serde_json::json!({
+        "oversell_policy": "lowest_priority_first",
+        "rules": [{"id": "fence", "kind": "ring_fence", "channel": "b2b", "units": 3},
+                  {"id": "near", "kind": "routing", "strategy": "most_stock"}]
+    }))
+    .unwrap();
+    run(Command::PutRules { document: rules }, 1_000);
+    run(
+        Command::PutBundle {
+            sku: sku("kit"),
+            components: vec![
+                Component {
+                    sku: sku("mug"),
+                    quantity: 2,
+                },
+                Component {
+                    sku: sku("tea"),
+                    quantity: 1,
+                },
+            ],
+        },
+        1_000,
+    );
+    for (s, l, q) in [
+        ("mug", "east", 30),
+        ("mug", "west", 12),
+        ("tea", "east", 20),
+        ("pen", "west", 9),
+    ] {
+        run(
+            Command::Receive {
+                sku: sku(s),
+                location: loc(l),
+                quantity: q,
+                unit_cost: Some("1.25".parse().unwrap()),
+                reason: "po".into(),
+            },
+            2_000,
+        );
+    }
+    run(
+        Command::Move {
+            sku: sku("pen"),
+            location: loc("west"),
+            from: depot_engine::Bucket::Available,
+            to: depot_engine::Bucket::Damaged,
+            quantity: 2,
+            reason: "box".into(),
+        },
+        2_000,
+    );
+    run(
+        Command::Expect {
+            sku: sku("tea"),
+            location: loc("west"),
+            quantity: 5,
+            expected_at: Some(9_000_000),
+            reason: "asn".into(),
+        },
+        2_000,
+    );
+    let held = run(reserve(&[("kit", 2), ("pen", 1)], 60_000), 3_000);
+    let committed = run(reserve(&[("mug", 4), ("tea", 2)], 60_000), 3_000);
+    let short = run(reserve(&[("mug", 3)], 60_000), 3_000);
+    let _expiring = run(reserve(&[("tea", 1)], 1_000), 3_000);
+    let id = |r: &Response| ReservationId(r.seq.unwrap());
+    run(
+        Command::Commit {
+            id: id(&committed),
+            lines: Some(vec![CommitLine {
+                sku: sku("mug"),
+                quantity: Some(3),
+            }]),
+        },
+        4_000,
+    );
+    run(
+        Command::Commit {
+            id: id(&short),
+            lines: None,
+        },
+        4_000,
+    );
+    let fulfil = FulfilLine {
+        sku: sku("mug"),
+        location: loc("east"),
+        quantity: 1,
+        missing: 1,
+    };
+    run(
+        Command::Fulfil {
+            id: id(&short),
+            lines: vec![fulfil],
+        },
+        5_000,
+    );
+    run(Command::Tick, 10_000);
+    run(
+        Command::Set {
+            sku: sku("tea"),
+            location: loc("east"),
+            quantity: 1,
+            compare_quantity: None,
+            reason: "count".into(),
+        },
+        11_000,
+    );
+    let keyed = Request {
+        idempotency_key: Some("pay-1".into()),
+        ..req(reserve(&[("pen", 1)], 60_000))
+    };
+    m.execute(&keyed, 12_000);
+    let _ = held;
+    m
+}
+
+#[test]
+fn image_round_trips_into_any_shard_count_with_the_same_digest() {
+    let m = busy_machine();
+    let bytes = to_bytes(&m.image());
+    let image = from_bytes(&bytes).expect("a fresh image validates");
+    assert_eq!(image, m.image());
+    for shards in [1, 2, 5] {
+        let loaded = load(&image, Limits::default(), shards).expect("a fresh image loads");
+        assert_eq!(loaded.canonical(), m.canonical(), "{shards} shard(s)");
+        assert_eq!(loaded.digest(), m.digest());
+    }
+}
+
+#[test]
+fn a_loaded_machine_goes_on_exactly_as_the_original() {
+    let mut original = busy_machine();
+    let mut loaded = load(
+        &from_bytes(&to_bytes(&original.image())).unwrap(),
+        Limits::default(),
+        3,
+    )
+    .unwrap();
+    // Reads, writes, a repeated idempotency key, and ticks that expire and drop reservations
+    // (their timers are rebuilt by the load).
+    let keyed = Request {
+        idempotency_key: Some("pay-1".into()),
+        ..req(reserve(&[("pen", 1)], 60_000))
+    };
+    let script: Vec<(Request, u64)> = vec![
+        (req(Command::GetStock { sku: sku("mug") }), 13_000),
+        (req(Command::GetStock { sku: sku("kit") }), 13_000),
+        (keyed, 13_000),
+        (req(reserve(&[("mug", 2), ("pen", 1)], 5_000)), 13_000),
+        (req(Command::Tick), 70_000),
+        (req(Command::Tick), 100_000_000),
+        (
+            req(Command::GetReservation {
+                id: ReservationId(15),
+            }),
+            100_000_000,
+        ),
+        (
+            req(Command::Explain {
+                sku: sku("mug"),
+                channel: ChannelId::new("web").unwrap(),
+            }),
+            100_000_000,
+        ),
+    ];
+    for (r, now) in script {
+        let a = original.execute(&r, now);
+        let b = loaded.execute(&r, now);
+        assert_eq!((a.0, a.1), (b.0, b.1), "{:?}", r.command);
+    }
+    assert_eq!(original.digest(), loaded.digest());
+}
+
+#[test]
+fn damaged_images_are_refused_never_a_panic() {
+    let bytes = to_bytes(&busy_machine().image());
+    for len in [0, 1, 7, 16, bytes.len() / 2, bytes.len() - 1] {
+        assert!(from_bytes(&bytes[..len]).is_err(), "truncated to {len}");
+    }
+    // Flip bits all over the image: each result is an error or a valid image, never a panic.
+    let mut refused = 0;
+    for i in (0..bytes.len()).step_by(7) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x5a;
+        if let Ok(image) = from_bytes(&b) {
+            let _ = load(&image, Limits::default(), 2);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "bytecheck must catch some flips");
+}
