@@ -15,6 +15,10 @@
 //! even the longest warm-up round never sells a SKU out and every measured reservation
 //! succeeds. Setup, request generation and teardown are outside the timed section.
 
+// mimalloc, as in depot's own binaries: answers are freed by other threads than allocate them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use depot_bench::{rng, Workload, SKUS, W};
 use depot_engine::{Command, Engine, EngineConfig, Limits, Machine, Request, ReservationId};

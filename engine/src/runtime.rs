@@ -208,15 +208,16 @@ impl Engine {
         while batch.remaining.load(Ordering::Acquire) != 0 {
             std::thread::park();
         }
-        let batch = match Arc::try_unwrap(batch) {
-            Ok(b) => b,
-            // A shard may still hold its reference for an instant after the last answer.
-            Err(arc) => {
-                return arc
-                    .slots
-                    .iter()
-                    .map(|s| s.get().cloned().expect("every slot is answered"))
-                    .collect();
+        // A shard drops its reference right after the message's last task: wait for that
+        // instead of copying every answer.
+        let mut batch = batch;
+        let batch = loop {
+            match Arc::try_unwrap(batch) {
+                Ok(b) => break b,
+                Err(shared) => {
+                    batch = shared;
+                    std::thread::yield_now();
+                }
             }
         };
         batch

@@ -106,6 +106,8 @@ impl SkuState {
         let i = match self.levels.binary_search_by_key(&loc, |l| l.loc) {
             Ok(i) => i,
             Err(i) => {
+                // Most SKUs live in one or a few locations: grow by one, never by doubling.
+                self.levels.reserve_exact(1);
                 self.levels.insert(i, Level::new(loc));
                 i
             }

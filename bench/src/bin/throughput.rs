@@ -13,6 +13,10 @@
 //! Usage: `throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024]
 //! [--clients N] [--shards N] [--wait-idle 120]`
 
+// mimalloc, as in depot's own binaries: answers are freed by other threads than allocate them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use depot_bench::{rng, StockCheck, Tally, Workload, SKUS, STOCK_PER_SKU, W};
 use depot_engine::{Engine, EngineConfig, Limits};
 use std::sync::Barrier;
