@@ -75,6 +75,9 @@ pub enum Refusal {
     LimitExceeded { what: String, limit: u64 },
     #[error("the engine is overloaded; retry later")]
     Overloaded,
+    /// Writes cannot be made durable (a failed sync, a full disk); reads still work.
+    #[error("writes are unavailable: {message}")]
+    Unavailable { message: String },
 }
 
 impl Refusal {

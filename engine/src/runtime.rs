@@ -7,7 +7,7 @@
 use crate::command::Request;
 use crate::exec::{decide, merge};
 use crate::front::{respond, Admission, Front};
-use crate::ids::TimeMs;
+use crate::ids::{Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
 use crate::machine::LogEntry;
@@ -19,24 +19,44 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 
-/// Receives every sequenced write, in sequence order, while the sequencer lock is held.
-/// The write-ahead log implements it.
-pub trait Journal: Send {
-    fn append(&mut self, entry: &LogEntry);
+/// Why a journal cannot make writes durable. Fatal: once returned, every later write is
+/// refused (a failed `fdatasync` is never retried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JournalError {
+    pub message: String,
 }
 
-/// A journal that keeps entries in memory (tests, simulation).
+/// Receives every sequenced write and makes it durable. The write-ahead log implements it with
+/// group commit: many appends, one `fdatasync`.
+pub trait Journal: Send + Sync {
+    /// Called under the sequencer lock, in sequence order, before the write runs. Must be
+    /// cheap: it only buffers.
+    fn append(&self, entry: &LogEntry);
+    /// Blocks until every entry up to `seq` is durable.
+    fn wait_durable(&self, seq: Seq) -> Result<(), JournalError>;
+    /// `Err` when no new write can be made durable (after a failure, or with a full disk).
+    fn writable(&self) -> Result<(), JournalError>;
+}
+
+/// A journal that keeps entries in memory (tests, simulation): durable at once.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryJournal {
     pub entries: Arc<Mutex<Vec<LogEntry>>>,
 }
 
 impl Journal for MemoryJournal {
-    fn append(&mut self, entry: &LogEntry) {
+    fn append(&self, entry: &LogEntry) {
         self.entries
             .lock()
             .expect("journal lock")
             .push(entry.clone());
+    }
+    fn wait_durable(&self, _seq: Seq) -> Result<(), JournalError> {
+        Ok(())
+    }
+    fn writable(&self) -> Result<(), JournalError> {
+        Ok(())
     }
 }
 
@@ -102,7 +122,7 @@ type Waiter = (Arc<Batch>, usize);
 
 struct FrontSide {
     front: Front,
-    journal: Option<Box<dyn Journal>>,
+    journal: Option<Arc<dyn Journal>>,
     /// Requests waiting for the first execution of their idempotency key.
     waiting: FxHashMap<(u32, String), Vec<Waiter>>,
 }
@@ -114,6 +134,8 @@ struct Inner {
     states: Vec<Arc<Mutex<ShardState>>>,
     queue_depth_max: usize,
     batch_len_max: usize,
+    /// The same journal as the front's, for waiting on durability outside the front lock.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 /// The sharded engine. Cheap to share: wrap it in an `Arc`.
@@ -136,7 +158,7 @@ impl Engine {
     }
 
     /// Starts an engine whose every sequenced write is handed to `journal`.
-    pub fn start_with(config: EngineConfig, journal: Option<Box<dyn Journal>>) -> Engine {
+    pub fn start_with(config: EngineConfig, journal: Option<Arc<dyn Journal>>) -> Engine {
         let n = config.shards;
         let front = Front::new(config.limits.clone(), n);
         let states: Vec<_> = (0..n)
@@ -153,7 +175,7 @@ impl Engine {
         let inner = Arc::new(Inner {
             front: Mutex::new(FrontSide {
                 front,
-                journal,
+                journal: journal.clone(),
                 waiting: FxHashMap::default(),
             }),
             queues: senders,
@@ -161,6 +183,7 @@ impl Engine {
             states,
             queue_depth_max: config.limits.queue_depth_max,
             batch_len_max: config.limits.batch_len_max,
+            journal,
         });
         let threads = receivers
             .into_iter()
@@ -204,10 +227,16 @@ impl Engine {
                 .map(|_| (refused(r.clone()), Vec::new()))
                 .collect();
         }
-        self.submit(&batch, requests, now);
+        let last_write = self.submit(&batch, requests, now);
         while batch.remaining.load(Ordering::Acquire) != 0 {
             std::thread::park();
         }
+        // Group commit: the shards ran the batch while the journal synced it; answer only once
+        // every write of the batch is durable.
+        let durable = match (last_write, self.inner.journal.as_ref()) {
+            (Some(seq), Some(j)) => j.wait_durable(seq),
+            _ => Ok(()),
+        };
         // A shard drops its reference right after the message's last task: wait for that
         // instead of copying every answer.
         let mut batch = batch;
@@ -220,18 +249,48 @@ impl Engine {
                 }
             }
         };
-        batch
+        let answers = batch
             .slots
             .into_iter()
-            .map(|s| s.into_inner().expect("every slot is answered"))
-            .collect()
+            .map(|s| s.into_inner().expect("every slot is answered"));
+        match durable {
+            Ok(()) => answers.collect(),
+            // Not durable, so not acknowledged: the writes are refused (the server stops).
+            Err(e) => answers
+                .map(|(r, events)| match r.seq {
+                    Some(_) if !r.replayed => (
+                        refused(Refusal::Unavailable {
+                            message: e.message.clone(),
+                        }),
+                        Vec::new(),
+                    ),
+                    _ => (r, events),
+                })
+                .collect(),
+        }
     }
 
-    fn submit(&self, batch: &Arc<Batch>, requests: Vec<Request>, now: TimeMs) {
+    /// Sequences and queues a batch; returns the sequence number of its last write.
+    fn submit(&self, batch: &Arc<Batch>, requests: Vec<Request>, now: TimeMs) -> Option<Seq> {
         let n = self.inner.queues.len();
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+        let mut last_write = None;
         let mut side = self.inner.lock_front();
+        let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
         for (slot, req) in requests.into_iter().enumerate() {
+            if let (Err(e), false) = (&writable, req.command.is_read()) {
+                // Nothing can be made durable: refuse before anything changes. Reads go on.
+                batch.complete(
+                    slot,
+                    (
+                        refused(Refusal::Unavailable {
+                            message: e.message.clone(),
+                        }),
+                        Vec::new(),
+                    ),
+                );
+                continue;
+            }
             // A full queue refuses before admission, so a refused request leaves no trace.
             let full = (0..n).any(|s| {
                 self.inner.depth[s].load(Ordering::Relaxed) + per_shard[s].len()
@@ -252,7 +311,8 @@ impl Engine {
                 Admission::Run { job, idem } => {
                     let targets = job.shards;
                     if !req.command.is_read() {
-                        if let Some(j) = side.journal.as_mut() {
+                        last_write = Some(job.seq);
+                        if let Some(j) = side.journal.as_ref() {
                             j.append(&LogEntry {
                                 seq: job.seq,
                                 now: job.now,
@@ -297,6 +357,7 @@ impl Engine {
                 .expect("shard threads outlive the engine handle");
         }
         drop(side);
+        last_write
     }
 
     /// Waits until every queued job has run, then calls `f` with the front and all shards.

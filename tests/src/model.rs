@@ -97,7 +97,7 @@ pub fn observe(r: &Response) -> Answer {
             },
             Refusal::IdempotencyKeyReused => Refused::IdempotencyKeyReused,
             Refusal::LimitExceeded { .. } => Refused::LimitExceeded,
-            Refusal::Overloaded => Refused::Overloaded,
+            Refusal::Overloaded | Refusal::Unavailable { .. } => Refused::Overloaded,
         }),
     };
     Answer {

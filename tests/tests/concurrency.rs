@@ -193,7 +193,7 @@ fn journal_replay_gives_the_threaded_engines_digest() {
             shards: 3,
             ..EngineConfig::default()
         },
-        Some(Box::new(journal.clone())),
+        Some(std::sync::Arc::new(journal.clone())),
     );
     ok(&recorded, Command::CreateTenant);
     ok(
@@ -320,4 +320,94 @@ fn a_full_shard_queue_refuses_with_overloaded_and_changes_nothing() {
         Outcome::Refused(depot_engine::Refusal::LimitExceeded { limit: 64, .. })
     )));
     assert_eq!(stock(&engine, "a").1, granted as i64);
+}
+
+/// A journal whose next sync fails once told to; the failure is sticky, as a real log's is.
+#[derive(Default)]
+struct FailingJournal {
+    fail_next_sync: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl depot_engine::Journal for FailingJournal {
+    fn append(&self, _entry: &depot_engine::LogEntry) {}
+    fn wait_durable(&self, _seq: depot_engine::Seq) -> Result<(), depot_engine::JournalError> {
+        if self
+            .fail_next_sync
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.writable()
+    }
+    fn writable(&self) -> Result<(), depot_engine::JournalError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(depot_engine::JournalError {
+                message: "fdatasync failed: EIO".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
+    let journal = Arc::new(FailingJournal::default());
+    let engine = Engine::start_with(
+        EngineConfig {
+            shards: 2,
+            ..EngineConfig::default()
+        },
+        Some(journal.clone()),
+    );
+    ok(&engine, Command::CreateTenant);
+    ok(
+        &engine,
+        Command::PutLocation {
+            location: depot_engine::LocationId::new("wh").unwrap(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        },
+    );
+    ok(
+        &engine,
+        Command::PutChannel {
+            channel: depot_engine::ChannelId::new("web").unwrap(),
+            kind: ChannelKind::B2b,
+            priority: 0,
+        },
+    );
+    let receive = || Command::Receive {
+        sku: sku("a"),
+        location: depot_engine::LocationId::new("wh").unwrap(),
+        quantity: 10,
+        unit_cost: None,
+        reason: "r".into(),
+    };
+    ok(&engine, receive());
+    journal
+        .fail_next_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let unavailable = |r: &depot_engine::Response| {
+        matches!(
+            r.outcome,
+            Outcome::Refused(depot_engine::Refusal::Unavailable { .. })
+        )
+    };
+    // The write in flight when the sync fails is not acknowledged...
+    let (r, events) = engine.execute_one(req(receive()), 2_000);
+    assert!(unavailable(&r) && events.is_empty(), "{r:?}");
+    // ...later writes are refused before they run, so nothing more changes...
+    let before = engine.digest();
+    let (r, _) = engine.execute_one(reserve(&[("a", 1)]), 3_000);
+    assert!(unavailable(&r) && r.seq.is_none(), "{r:?}");
+    assert_eq!(engine.digest(), before);
+    // ...and reads still work.
+    assert_eq!(
+        stock(&engine, "a").0,
+        20,
+        "the unacknowledged receive ran in memory only"
+    );
 }

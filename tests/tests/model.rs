@@ -1259,7 +1259,7 @@ proptest! {
     ) {
         let requests = plan(&start, &steps);
         let journal = MemoryJournal::default();
-        let engine = Engine::start_with(EngineConfig { shards: 3, limits: Limits::default() }, Some(Box::new(journal.clone())));
+        let engine = Engine::start_with(EngineConfig { shards: 3, limits: Limits::default() }, Some(std::sync::Arc::new(journal.clone())));
         let mut machine = Machine::new(Limits::default(), 1);
 
         // The threaded engine, in batches, answers exactly as the single-threaded machine.

@@ -211,6 +211,7 @@ pub fn describe(r: &Refusal) -> String {
         Refusal::IdempotencyKeyReused => "idempotency_key_reused".into(),
         Refusal::LimitExceeded { .. } => "limit_exceeded".into(),
         Refusal::Overloaded => "overloaded".into(),
+        Refusal::Unavailable { .. } => "unavailable".into(),
     }
 }
 
