@@ -1,0 +1,31 @@
+//! depot's write-ahead log: every sequenced write ([`LogEntry`]) as a checksummed record in
+//! numbered segment files, made durable in batches, and read back in order after a crash.
+//!
+//! - [`format`]: the byte layouts (segment header, record frame), pure and panic-free.
+//! - [`WalWriter`]: buffered appends, one `fdatasync` per [`WalWriter::sync`], rotation; a
+//!   failed fsync or a full disk stops it for good.
+//! - [`WalReader`] / [`read_log`]: recovery; a torn last record is reported as
+//!   [`Tail::Torn`] (and cut by the next [`WalWriter::open`]), any other damage is
+//!   [`WalError::Corrupt`] naming the file and offset.
+//! - [`Storage`] / [`Directory`]: the storage seam, with the file system ([`FsDir`]), memory
+//!   ([`MemDir`], which can "crash") and a faulty medium ([`FaultDir`]).
+//!
+//! `docs/wal_format.md` has the byte tables, the rotation rule and the crash-safety argument.
+
+mod error;
+mod fault;
+pub mod format;
+pub mod fuzzing;
+mod mem;
+mod reader;
+mod storage;
+mod writer;
+
+pub use depot_engine::LogEntry;
+pub use error::WalError;
+pub use fault::{flip_bit, FaultDir};
+pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub use mem::{MemDir, MemFile};
+pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
+pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};
+pub use writer::{WalOptions, WalWriter};

@@ -1,0 +1,327 @@
+//! Recovery: reads every segment in order and yields the log entries from a given seq, checking
+//! each segment header and record checksum, and that sequence numbers run on without a gap
+//! within and across segments. The end of the log is either clean or a torn tail (an
+//! unacknowledged write cut by a crash); anything else that does not decode is corruption.
+
+use crate::error::WalError;
+use crate::format::{
+    decode_entry, decode_record, decode_segment_header, parse_segment_name, RECORD_MAGIC,
+    RECORD_VERSION, SEGMENT_HEADER_LEN,
+};
+use crate::storage::{read_all, Directory};
+use depot_engine::{LogEntry, Seq};
+use std::ops::Range;
+
+/// Longest segment file recovery reads (a segment is read whole). The writer's segments stay
+/// far below it.
+pub const SEGMENT_FILE_MAX: u64 = 1 << 30;
+
+/// How the log ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// The last segment ends exactly after its last valid record.
+    Clean,
+    /// From `offset` of `file` (the last segment) on, the bytes are the remains of a write
+    /// that a crash cut short: no valid record follows. Opening a [`crate::WalWriter`]
+    /// truncates them.
+    Torn { file: String, offset: u64 },
+}
+
+/// Where the log ends, for the writer.
+#[derive(Debug)]
+pub(crate) struct LogEnd {
+    pub tail: Tail,
+    /// The seq the next appended entry must carry; `None` for a log without segments.
+    pub next_seq: Option<Seq>,
+    /// The last segment: name, first seq, and the length of its valid part.
+    pub last: Option<(String, Seq, u64)>,
+}
+
+/// The segment files of `dir`, sorted by first seq. Other files are ignored.
+pub(crate) fn list_segments(dir: &dyn Directory) -> Result<Vec<(Seq, String)>, WalError> {
+    let mut segments: Vec<(Seq, String)> = dir
+        .list()
+        .map_err(|e| WalError::io("", e))?
+        .into_iter()
+        .filter_map(|name| Some((parse_segment_name(&name)?, name)))
+        .collect();
+    segments.sort();
+    Ok(segments)
+}
+
+/// True when a record with a valid checksum starts anywhere in `bytes[from..]`: then a failure
+/// before `from` cannot be a torn tail, because something was written durably after it.
+pub fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+    let Some(rest) = bytes.get(from..) else {
+        return false;
+    };
+    (0..rest.len()).any(|i| {
+        rest[i] == RECORD_MAGIC
+            && rest.get(i + 1) == Some(&RECORD_VERSION)
+            && decode_record(&rest[i..]).is_ok()
+    })
+}
+
+#[derive(Debug)]
+struct Loaded {
+    name: String,
+    bytes: Vec<u8>,
+    offset: usize,
+    last: bool,
+}
+
+/// Reads log entries in sequence order. See the module docs.
+#[derive(Debug)]
+pub struct WalReader<'d> {
+    dir: &'d dyn Directory,
+    segments: Vec<(Seq, String)>,
+    next_index: usize,
+    current: Option<Loaded>,
+    /// The seq the next record must carry.
+    expected: Option<Seq>,
+    from_seq: Seq,
+    /// Skip segments wholly before `from_seq` without reading them (replay); the writer's scan
+    /// reads and checks everything.
+    skip: bool,
+    tail: Option<Tail>,
+    /// The length of the valid part of the last segment, once its end is reached.
+    last_len: Option<u64>,
+    failed: Option<WalError>,
+}
+
+impl<'d> WalReader<'d> {
+    /// A reader of the log in `dir` yielding the entries with `seq >= from_seq`. Fails with
+    /// [`WalError::Gap`] when the log starts after `from_seq` (the entries between are gone).
+    pub fn open(dir: &'d dyn Directory, from_seq: Seq) -> Result<WalReader<'d>, WalError> {
+        let segments = list_segments(dir)?;
+        if let Some(&(first, _)) = segments.first() {
+            if from_seq < first {
+                return Err(WalError::Gap {
+                    from: from_seq,
+                    first,
+                });
+            }
+        }
+        Ok(WalReader::new(dir, segments, from_seq, true))
+    }
+
+    fn new(
+        dir: &'d dyn Directory,
+        segments: Vec<(Seq, String)>,
+        from_seq: Seq,
+        skip: bool,
+    ) -> Self {
+        WalReader {
+            dir,
+            segments,
+            next_index: 0,
+            current: None,
+            expected: None,
+            from_seq,
+            skip,
+            tail: None,
+            last_len: None,
+            failed: None,
+        }
+    }
+
+    /// The next entry, `Ok(None)` at the end of the log. After an error, returns it again.
+    pub fn next_entry(&mut self) -> Result<Option<LogEntry>, WalError> {
+        if let Some(e) = &self.failed {
+            return Err(e.duplicate());
+        }
+        let result = self.next_record().and_then(|found| {
+            let Some((seq, body)) = found else {
+                return Ok(None);
+            };
+            let cur = self
+                .current
+                .as_ref()
+                .expect("a record comes from a segment");
+            let offset = body.start as u64 - crate::format::RECORD_HEADER_LEN;
+            let entry = decode_entry(&cur.bytes[body]).map_err(|e| {
+                WalError::corrupt(&cur.name, offset, format!("body does not parse: {e}"))
+            })?;
+            if entry.seq != seq {
+                return Err(WalError::corrupt(
+                    &cur.name,
+                    offset,
+                    format!("body has seq {}, frame has {seq}", entry.seq),
+                ));
+            }
+            Ok(Some(entry))
+        });
+        if let Err(e) = &result {
+            self.failed = Some(e.duplicate());
+        }
+        result
+    }
+
+    /// How the log ends; `Some` once [`WalReader::next_entry`] has returned `Ok(None)`.
+    pub fn tail(&self) -> Option<&Tail> {
+        self.tail.as_ref()
+    }
+
+    /// The seq the next appended entry must carry (`None` for a log without segments); known
+    /// once the end is reached.
+    pub fn next_seq(&self) -> Option<Seq> {
+        self.tail.as_ref().and(self.expected)
+    }
+
+    /// The next record with `seq >= from_seq`: its seq and the range of its body in the
+    /// current segment's bytes.
+    fn next_record(&mut self) -> Result<Option<(Seq, Range<usize>)>, WalError> {
+        loop {
+            if self.tail.is_some() {
+                return Ok(None);
+            }
+            let Some(cur) = self.current.as_mut() else {
+                if !self.load_next()? {
+                    self.tail = Some(Tail::Clean);
+                    return Ok(None);
+                }
+                continue;
+            };
+            if cur.offset == cur.bytes.len() {
+                if cur.last {
+                    self.last_len = Some(cur.offset as u64);
+                }
+                self.current = None;
+                continue;
+            }
+            let expected = self.expected.expect("set when the segment was loaded");
+            let offset = cur.offset as u64;
+            let record = match decode_record(&cur.bytes[cur.offset..]) {
+                Ok(r) => r,
+                Err(e) => {
+                    if cur.last && !valid_record_after(&cur.bytes, cur.offset + 1) {
+                        self.last_len = Some(offset);
+                        self.tail = Some(Tail::Torn {
+                            file: cur.name.clone(),
+                            offset,
+                        });
+                        return Ok(None);
+                    }
+                    return Err(WalError::corrupt(&cur.name, offset, format!("record {e}")));
+                }
+            };
+            if record.seq != expected {
+                return Err(WalError::corrupt(
+                    &cur.name,
+                    offset,
+                    format!("record has seq {}, expected {expected}", record.seq),
+                ));
+            }
+            let body_start = cur.offset + crate::format::RECORD_HEADER_LEN as usize;
+            let body = body_start..body_start + record.body.len();
+            cur.offset = body.end;
+            self.expected = Some(expected.checked_add(1).ok_or_else(|| {
+                WalError::corrupt(&cur.name, offset, "sequence number overflows")
+            })?);
+            if record.seq >= self.from_seq {
+                return Ok(Some((record.seq, body)));
+            }
+        }
+    }
+
+    /// Loads the next segment, checking its header; `false` when there is none.
+    fn load_next(&mut self) -> Result<bool, WalError> {
+        let count = self.segments.len();
+        while self.skip
+            && self.next_index + 1 < count
+            && self.segments[self.next_index + 1].0 <= self.from_seq
+        {
+            // Every record of this segment is before `from_seq`; the next one says where
+            // the sequence resumes.
+            self.next_index += 1;
+            self.expected = None;
+        }
+        let Some((name_seq, name)) = self.segments.get(self.next_index).cloned() else {
+            return Ok(false);
+        };
+        self.next_index += 1;
+        let last = self.next_index == count;
+        if let Some(expected) = self.expected {
+            if expected != name_seq {
+                return Err(WalError::corrupt(
+                    &name,
+                    0,
+                    format!(
+                        "segment starts at seq {name_seq}, the previous one ends before {expected}"
+                    ),
+                ));
+            }
+        }
+        let file = self.dir.open(&name).map_err(|e| WalError::io(&name, e))?;
+        let bytes = read_all(&*file, SEGMENT_FILE_MAX).map_err(|e| WalError::io(&name, e))?;
+        self.expected = Some(name_seq);
+        match decode_segment_header(&bytes) {
+            Ok(h) if h.first_seq == name_seq => {}
+            Ok(h) => {
+                return Err(WalError::corrupt(
+                    &name,
+                    0,
+                    format!("header says first seq {}, the name {name_seq}", h.first_seq),
+                ))
+            }
+            Err(e) => {
+                if last && !valid_record_after(&bytes, 1) {
+                    // A crash while the segment was being created: no record was ever in it.
+                    self.last_len = Some(0);
+                    self.tail = Some(Tail::Torn {
+                        file: name,
+                        offset: 0,
+                    });
+                    return Ok(true);
+                }
+                return Err(WalError::corrupt(&name, 0, format!("segment header {e}")));
+            }
+        }
+        self.current = Some(Loaded {
+            name,
+            bytes,
+            offset: SEGMENT_HEADER_LEN as usize,
+            last,
+        });
+        Ok(true)
+    }
+}
+
+impl Iterator for WalReader<'_> {
+    type Item = Result<LogEntry, WalError>;
+
+    /// Yields each entry, then `None`; after an error, `None`.
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed.is_some() {
+            return None;
+        }
+        self.next_entry().transpose()
+    }
+}
+
+/// Reads every entry with `seq >= from_seq` and how the log ends.
+pub fn read_log(dir: &dyn Directory, from_seq: Seq) -> Result<(Vec<LogEntry>, Tail), WalError> {
+    let mut reader = WalReader::open(dir, from_seq)?;
+    let mut entries = Vec::new();
+    while let Some(entry) = reader.next_entry()? {
+        entries.push(entry);
+    }
+    let tail = reader.tail().cloned().unwrap_or(Tail::Clean);
+    Ok((entries, tail))
+}
+
+/// Checks the whole log (checksums and sequence, not bodies) and finds where it ends.
+pub(crate) fn scan_end(dir: &dyn Directory) -> Result<LogEnd, WalError> {
+    let segments = list_segments(dir)?;
+    let mut reader = WalReader::new(dir, segments.clone(), Seq::MAX, false);
+    while reader.next_record()?.is_some() {}
+    let last = segments.last().map(|(first, name)| {
+        let len = reader.last_len.unwrap_or(SEGMENT_HEADER_LEN);
+        (name.clone(), *first, len)
+    });
+    Ok(LogEnd {
+        tail: reader.tail.clone().unwrap_or(Tail::Clean),
+        next_seq: reader.expected,
+        last,
+    })
+}

@@ -1,0 +1,172 @@
+//! The storage seam: one file ([`Storage`]) and one directory of files ([`Directory`]), in the
+//! style of redb's `StorageBackend`. The log uses nothing else, so tests and the simulator run
+//! it on memory ([`crate::MemDir`]) or on a medium that fails ([`crate::FaultDir`]); servers run
+//! it on the file system ([`FsDir`]).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// One file. Offsets and lengths are `u64` bytes.
+pub trait Storage: Send + fmt::Debug {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// True when the file holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Fills `buf` from `offset`; `UnexpectedEof` when the file ends first.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `data` at `offset`, extending the file if needed. Not durable until
+    /// [`Storage::sync_data`] returns `Ok`. On error, any prefix of `data` may have been written.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Truncates or extends (with zeros) to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Makes every write and length change so far durable (`fdatasync`). After an error the
+    /// state of the medium is unknown: callers never retry.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// A directory of files named by plain names (no separators).
+pub trait Directory: Send + Sync + fmt::Debug {
+    /// The names of the files in the directory, in any order.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates a new, empty file; `AlreadyExists` if it exists. The name is durable only after
+    /// [`Directory::sync`].
+    fn create(&self, name: &str) -> io::Result<Box<dyn Storage>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, name: &str) -> io::Result<Box<dyn Storage>>;
+    /// Removes a file (durable after [`Directory::sync`]).
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames a file, replacing `to` (durable after [`Directory::sync`]).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes creations, removals and renames durable (`fsync` of the directory).
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// Reads a whole file, refusing files longer than `len_max` (so a hostile or runaway file
+/// never becomes an allocation of its size).
+pub fn read_all(file: &dyn Storage, len_max: u64) -> io::Result<Vec<u8>> {
+    let len = file.len()?;
+    if len > len_max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, the limit is {len_max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_at(0, &mut buf)?;
+    Ok(buf)
+}
+
+/// True when an I/O error means the medium is full (`ENOSPC`, or `EDQUOT` for a quota).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+/// A directory of the real file system.
+#[derive(Debug, Clone)]
+pub struct FsDir {
+    path: PathBuf,
+}
+
+impl FsDir {
+    /// Opens (creating it and its parents if needed) the directory at `path`.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<FsDir> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+        Ok(FsDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn file_path(&self, name: &str) -> io::Result<PathBuf> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a plain file name: {name:?}"),
+            ));
+        }
+        Ok(self.path.join(name))
+    }
+}
+
+impl Directory for FsDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.file_path(name)?)?;
+        Ok(Box::new(FsFile { file }))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.file_path(name)?)?;
+        Ok(Box::new(FsFile { file }))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.file_path(name)?)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.file_path(from)?, self.file_path(to)?)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // On Linux a directory opened read-only can be fsynced; that makes its entries durable.
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+/// A file of the real file system: positioned reads and writes (`pread`/`pwrite`).
+#[derive(Debug)]
+pub struct FsFile {
+    file: File,
+}
+
+impl Storage for FsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        // fdatasync: the data and the metadata needed to read it back (the length), not times.
+        self.file.sync_data()
+    }
+}

@@ -1,0 +1,146 @@
+//! Shared helpers of the log's tests: log entries of every shape, and writing them.
+#![allow(dead_code)]
+
+use depot_engine::{
+    Bucket, ChannelId, ChannelKind, Command, CommitLine, Component, FillPolicy, LineRequest,
+    LocationId, LocationKind, LogEntry, Request, ReservationId, Sku, TenantId,
+};
+use depot_wal::{Directory, WalOptions, WalWriter};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+
+pub fn sku(i: u64) -> Sku {
+    Sku::new(&format!("SKU-{}", i % 97)).unwrap()
+}
+
+pub fn loc(i: u64) -> LocationId {
+    LocationId::new(&format!("wh-{}", i % 3)).unwrap()
+}
+
+/// A deterministic variety of commands (every shape the log must round-trip, decimals with
+/// trailing zeros included).
+pub fn command(i: u64) -> Command {
+    match i % 9 {
+        0 => Command::Receive {
+            sku: sku(i),
+            location: loc(i),
+            quantity: (i as i64) * 3 + 1,
+            unit_cost: Some(Decimal::from_str(&format!("{}.{:02}0", i % 1000, i % 100)).unwrap()),
+            reason: "po-ü-\"quoted\"".into(),
+        },
+        1 => Command::Reserve {
+            channel: ChannelId::new("shopify:acme").unwrap(),
+            lines: (0..(i % 4 + 1))
+                .map(|k| LineRequest {
+                    sku: sku(i + k),
+                    quantity: k as i64 + 1,
+                })
+                .collect(),
+            ttl_ms: (i % 2 == 0).then_some(60_000),
+            order_ref: Some(format!("order-{i}")),
+            ship_to_region: None,
+            fill: if i % 3 == 0 {
+                FillPolicy::Split { max_locations: 2 }
+            } else {
+                FillPolicy::Partial
+            },
+        },
+        2 => Command::Commit {
+            id: ReservationId(i),
+            lines: Some(vec![CommitLine {
+                sku: sku(i),
+                quantity: (i % 2 == 0).then_some(1),
+            }]),
+        },
+        3 => Command::Move {
+            sku: sku(i),
+            location: loc(i),
+            from: Bucket::Available,
+            to: Bucket::Damaged,
+            quantity: 2,
+            reason: String::new(),
+        },
+        4 => Command::PutLocation {
+            location: loc(i),
+            kind: LocationKind::ThirdParty,
+            name: "Third party".into(),
+            region: Some("eu".into()),
+            wms: None,
+        },
+        5 => Command::PutChannel {
+            channel: ChannelId::new("b2b").unwrap(),
+            kind: ChannelKind::B2b,
+            priority: -(i as i32),
+        },
+        6 => Command::PutBundle {
+            sku: sku(i),
+            components: vec![Component {
+                sku: sku(i + 1),
+                quantity: 2,
+            }],
+        },
+        7 => Command::Tick,
+        _ => Command::Receive {
+            sku: sku(i),
+            location: loc(i),
+            quantity: 1,
+            unit_cost: Some(Decimal::from_str("-0.000000000000000000000000001").unwrap()),
+            reason: "x".repeat((i % 50) as usize),
+        },
+    }
+}
+
+pub fn entry(seq: u64) -> LogEntry {
+    LogEntry {
+        seq,
+        now: 1_700_000_000_000 + seq * 7,
+        request: Request {
+            tenant: TenantId::new("acme").unwrap(),
+            key_id: format!("key-{}", seq % 5),
+            idempotency_key: (seq % 3 == 0).then(|| format!("idem-{seq}")),
+            command: command(seq),
+        },
+    }
+}
+
+/// Entries `first..first + count`.
+pub fn entries(first: u64, count: u64) -> Vec<LogEntry> {
+    (first..first + count).map(entry).collect()
+}
+
+/// Small segments, so a few hundred entries rotate many times.
+pub fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_len_max: 4096,
+        write_buffer_max: 1024,
+    }
+}
+
+/// Opens a writer on `dir` and appends `entries`, syncing every `batch`.
+pub fn write(
+    dir: impl Directory + 'static,
+    options: WalOptions,
+    entries: &[LogEntry],
+    batch: usize,
+) -> WalWriter {
+    let mut w = WalWriter::open(Box::new(dir), options).unwrap();
+    for chunk in entries.chunks(batch.max(1)) {
+        for e in chunk {
+            w.append(e).unwrap();
+        }
+        w.sync().unwrap();
+    }
+    w
+}
+
+/// Asserts decimals kept their exact text (scale included), not just their value.
+pub fn assert_same(got: &[LogEntry], want: &[LogEntry]) {
+    assert_eq!(got.len(), want.len(), "entry count");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w);
+        assert_eq!(
+            serde_json::to_string(g).unwrap(),
+            serde_json::to_string(w).unwrap()
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Damage before the tail: a flipped bit anywhere in the log except the last record, a bad
+//! segment header, a missing or misnamed segment. Recovery stops with `Corrupt` naming the file
+//! and byte offset, after yielding exactly the entries before it; the writer refuses to open.
+
+mod common;
+
+use common::{entries, small_segments, write};
+use depot_wal::format::{decode_record, segment_name};
+use depot_wal::{flip_bit, read_log, MemDir, WalError, WalReader, WalWriter, SEGMENT_HEADER_LEN};
+
+/// Every record of the log: (segment, offset, seq, encoded length).
+fn records(dir: &MemDir) -> Vec<(String, u64, u64, u64)> {
+    let mut out = Vec::new();
+    for name in dir.names() {
+        let bytes = dir.bytes(&name).unwrap();
+        let mut at = SEGMENT_HEADER_LEN as usize;
+        while at < bytes.len() {
+            let r = decode_record(&bytes[at..]).unwrap();
+            out.push((name.clone(), at as u64, r.seq, r.encoded_len()));
+            at += r.encoded_len() as usize;
+        }
+    }
+    out
+}
+
+fn copy(dir: &MemDir) -> MemDir {
+    let c = MemDir::new();
+    for n in dir.names() {
+        c.insert(&n, dir.bytes(&n).unwrap());
+    }
+    c
+}
+
+/// Recovery yields entries before `seq` and then fails with `Corrupt { file, offset }`.
+fn assert_corrupt_at(dir: &MemDir, file: &str, offset: u64, seq: u64) {
+    let mut reader = WalReader::open(dir, 1).unwrap();
+    let mut got = Vec::new();
+    let err = loop {
+        match reader.next_entry() {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("read to the end without noticing the damage in {file} at {offset}"),
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        WalError::Corrupt {
+            file: f, offset: o, ..
+        } => {
+            assert_eq!((f.as_str(), *o), (file, offset), "{err}")
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert_eq!(got, entries(1, seq - 1), "entries before the damage");
+    assert!(
+        matches!(reader.next_entry(), Err(WalError::Corrupt { .. })),
+        "sticky"
+    );
+    assert!(reader.next().is_none(), "the iterator ends after an error");
+    let w = WalWriter::open(Box::new(dir.clone()), small_segments());
+    assert!(
+        matches!(w, Err(WalError::Corrupt { .. })),
+        "the writer refuses to open"
+    );
+}
+
+#[test]
+fn a_bit_flip_before_the_last_record_is_corruption() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 120), 10);
+    let all = records(&dir);
+    assert!(dir.names().len() > 3);
+    // Every record but the very last one, at bytes of each header field and of the body.
+    for (name, offset, seq, len) in &all[..all.len() - 1] {
+        for at in [0, 1, 2, 5, 6, 13, 14, 17, 18, len / 2, len - 1] {
+            let damaged = copy(&dir);
+            flip_bit(&damaged, name, offset + at, (at % 8) as u8).unwrap();
+            assert_corrupt_at(&damaged, name, *offset, *seq);
+        }
+    }
+}
+
+#[test]
+fn a_bad_segment_header_is_corruption() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 120), 10);
+    // The last segment too: records follow its header, so it is not a torn creation.
+    for name in &dir.names() {
+        let first = records(&dir).into_iter().find(|r| &r.0 == name).unwrap().2;
+        for at in [0, 8, 10, 12, 19, 20, 23] {
+            let damaged = copy(&dir);
+            flip_bit(&damaged, name, at, 3).unwrap();
+            assert_corrupt_at(&damaged, name, 0, first);
+        }
+    }
+}
+
+#[test]
+fn a_missing_segment_is_corruption() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 120), 10);
+    let names = dir.names();
+    let damaged = MemDir::new();
+    for n in names.iter().filter(|n| *n != &names[2]) {
+        damaged.insert(n, dir.bytes(n).unwrap());
+    }
+    let first_of_3 = records(&dir)
+        .into_iter()
+        .find(|r| r.0 == names[2])
+        .unwrap()
+        .2;
+    assert_corrupt_at(&damaged, &names[3], 0, first_of_3);
+}
+
+#[test]
+fn a_segment_that_does_not_continue_the_sequence_is_corruption() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 50), 10);
+    let names = dir.names();
+    let last = names.last().unwrap().clone();
+    let damaged = copy(&dir);
+    // A whole valid record removed from the end of the previous segment: the next segment
+    // no longer continues the sequence.
+    let prev = &names[names.len() - 2];
+    let prev_records: Vec<_> = records(&dir).into_iter().filter(|x| &x.0 == prev).collect();
+    let (_, cut, seq, _) = prev_records.last().unwrap().clone();
+    damaged.insert(prev, dir.bytes(prev).unwrap()[..cut as usize].to_vec());
+    assert_corrupt_at(&damaged, &last, 0, seq);
+}
+
+#[test]
+fn a_segment_whose_name_disagrees_with_its_header_is_corruption() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 5), 5);
+    let renamed = MemDir::new();
+    renamed.insert(&segment_name(3), dir.bytes(&segment_name(1)).unwrap());
+    let err = read_log(&renamed, 3).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { file, offset: 0, reason }
+            if file == &segment_name(3) && reason.contains("header says first seq 1")),
+        "{err}"
+    );
+}
