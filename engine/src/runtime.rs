@@ -10,7 +10,7 @@ use crate::front::{respond, Admission, Front};
 use crate::ids::{Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
-use crate::machine::LogEntry;
+use crate::machine::{LogEntry, Machine};
 use crate::outcome::{Event, Outcome, Refusal, Response};
 use crate::shard::ShardState;
 use crossbeam::channel::{unbounded, Receiver, Sender};
@@ -159,17 +159,30 @@ impl Engine {
 
     /// Starts an engine whose every sequenced write is handed to `journal`.
     pub fn start_with(config: EngineConfig, journal: Option<Arc<dyn Journal>>) -> Engine {
+        Self::from_machine(
+            Machine::new(config.limits.clone(), config.shards),
+            config.limits,
+            journal,
+        )
+    }
+
+    /// Starts an engine on the state of a machine (rebuilt by log replay or from an image),
+    /// with one thread per shard of the machine.
+    pub fn from_machine(
+        machine: Machine,
+        limits: Limits,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Engine {
+        let config = EngineConfig {
+            shards: machine.shards.len(),
+            limits,
+        };
         let n = config.shards;
-        let front = Front::new(config.limits.clone(), n);
-        let states: Vec<_> = (0..n)
-            .map(|i| {
-                Arc::new(Mutex::new(ShardState::new(
-                    i,
-                    n,
-                    config.limits.holds_per_shard_max,
-                    config.limits.ended_retention_ms,
-                )))
-            })
+        let front = machine.front;
+        let states: Vec<_> = machine
+            .shards
+            .into_iter()
+            .map(|s| Arc::new(Mutex::new(s)))
             .collect();
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded::<Msg>()).unzip();
         let inner = Arc::new(Inner {

@@ -7,6 +7,8 @@
 //! - [`WalReader`] / [`read_log`]: recovery; a torn last record is reported as
 //!   [`Tail::Torn`] (and cut by the next [`WalWriter::open`]), any other damage is
 //!   [`WalError::Corrupt`] naming the file and offset.
+//! - [`WalJournal`]: group commit for the engine (many appends, one `fdatasync`), and
+//!   [`open_engine`]: recover from the log, then run a threaded engine that logs to it.
 //! - [`Storage`] / [`Directory`]: the storage seam, with the file system ([`FsDir`]), memory
 //!   ([`MemDir`], which can "crash") and a faulty medium ([`FaultDir`]).
 //!
@@ -16,6 +18,7 @@ mod error;
 mod fault;
 pub mod format;
 pub mod fuzzing;
+mod journal;
 mod mem;
 mod reader;
 mod storage;
@@ -25,6 +28,7 @@ pub use depot_engine::LogEntry;
 pub use error::WalError;
 pub use fault::{flip_bit, FaultDir};
 pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub use journal::{open_engine, recover, GroupCommitStats, WalJournal};
 pub use mem::{MemDir, MemFile};
 pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
 pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};

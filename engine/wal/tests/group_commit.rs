@@ -1,0 +1,192 @@
+//! The engine on the log with group commit: every acknowledged write survives a crash, many
+//! writes share one sync, and a failed sync stops writes without stopping reads.
+
+use depot_engine::{
+    ChannelId, ChannelKind, Command, Engine, FillPolicy, Limits, LineRequest, LocationId,
+    LocationKind, Outcome, Refusal, Reply, Request, Sku, TenantId,
+};
+use depot_wal::{open_engine, recover, FaultDir, FsDir, MemDir, Tail, WalOptions};
+use std::sync::Arc;
+
+fn req(command: Command) -> Request {
+    Request {
+        tenant: TenantId::new("acme").unwrap(),
+        key_id: "k".into(),
+        idempotency_key: None,
+        command,
+    }
+}
+
+fn setup(engine: &Engine) {
+    let cmds = vec![
+        req(Command::CreateTenant),
+        req(Command::PutLocation {
+            location: LocationId::new("wh").unwrap(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        }),
+        req(Command::PutChannel {
+            channel: ChannelId::new("web").unwrap(),
+            kind: ChannelKind::Shopify,
+            priority: 1,
+        }),
+    ];
+    for (r, _) in engine.execute(cmds, 1_000) {
+        assert!(r.outcome.is_ok(), "{r:?}");
+    }
+    let receipts = (0..20)
+        .map(|i| {
+            req(Command::Receive {
+                sku: Sku::new(&format!("sku-{i}")).unwrap(),
+                location: LocationId::new("wh").unwrap(),
+                quantity: 1_000,
+                unit_cost: Some("2.50".parse().unwrap()),
+                reason: "po".into(),
+            })
+        })
+        .collect();
+    assert!(engine
+        .execute(receipts, 1_000)
+        .iter()
+        .all(|(r, _)| r.outcome.is_ok()));
+}
+
+fn reserve(i: u64) -> Request {
+    req(Command::Reserve {
+        channel: ChannelId::new("web").unwrap(),
+        lines: vec![
+            LineRequest {
+                sku: Sku::new(&format!("sku-{}", i % 20)).unwrap(),
+                quantity: 1,
+            },
+            LineRequest {
+                sku: Sku::new(&format!("sku-{}", (i * 7 + 3) % 20)).unwrap(),
+                quantity: 2,
+            },
+        ]
+        .into_iter()
+        .fold(Vec::new(), |mut v: Vec<LineRequest>, l| {
+            if !v.iter().any(|x| x.sku == l.sku) {
+                v.push(l);
+            }
+            v
+        }),
+        ttl_ms: None,
+        order_ref: None,
+        ship_to_region: None,
+        fill: FillPolicy::AllOrNothing,
+    })
+}
+
+/// Several client threads of single requests and batches.
+fn load(engine: &Arc<Engine>) -> u64 {
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let mut acked = 0;
+                for round in 0..25 {
+                    let batch: Vec<Request> =
+                        (0..8).map(|i| reserve(t * 1_000 + round * 8 + i)).collect();
+                    for (r, _) in engine.execute(batch, 2_000 + round) {
+                        assert!(r.seq.is_some(), "{r:?}");
+                        acked += 1;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash_and_share_syncs() {
+    let mem = MemDir::new();
+    let (engine, journal, tail) = open_engine(
+        Box::new(mem.clone()),
+        WalOptions::default(),
+        Limits::default(),
+        2,
+    )
+    .unwrap();
+    assert_eq!(tail, Tail::Clean);
+    let engine = Arc::new(engine);
+    setup(&engine);
+    let acked = load(&engine);
+    assert_eq!(acked, 4 * 25 * 8);
+    let digest = engine.digest();
+    let stats = journal.stats();
+    assert!(
+        stats.syncs < stats.entries,
+        "group commit: {} syncs for {} entries",
+        stats.syncs,
+        stats.entries
+    );
+    drop(engine);
+    drop(journal);
+    // The power goes: only what was synced is left, and that is every acknowledged write.
+    mem.crash();
+    let (machine, tail) = recover(&mem, Limits::default(), 3).unwrap();
+    assert_eq!(tail, Tail::Clean);
+    assert_eq!(machine.digest(), digest);
+}
+
+#[test]
+fn a_restarted_engine_on_the_file_system_goes_on_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let digest = {
+        let dir = FsDir::open(tmp.path()).unwrap();
+        let (engine, _journal, _) =
+            open_engine(Box::new(dir), WalOptions::default(), Limits::default(), 2).unwrap();
+        let engine = Arc::new(engine);
+        setup(&engine);
+        load(&engine);
+        engine.digest()
+    };
+    let dir = FsDir::open(tmp.path()).unwrap();
+    let (engine, _journal, tail) =
+        open_engine(Box::new(dir), WalOptions::default(), Limits::default(), 2).unwrap();
+    assert_eq!(tail, Tail::Clean);
+    assert_eq!(engine.digest(), digest);
+    // And writes continue with the next sequence number.
+    let (r, _) = engine.execute_one(reserve(1), 5_000);
+    assert!(r.outcome.is_ok(), "{r:?}");
+}
+
+#[test]
+fn a_failed_sync_refuses_writes_from_then_on_and_reads_go_on() {
+    let faults = FaultDir::new(MemDir::new());
+    let (engine, journal, _) = open_engine(
+        Box::new(faults.clone()),
+        WalOptions::default(),
+        Limits::default(),
+        2,
+    )
+    .unwrap();
+    setup(&engine);
+    faults.set_fail_sync(true);
+    let (r, _) = engine.execute_one(reserve(1), 3_000);
+    assert!(
+        matches!(r.outcome, Outcome::Refused(Refusal::Unavailable { .. })),
+        "{r:?}"
+    );
+    faults.set_fail_sync(false);
+    // Never retried: the log stays stopped even once the disk would work again.
+    let (r, _) = engine.execute_one(reserve(2), 3_000);
+    assert!(
+        matches!(r.outcome, Outcome::Refused(Refusal::Unavailable { .. })),
+        "{r:?}"
+    );
+    assert!(r.seq.is_none());
+    assert!(depot_engine::Journal::writable(&*journal).is_err());
+    let (r, _) = engine.execute_one(
+        req(Command::GetStock {
+            sku: Sku::new("sku-5").unwrap(),
+        }),
+        3_000,
+    );
+    assert!(matches!(r.outcome, Outcome::Ok(Reply::Stock(_))), "{r:?}");
+}
