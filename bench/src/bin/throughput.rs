@@ -33,6 +33,8 @@ struct Opts {
     shards: usize,
     /// Longest wait for an idle machine before each run, in seconds (0: do not wait).
     wait_idle: f64,
+    /// Where to keep the write-ahead log of each run; `None`: memory only.
+    wal: Option<std::path::PathBuf>,
 }
 
 fn opts() -> Opts {
@@ -46,6 +48,7 @@ fn opts() -> Opts {
         clients: 0,
         shards: cores,
         wait_idle: 120.0,
+        wal: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,8 +69,9 @@ fn opts() -> Opts {
             "--clients" => o.clients = v.parse().expect("--clients N"),
             "--shards" => o.shards = v.parse().expect("--shards N"),
             "--wait-idle" => o.wait_idle = v.parse().expect("--wait-idle S"),
+            "--wal" => o.wal = Some(std::path::PathBuf::from(v)),
             "-h" | "--help" => {
-                eprintln!("throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120]");
+                eprintln!("throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120] [--wal DIR]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -160,10 +164,31 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
     if o.wait_idle > 0.0 {
         wait_idle(o.wait_idle);
     }
-    let engine = Engine::start(EngineConfig {
-        shards: o.shards,
-        limits: Limits::default(),
-    });
+    // With --wal, every write is in a fresh write-ahead log under DIR, acknowledged only once
+    // it is durable (fdatasync with group commit); otherwise memory only.
+    let (engine, _journal) = match &o.wal {
+        None => (
+            Engine::start(EngineConfig {
+                shards: o.shards,
+                limits: Limits::default(),
+            }),
+            None,
+        ),
+        Some(root) => {
+            let dir = root.join(format!("run-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create the log directory");
+            let fs = depot_wal::FsDir::open(&dir).expect("open the log directory");
+            let (engine, journal, _) = depot_wal::open_engine(
+                Box::new(fs),
+                depot_wal::WalOptions::default(),
+                Limits::default(),
+                o.shards,
+            )
+            .expect("open the log");
+            (engine, Some(journal))
+        }
+    };
     let t0 = Instant::now();
     workload.setup_engine(&engine, STOCK_PER_SKU);
     eprintln!(
@@ -267,9 +292,21 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "depot throughput: {cores} cores ({model}), {} shards, {} client threads, batches of {}, {} s runs ({} s warm-up), memory-only",
-        o.shards, o.clients, o.batch, o.secs, o.warmup
+        "depot throughput: {cores} cores ({model}), {} shards, {} client threads, batches of {}, {} s runs ({} s warm-up), {}",
+        o.shards,
+        o.clients,
+        o.batch,
+        o.secs,
+        o.warmup,
+        if o.wal.is_some() { "write-ahead log, fdatasync with group commit before every answer" } else { "memory-only" }
     );
+    if let Some(root) = &o.wal {
+        println!(
+            "raw disk ceiling: {:.0} fdatasync/s for 64-byte appends in {}",
+            fdatasync_ceiling(root),
+            root.display()
+        );
+    }
     let workload = Workload::new(SKUS);
     let expected_total = SKUS as i64 * STOCK_PER_SKU;
     let mut failed = false;
@@ -333,4 +370,22 @@ fn pass(ok: bool) -> &'static str {
     } else {
         "FAIL"
     }
+}
+
+/// The disk's own limit, measured in the same run: 64-byte appends, each followed by
+/// `fdatasync`, for two seconds.
+fn fdatasync_ceiling(root: &std::path::Path) -> f64 {
+    use std::io::Write;
+    std::fs::create_dir_all(root).expect("create the log directory");
+    let path = root.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path).expect("create the probe file");
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_secs(2) {
+        f.write_all(&[0x5a; 64]).expect("write the probe");
+        f.sync_data().expect("fdatasync the probe");
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    n as f64 / t0.elapsed().as_secs_f64()
 }
