@@ -71,6 +71,29 @@ fn setup(shards: usize, hot_units: i64, cart_units: i64) -> Engine {
     engine
 }
 
+/// A tenant with one warehouse `wh` and one channel `web`.
+fn one_warehouse(engine: &Engine) {
+    ok(engine, Command::CreateTenant);
+    ok(
+        engine,
+        Command::PutLocation {
+            location: depot_engine::LocationId::new("wh").unwrap(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        },
+    );
+    ok(
+        engine,
+        Command::PutChannel {
+            channel: depot_engine::ChannelId::new("web").unwrap(),
+            kind: ChannelKind::B2b,
+            priority: 0,
+        },
+    );
+}
+
 fn reserve(lines: &[(&str, i64)]) -> Request {
     req(Command::Reserve {
         channel: depot_engine::ChannelId::new("web").unwrap(),
@@ -262,25 +285,7 @@ fn a_full_shard_queue_refuses_with_overloaded_and_changes_nothing() {
         ..depot_engine::Limits::default()
     };
     let engine = Engine::start(EngineConfig { shards: 2, limits });
-    ok(&engine, Command::CreateTenant);
-    ok(
-        &engine,
-        Command::PutLocation {
-            location: depot_engine::LocationId::new("wh").unwrap(),
-            kind: LocationKind::Warehouse,
-            name: "wh".into(),
-            region: None,
-            wms: None,
-        },
-    );
-    ok(
-        &engine,
-        Command::PutChannel {
-            channel: depot_engine::ChannelId::new("web").unwrap(),
-            kind: ChannelKind::B2b,
-            priority: 0,
-        },
-    );
+    one_warehouse(&engine);
     ok(
         &engine,
         Command::Receive {
@@ -360,25 +365,7 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
         },
         Some(journal.clone()),
     );
-    ok(&engine, Command::CreateTenant);
-    ok(
-        &engine,
-        Command::PutLocation {
-            location: depot_engine::LocationId::new("wh").unwrap(),
-            kind: LocationKind::Warehouse,
-            name: "wh".into(),
-            region: None,
-            wms: None,
-        },
-    );
-    ok(
-        &engine,
-        Command::PutChannel {
-            channel: depot_engine::ChannelId::new("web").unwrap(),
-            kind: ChannelKind::B2b,
-            priority: 0,
-        },
-    );
+    one_warehouse(&engine);
     let receive = || Command::Receive {
         sku: sku("a"),
         location: depot_engine::LocationId::new("wh").unwrap(),
