@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const RULES_MAX: usize = 1_000;
 /// Most SKUs, channels or locations one rule may list.
 pub const RULE_LIST_MAX: usize = 1_000;
+/// Most list entries (SKUs, channels, locations, regions) in the whole document. Keeps a
+/// document, as logged, far below the log's record size limit.
+pub const RULE_ENTRIES_MAX: usize = 20_000;
 
 /// What the oversell incident does with committed orders a count can no longer serve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +401,30 @@ impl CompiledRules {
     }
 }
 
+impl Rule {
+    /// How many entries the rule's lists hold in all.
+    fn list_entries(&self) -> usize {
+        let lists = self.skus.as_ref().map_or(0, Vec::len)
+            + self.channels.as_ref().map_or(0, Vec::len)
+            + self.except_channels.as_ref().map_or(0, Vec::len);
+        lists
+            + match &self.kind {
+                RuleKind::Eligibility {
+                    locations,
+                    deny_locations,
+                } => {
+                    locations.as_ref().map_or(0, Vec::len)
+                        + deny_locations.as_ref().map_or(0, Vec::len)
+                }
+                RuleKind::Routing(Routing::Priority { locations }) => locations.len(),
+                RuleKind::Routing(Routing::Nearest { regions }) => {
+                    regions.len() + regions.values().map(Vec::len).sum::<usize>()
+                }
+                _ => 0,
+            }
+    }
+}
+
 /// Validates `doc` as a whole against `config` and compiles it. The first error found is
 /// returned; it names the rule and the field.
 pub fn compile(doc: &RuleDocument, config: &TenantConfig) -> Result<CompiledRules, RuleError> {
@@ -407,6 +434,15 @@ pub fn compile(doc: &RuleDocument, config: &TenantConfig) -> Result<CompiledRule
             id: None,
             field: "rules",
             message: format!("holds {} rules, the limit is {RULES_MAX}", doc.rules.len()),
+        });
+    }
+    let entries: usize = doc.rules.iter().map(Rule::list_entries).sum();
+    if entries > RULE_ENTRIES_MAX {
+        return Err(RuleError {
+            index: None,
+            id: None,
+            field: "rules",
+            message: format!("lists {entries} SKUs, channels, locations and regions in all, the limit is {RULE_ENTRIES_MAX}"),
         });
     }
     let mut seen_ids = BTreeSet::new();
@@ -632,4 +668,36 @@ fn compile_kind(kind: &RuleKind, config: &TenantConfig) -> Result<CompiledKind, 
             }
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_listing_too_many_entries_is_refused_as_a_whole() {
+        let cfg = TenantConfig::default();
+        let rule = |i: usize| Rule {
+            id: Some(format!("cap-{i}")),
+            kind: RuleKind::Cap { units: 5 },
+            skus: Some(
+                (0..RULE_LIST_MAX)
+                    .map(|k| Sku::new(&format!("s-{i}-{k}")).unwrap())
+                    .collect(),
+            ),
+            ..Rule::default()
+        };
+        let fits = RuleDocument {
+            rules: (0..RULE_ENTRIES_MAX / RULE_LIST_MAX).map(rule).collect(),
+            ..RuleDocument::default()
+        };
+        assert!(compile(&fits, &cfg).is_ok());
+        let too_many = RuleDocument {
+            rules: (0..=RULE_ENTRIES_MAX / RULE_LIST_MAX).map(rule).collect(),
+            ..RuleDocument::default()
+        };
+        let e = compile(&too_many, &cfg).unwrap_err();
+        assert_eq!((e.index, e.field), (None, "rules"));
+        assert!(e.message.contains("21000"), "{}", e.message);
+    }
 }
