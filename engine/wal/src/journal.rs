@@ -4,7 +4,8 @@
 //! syncs, new appends queue up for the next round, so the number of syncs per second is bounded
 //! by the disk while the writes per sync grow with the load.
 
-use crate::{read_log, Directory, Tail, WalError, WalOptions, WalWriter};
+use crate::snapshot_file::{list_snapshots, read_snapshot};
+use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
 use depot_engine::{Journal, JournalError, Limits, LogEntry, Machine, Seq};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -147,25 +148,114 @@ impl Journal for WalJournal {
     }
 }
 
-/// Rebuilds the state from the log in `dir`: every entry replayed, in order, into a machine
-/// with `shards` shards. A torn last record is reported (and cut when the writer reopens the
-/// log); any earlier damage is an error naming the file and offset.
+/// Rebuilds the state from `dir`: the newest usable snapshot (if any) loaded into a machine
+/// with `shards` shards, then every log entry after it replayed in order; without a snapshot,
+/// the whole log. A torn last record is reported (and cut when the writer reopens the log);
+/// any earlier damage is an error naming the file and offset.
+///
+/// A snapshot is only an optimisation: one that does not validate or load, or that is ahead
+/// of the log (the log ends before its seq), is skipped with a `tracing::warn!` and the next
+/// older one (or the empty state) is used instead. When the log does not reach back far
+/// enough for that, recovery fails rather than lose the entries in between.
 pub fn recover(
     dir: &dyn Directory,
     limits: Limits,
     shards: usize,
 ) -> Result<(Machine, Tail), WalError> {
-    // Sequence numbers start at 1; a log that does not start there has lost its head.
-    let (entries, tail) = read_log(dir, 1)?;
-    let mut machine = Machine::new(limits, shards);
-    for e in &entries {
-        machine.replay(e);
+    // The first snapshot skipped, and why: named in the error if the log cannot cover it.
+    let mut skipped: Option<(String, String)> = None;
+    let mut skip = |name: &str, reason: String| {
+        tracing::warn!(file = %name, %reason, "recovery: skipping a snapshot");
+        skipped.get_or_insert_with(|| (name.to_string(), reason));
+    };
+    for (_, name) in list_snapshots(dir)? {
+        let image = match read_snapshot(dir, &name) {
+            Ok(image) => image,
+            Err(reason) => {
+                skip(&name, reason);
+                continue;
+            }
+        };
+        let Some(from) = image.seq.checked_add(1) else {
+            skip(&name, "seq overflows".into());
+            continue;
+        };
+        let machine = match depot_engine::snapshot::load(&image, limits.clone(), shards) {
+            Ok(m) => m,
+            Err(e) => {
+                skip(&name, format!("does not load: {e}"));
+                continue;
+            }
+        };
+        match replay_after(dir, machine, from) {
+            Ok(Replayed::Done(machine, tail)) => return Ok((*machine, tail)),
+            Ok(Replayed::LogEndsBefore(next)) => skip(
+                &name,
+                format!(
+                    "it is ahead of the log (snapshot seq {}, the log ends at seq {})",
+                    image.seq,
+                    next.saturating_sub(1)
+                ),
+            ),
+            Err(e) => return Err(explain_gap(e, skipped)),
+        }
     }
-    Ok((machine, tail))
+    // Sequence numbers start at 1; a log that does not start there has lost its head.
+    match replay_after(dir, Machine::new(limits, shards), 1) {
+        Ok(Replayed::Done(machine, tail)) => Ok((*machine, tail)),
+        Ok(Replayed::LogEndsBefore(next)) => Err(WalError::corrupt(
+            "",
+            0,
+            format!("the log ends before seq 1 (its next seq is {next})"),
+        )),
+        Err(e) => Err(explain_gap(e, skipped)),
+    }
 }
 
-/// Recovers from the log in `dir` and starts a threaded engine that logs to it with group
-/// commit: what `depot serve` does on start.
+enum Replayed {
+    Done(Box<Machine>, Tail),
+    /// The log ends before `from`: the next entry it would take is this seq.
+    LogEndsBefore(Seq),
+}
+
+/// Replays every log entry with `seq >= from` into `machine`.
+fn replay_after(
+    dir: &dyn Directory,
+    mut machine: Machine,
+    from: Seq,
+) -> Result<Replayed, WalError> {
+    let mut reader = WalReader::open(dir, from)?;
+    while let Some(entry) = reader.next_entry()? {
+        machine.replay(&entry);
+    }
+    if let Some(next) = reader.next_seq() {
+        if next < from {
+            return Ok(Replayed::LogEndsBefore(next));
+        }
+    }
+    let tail = reader.tail().cloned().unwrap_or(Tail::Clean);
+    Ok(Replayed::Done(Box::new(machine), tail))
+}
+
+/// A gap after a skipped snapshot: say which snapshot was lost and what the log misses.
+fn explain_gap(e: WalError, skipped: Option<(String, String)>) -> WalError {
+    match (e, skipped) {
+        (WalError::Gap { from, first }, Some((name, reason))) => WalError::Corrupt {
+            file: name,
+            offset: 0,
+            reason: format!(
+                "the snapshot is unusable ({reason}) and the log cannot replace it: the next \
+                 usable state needs the log from seq {from}, but it starts at seq {first}; \
+                 entries {from}..{} would be lost",
+                first - 1
+            ),
+        },
+        (e, _) => e,
+    }
+}
+
+/// Recovers from `dir` (the newest usable snapshot, then the log; see [`recover`]) and starts
+/// a threaded engine that logs to it with group commit: what `depot serve` does on start.
 pub fn open_engine(
     dir: Box<dyn Directory>,
     options: WalOptions,

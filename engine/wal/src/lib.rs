@@ -9,6 +9,8 @@
 //!   [`WalError::Corrupt`] naming the file and offset.
 //! - [`WalJournal`]: group commit for the engine (many appends, one `fdatasync`), and
 //!   [`open_engine`]: recover from the log, then run a threaded engine that logs to it.
+//! - [`write_snapshot`] / [`load_newest_snapshot`]: state images in checksummed snapshot
+//!   files; [`recover`] starts from the newest usable one and replays the log after it.
 //! - [`Storage`] / [`Directory`]: the storage seam, with the file system ([`FsDir`]), memory
 //!   ([`MemDir`], which can "crash") and a faulty medium ([`FaultDir`]).
 //!
@@ -21,6 +23,7 @@ pub mod fuzzing;
 mod journal;
 mod mem;
 mod reader;
+mod snapshot_file;
 mod storage;
 mod writer;
 
@@ -31,5 +34,9 @@ pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_
 pub use journal::{open_engine, recover, GroupCommitStats, WalJournal};
 pub use mem::{MemDir, MemFile};
 pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
+pub use snapshot_file::{
+    decode_snapshot, encode_snapshot, load_newest_snapshot, parse_snapshot_name, snapshot_name,
+    write_snapshot, SNAPSHOT_BODY_MAX, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+};
 pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};
 pub use writer::{WalOptions, WalWriter};

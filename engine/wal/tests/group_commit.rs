@@ -2,56 +2,14 @@
 //! writes share one sync, and a failed sync stops writes without stopping reads.
 
 use depot_engine::{
-    ChannelId, ChannelKind, Command, Engine, FillPolicy, Limits, LineRequest, LocationId,
-    LocationKind, Outcome, Refusal, Reply, Request, Sku, TenantId,
+    ChannelId, Command, Engine, FillPolicy, Limits, LineRequest, Outcome, Refusal, Reply, Request,
+    Sku,
 };
 use depot_wal::{open_engine, recover, FaultDir, FsDir, MemDir, Tail, WalOptions};
 use std::sync::Arc;
 
-fn req(command: Command) -> Request {
-    Request {
-        tenant: TenantId::new("acme").unwrap(),
-        key_id: "k".into(),
-        idempotency_key: None,
-        command,
-    }
-}
-
-fn setup(engine: &Engine) {
-    let cmds = vec![
-        req(Command::CreateTenant),
-        req(Command::PutLocation {
-            location: LocationId::new("wh").unwrap(),
-            kind: LocationKind::Warehouse,
-            name: "wh".into(),
-            region: None,
-            wms: None,
-        }),
-        req(Command::PutChannel {
-            channel: ChannelId::new("web").unwrap(),
-            kind: ChannelKind::Shopify,
-            priority: 1,
-        }),
-    ];
-    for (r, _) in engine.execute(cmds, 1_000) {
-        assert!(r.outcome.is_ok(), "{r:?}");
-    }
-    let receipts = (0..20)
-        .map(|i| {
-            req(Command::Receive {
-                sku: Sku::new(&format!("sku-{i}")).unwrap(),
-                location: LocationId::new("wh").unwrap(),
-                quantity: 1_000,
-                unit_cost: Some("2.50".parse().unwrap()),
-                reason: "po".into(),
-            })
-        })
-        .collect();
-    assert!(engine
-        .execute(receipts, 1_000)
-        .iter()
-        .all(|(r, _)| r.outcome.is_ok()));
-}
+mod common;
+use common::{req, setup};
 
 fn reserve(i: u64) -> Request {
     req(Command::Reserve {

@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use depot_engine::{
-    Bucket, ChannelId, ChannelKind, Command, CommitLine, Component, FillPolicy, LineRequest,
-    LocationId, LocationKind, LogEntry, Request, ReservationId, Sku, TenantId,
+    Bucket, ChannelId, ChannelKind, Command, CommitLine, Component, Engine, FillPolicy,
+    LineRequest, LocationId, LocationKind, LogEntry, Request, ReservationId, Sku, TenantId,
 };
 use depot_wal::{Directory, WalOptions, WalWriter};
 use rust_decimal::Decimal;
@@ -143,4 +143,51 @@ pub fn assert_same(got: &[LogEntry], want: &[LogEntry]) {
             serde_json::to_string(w).unwrap()
         );
     }
+}
+
+/// A request of tenant `acme`.
+pub fn req(command: Command) -> Request {
+    Request {
+        tenant: TenantId::new("acme").unwrap(),
+        key_id: "k".into(),
+        idempotency_key: None,
+        command,
+    }
+}
+
+/// Tenant `acme`: warehouse `wh`, channel `web`, 1,000 units of `sku-0`..`sku-19`.
+pub fn setup(engine: &Engine) {
+    let cmds = vec![
+        req(Command::CreateTenant),
+        req(Command::PutLocation {
+            location: LocationId::new("wh").unwrap(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        }),
+        req(Command::PutChannel {
+            channel: ChannelId::new("web").unwrap(),
+            kind: ChannelKind::Shopify,
+            priority: 1,
+        }),
+    ];
+    for (r, _) in engine.execute(cmds, 1_000) {
+        assert!(r.outcome.is_ok(), "{r:?}");
+    }
+    let receipts = (0..20)
+        .map(|i| {
+            req(Command::Receive {
+                sku: Sku::new(&format!("sku-{i}")).unwrap(),
+                location: LocationId::new("wh").unwrap(),
+                quantity: 1_000,
+                unit_cost: Some("2.50".parse().unwrap()),
+                reason: "po".into(),
+            })
+        })
+        .collect();
+    assert!(engine
+        .execute(receipts, 1_000)
+        .iter()
+        .all(|(r, _)| r.outcome.is_ok()));
 }
