@@ -1,4 +1,7 @@
-//! depot's HTTP API. Not built yet: the server, keys and endpoints of `API.md` arrive with the
-//! API work. Until then this crate only re-exports the engine so the workspace layout is whole.
+//! depot's HTTP API and the `depot` binary. The server, keys and endpoints of `API.md` arrive
+//! with the API work; for now the crate holds the binary's log tools ([`cli`]) and re-exports
+//! the engine.
+
+pub mod cli;
 
 pub use depot_engine as engine;
