@@ -166,7 +166,7 @@ fn hot_paths(c: &mut Criterion) {
     // The ATS refresh of one SKU (no rules: the pool), as every stock change runs it.
     let cfg = m.shards[0].tenants[0].clone();
     let sku = workload.skus[0].clone();
-    let st = m.shards[0].skus.values_mut().next().expect("a SKU").clone();
+    let st = m.shards[0].skus.iter().next().expect("a SKU").1.clone();
     let mut st = st;
     group.bench_function("ats_refresh", |b| {
         b.iter(|| {

@@ -9,6 +9,7 @@ use crate::ids::{ReservationId, Sku, TimeMs};
 use crate::job::{
     loc_id, Decision, Finished, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut, PartPrep, Prep,
 };
+use crate::limits::LEVEL_MAX;
 use crate::outcome::{
     AllocationView, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView, Outcome,
     Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
@@ -685,8 +686,45 @@ impl ShardState {
         }
     }
 
+    /// Refuses a stock operation that would take on_hand or incoming of a level above
+    /// [`LEVEL_MAX`]. (`set` and `move` stay within what is on hand; `set` is at most
+    /// `QUANTITY_MAX`.)
+    fn check_level_room(&self, job: &Job) -> Result<(), Refusal> {
+        let (sku, loc, add, incoming) = match &job.kind {
+            JobKind::Receive {
+                sku, loc, quantity, ..
+            } => (sku, *loc, *quantity, false),
+            JobKind::Adjust {
+                sku, loc, delta, ..
+            } => (sku, *loc, *delta, false),
+            JobKind::Expect {
+                sku, loc, quantity, ..
+            }
+            | JobKind::Transfer {
+                sku,
+                to: loc,
+                quantity,
+                ..
+            } => (sku, *loc, *quantity, true),
+            _ => return Ok(()),
+        };
+        let now = self
+            .sku(job.tenant, sku.as_str())
+            .and_then(|s| s.level(loc))
+            .map_or(0, |l| if incoming { l.incoming } else { l.on_hand });
+        let after = now.saturating_add(add);
+        if after > LEVEL_MAX {
+            let what = if incoming { "incoming" } else { "on_hand" };
+            return Err(Refusal::state(format!(
+                "{what} would be {after}; a level holds at most {LEVEL_MAX} units"
+            )));
+        }
+        Ok(())
+    }
+
     fn apply_stock(&mut self, job: &Job, ev: &mut Events) -> Result<(), Refusal> {
         let t = job.tenant;
+        self.check_level_room(job)?;
         let (op, sku, loc, reason, unit_cost) = match &job.kind {
             JobKind::Receive {
                 sku,
@@ -957,7 +995,7 @@ impl ShardState {
             unreachable!()
         };
         let t = job.tenant;
-        let mut part_items = Vec::new();
+        let mut part_items = smallvec::SmallVec::new();
         for plan in plans.iter() {
             let it = &items[plan.item];
             if !self.owns(t, it.sku.as_str()) {
@@ -967,7 +1005,7 @@ impl ShardState {
             for &(loc, q) in &plan.allocations {
                 st.level_mut(loc).reserved += q;
             }
-            *st.held_mut(*channel) += plan.quantity;
+            st.add_held(*channel, plan.quantity);
             st.refresh(cfg, &it.sku);
             part_items.push(PartItem {
                 item: plan.item as u16,
@@ -1447,21 +1485,31 @@ pub fn level_view(cfg: &TenantConfig, l: &Level) -> LevelView {
 
 /// Combines every participant's output into the command's answer. Pure and independent of the
 /// number of shards: outputs are combined in an order that only their content decides.
-pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<PartOut>) -> Finished {
+pub fn merge(
+    job: &Job,
+    cfg: Option<&TenantConfig>,
+    d: &Decision,
+    outs: impl IntoIterator<Item = PartOut>,
+) -> Finished {
     let mut events: Vec<(u64, EventKind)> = Vec::new();
     let mut data = Vec::new();
     let mut refusal = None;
     for o in outs {
-        events.extend(o.events);
+        if events.is_empty() {
+            events = o.events;
+        } else {
+            events.extend(o.events);
+        }
         match o.data {
             PartData::Refused(r) => refusal = Some(r),
+            PartData::None => {}
             other => data.push(other),
         }
     }
     events.sort_by_key(|(k, _)| *k);
     let mut finished = Finished {
         outcome: Outcome::Ok(Reply::Done),
-        events: Vec::new(),
+        events: smallvec::SmallVec::new(),
         dropped: Vec::new(),
     };
     match d {
@@ -1496,7 +1544,7 @@ pub fn merge(job: &Job, cfg: Option<&TenantConfig>, d: &Decision, outs: Vec<Part
     }
     let mut parts = Some(parts);
     let mut parts = move || parts.take().unwrap_or_default();
-    let mut head_events = Vec::new();
+    let mut head_events: smallvec::SmallVec<[EventKind; 1]> = smallvec::SmallVec::new();
     let mut tenant_events = Vec::new();
     finished.outcome = match &job.kind {
         JobKind::Config { event, config } => {

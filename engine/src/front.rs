@@ -59,9 +59,123 @@ pub struct Front {
     pub tenant_index: BTreeMap<TenantId, u32>,
     pub idempotency: FxHashMap<(u32, String), IdemEntry>,
     idempotency_order: VecDeque<(TimeMs, u32, String)>,
-    /// Which shards hold parts of a reservation. A cache: a missing route only means the
-    /// command is sent to one fallback shard, which answers "not found" the same way.
-    pub routes: FxHashMap<ReservationId, u64>,
+    /// Which shards hold parts of a reservation. A missing route only means the command is
+    /// sent to one fallback shard, which answers "not found" the same way.
+    pub routes: Routes,
+}
+
+/// Seqs kept in the dense part of [`Routes`] before old live entries may move to its map.
+const ROUTES_WINDOW: usize = 1 << 22;
+
+/// Reservation routes (id -> shard mask). Reservation ids are sequence numbers, given in
+/// increasing order, so recent routes live in a deque indexed by `id - base` (8 bytes per
+/// sequence number, nothing to hash or resize); the front of the deque is dropped as soon as
+/// its reservations are gone. Routes that outlive the window while most of it is empty (a
+/// long-lived order) move to a map, so one old reservation never pins the deque.
+#[derive(Debug)]
+pub struct Routes {
+    /// Sequence numbers the deque spans before old entries may move to the map.
+    window: usize,
+    base: u64,
+    dense: VecDeque<u64>,
+    /// Non-zero entries of `dense`.
+    live: usize,
+    sparse: FxHashMap<ReservationId, u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes::with_window(ROUTES_WINDOW)
+    }
+}
+
+impl Routes {
+    pub fn with_window(window: usize) -> Self {
+        Routes {
+            window: window.max(2),
+            base: 0,
+            dense: VecDeque::new(),
+            live: 0,
+            sparse: FxHashMap::default(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.live + self.sparse.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn get(&self, id: &ReservationId) -> Option<u64> {
+        match id.0.checked_sub(self.base) {
+            Some(i) if (i as usize) < self.dense.len() => {
+                Some(self.dense[i as usize]).filter(|&m| m != 0)
+            }
+            _ => self.sparse.get(id).copied(),
+        }
+    }
+    pub fn insert(&mut self, id: ReservationId, mask: u64) {
+        debug_assert!(mask != 0, "a route names at least one shard");
+        if self.dense.is_empty() {
+            self.base = id.0;
+        }
+        let Some(i) = id.0.checked_sub(self.base) else {
+            self.sparse.insert(id, mask);
+            return;
+        };
+        if i as usize >= self.dense.len() + self.window {
+            // A jump far ahead (forced sequence numbers): move everything to the map.
+            self.spill(self.dense.len());
+            self.base = id.0;
+            return self.insert(id, mask);
+        }
+        let i = i as usize;
+        if i >= self.dense.len() {
+            self.dense.resize(i + 1, 0);
+        }
+        if self.dense[i] == 0 {
+            self.live += 1;
+        }
+        self.dense[i] = mask;
+        if self.dense.len() > self.window && self.live * 4 < self.dense.len() {
+            let n = self.dense.len() - self.window / 2;
+            self.spill(n);
+        }
+    }
+    pub fn remove(&mut self, id: &ReservationId) {
+        match id.0.checked_sub(self.base) {
+            Some(i) if (i as usize) < self.dense.len() => {
+                let m = &mut self.dense[i as usize];
+                if *m != 0 {
+                    *m = 0;
+                    self.live -= 1;
+                }
+                while self.dense.front() == Some(&0) {
+                    self.dense.pop_front();
+                    self.base += 1;
+                }
+            }
+            _ => {
+                self.sparse.remove(id);
+            }
+        }
+    }
+    /// Moves the first `n` entries of the deque to the map.
+    fn spill(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(m) = self.dense.pop_front() else {
+                break;
+            };
+            if m != 0 {
+                self.live -= 1;
+                self.sparse.insert(ReservationId(self.base), m);
+            }
+            self.base += 1;
+        }
+        while self.dense.front() == Some(&0) {
+            self.dense.pop_front();
+            self.base += 1;
+        }
+    }
 }
 
 fn refuse(r: Refusal) -> Admission {
@@ -102,7 +216,7 @@ impl Front {
             tenant_index: BTreeMap::new(),
             idempotency: FxHashMap::default(),
             idempotency_order: VecDeque::new(),
-            routes: FxHashMap::default(),
+            routes: Routes::default(),
         }
     }
 
@@ -268,7 +382,7 @@ impl Front {
             now: self.now,
             tenant,
             tenant_id,
-            key_id: req.key_id.clone(),
+            key_id: compact_str::CompactString::new(&req.key_id),
             kind,
             shards,
         }
@@ -783,7 +897,6 @@ impl Front {
     fn route(&self, id: ReservationId) -> u64 {
         self.routes
             .get(&id)
-            .copied()
             .unwrap_or(1u64 << (id.0 % self.shards as u64))
     }
 
@@ -1000,4 +1113,54 @@ fn rule_field(e: &rules::RuleError) -> String {
 pub fn fingerprint(c: &Command) -> [u8; 32] {
     let bytes = serde_json::to_vec(c).expect("commands serialize");
     *blake3::hash(&bytes).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The routes behave as a map under inserts in increasing id order, removals in any
+    /// order, long-lived entries spilling to the map and jumps ahead.
+    #[test]
+    fn routes_behave_as_a_map() {
+        let mut r = Routes::with_window(16);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut id = 1u64;
+        for step in 0..20_000 {
+            match next(10) {
+                0..=4 => {
+                    id += 1 + next(3) + if step % 997 == 0 { 100 } else { 0 };
+                    let mask = 1 + next(7);
+                    r.insert(ReservationId(id), mask);
+                    model.insert(id, mask);
+                }
+                5..=8 => {
+                    // Mostly recent ids; sometimes a long-lived one stays.
+                    let victim = id.saturating_sub(next(40));
+                    if next(50) != 0 {
+                        r.remove(&ReservationId(victim));
+                        model.remove(&victim);
+                    }
+                }
+                _ => {
+                    let probe = id.saturating_sub(next(200));
+                    assert_eq!(r.get(&ReservationId(probe)), model.get(&probe).copied());
+                }
+            }
+            assert_eq!(r.len(), model.len(), "step {step}");
+        }
+        for (&k, &v) in &model {
+            assert_eq!(r.get(&ReservationId(k)), Some(v));
+        }
+        assert!(!r.sparse.is_empty(), "some routes outlived the window");
+        assert!(r.dense.len() <= 64, "the deque stays near its window");
+    }
 }

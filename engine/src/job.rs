@@ -139,7 +139,7 @@ pub struct Job {
     pub now: TimeMs,
     pub tenant: u32,
     pub tenant_id: TenantId,
-    pub key_id: String,
+    pub key_id: compact_str::CompactString,
     pub kind: JobKind,
     /// The shards taking part, as a bit mask; never empty.
     pub shards: u64,
@@ -243,7 +243,8 @@ pub enum PartData {
 pub struct Finished {
     pub outcome: Outcome,
     /// Events; `Some(tenant)` when the event belongs to another tenant than the job's (ticks).
-    pub events: Vec<(Option<u32>, EventKind)>,
+    /// Most commands have one: kept inline.
+    pub events: SmallVec<[(Option<u32>, EventKind); 1]>,
     /// Reservations that no longer exist anywhere (routes may be dropped).
     pub dropped: Vec<ReservationId>,
 }

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 /// quantities far from `i64` overflow.
 pub const QUANTITY_MAX: i64 = 1_000_000_000_000;
 
+/// Largest value a stock operation may leave in any quantity of a level (receipts, expected
+/// units, adjustments, moves and transfers beyond it are refused): about 1,100 times
+/// `QUANTITY_MAX`, so that the ATS, summed over every location of a tenant, cannot overflow.
+pub const LEVEL_MAX: i64 = 1 << 49;
+
 /// Most shards one engine runs (a reservation's shards are kept as a 64-bit mask).
 pub const SHARDS_MAX: usize = 64;
 

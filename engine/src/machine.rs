@@ -40,7 +40,7 @@ pub(crate) fn run_on(shards: &mut [ShardState], job: &Job) -> crate::job::Finish
         shards[first].tenants.get(job.tenant as usize).map(|c| &**c),
         &preps,
     );
-    let outs = participants
+    let outs: Vec<_> = participants
         .iter()
         .map(|&i| shards[i].apply(job, &d))
         .collect();

@@ -236,7 +236,8 @@ pub struct Event {
     pub index: u32,
     pub at: TimeMs,
     pub tenant: TenantId,
-    pub key_id: String,
+    /// Up to 24 bytes inline: numbering an event allocates nothing for its actor.
+    pub key_id: compact_str::CompactString,
     #[serde(flatten)]
     pub kind: EventKind,
 }

@@ -15,7 +15,7 @@ use crate::outcome::{Event, Outcome, Refusal, Response};
 use crate::shard::ShardState;
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 
@@ -113,7 +113,13 @@ struct Task {
 }
 
 enum Msg {
-    Tasks { batch: Arc<Batch>, tasks: Vec<Task> },
+    /// A shard's tasks of one batch. The submitting thread keeps a reference to `tasks` until
+    /// the batch is answered, so the tasks are freed by the thread that allocated them (a
+    /// large buffer freed by another thread is returned to the system and faulted in again).
+    Tasks {
+        batch: Arc<Batch>,
+        tasks: Arc<Vec<Task>>,
+    },
     Stop,
 }
 
@@ -132,6 +138,8 @@ struct Inner {
     queues: Vec<Sender<Msg>>,
     depth: Vec<AtomicUsize>,
     states: Vec<Arc<Mutex<ShardState>>>,
+    /// Per shard, [`ShardState::next_due`] as of its last batch (read without stopping it).
+    next_due: Vec<AtomicU64>,
     queue_depth_max: usize,
     batch_len_max: usize,
     /// The same journal as the front's, for waiting on durability outside the front lock.
@@ -179,6 +187,11 @@ impl Engine {
         };
         let n = config.shards;
         let front = machine.front;
+        let next_due = machine
+            .shards
+            .iter()
+            .map(|s| AtomicU64::new(s.next_due()))
+            .collect();
         let states: Vec<_> = machine
             .shards
             .into_iter()
@@ -194,6 +207,7 @@ impl Engine {
             queues: senders,
             depth: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             states,
+            next_due,
             queue_depth_max: config.limits.queue_depth_max,
             batch_len_max: config.limits.batch_len_max,
             journal,
@@ -210,6 +224,21 @@ impl Engine {
             })
             .collect();
         Engine { inner, threads }
+    }
+
+    /// The earliest time a [`Command::Tick`](crate::Command::Tick) may have work (holds to
+    /// expire, ended reservations or idempotency records to drop), as of the shards' last
+    /// batches; `None` when nothing waits. A caller ticking on a clock may skip ticks before
+    /// it: they would change nothing but the sequence number.
+    pub fn next_due(&self) -> Option<TimeMs> {
+        let t = self
+            .inner
+            .next_due
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(TimeMs::MAX);
+        (t != TimeMs::MAX).then_some(t)
     }
 
     pub fn shards(&self) -> usize {
@@ -240,7 +269,7 @@ impl Engine {
                 .map(|_| (refused(r.clone()), Vec::new()))
                 .collect();
         }
-        let last_write = self.submit(&batch, requests, now);
+        let (last_write, sent) = self.submit(&batch, requests, now);
         while batch.remaining.load(Ordering::Acquire) != 0 {
             std::thread::park();
         }
@@ -262,6 +291,7 @@ impl Engine {
                 }
             }
         };
+        drop(sent);
         let answers = batch
             .slots
             .into_iter()
@@ -283,10 +313,17 @@ impl Engine {
         }
     }
 
-    /// Sequences and queues a batch; returns the sequence number of its last write.
-    fn submit(&self, batch: &Arc<Batch>, requests: Vec<Request>, now: TimeMs) -> Option<Seq> {
+    /// Sequences and queues a batch; returns the sequence number of its last write and the
+    /// task lists sent to the shards.
+    fn submit(
+        &self,
+        batch: &Arc<Batch>,
+        requests: Vec<Request>,
+        now: TimeMs,
+    ) -> (Option<Seq>, Vec<Arc<Vec<Task>>>) {
         let n = self.inner.queues.len();
-        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+        let len = requests.len();
+        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::with_capacity(len)).collect();
         let mut last_write = None;
         let mut side = self.inner.lock_front();
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
@@ -357,11 +394,14 @@ impl Engine {
                 }
             }
         }
+        let mut sent = Vec::with_capacity(n);
         for (s, tasks) in per_shard.into_iter().enumerate() {
             if tasks.is_empty() {
                 continue;
             }
             self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
+            let tasks = Arc::new(tasks);
+            sent.push(tasks.clone());
             self.inner.queues[s]
                 .send(Msg::Tasks {
                     batch: batch.clone(),
@@ -370,7 +410,7 @@ impl Engine {
                 .expect("shard threads outlive the engine handle");
         }
         drop(side);
-        last_write
+        (last_write, sent)
     }
 
     /// Waits until every queued job has run, then calls `f` with the front and all shards.
@@ -447,6 +487,16 @@ impl Inner {
     }
 }
 
+/// Most multi-shard reservations a shard keeps prepared but not yet applied.
+const PENDING_MAX: usize = 64;
+
+/// A multi-shard reservation this shard has prepared and posted, waiting for its decision.
+/// While it waits, the shard runs later reservations whose SKUs on this shard differ from
+/// those of every pending one (see [`overtakes`]).
+struct Pending<'t> {
+    task: &'t Task,
+}
+
 fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
     while let Ok(msg) = rx.recv() {
         let (batch, tasks) = match msg {
@@ -454,55 +504,169 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
             Msg::Stop => return,
         };
         let mut state = inner.states[index].lock().expect("shard lock");
-        for task in tasks {
-            run_task(index, &mut state, &inner, &batch, task);
-            inner.depth[index].fetch_sub(1, Ordering::Release);
+        let mut pending: Vec<Pending<'_>> = Vec::new();
+        for task in tasks.iter() {
+            if !pending.is_empty() {
+                apply_decided(index, &mut state, &inner, &batch, &mut pending);
+                if !overtakes(&state, task, &pending) {
+                    drain(index, &mut state, &inner, &batch, &mut pending);
+                }
+            }
+            match &task.rendezvous {
+                None => {
+                    let fin = run_single(&mut state, &task.job);
+                    deliver(&inner, &batch, task, fin);
+                    inner.depth[index].fetch_sub(1, Ordering::Release);
+                }
+                Some(rv) => {
+                    post(index, &state, rv, &task.job);
+                    if rv.decision.get().is_none() && is_reserve(task) {
+                        // Run later work instead of waiting at the rendezvous.
+                        pending.push(Pending { task });
+                    } else {
+                        finish_multi(index, &mut state, &inner, &batch, task);
+                    }
+                }
+            }
+        }
+        drain(index, &mut state, &inner, &batch, &mut pending);
+        inner.next_due[index].store(state.next_due(), Ordering::Release);
+        drop(state);
+        // The tasks before the batch: the submitter frees them once the batch is answered.
+        drop(tasks);
+        drop(batch);
+    }
+}
+
+fn is_reserve(task: &Task) -> bool {
+    matches!(task.job.kind, crate::job::JobKind::Reserve { .. })
+}
+
+/// True when `task` may run before the pending reservations are applied, with the same result
+/// as after them: it is a reservation, none of its SKUs on this shard is a SKU of a pending
+/// reservation on this shard (only those SKUs' levels, ATS and held counts change when a
+/// reservation is applied), there is room for another pending one, and the shard's hold limit
+/// cannot be reached by the pending ones (so its own limit check reads the same).
+fn overtakes(state: &ShardState, task: &Task, pending: &[Pending<'_>]) -> bool {
+    use crate::job::JobKind;
+    let JobKind::Reserve { items, .. } = &task.job.kind else {
+        return false;
+    };
+    if pending.len() >= PENDING_MAX || state.parts.len() + pending.len() >= state.holds_max {
+        return false;
+    }
+    let tenant = task.job.tenant;
+    items.iter().all(|it| {
+        !state.owns(tenant, it.sku.as_str())
+            || pending.iter().all(|p| {
+                let JobKind::Reserve { items: other, .. } = &p.task.job.kind else {
+                    return true;
+                };
+                p.task.job.tenant != tenant || other.iter().all(|o| o.sku != it.sku)
+            })
+    })
+}
+
+/// Applies the pending reservations whose decision is known, without waiting.
+fn apply_decided(
+    index: usize,
+    state: &mut ShardState,
+    inner: &Inner,
+    batch: &Batch,
+    pending: &mut Vec<Pending<'_>>,
+) {
+    let mut i = 0;
+    while i < pending.len() {
+        let rv = pending[i]
+            .task
+            .rendezvous
+            .as_ref()
+            .expect("pending tasks meet");
+        if rv.decision.get().is_some() {
+            let p = pending.remove(i);
+            finish_multi(index, state, inner, batch, p.task);
+        } else {
+            i += 1;
         }
     }
 }
 
-fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, task: Task) {
-    let job = &*task.job;
-    // Borrowed, not cloned: the config's `Arc` count is shared by every shard thread.
-    fn cfg_of(s: &ShardState, t: u32) -> Option<&crate::config::TenantConfig> {
-        s.tenants.get(t as usize).map(|c| &**c)
+/// Applies every pending reservation, waiting for the decisions still missing, in sequence
+/// order.
+fn drain(
+    index: usize,
+    state: &mut ShardState,
+    inner: &Inner,
+    batch: &Batch,
+    pending: &mut Vec<Pending<'_>>,
+) {
+    for p in pending.drain(..) {
+        finish_multi(index, state, inner, batch, p.task);
     }
-    let fin = match &task.rendezvous {
-        None => {
-            let prep = state.prepare(job);
-            let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
-            let out = state.apply(job, &d);
-            merge(job, cfg_of(state, job.tenant), &d, vec![out])
+}
+
+/// Borrowed, not cloned: the config's `Arc` count is shared by every shard thread.
+fn cfg_of(s: &ShardState, t: u32) -> Option<&crate::config::TenantConfig> {
+    s.tenants.get(t as usize).map(|c| &**c)
+}
+
+/// A job on this shard alone: prepare, decide, apply, merge.
+fn run_single(state: &mut ShardState, job: &Job) -> crate::job::Finished {
+    let prep = state.prepare(job);
+    let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
+    let out = state.apply(job, &d);
+    merge(job, cfg_of(state, job.tenant), &d, std::iter::once(out))
+}
+
+/// Prepares a job spanning shards and posts the preparation; the last participant to post
+/// decides and wakes the others.
+fn post(index: usize, state: &ShardState, rv: &Rendezvous, job: &Job) {
+    let prep = state.prepare(job);
+    let last = {
+        let mut preps = rv.preps.lock().expect("rendezvous lock");
+        preps.push((index, prep));
+        preps.len() == rv.participants
+    };
+    if last {
+        let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
+        preps.sort_by_key(|(i, _)| *i);
+        let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
+        let _ = rv
+            .decision
+            .set(decide(job, cfg_of(state, job.tenant), &preps));
+        for t in rv.sleepers.lock().expect("rendezvous lock").drain(..) {
+            t.unpark();
         }
-        Some(rv) => {
-            let prep = state.prepare(job);
-            let last = {
-                let mut preps = rv.preps.lock().expect("rendezvous lock");
-                preps.push((index, prep));
-                preps.len() == rv.participants
-            };
-            if last {
-                let mut preps = std::mem::take(&mut *rv.preps.lock().expect("rendezvous lock"));
-                preps.sort_by_key(|(i, _)| *i);
-                let preps: Vec<Prep> = preps.into_iter().map(|(_, p)| p).collect();
-                let _ = rv
-                    .decision
-                    .set(decide(job, cfg_of(state, job.tenant), &preps));
-                for t in rv.sleepers.lock().expect("rendezvous lock").drain(..) {
-                    t.unpark();
-                }
-            }
-            let d = wait_for(rv);
-            let out = state.apply(job, d);
-            let mut outs = rv.outs.lock().expect("rendezvous lock");
-            outs.push(out);
-            if outs.len() < rv.participants {
-                return;
-            }
+    }
+}
+
+/// Applies the decision of a posted job spanning shards (waiting for it if needed); the last
+/// participant to apply merges and answers.
+fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, task: &Task) {
+    let job = &*task.job;
+    let rv = task.rendezvous.as_ref().expect("a job spanning shards");
+    let d = wait_for(rv);
+    let out = state.apply(job, d);
+    let fin = {
+        let mut outs = rv.outs.lock().expect("rendezvous lock");
+        outs.push(out);
+        if outs.len() < rv.participants {
+            None
+        } else {
             let outs = std::mem::take(&mut *outs);
-            merge(job, cfg_of(state, job.tenant), d, outs)
+            Some(merge(job, cfg_of(state, job.tenant), d, outs))
         }
     };
+    if let Some(fin) = fin {
+        deliver(inner, batch, task, fin);
+    }
+    inner.depth[index].fetch_sub(1, Ordering::Release);
+}
+
+/// Answers a finished job: records its idempotent response and wakes the requests waiting
+/// for it when needed.
+fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
+    let job = &*task.job;
     let needs_front = task.idem.is_some()
         || !fin.dropped.is_empty()
         || fin.events.iter().any(|(t, _)| t.is_some());
@@ -537,11 +701,11 @@ fn run_task(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, 
 /// to arrive), then yields the core a few times, then parks until the decider wakes it, so a
 /// waiting shard never burns a core an oversubscribed machine needs for the others.
 fn wait_for(rv: &Rendezvous) -> &Decision {
-    for i in 0..2_000u32 {
+    for i in 0..200u32 {
         if let Some(d) = rv.decision.get() {
             return d;
         }
-        if i < 1_000 {
+        if i < 100 {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();

@@ -11,6 +11,7 @@ use crate::timers::Timers;
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
 use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -75,8 +76,13 @@ pub struct SkuState {
     /// One level per location that has ever been touched, sorted by location index.
     pub levels: Vec<Level>,
     /// `[ats of channel 0.., held by channel 0..]`: ATS kept current on every change, and the
-    /// units of this SKU reserved or committed per channel (for ring-fences).
+    /// units of this SKU reserved or committed per channel (for ring-fences). Empty while the
+    /// tenant has no rules: then every channel's ATS is `pool` and nothing reads the held
+    /// counts; installing rules rebuilds them from the reservation parts
+    /// ([`ShardState::set_config`]).
     pub chans: Box<[i64]>,
+    /// Every channel's ATS while `chans` is empty.
+    pub pool: i64,
     /// Weighted average unit cost of receipts.
     pub cost: Option<Box<Decimal>>,
 }
@@ -86,14 +92,24 @@ impl SkuState {
         self.chans.len() / 2
     }
     pub fn ats(&self, c: ChanIdx) -> i64 {
+        if self.chans.is_empty() {
+            return self.pool;
+        }
         self.chans.get(c as usize).copied().unwrap_or(0)
     }
     pub fn held(&self) -> &[i64] {
         &self.chans[self.channels()..]
     }
+    /// The held count of channel `c`; only when the channel table exists.
     pub fn held_mut(&mut self, c: ChanIdx) -> &mut i64 {
         let n = self.channels();
         &mut self.chans[n + c as usize]
+    }
+    /// Adds to channel `c`'s held units, when they are kept (the tenant has rules).
+    pub fn add_held(&mut self, c: ChanIdx, delta: i64) {
+        if !self.chans.is_empty() {
+            *self.held_mut(c) += delta;
+        }
     }
     pub fn level(&self, loc: LocIdx) -> Option<&Level> {
         self.levels
@@ -129,19 +145,21 @@ impl SkuState {
     /// Recomputes every channel's ATS from the levels and rules.
     pub fn refresh(&mut self, cfg: &TenantConfig, sku: &Sku) {
         let n = cfg.channels.len();
-        self.resize(n);
         if cfg.rules.is_empty() {
             // No rule distinguishes channels: ATS is the pool, or zero during an incident.
+            if !self.chans.is_empty() {
+                self.chans = Box::default();
+            }
             let (mut pool, mut incident) = (0i64, false);
             for l in &self.levels {
                 let a = l.available();
                 incident |= a < 0;
                 pool += a;
             }
-            let v = if incident { 0 } else { pool.max(0) };
-            self.chans[..n].fill(v);
+            self.pool = if incident { 0 } else { pool.max(0) };
             return;
         }
+        self.resize(n);
         for c in 0..n {
             let v = ats::ats(cfg, sku, &self.levels, &self.chans[n..], c as ChanIdx, None);
             self.chans[c] = v;
@@ -198,7 +216,8 @@ pub struct PartItem {
     pub per_unit: i64,
     /// Units granted.
     pub quantity: i64,
-    pub allocs: Vec<Alloc>,
+    /// Most items are served from one location: kept inline.
+    pub allocs: SmallVec<[Alloc; 1]>,
     pub backordered: i64,
 }
 
@@ -215,7 +234,8 @@ pub struct Part {
     pub lines: Arc<[LineHeader]>,
     /// Units granted per line.
     pub granted: Arc<[i64]>,
-    pub items: Vec<PartItem>,
+    /// Most parts hold one item (a single-line reservation, or one line per shard): inline.
+    pub items: SmallVec<[PartItem; 1]>,
 }
 
 impl Part {
@@ -256,6 +276,223 @@ pub struct PartSnapshot {
     pub part: Part,
 }
 
+/// Parts per chunk of the slab: chunks are never moved once allocated, so growing the store
+/// copies no part.
+const PART_CHUNK: usize = 4096;
+/// Index entries reserved up front: the first holds never resize the table.
+const PART_INDEX_INITIAL: usize = 1 << 16;
+
+/// The reservation parts of one shard: a slab of parts in fixed-size chunks (no part is ever
+/// moved by growth) and an id -> slot index whose entries are 16 bytes, so a resize of the index
+/// moves little. Lookups behave as a map keyed by reservation id; iteration order is that of
+/// the slots and must not be relied on (callers sort).
+#[derive(Debug)]
+pub struct Parts {
+    index: HashMap<ReservationId, u32, FxBuildHasher>,
+    chunks: Vec<Vec<Option<(ReservationId, Part)>>>,
+    free: Vec<u32>,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            index: HashMap::with_capacity_and_hasher(PART_INDEX_INITIAL, FxBuildHasher),
+            chunks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl Parts {
+    fn slot(&self, i: u32) -> &Option<(ReservationId, Part)> {
+        let i = i as usize;
+        &self.chunks[i / PART_CHUNK][i % PART_CHUNK]
+    }
+    fn slot_mut(&mut self, i: u32) -> &mut Option<(ReservationId, Part)> {
+        let i = i as usize;
+        &mut self.chunks[i / PART_CHUNK][i % PART_CHUNK]
+    }
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+    pub fn get(&self, id: &ReservationId) -> Option<&Part> {
+        let i = *self.index.get(id)?;
+        self.slot(i).as_ref().map(|(_, p)| p)
+    }
+    pub fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Part> {
+        let i = *self.index.get(id)?;
+        self.slot_mut(i).as_mut().map(|(_, p)| p)
+    }
+    pub fn contains_key(&self, id: &ReservationId) -> bool {
+        self.index.contains_key(id)
+    }
+    /// Inserts or replaces the part of `id`.
+    pub fn insert(&mut self, id: ReservationId, part: Part) {
+        if let Some(&i) = self.index.get(&id) {
+            *self.slot_mut(i) = Some((id, part));
+            return;
+        }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let n = self.chunks.last().map_or(PART_CHUNK, Vec::len);
+                if n == PART_CHUNK {
+                    self.chunks.push(Vec::with_capacity(PART_CHUNK));
+                }
+                let last = self.chunks.len() - 1;
+                self.chunks[last].push(None);
+                (last * PART_CHUNK + self.chunks[last].len() - 1) as u32
+            }
+        };
+        *self.slot_mut(i) = Some((id, part));
+        self.index.insert(id, i);
+    }
+    pub fn remove(&mut self, id: &ReservationId) -> Option<Part> {
+        let i = self.index.remove(id)?;
+        self.free.push(i);
+        self.slot_mut(i).take().map(|(_, p)| p)
+    }
+    /// Every part with its id, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ReservationId, &Part)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .filter_map(|s| s.as_ref().map(|(id, p)| (id, p)))
+    }
+}
+
+impl<'a> IntoIterator for &'a Parts {
+    type Item = (&'a ReservationId, &'a Part);
+    type IntoIter = Box<dyn Iterator<Item = (&'a ReservationId, &'a Part)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl std::ops::Index<&ReservationId> for Parts {
+    type Output = Part;
+    fn index(&self, id: &ReservationId) -> &Part {
+        self.get(id).expect("a part of this reservation")
+    }
+}
+
+/// An empty SKU state for a tenant's configuration: the channel table only when rules need it.
+fn new_sku_state(cfg: &TenantConfig) -> impl FnOnce() -> SkuState + '_ {
+    move || SkuState {
+        chans: if cfg.rules.is_empty() {
+            Box::default()
+        } else {
+            vec![0; 2 * cfg.channels.len()].into_boxed_slice()
+        },
+        ..SkuState::default()
+    }
+}
+
+/// The SKUs of one shard: their states in a dense vector, found through a table of 4-byte
+/// slot numbers. A SKU is never removed. Compared with a map holding the states themselves,
+/// the part of the table that stays empty (a hash table is kept at most 7/8 full, and is half
+/// that just after it grows) costs 5 bytes per bucket instead of 73.
+#[derive(Debug, Default)]
+pub struct SkuTable {
+    index: hashbrown::HashTable<u32>,
+    slab: Vec<(SkuKey, SkuState)>,
+}
+
+fn sku_hash(tenant: u32, sku: &str) -> u64 {
+    use std::hash::BuildHasher;
+    FxBuildHasher.hash_one(SkuRef { tenant, sku })
+}
+
+impl SkuTable {
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+    /// Buckets of the slot table and capacity of the dense vector (for memory accounting).
+    pub fn capacity(&self) -> (usize, usize) {
+        let cap = self.index.capacity();
+        // hashbrown: capacity = buckets * 7 / 8 (buckets >= 8, a power of two).
+        let buckets = if cap == 0 {
+            0
+        } else {
+            (cap * 8 / 7).next_power_of_two()
+        };
+        (buckets, self.slab.capacity())
+    }
+    fn find(&self, r: &SkuRef<'_>) -> Option<usize> {
+        let slab = &self.slab;
+        self.index
+            .find(sku_hash(r.tenant, r.sku), |&i| {
+                r.equivalent(&slab[i as usize].0)
+            })
+            .map(|&i| i as usize)
+    }
+    pub fn get(&self, r: &SkuRef<'_>) -> Option<&SkuState> {
+        self.find(r).map(|i| &self.slab[i].1)
+    }
+    pub fn get_mut(&mut self, r: &SkuRef<'_>) -> Option<&mut SkuState> {
+        self.find(r).map(|i| &mut self.slab[i].1)
+    }
+    /// The state of `r`, created with `f` when missing.
+    pub fn get_or_insert_with(
+        &mut self,
+        r: SkuRef<'_>,
+        f: impl FnOnce() -> SkuState,
+    ) -> &mut SkuState {
+        let i = match self.find(&r) {
+            Some(i) => i,
+            None => self.push(SkuKey::from(&r), f()),
+        };
+        &mut self.slab[i].1
+    }
+    /// Inserts or replaces the state of `key`.
+    pub fn insert(&mut self, key: SkuKey, st: SkuState) {
+        let r = SkuRef {
+            tenant: key.tenant,
+            sku: &key.sku,
+        };
+        match self.find(&r) {
+            Some(i) => self.slab[i].1 = st,
+            None => {
+                self.push(key, st);
+            }
+        }
+    }
+    fn push(&mut self, key: SkuKey, st: SkuState) -> usize {
+        let i = self.slab.len();
+        let hash = sku_hash(key.tenant, &key.sku);
+        self.slab.push((key, st));
+        let slab = &self.slab;
+        self.index.insert_unique(hash, i as u32, |&j| {
+            let k = &slab[j as usize].0;
+            sku_hash(k.tenant, &k.sku)
+        });
+        i
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&SkuKey, &SkuState)> {
+        self.slab.iter().map(|(k, s)| (k, s))
+    }
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SkuKey, &mut SkuState)> {
+        self.slab.iter_mut().map(|(k, s)| (&*k, s))
+    }
+}
+
+impl<'a> IntoIterator for &'a SkuTable {
+    type Item = (&'a SkuKey, &'a SkuState);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (SkuKey, SkuState)>,
+        fn(&'a (SkuKey, SkuState)) -> (&'a SkuKey, &'a SkuState),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.slab.iter().map(|(k, s)| (k, s))
+    }
+}
+
 /// A shard: SKUs, parts and timers.
 #[derive(Debug)]
 pub struct ShardState {
@@ -264,8 +501,8 @@ pub struct ShardState {
     pub holds_max: usize,
     pub ended_retention_ms: u64,
     pub tenants: Vec<Arc<TenantConfig>>,
-    pub skus: HashMap<SkuKey, SkuState, FxBuildHasher>,
-    pub parts: HashMap<ReservationId, Part, FxBuildHasher>,
+    pub skus: SkuTable,
+    pub parts: Parts,
     /// Holds by expiry time.
     pub expiry: Timers,
     /// Ended parts by the time they may be dropped.
@@ -273,6 +510,14 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    /// The earliest time a tick may have work on this shard (a hold to expire, an ended
+    /// reservation or idempotency record to drop), or `TimeMs::MAX` when there is none.
+    pub fn next_due(&self) -> TimeMs {
+        let e = self.expiry.first_at().unwrap_or(TimeMs::MAX);
+        let p = self.purge.first_at().unwrap_or(TimeMs::MAX);
+        e.min(p)
+    }
+
     pub fn new(index: usize, shards: usize, holds_max: usize, ended_retention_ms: u64) -> Self {
         ShardState {
             index,
@@ -280,8 +525,8 @@ impl ShardState {
             holds_max,
             ended_retention_ms,
             tenants: Vec::new(),
-            skus: HashMap::with_hasher(FxBuildHasher),
-            parts: HashMap::with_hasher(FxBuildHasher),
+            skus: SkuTable::default(),
+            parts: Parts::default(),
             expiry: Timers::default(),
             purge: Timers::default(),
         }
@@ -300,13 +545,8 @@ impl ShardState {
     }
 
     pub fn sku_mut(&mut self, tenant: u32, sku: &str) -> &mut SkuState {
-        let n = self.tenants[tenant as usize].channels.len();
-        self.skus
-            .entry_ref(&SkuRef { tenant, sku })
-            .or_insert_with(|| SkuState {
-                chans: vec![0; 2 * n].into_boxed_slice(),
-                ..SkuState::default()
-            })
+        let empty = new_sku_state(&self.tenants[tenant as usize]);
+        self.skus.get_or_insert_with(SkuRef { tenant, sku }, empty)
     }
 
     /// Installs a tenant's new configuration and recomputes the ATS of its SKUs.
@@ -316,8 +556,35 @@ impl ShardState {
             self.tenants.resize_with(t + 1, Default::default);
         }
         self.tenants[t] = config.clone();
+        let n = config.channels.len();
+        // Rules installed where there were none: rebuild the held counts the SKUs did not keep.
+        // held(SKU, channel) = open units of the live (held or committed) parts of the channel.
+        let rebuild = !config.rules.is_empty()
+            && self
+                .skus
+                .iter()
+                .any(|(k, st)| k.tenant == config.tenant_idx && st.chans.is_empty() && n > 0);
+        let mut held: HashMap<(&str, ChanIdx), i64, FxBuildHasher> = HashMap::default();
+        if rebuild {
+            for (_, p) in self.parts.iter() {
+                if p.tenant != config.tenant_idx || p.lifecycle.ended() {
+                    continue;
+                }
+                for item in &p.items {
+                    let open: i64 = item.allocs.iter().map(|a| a.open).sum();
+                    *held.entry((item.sku.as_str(), p.channel)).or_default() += open;
+                }
+            }
+        }
         for (key, st) in self.skus.iter_mut() {
             if key.tenant == config.tenant_idx {
+                if rebuild && st.chans.is_empty() {
+                    st.resize(n);
+                    for c in 0..n {
+                        let h = held.get(&(&*key.sku, c as ChanIdx)).copied().unwrap_or(0);
+                        *st.held_mut(c as ChanIdx) = h;
+                    }
+                }
                 // The SKU id only matters to rules that target it.
                 let sku = Sku::new(&key.sku).expect("stored SKU ids are valid");
                 st.refresh(&config, &sku);
@@ -340,14 +607,9 @@ impl ShardState {
     /// The tenant's config and the SKU's state (created empty when missing), in one lookup.
     pub fn sku_entry(&mut self, tenant: u32, sku: &str) -> (&TenantConfig, &mut SkuState) {
         let cfg = &self.tenants[tenant as usize];
-        let n = cfg.channels.len();
         let st = self
             .skus
-            .entry_ref(&SkuRef { tenant, sku })
-            .or_insert_with(|| SkuState {
-                chans: vec![0; 2 * n].into_boxed_slice(),
-                ..SkuState::default()
-            });
+            .get_or_insert_with(SkuRef { tenant, sku }, new_sku_state(cfg));
         (cfg, st)
     }
 
@@ -368,7 +630,7 @@ impl ShardState {
     /// Moves `q` units of a reservation's holds or commitments at (sku, loc) with `f`, and keeps
     /// the channel's held count in step.
     pub fn adjust_held(&mut self, tenant: u32, sku: &Sku, c: ChanIdx, delta: i64) {
-        *self.sku_mut(tenant, sku.as_str()).held_mut(c) += delta;
+        self.sku_mut(tenant, sku.as_str()).add_held(c, delta);
     }
 
     pub fn live_parts(&self) -> usize {

@@ -7,10 +7,17 @@ use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
 use crate::front::{Front, IdemEntry};
 use crate::ids::{ReservationId, Sku, TenantId};
 use crate::job::LineHeader;
+use crate::limits::QUANTITY_MAX;
 use crate::machine::Machine;
 use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::{Archive, Deserialize, Serialize};
 use std::sync::Arc;
+
+/// The largest stock quantity (any term of a level, units held per channel, units of an item
+/// of a reservation) an image may carry: twice [`LEVEL_MAX`](crate::limits::LEVEL_MAX), which
+/// stock operations keep to (returns are not refused, so a level may pass it slightly). Low
+/// enough that the ATS, a sum of such terms over every location, cannot overflow.
+pub const STOCK_MAX: i64 = 2 * crate::limits::LEVEL_MAX;
 
 /// Version of the image layout; bumped on any change.
 pub const IMAGE_VERSION: u32 = 1;
@@ -349,6 +356,26 @@ pub fn load(
     }
     let tenants = m.front.tenants.len() as u32;
     for s in &image.skus {
+        let level_terms = s.levels.iter().flat_map(|l| {
+            [
+                l.on_hand,
+                l.reserved,
+                l.committed,
+                l.damaged,
+                l.quality_control,
+                l.safety_stock,
+                l.incoming,
+            ]
+        });
+        if let Some(q) = level_terms
+            .chain(s.held.iter().copied())
+            .find(|q| !(0..=STOCK_MAX).contains(q))
+        {
+            return Err(ImageError::Inconsistent(format!(
+                "SKU {}: quantity {q} is outside 0..={STOCK_MAX}",
+                s.sku
+            )));
+        }
         if s.tenant >= tenants {
             return Err(ImageError::Inconsistent(format!(
                 "SKU {} names tenant {} of {tenants}",
@@ -432,6 +459,25 @@ fn load_reservation(
         .into();
     if r.granted.len() != lines.len() {
         return Err(bad("granted does not match the lines".into()));
+    }
+    let per_line = r
+        .lines
+        .iter()
+        .map(|l| l.requested)
+        .chain(r.granted.iter().copied());
+    let mut per_line = per_line.chain(r.items.iter().map(|i| i.per_unit));
+    if let Some(q) = per_line.find(|q| !(0..=QUANTITY_MAX).contains(q)) {
+        return Err(bad(format!("quantity {q} is outside 0..={QUANTITY_MAX}")));
+    }
+    let mut item_terms = r.items.iter().flat_map(|i| {
+        [i.quantity, i.backordered].into_iter().chain(
+            i.allocs
+                .iter()
+                .flat_map(|a| [a.open, a.shipped, a.returned]),
+        )
+    });
+    if let Some(q) = item_terms.find(|q| !(0..=STOCK_MAX).contains(q)) {
+        return Err(bad(format!("quantity {q} is outside 0..={STOCK_MAX}")));
     }
     let granted: Arc<[i64]> = r.granted.clone().into();
     let lifecycle = lifecycle_of(r.lifecycle)?;

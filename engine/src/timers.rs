@@ -12,9 +12,26 @@ pub struct Timers {
 }
 
 impl Timers {
+    /// A new latest bucket starts with the length of the one before it as its capacity, so a
+    /// steady stream of holds does not regrow every second's bucket from empty.
     pub fn insert(&mut self, at: TimeMs, id: ReservationId) {
-        self.buckets.entry(at / 1000).or_default().push(id);
+        let key = at / 1000;
         self.len += 1;
+        if let Some(mut last) = self.buckets.last_entry() {
+            if *last.key() == key {
+                last.get_mut().push(id);
+                return;
+            }
+        }
+        let hint = match self.buckets.last_key_value() {
+            Some((&last, v)) if key > last => v.len().min(1 << 16),
+            _ => 0,
+        };
+        let bucket = self
+            .buckets
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(hint));
+        bucket.push(id);
     }
 
     /// Removes and returns every entry whose bucket may hold a time `<= now`. Entries in the
@@ -29,6 +46,11 @@ impl Timers {
         }
         self.len -= out.len();
         out
+    }
+
+    /// The earliest time an entry may be due (the start of its second), if any.
+    pub fn first_at(&self) -> Option<TimeMs> {
+        self.buckets.keys().next().map(|k| k.saturating_mul(1000))
     }
 
     pub fn len(&self) -> usize {

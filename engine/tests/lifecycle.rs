@@ -562,6 +562,34 @@ fn tick_expires_due_holds_with_an_event() {
 }
 
 #[test]
+fn the_engine_says_when_a_tick_may_have_work() {
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 10));
+    let reserve = fx.request(reserve_ttl("web", &[("A", 2)], 5_500));
+    let tick = fx.request(Command::Tick);
+    let e = depot_engine::Engine::from_machine(fx.m, Limits::default(), None);
+    assert_eq!(e.next_due(), None, "no hold, nothing to tick");
+
+    assert!(matches!(
+        e.execute_one(reserve, T0).0.outcome,
+        Outcome::Ok(_)
+    ));
+    let due = e.next_due().expect("a hold waits");
+    assert!(due <= T0 + 5_500 && due > T0 + 4_000, "{due}");
+
+    // The expiry ends the hold; only the dropping of the ended reservation (a day later) waits.
+    let ans = e.execute_one(tick, T0 + 6_000);
+    assert!(matches!(
+        ans.0.outcome,
+        Outcome::Ok(Reply::Ticked { expired: 1, .. })
+    ));
+    let due = e
+        .next_due()
+        .expect("the ended reservation waits to be dropped");
+    assert!(due > T0 + 20 * HOUR, "{due}");
+}
+
+#[test]
 fn a_command_on_an_overdue_hold_expires_it_and_is_refused() {
     let (mut fx, id) = held();
     fx.advance(900_000);

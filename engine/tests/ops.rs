@@ -627,3 +627,35 @@ fn a_bundle_put_over_a_stocked_sku_hides_its_levels() {
         "invalid_request:sku",
     )]);
 }
+
+#[test]
+fn a_level_never_grows_past_level_max() {
+    use depot_engine::limits::LEVEL_MAX;
+    let mut fx = Fx::new();
+    let receipts = LEVEL_MAX / QUANTITY_MAX;
+    for _ in 0..receipts {
+        fx.ok(receive("A", "east", QUANTITY_MAX));
+    }
+    let room = LEVEL_MAX - receipts * QUANTITY_MAX;
+    for (name, cmd) in [
+        ("receive", receive("A", "east", room + 1)),
+        ("adjust", adjust("A", "east", room + 1)),
+    ] {
+        let r = fx.refused(cmd);
+        assert!(
+            matches!(&r, Refusal::InvalidState { message } if message.contains("on_hand would be")),
+            "{name}: {r:?}"
+        );
+    }
+    fx.ok(receive("A", "east", room));
+    for _ in 0..receipts {
+        fx.ok(expect("A", "west", QUANTITY_MAX, None));
+    }
+    let r = fx.refused(transfer("A", "east", "west", QUANTITY_MAX));
+    assert!(
+        matches!(&r, Refusal::InvalidState { message } if message.contains("incoming would be")),
+        "{r:?}"
+    );
+    let r = fx.refused(expect("A", "west", QUANTITY_MAX, None));
+    assert!(matches!(r, Refusal::InvalidState { .. }), "{r:?}");
+}

@@ -821,3 +821,40 @@ fn rule_documents_parse_from_their_json_wire_form() {
         assert!(r.is_err(), "{bad} should not parse");
     }
 }
+
+/// Without rules a SKU keeps no per-channel held counts; rules installed later rebuild them
+/// from the live reservations, so a ring-fence sees exactly what its channel holds, as if the
+/// counts had been kept all along.
+#[test]
+fn held_counts_are_rebuilt_when_rules_arrive() {
+    let fence = r#"{"id":"f","kind":"ring_fence","channel":"b2b","units":10}"#;
+    // `with`: rules from the start (a buffer of 0 on amazon changes no ATS); `without`: none.
+    let mut with = Fx::new();
+    with.ok(doc(
+        r#"{"id":"noop","kind":"buffer","channels":["amazon"],"units":0}"#,
+    ));
+    let mut without = Fx::new();
+    for fx in [&mut with, &mut without] {
+        fx.ok(receive("A", "east", 20));
+        fx.ok(receive("A", "west", 5));
+        let b1 = fx.res(reserve("b2b", &[("A", 3)]));
+        let _b2 = fx.res(reserve("b2b", &[("A", 2)]));
+        let w = fx.res(reserve("web", &[("A", 4)]));
+        fx.ok(commit(b1.id));
+        fx.ok(commit(w.id));
+        // Released: no longer held by b2b.
+        let b3 = fx.res(reserve("b2b", &[("A", 6)]));
+        fx.ok(Command::Release { id: b3.id });
+        fx.ok(doc(fence));
+    }
+    // b2b holds 3 + 2 = 5 of its 10: the other channels see the pool less the 5 left.
+    assert_eq!(without.ats3("A"), [25 - 9 - 5, 25 - 9 - 5, 25 - 9]);
+    assert_eq!(with.ats3("A"), without.ats3("A"));
+    assert_eq!(with.stock("A"), without.stock("A"));
+    // And they stay in step as b2b reserves more.
+    for fx in [&mut with, &mut without] {
+        fx.res(reserve("b2b", &[("A", 4)]));
+    }
+    assert_eq!(with.ats3("A"), [25 - 13 - 1, 25 - 13 - 1, 25 - 13]);
+    assert_eq!(with.ats3("A"), without.ats3("A"));
+}

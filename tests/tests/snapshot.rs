@@ -268,3 +268,32 @@ fn damaged_images_are_refused_never_a_panic() {
     }
     assert!(refused > 0, "bytecheck must catch some flips");
 }
+
+#[test]
+fn images_with_quantities_out_of_range_are_refused() {
+    use depot_engine::snapshot::STOCK_MAX;
+    let good = busy_machine().image();
+    type Edit = Box<dyn Fn(&mut depot_engine::snapshot::Image)>;
+    let mut edits: Vec<Edit> = vec![
+        Box::new(|i| i.skus[0].levels[0].on_hand = i64::MIN),
+        Box::new(|i| i.skus[0].levels[0].reserved = STOCK_MAX + 1),
+        Box::new(|i| i.skus[0].levels[0].safety_stock = -1),
+        Box::new(|i| i.skus[0].held[0] = i64::MAX),
+    ];
+    if !good.reservations.is_empty() {
+        edits.push(Box::new(|i| i.reservations[0].granted[0] = -1));
+        edits.push(Box::new(|i| i.reservations[0].items[0].per_unit = i64::MAX));
+    }
+    for (n, edit) in edits.iter().enumerate() {
+        let mut image = good.clone();
+        edit(&mut image);
+        let err = load(&image, Limits::default(), 2).expect_err("an out-of-range quantity");
+        assert!(err.to_string().contains("outside"), "edit {n}: {err}");
+    }
+    // Extreme but allowed stock still loads, and the ATS does not overflow.
+    let mut image = good.clone();
+    image.skus[0].levels[0].on_hand = STOCK_MAX;
+    image.skus[0].levels[0].safety_stock = STOCK_MAX;
+    let m = load(&image, Limits::default(), 2).expect("in range");
+    let _ = m.digest();
+}

@@ -161,6 +161,8 @@ struct Breakdown {
     levels: usize,
     table_buckets: usize,
     table_bytes: usize,
+    slab_capacity: usize,
+    slab_bytes: usize,
     key_bytes: usize,
     level_vec_bytes: usize,
     level_vec_unused: usize,
@@ -171,15 +173,12 @@ struct Breakdown {
 fn breakdown<'a>(shards: impl Iterator<Item = &'a ShardState>) -> Breakdown {
     let mut b = Breakdown::default();
     for s in shards {
-        let cap = s.skus.capacity();
-        // hashbrown: capacity = buckets * 7 / 8 (buckets >= 8, a power of two).
-        let buckets = if cap == 0 {
-            0
-        } else {
-            (cap * 8 / 7).next_power_of_two()
-        };
+        let (buckets, slab) = s.skus.capacity();
         b.table_buckets += buckets;
-        b.table_bytes += buckets * size_of::<(SkuKey, SkuState)>() + buckets + 16;
+        // A 4-byte slot number and a control byte per bucket.
+        b.table_bytes += buckets * (size_of::<u32>() + 1) + 16;
+        b.slab_capacity += slab;
+        b.slab_bytes += slab * size_of::<(SkuKey, SkuState)>();
         for (k, st) in &s.skus {
             b.skus += 1;
             b.levels += st.levels.len();
@@ -216,14 +215,22 @@ fn report(label: &str, shape: Shape, measured: isize, rss: isize, b: &Breakdown)
         },
         rss as f64 / LEVELS as f64
     );
-    let accounted = b.table_bytes + b.key_bytes + b.level_vec_bytes + b.chans_bytes + b.cost_bytes;
+    let accounted = b.table_bytes
+        + b.slab_bytes
+        + b.key_bytes
+        + b.level_vec_bytes
+        + b.chans_bytes
+        + b.cost_bytes;
     println!(
-        "    per level: SKU hash table {:.1} ({} buckets for {} SKUs, {} B per bucket + 1 control byte) | \
+        "    per level: SKU slot table {:.1} ({} buckets for {} SKUs, 4 B slot + 1 control byte each) | \
+         SKU states {:.1} ({} slots of {} B) | \
          SKU key strings {:.1} | level Vecs {:.1} (of which unused capacity {:.1}) | channel ATS/held {:.1} | cost {:.1} | \
          accounted {:.1}, other {:.1}",
         per(b.table_bytes),
         b.table_buckets,
         b.skus,
+        per(b.slab_bytes),
+        b.slab_capacity,
         size_of::<(SkuKey, SkuState)>(),
         per(b.key_bytes),
         per(b.level_vec_bytes),
