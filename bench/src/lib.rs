@@ -5,6 +5,8 @@
 //! (`sku-00001`.., no permutation of ranks), the W1 and W2 request generators, and a setup that
 //! creates one tenant with one location and one channel and receives stock into every SKU.
 
+pub mod idle;
+
 use depot_engine::{
     ChannelId, ChannelKind, Command, Engine, FillPolicy, LineRequest, LocationId, LocationKind,
     Machine, Outcome, Request, Sku, TenantId,

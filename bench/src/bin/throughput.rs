@@ -96,73 +96,9 @@ struct RunResult {
     foreign: f64,
 }
 
-/// CPU time counters: the machine's (from `/proc/stat`) and this process's, in clock ticks.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    total: u64,
-    busy: u64,
-    own: u64,
-}
-
-impl Cpu {
-    fn now() -> Cpu {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let f: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let total: u64 = f.iter().sum();
-        let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-        let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
-        let g: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |k: usize| g.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let own = tick(11) + tick(12);
-        Cpu {
-            total,
-            busy: total - idle,
-            own,
-        }
-    }
-
-    fn foreign_since(&self, before: &Cpu) -> f64 {
-        let total = self.total.saturating_sub(before.total).max(1) as f64;
-        let other = (self.busy.saturating_sub(before.busy))
-            .saturating_sub(self.own.saturating_sub(before.own));
-        other as f64 / total
-    }
-}
-
-/// Waits (at most `max_secs`) until other processes use less than 10 % of the CPUs over a
-/// second: the machine is shared, and a compile next door halves the figures.
-fn wait_idle(max_secs: f64) {
-    let start = Instant::now();
-    loop {
-        let before = Cpu::now();
-        std::thread::sleep(Duration::from_secs(1));
-        let busy = Cpu::now().foreign_since(&before);
-        if busy < 0.10 || start.elapsed().as_secs_f64() >= max_secs {
-            if start.elapsed().as_secs_f64() > 1.5 {
-                eprintln!(
-                    "  waited {:.0?} for an idle machine (others now {:.0}%)",
-                    start.elapsed(),
-                    busy * 100.0
-                );
-            }
-            return;
-        }
-    }
-}
-
 fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
     if o.wait_idle > 0.0 {
-        wait_idle(o.wait_idle);
+        depot_bench::idle::wait_idle(o.wait_idle);
     }
     // With --wal, every write is in a fresh write-ahead log under DIR, acknowledged only once
     // it is durable (fdatasync with group commit); otherwise memory only.
@@ -198,7 +134,7 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
     );
 
     let barrier = Barrier::new(o.clients + 1);
-    let mut cpu0 = Cpu::now();
+    let mut cpu0 = depot_bench::idle::Cpu::now();
     let results: Vec<(Tally, Tally, Duration, u64, Vec<u64>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..o.clients)
             .map(|c| {
@@ -245,13 +181,13 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
             })
             .collect();
         barrier.wait();
-        cpu0 = Cpu::now();
+        cpu0 = depot_bench::idle::Cpu::now();
         handles
             .into_iter()
             .map(|h| h.join().expect("client thread"))
             .collect()
     });
-    let foreign = Cpu::now().foreign_since(&cpu0);
+    let foreign = depot_bench::idle::Cpu::now().foreign_since(&cpu0);
     let (mut counted, mut all) = (Tally::default(), Tally::default());
     let (mut busy, mut batches) = (Duration::ZERO, 0);
     let mut per_sec = vec![0u64; o.secs.ceil() as usize + 1];

@@ -1,10 +1,13 @@
 //! Writes the seed corpus of the fuzz targets: `cargo run -p depot-wal --example fuzz_seeds
-//! -- fuzz/corpus`. Valid records and segments, and the damage recovery must survive: torn
-//! tails, flipped bits, a hostile length, zeros, an empty file.
+//! -- fuzz/corpus`. Valid records, segments and snapshots, and the damage recovery must
+//! survive: torn tails, flipped bits, hostile lengths, zeros, an empty file.
 
-use depot_engine::{Command, LocationId, LogEntry, Request, Sku, TenantId};
+use depot_engine::{
+    ChannelId, ChannelKind, Command, LineRequest, LocationId, LocationKind, LogEntry, Machine,
+    Request, Sku, TenantId,
+};
 use depot_wal::format::{encode_entry, encode_record, RECORD_BODY_MAX};
-use depot_wal::{MemDir, WalOptions, WalWriter};
+use depot_wal::{encode_snapshot, MemDir, WalOptions, WalWriter, SNAPSHOT_BODY_MAX};
 use std::path::Path;
 
 fn entry(seq: u64) -> LogEntry {
@@ -47,6 +50,89 @@ fn segment(first: u64, count: u64) -> Vec<u8> {
     }
     w.sync().unwrap();
     dir.bytes(&dir.names()[0]).unwrap()
+}
+
+/// The image of a small state: a tenant, two locations, a channel, a bundle, rules, stock, a
+/// held and a committed reservation, an idempotency key.
+fn image() -> depot_engine::snapshot::Image {
+    let mut m = Machine::new(depot_engine::Limits::default(), 2);
+    let req = |command, key: Option<&str>| Request {
+        tenant: TenantId::new("acme").unwrap(),
+        key_id: "k".into(),
+        idempotency_key: key.map(str::to_string),
+        command,
+    };
+    let mut cmds = vec![Command::CreateTenant];
+    for l in ["wh-1", "wh-2"] {
+        cmds.push(Command::PutLocation {
+            location: LocationId::new(l).unwrap(),
+            kind: LocationKind::Warehouse,
+            name: l.into(),
+            region: Some("eu".into()),
+            wms: None,
+        });
+    }
+    cmds.push(Command::PutChannel {
+        channel: ChannelId::new("web").unwrap(),
+        kind: ChannelKind::Shopify,
+        priority: 3,
+    });
+    cmds.push(Command::PutBundle {
+        sku: Sku::new("KIT").unwrap(),
+        components: vec![depot_engine::Component {
+            sku: Sku::new("SKU-1").unwrap(),
+            quantity: 2,
+        }],
+    });
+    cmds.push(Command::PutRules {
+        document: serde_json::from_str(
+            r#"{"rules":[{"id":"cap","kind":"cap","channels":["web"],"units":50}]}"#,
+        )
+        .unwrap(),
+    });
+    for (s, l) in [("SKU-1", "wh-1"), ("SKU-1", "wh-2"), ("SKU-2", "wh-2")] {
+        cmds.push(Command::Receive {
+            sku: Sku::new(s).unwrap(),
+            location: LocationId::new(l).unwrap(),
+            quantity: 40,
+            unit_cost: Some("2.50".parse().unwrap()),
+            reason: "po".into(),
+        });
+    }
+    for lines in [vec![("SKU-1", 3), ("SKU-2", 1)], vec![("KIT", 1)]] {
+        cmds.push(Command::Reserve {
+            channel: ChannelId::new("web").unwrap(),
+            lines: lines
+                .into_iter()
+                .map(|(s, q)| LineRequest {
+                    sku: Sku::new(s).unwrap(),
+                    quantity: q,
+                })
+                .collect(),
+            ttl_ms: Some(60_000),
+            order_ref: Some("#1".into()),
+            ship_to_region: None,
+            fill: Default::default(),
+        });
+    }
+    let n = cmds.len();
+    for (i, c) in cmds.into_iter().enumerate() {
+        let key = (i + 1 == n).then_some("idem-1");
+        let (r, _, _) = m.execute(&req(c, key), 1_700_000_000_000 + i as u64);
+        assert!(r.outcome.is_ok(), "{r:?}");
+    }
+    let (r, _, _) = m.execute(
+        &req(
+            Command::Commit {
+                id: depot_engine::ReservationId(n as u64 - 1),
+                lines: None,
+            },
+            None,
+        ),
+        1_700_000_001_000,
+    );
+    assert!(r.outcome.is_ok(), "{r:?}");
+    m.image()
 }
 
 fn put(root: &Path, target: &str, name: &str, bytes: &[u8]) {
@@ -98,4 +184,41 @@ fn main() {
     last[n - 2] ^= 0x80;
     put(root, "segment_reader", "bit-flip-last", &last);
     put(root, "segment_reader", "empty", &[]);
+
+    let img = image();
+    let body = depot_engine::snapshot::to_bytes(&img);
+    let file = encode_snapshot(img.seq, &body);
+    put(root, "snapshot_loader", "valid-file", &file);
+    put(root, "snapshot_loader", "valid-image", &body);
+    let empty = depot_engine::snapshot::to_bytes(&Machine::new(Default::default(), 1).image());
+    put(
+        root,
+        "snapshot_loader",
+        "empty-state",
+        &encode_snapshot(0, &empty),
+    );
+    put(root, "snapshot_loader", "torn", &file[..file.len() / 2]);
+    let mut flipped = file.clone();
+    flipped[100] ^= 0x10;
+    put(root, "snapshot_loader", "bit-flip", &flipped);
+    let mut hostile = file.clone();
+    hostile[20..28].copy_from_slice(&(SNAPSHOT_BODY_MAX + 1).to_le_bytes());
+    put(root, "snapshot_loader", "hostile-length", &hostile);
+    // A checksum that matches a damaged image: only rkyv's validation can refuse it.
+    let mut bad_body = body.clone();
+    let n = bad_body.len();
+    bad_body[n - 12..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    put(
+        root,
+        "snapshot_loader",
+        "damaged-image-valid-checksum",
+        &encode_snapshot(img.seq, &bad_body),
+    );
+    put(
+        root,
+        "snapshot_loader",
+        "seq-mismatch",
+        &encode_snapshot(img.seq + 1, &body),
+    );
+    put(root, "snapshot_loader", "empty", &[]);
 }

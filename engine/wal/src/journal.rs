@@ -1,14 +1,15 @@
 //! Group commit: the engine's [`Journal`] on a [`WalWriter`]. Appends (under the engine's
 //! sequencer lock) only queue the entry; one syncer thread writes everything queued and makes
-//! it durable with one `fdatasync`, then wakes every waiter whose write it covered. While it
+//! it durable with one `fdatasync`, then wakes only the waiters whose write it covered. While it
 //! syncs, new appends queue up for the next round, so the number of syncs per second is bounded
 //! by the disk while the writes per sync grow with the load.
 
 use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
 use depot_engine::{Journal, JournalError, Limits, LogEntry, Machine, Seq};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 
 #[derive(Debug, Default)]
 struct State {
@@ -20,12 +21,17 @@ struct State {
     /// Syncs done and entries they covered, for metrics.
     syncs: u64,
     synced_entries: u64,
+    /// Threads waiting for a seq to become durable, by that seq. The syncer removes and wakes
+    /// exactly those a sync covered (all of them when the log fails), so a sync does not wake
+    /// the clients whose writes came in while it ran.
+    waiters: BTreeMap<Seq, Vec<Thread>>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
-    /// Signals the syncer (work queued, stop) and the waiters (durable moved, failure).
+    /// Signals the syncer: work queued, or stop. Only the syncer waits on it, so an append
+    /// wakes no client.
     changed: Condvar,
 }
 
@@ -47,8 +53,16 @@ pub struct GroupCommitStats {
 impl WalJournal {
     /// Starts group commit on an opened writer.
     pub fn start(writer: WalWriter) -> WalJournal {
+        WalJournal::start_at(writer, 0)
+    }
+
+    /// Starts group commit on an opened writer for an engine recovered up to `recovered` (the
+    /// recovered machine's seq). Everything recovered is durable, even when the log ends before
+    /// it (a snapshot with no log after it), so waiting for it returns at once.
+    pub fn start_at(writer: WalWriter, recovered: Seq) -> WalJournal {
         let shared = Arc::new(Shared::default());
-        shared.state.lock().expect("journal lock").durable = writer.durable_seq().unwrap_or(0);
+        shared.state.lock().expect("journal lock").durable =
+            writer.durable_seq().unwrap_or(0).max(recovered);
         let s = shared.clone();
         let syncer = std::thread::Builder::new()
             .name("depot-wal-sync".into())
@@ -98,20 +112,26 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             .try_for_each(|e| writer.append(e))
             .and_then(|()| writer.sync());
         let mut st = shared.state.lock().expect("journal lock");
-        match result {
+        let woken = match result {
             Ok(()) => {
                 st.durable = last;
                 st.syncs += 1;
                 st.synced_entries += batch.len() as u64;
+                // Everything up to `last` is answered; later waiters stay asleep.
+                let later = st.waiters.split_off(&last.saturating_add(1));
+                std::mem::replace(&mut st.waiters, later)
             }
             Err(e) => {
                 // Never retried: the writer is stopped and so is every later write.
                 tracing::error!(error = %e, "the write-ahead log failed; writes are refused from now on");
                 st.failed = Some(e.to_string());
+                std::mem::take(&mut st.waiters)
             }
-        }
+        };
         drop(st);
-        shared.changed.notify_all();
+        for thread in woken.into_values().flatten() {
+            thread.unpark();
+        }
     }
 }
 
@@ -120,12 +140,13 @@ impl Journal for WalJournal {
         let mut st = self.shared.state.lock().expect("journal lock");
         st.queued.push(entry.clone());
         drop(st);
-        self.shared.changed.notify_all();
+        self.shared.changed.notify_one();
     }
 
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError> {
-        let mut st = self.shared.state.lock().expect("journal lock");
+        let mut registered = false;
         loop {
+            let mut st = self.shared.state.lock().expect("journal lock");
             if st.durable >= seq {
                 return Ok(());
             }
@@ -134,7 +155,18 @@ impl Journal for WalJournal {
                     message: message.clone(),
                 });
             }
-            st = self.shared.changed.wait(st).expect("journal lock");
+            // Once registered, the entry stays until the syncer wakes this thread for it (then
+            // `durable >= seq` or the log failed); any other wake-up is spurious (`park` allows
+            // them, and the engine parks and unparks the same thread): look again, sleep again.
+            if !registered {
+                st.waiters
+                    .entry(seq)
+                    .or_default()
+                    .push(std::thread::current());
+                registered = true;
+            }
+            drop(st);
+            std::thread::park();
         }
     }
 
@@ -162,6 +194,16 @@ pub fn recover(
     limits: Limits,
     shards: usize,
 ) -> Result<(Machine, Tail), WalError> {
+    recover_with_progress(dir, limits, shards, &mut |_| {})
+}
+
+/// [`recover`], calling `on_entry` with each log entry replayed (for progress reporting).
+pub fn recover_with_progress(
+    dir: &dyn Directory,
+    limits: Limits,
+    shards: usize,
+    on_entry: &mut dyn FnMut(&LogEntry),
+) -> Result<(Machine, Tail), WalError> {
     // The first snapshot skipped, and why: named in the error if the log cannot cover it.
     let mut skipped: Option<(String, String)> = None;
     let mut skip = |name: &str, reason: String| {
@@ -187,7 +229,7 @@ pub fn recover(
                 continue;
             }
         };
-        match replay_after(dir, machine, from) {
+        match replay_after(dir, machine, from, on_entry) {
             Ok(Replayed::Done(machine, tail)) => return Ok((*machine, tail)),
             Ok(Replayed::LogEndsBefore(next)) => skip(
                 &name,
@@ -201,7 +243,7 @@ pub fn recover(
         }
     }
     // Sequence numbers start at 1; a log that does not start there has lost its head.
-    match replay_after(dir, Machine::new(limits, shards), 1) {
+    match replay_after(dir, Machine::new(limits, shards), 1, on_entry) {
         Ok(Replayed::Done(machine, tail)) => Ok((*machine, tail)),
         Ok(Replayed::LogEndsBefore(next)) => Err(WalError::corrupt(
             "",
@@ -223,11 +265,40 @@ fn replay_after(
     dir: &dyn Directory,
     mut machine: Machine,
     from: Seq,
+    on_entry: &mut dyn FnMut(&LogEntry),
 ) -> Result<Replayed, WalError> {
     let mut reader = WalReader::open(dir, from)?;
-    while let Some(entry) = reader.next_entry()? {
-        machine.replay(&entry);
-    }
+    // Reading, checksumming and parsing the log runs on a second thread, a few batches ahead
+    // of the replay: the two take comparable time, so recovery takes about the longer of them.
+    let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(REPLAY_AHEAD);
+    let reader = std::thread::scope(|scope| {
+        let decoder = std::thread::Builder::new()
+            .name("depot-wal-decode".into())
+            .spawn_scoped(scope, move || -> Result<WalReader<'_>, WalError> {
+                let mut batch = Vec::with_capacity(REPLAY_BATCH);
+                while let Some(entry) = reader.next_entry()? {
+                    batch.push(entry);
+                    if batch.len() == REPLAY_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
+                        if batches.send(full).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = batches.send(batch);
+                Ok(reader)
+            })
+            .map_err(|e| WalError::io("", e))?;
+        for batch in received {
+            for entry in &batch {
+                machine.replay(entry);
+                on_entry(entry);
+            }
+        }
+        decoder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
     if let Some(next) = reader.next_seq() {
         if next < from {
             return Ok(Replayed::LogEndsBefore(next));
@@ -236,6 +307,10 @@ fn replay_after(
     let tail = reader.tail().cloned().unwrap_or(Tail::Clean);
     Ok(Replayed::Done(Box::new(machine), tail))
 }
+
+/// Entries per batch handed from the decoding thread to the replay, and batches in flight.
+const REPLAY_BATCH: usize = 1_024;
+const REPLAY_AHEAD: usize = 8;
 
 /// A gap after a skipped snapshot: say which snapshot was lost and what the log misses.
 fn explain_gap(e: WalError, skipped: Option<(String, String)>) -> WalError {
@@ -264,7 +339,7 @@ pub fn open_engine(
 ) -> Result<(depot_engine::Engine, Arc<WalJournal>, Tail), WalError> {
     let (machine, tail) = recover(&*dir, limits.clone(), shards)?;
     let writer = WalWriter::open(dir, options)?;
-    let journal = Arc::new(WalJournal::start(writer));
+    let journal = Arc::new(WalJournal::start_at(writer, machine.front.seq));
     let engine = depot_engine::Engine::from_machine(machine, limits, Some(journal.clone()));
     Ok((engine, journal, tail))
 }

@@ -11,6 +11,9 @@
 //!   [`open_engine`]: recover from the log, then run a threaded engine that logs to it.
 //! - [`write_snapshot`] / [`load_newest_snapshot`]: state images in checksummed snapshot
 //!   files; [`recover`] starts from the newest usable one and replays the log after it.
+//! - [`Snapshotter`]: snapshots of a running engine in the background (the image is captured in
+//!   a short pause of the writes, then serialized and written while they go on), followed by
+//!   [`apply_retention`]: covered log segments kept for a while, then deleted or archived.
 //! - [`Storage`] / [`Directory`]: the storage seam, with the file system ([`FsDir`]), memory
 //!   ([`MemDir`], which can "crash") and a faulty medium ([`FaultDir`]).
 //!
@@ -23,7 +26,9 @@ pub mod fuzzing;
 mod journal;
 mod mem;
 mod reader;
+mod retention;
 mod snapshot_file;
+mod snapshotter;
 mod storage;
 mod writer;
 
@@ -31,12 +36,17 @@ pub use depot_engine::LogEntry;
 pub use error::WalError;
 pub use fault::{flip_bit, FaultDir};
 pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-pub use journal::{open_engine, recover, GroupCommitStats, WalJournal};
+pub use journal::{open_engine, recover, recover_with_progress, GroupCommitStats, WalJournal};
 pub use mem::{MemDir, MemFile};
 pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
+pub use retention::{apply_retention, RetentionAction, RetentionPolicy, RetentionReport};
 pub use snapshot_file::{
     decode_snapshot, encode_snapshot, load_newest_snapshot, parse_snapshot_name, snapshot_name,
     write_snapshot, SNAPSHOT_BODY_MAX, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+};
+pub use snapshotter::{
+    capture_image, wall_clock_ms, CapturedImage, SnapshotStats, Snapshotter, SnapshotterConfig,
+    TakenSnapshot,
 };
 pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};
 pub use writer::{WalOptions, WalWriter};

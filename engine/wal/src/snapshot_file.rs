@@ -107,9 +107,17 @@ fn write_error(file: &str, e: std::io::Error) -> WalError {
 /// Every entry up to `image.seq` must be durable in the log first (for the engine:
 /// `journal.wait_durable(image.seq)`); recovery skips a snapshot that is ahead of the log.
 pub fn write_snapshot(dir: &dyn Directory, image: &Image) -> Result<String, WalError> {
-    let name = snapshot_name(image.seq);
+    write_snapshot_body(dir, image.seq, &snapshot::to_bytes(image))
+}
+
+/// [`write_snapshot`] of an image already serialized with `snapshot::to_bytes`.
+pub(crate) fn write_snapshot_body(
+    dir: &dyn Directory,
+    seq: Seq,
+    body: &[u8],
+) -> Result<String, WalError> {
+    let name = snapshot_name(seq);
     let tmp = format!("{name}{TMP_SUFFIX}");
-    let body = snapshot::to_bytes(image);
     if body.len() as u64 > SNAPSHOT_BODY_MAX {
         let message = format!(
             "the image is {} bytes, more than the maximum {SNAPSHOT_BODY_MAX}",
@@ -120,7 +128,7 @@ pub fn write_snapshot(dir: &dyn Directory, image: &Image) -> Result<String, WalE
             std::io::Error::new(std::io::ErrorKind::InvalidData, message),
         ));
     }
-    let bytes = encode_snapshot(image.seq, &body);
+    let bytes = encode_snapshot(seq, body);
     // The remains of an earlier attempt that crashed.
     match dir.remove(&tmp) {
         Ok(()) => {}

@@ -1,12 +1,13 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the fuzz targets'
 //! bodies on stable, plus truncations and single-bit flips of every seed, so CI covers the
 //! decoders without nightly. No input may panic. Allocation stays bounded because every
-//! length field is checked against `RECORD_BODY_MAX` before use and a segment is read as
-//! at most its own bytes.
+//! length field is checked against `RECORD_BODY_MAX` (`SNAPSHOT_BODY_MAX` for a snapshot)
+//! before use, a segment is read as at most its own bytes, and rkyv's validation checks every
+//! length inside an image against the bytes that hold it before anything is deserialized.
 
 use depot_wal::format::decode_record;
-use depot_wal::fuzzing::{record_decoder, segment_reader};
-use depot_wal::{FrameError, RECORD_BODY_MAX};
+use depot_wal::fuzzing::{record_decoder, segment_reader, snapshot_loader};
+use depot_wal::{decode_snapshot, FrameError, RECORD_BODY_MAX, SNAPSHOT_BODY_MAX};
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -71,4 +72,44 @@ fn a_hostile_length_is_refused_without_allocating() {
         decode_record(&header),
         Err(FrameError::Short { .. })
     ));
+}
+
+#[test]
+fn snapshot_loader_corpus() {
+    for (name, seed) in corpus("snapshot_loader") {
+        for input in mutations(&seed) {
+            let r = std::panic::catch_unwind(|| snapshot_loader(&input));
+            assert!(r.is_ok(), "{name}: panicked on {input:?}");
+        }
+    }
+}
+
+/// The seeds mean what their names say: the valid file and image load, the damaged ones are
+/// refused at the right layer.
+#[test]
+fn snapshot_seeds_are_what_they_claim() {
+    use depot_engine::snapshot::from_bytes;
+    let seeds: std::collections::BTreeMap<String, Vec<u8>> = corpus("snapshot_loader")
+        .into_iter()
+        .map(|(path, b)| (path.rsplit('/').next().unwrap().to_string(), b))
+        .collect();
+    let (seq, body) = decode_snapshot(&seeds["valid-file"]).unwrap();
+    let image = from_bytes(body).unwrap();
+    assert_eq!(image.seq, seq);
+    assert!(!image.reservations.is_empty() && !image.idempotency.is_empty());
+    assert!(depot_engine::snapshot::load(&image, Default::default(), 3).is_ok());
+    assert_eq!(from_bytes(&seeds["valid-image"]).unwrap(), image);
+    let hostile = decode_snapshot(&seeds["hostile-length"]).unwrap_err();
+    assert!(
+        hostile.contains(&SNAPSHOT_BODY_MAX.to_string()),
+        "{hostile}"
+    );
+    assert!(decode_snapshot(&seeds["bit-flip"])
+        .unwrap_err()
+        .contains("checksum"));
+    // The checksum holds, so only the image's validation stands between it and a 4 GiB vector.
+    let (_, damaged) = decode_snapshot(&seeds["damaged-image-valid-checksum"]).unwrap();
+    assert!(from_bytes(damaged).is_err());
+    let (seq2, body2) = decode_snapshot(&seeds["seq-mismatch"]).unwrap();
+    assert_ne!(from_bytes(body2).unwrap().seq, seq2);
 }

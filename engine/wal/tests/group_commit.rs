@@ -148,3 +148,50 @@ fn a_failed_sync_refuses_writes_from_then_on_and_reads_go_on() {
     );
     assert!(matches!(r.outcome, Outcome::Ok(Reply::Stock(_))), "{r:?}");
 }
+
+#[test]
+fn every_waiter_is_answered_whatever_seq_it_waits_for() {
+    use depot_engine::Journal;
+    use depot_wal::{WalJournal, WalWriter};
+    let mem = MemDir::new();
+    let faulty = FaultDir::new(mem.clone());
+    let writer = WalWriter::open(Box::new(faulty.clone()), WalOptions::default()).unwrap();
+    let journal = Arc::new(WalJournal::start(writer));
+    // Waiters for seqs not yet appended, appended in several rounds, and already durable.
+    let waiters: Vec<_> = (1..=40u64)
+        .map(|seq| {
+            let journal = journal.clone();
+            std::thread::spawn(move || journal.wait_durable(seq * 5))
+        })
+        .collect();
+    for round in common::entries(1, 200).chunks(17) {
+        for e in round {
+            journal.append(e);
+        }
+        std::thread::yield_now();
+    }
+    for w in waiters {
+        assert!(w.join().unwrap().is_ok());
+    }
+    assert_eq!(journal.stats().durable_seq, 200);
+    assert!(journal.wait_durable(150).is_ok());
+
+    // A failed sync answers every waiter, including one for a seq that will never be written.
+    faulty.set_fail_sync(true);
+    let waiters: Vec<_> = [205u64, 210, 1_000]
+        .into_iter()
+        .map(|seq| {
+            let journal = journal.clone();
+            std::thread::spawn(move || journal.wait_durable(seq))
+        })
+        .collect();
+    for e in common::entries(201, 10) {
+        journal.append(&e);
+    }
+    for w in waiters {
+        assert!(w.join().unwrap().is_err());
+    }
+    assert!(journal.writable().is_err());
+    // What was durable before stays answered.
+    assert!(journal.wait_durable(200).is_ok());
+}

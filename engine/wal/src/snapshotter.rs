@@ -1,0 +1,372 @@
+//! Background snapshots of a running engine. A thread checks its triggers (every N writes, every
+//! T) and, when one fires:
+//!
+//! 1. captures the state image ([`capture_image`]): [`Engine::inspect`] stops the writes at a
+//!    quiet point and `snapshot::take` copies the state into an [`Image`]; this is the only
+//!    pause the writers see, and it is measured;
+//! 2. waits until the log holds every entry up to the image's seq (a snapshot never outruns
+//!    the log);
+//! 3. serializes the image and writes the snapshot file ([`crate::write_snapshot`]'s
+//!    crash-safe steps) while the writes go on;
+//! 4. applies the [`RetentionPolicy`], if any, to log segments and old snapshots.
+//!
+//! A failure is logged, counted in [`SnapshotStats`] and retried at the next trigger (after a
+//! back-off); it never stops the engine: the log alone is enough to recover.
+
+use crate::error::WalError;
+use crate::journal::WalJournal;
+use crate::retention::{apply_retention, RetentionPolicy, RetentionReport};
+use crate::snapshot_file::{list_snapshots, write_snapshot_body};
+use crate::storage::Directory;
+use depot_engine::snapshot::{self, Image};
+use depot_engine::{Engine, Journal, Seq, TimeMs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// When the background snapshotter takes a snapshot, and what it does after.
+#[derive(Clone, Debug)]
+pub struct SnapshotterConfig {
+    /// A snapshot once this many writes have become durable since the last one (`None`: not
+    /// by count).
+    pub every_writes: Option<u64>,
+    /// A snapshot once this long has passed since the last one, if anything was written since
+    /// (`None`: not by time).
+    pub every: Option<Duration>,
+    /// How often the triggers are checked.
+    pub check_every: Duration,
+    /// After a failed snapshot, triggers are ignored this long (a full disk is not hammered).
+    pub retry_after: Duration,
+    /// Applied after each snapshot; `None` keeps every segment and snapshot.
+    pub retention: Option<RetentionPolicy>,
+    /// The clock retention measures ages with, in the milliseconds of the log's entries.
+    pub clock: fn() -> TimeMs,
+}
+
+impl Default for SnapshotterConfig {
+    /// Every 1,000,000 writes or every hour, checked every 100 ms; no retention.
+    fn default() -> Self {
+        SnapshotterConfig {
+            every_writes: Some(1_000_000),
+            every: Some(Duration::from_secs(3600)),
+            check_every: Duration::from_millis(100),
+            retry_after: Duration::from_secs(10),
+            retention: None,
+            clock: wall_clock_ms,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the clock the server stamps entries with).
+pub fn wall_clock_ms() -> TimeMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An image captured from a running engine, and what capturing it cost the writers.
+#[derive(Debug)]
+pub struct CapturedImage {
+    pub image: Image,
+    /// How long writes were stopped: from the moment the engine was quiet and locked until it
+    /// was released (the image was built in between).
+    pub pause: Duration,
+    /// How long it took to reach a quiet point before that (writes go on meanwhile).
+    pub wait: Duration,
+}
+
+/// Captures the engine's state image under [`Engine::inspect`] and measures the pause.
+pub fn capture_image(engine: &Engine) -> CapturedImage {
+    let asked = Instant::now();
+    let mut locked = asked;
+    let image = engine.inspect(|front, shards| {
+        locked = Instant::now();
+        snapshot::take(front, shards.iter().copied())
+    });
+    let released = Instant::now();
+    CapturedImage {
+        image,
+        pause: released - locked,
+        wait: locked - asked,
+    }
+}
+
+/// One snapshot the snapshotter wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakenSnapshot {
+    /// The last seq the snapshot includes.
+    pub seq: Seq,
+    pub file: String,
+    /// Length of the image (the file is 32 bytes more).
+    pub bytes: u64,
+    /// Writes stopped for this long (see [`CapturedImage::pause`]).
+    pub pause: Duration,
+    /// Time to reach a quiet point before the pause.
+    pub wait: Duration,
+    /// Waiting for the log, serializing and writing the file, outside the pause.
+    pub write: Duration,
+    /// What retention did after it (`None`: no policy, or it failed).
+    pub retention: Option<RetentionReport>,
+}
+
+/// Figures of the snapshotter so far, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots written.
+    pub taken: u64,
+    /// Snapshots that failed.
+    pub failed: u64,
+    pub last: Option<TakenSnapshot>,
+    /// The longest pause so far.
+    pub max_pause: Duration,
+    pub last_error: Option<String>,
+    /// Log segments deleted or archived by retention, in all.
+    pub segments_removed: u64,
+    /// Snapshot files deleted by retention, in all.
+    pub snapshots_deleted: u64,
+    /// Retention runs that failed (the snapshot itself was written).
+    pub retention_failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    stop: bool,
+    /// Snapshots asked for with [`Snapshotter::snapshot_now`], and how many are answered.
+    requested: u64,
+    answered: u64,
+    last_result: Option<Result<TakenSnapshot, String>>,
+    stats: SnapshotStats,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Only plain figures live behind the lock: usable after a panic elsewhere.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The background snapshotter. Dropping it stops the thread (after a snapshot in progress).
+#[derive(Debug)]
+pub struct Snapshotter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Worker {
+    engine: Arc<Engine>,
+    journal: Arc<WalJournal>,
+    dir: Box<dyn Directory>,
+    config: SnapshotterConfig,
+    shared: Arc<Shared>,
+    /// The seq of the last snapshot written (or found in the directory at start).
+    last_seq: Seq,
+    last_at: Instant,
+    failed_at: Option<Instant>,
+}
+
+impl Snapshotter {
+    /// Starts the snapshotter of `engine`, whose log is `journal` in `dir` (a handle on the same
+    /// directory the journal writes to).
+    pub fn start(
+        engine: Arc<Engine>,
+        journal: Arc<WalJournal>,
+        dir: Box<dyn Directory>,
+        config: SnapshotterConfig,
+    ) -> Snapshotter {
+        let shared = Arc::new(Shared::default());
+        let last_seq = match list_snapshots(&*dir) {
+            Ok(found) => found.first().map_or(0, |(seq, _)| *seq),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshotter: cannot list snapshots");
+                0
+            }
+        };
+        let worker = Worker {
+            engine,
+            journal,
+            dir,
+            config,
+            shared: shared.clone(),
+            last_seq,
+            last_at: Instant::now(),
+            failed_at: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("depot-snapshot".into())
+            .spawn(move || worker.run())
+            .expect("spawn the snapshot thread");
+        Snapshotter {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> SnapshotStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Takes a snapshot now (whatever the triggers say) and waits for it.
+    pub fn snapshot_now(&self) -> Result<TakenSnapshot, String> {
+        let mut st = self.shared.lock();
+        st.requested += 1;
+        let ticket = st.requested;
+        self.shared.changed.notify_all();
+        while st.answered < ticket && !st.stop {
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        match &st.last_result {
+            Some(r) if st.answered >= ticket => r.clone(),
+            _ => Err("the snapshotter stopped".into()),
+        }
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let requested = {
+                let mut st = self.shared.lock();
+                if st.requested == st.answered && !st.stop {
+                    st = self
+                        .shared
+                        .changed
+                        .wait_timeout(st, self.config.check_every)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                if st.stop {
+                    return;
+                }
+                (st.requested > st.answered).then_some(st.requested)
+            };
+            if requested.is_none() && !self.due() {
+                continue;
+            }
+            let result = self.take_one();
+            let mut st = self.shared.lock();
+            match &result {
+                Ok(taken) => {
+                    st.stats.taken += 1;
+                    st.stats.max_pause = st.stats.max_pause.max(taken.pause);
+                    st.stats.last = Some(taken.clone());
+                }
+                Err(e) => {
+                    st.stats.failed += 1;
+                    st.stats.last_error = Some(e.clone());
+                }
+            }
+            if let Some(ticket) = requested {
+                st.answered = ticket;
+            }
+            st.last_result = Some(result);
+            drop(st);
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// Whether a trigger fires: enough writes, or enough time with at least one write.
+    fn due(&self) -> bool {
+        if self
+            .failed_at
+            .is_some_and(|t| t.elapsed() < self.config.retry_after)
+        {
+            return false;
+        }
+        let durable = self.journal.stats().durable_seq;
+        let new_writes = durable.saturating_sub(self.last_seq);
+        let by_count = self.config.every_writes.is_some_and(|n| new_writes >= n);
+        let by_time = self
+            .config
+            .every
+            .is_some_and(|t| new_writes > 0 && self.last_at.elapsed() >= t);
+        by_count || by_time
+    }
+
+    fn take_one(&mut self) -> Result<TakenSnapshot, String> {
+        let result = self.write_one();
+        self.last_at = Instant::now();
+        match &result {
+            Ok(taken) => {
+                self.failed_at = None;
+                self.last_seq = taken.seq;
+                tracing::info!(
+                    seq = taken.seq,
+                    file = %taken.file,
+                    bytes = taken.bytes,
+                    pause_us = taken.pause.as_micros() as u64,
+                    write_ms = taken.write.as_millis() as u64,
+                    "snapshot written"
+                );
+            }
+            Err(e) => {
+                self.failed_at = Some(Instant::now());
+                tracing::warn!(error = %e, "snapshot failed; the log alone still recovers");
+            }
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    fn write_one(&mut self) -> Result<TakenSnapshot, WalError> {
+        let captured = capture_image(&self.engine);
+        let seq = captured.image.seq;
+        let started = Instant::now();
+        self.journal
+            .wait_durable(seq)
+            .map_err(|e| WalError::Stopped {
+                file: String::new(),
+                message: format!("the log did not make seq {seq} durable: {}", e.message),
+            })?;
+        let body = snapshot::to_bytes(&captured.image);
+        drop(captured.image);
+        let file = write_snapshot_body(&*self.dir, seq, &body)?;
+        let write = started.elapsed();
+        let bytes = body.len() as u64;
+        drop(body);
+        let retention = self.config.retention.as_ref().and_then(|policy| {
+            match apply_retention(&*self.dir, policy, (self.config.clock)()) {
+                Ok(report) => {
+                    let mut st = self.shared.lock();
+                    st.stats.segments_removed +=
+                        (report.deleted.len() + report.archived.len()) as u64;
+                    st.stats.snapshots_deleted += report.snapshots_deleted.len() as u64;
+                    Some(report)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "log retention failed; nothing after the error was removed");
+                    self.shared.lock().stats.retention_failures += 1;
+                    None
+                }
+            }
+        });
+        Ok(TakenSnapshot {
+            seq,
+            file,
+            bytes,
+            pause: captured.pause,
+            wait: captured.wait,
+            write,
+            retention,
+        })
+    }
+}
