@@ -2,6 +2,8 @@
 //!
 //! - [`verify`]: read every segment of a log, check every record, summarise ([`LogSummary`]).
 //! - [`inspect`]: the log's entries as JSON lines, filtered by SKU ([`mentions_sku`]) and seq.
+//! - [`snapshot`]: recover the state offline and write it as a snapshot file ([`SnapshotWritten`]).
+//! - [`Progress`]: the progress bar of the long ones, on stderr when it is a terminal.
 //! - [`crash_child`]: a load generator on a real log for the crash test (`depot crash-child`),
 //!   printing every acknowledged write.
 
@@ -10,6 +12,7 @@ use depot_engine::{
     LocationKind, LogEntry, Outcome, Reply, Request, ReservationId, Seq, Sku, TenantId, TimeMs,
 };
 use depot_wal::{Directory, FsDir, Tail, WalError, WalOptions, WalReader};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use std::fmt;
 use std::io::{self, Write};
@@ -173,6 +176,184 @@ pub fn inspect(
     }
     out.flush().map_err(ToolError::Output)?;
     Ok((written, reader.tail().cloned().unwrap_or(Tail::Clean)))
+}
+
+/// What `depot snapshot` wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotWritten {
+    /// The snapshot file's name, in the log's directory.
+    pub file: String,
+    /// The last seq the snapshot includes.
+    pub seq: Seq,
+    /// Length of the image.
+    pub bytes: u64,
+    /// Log entries replayed on top of the newest earlier snapshot (or from the start).
+    pub replayed: u64,
+    pub tail: Tail,
+}
+
+impl fmt::Display for SnapshotWritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "snapshot:  {}", self.file)?;
+        writeln!(f, "seq:       {}", self.seq)?;
+        writeln!(f, "bytes:     {}", self.bytes)?;
+        write!(f, "replayed:  {} log entries", self.replayed)?;
+        if let Tail::Torn { file, offset } = &self.tail {
+            write!(
+                f,
+                "\ntail:      torn at {file} byte {offset} (not in the snapshot: never acknowledged)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes a snapshot now, offline: recovers the state from the log in `dir` (from its newest
+/// usable snapshot, as a restart does) and writes it there as `snapshot-<seq>.rkyv`, crash-safely.
+/// The log itself is not changed. `on_entry` sees each replayed entry (for progress reporting).
+pub fn snapshot(
+    dir: &Path,
+    mut on_entry: impl FnMut(&LogEntry),
+) -> Result<SnapshotWritten, ToolError> {
+    let fs = open_dir(dir)?;
+    let mut replayed = 0u64;
+    // The image does not depend on the shard count; one shard replays fastest.
+    let (machine, tail) =
+        depot_wal::recover_with_progress(&fs, Limits::default(), 1, &mut |e: &LogEntry| {
+            replayed += 1;
+            on_entry(e);
+        })?;
+    let image = machine.image();
+    drop(machine);
+    let file = depot_wal::write_snapshot(&fs, &image)?;
+    let bytes = std::fs::metadata(dir.join(&file))
+        .map_or(0, |m| m.len())
+        .saturating_sub(depot_wal::SNAPSHOT_HEADER_LEN);
+    tracing::info!(%file, seq = image.seq, replayed, "snapshot written");
+    Ok(SnapshotWritten {
+        file,
+        seq: image.seq,
+        bytes,
+        replayed,
+        tail,
+    })
+}
+
+/// An estimate of the log entries in `dir` with `seq >= from`, for a progress bar: exact for
+/// every segment but the last (the next one's name says where it ends), the last one's size
+/// divided by the mean entry size of the others. `None` when there is no log.
+pub fn estimate_entries(dir: &Path, from: Seq) -> Option<u64> {
+    let mut segments: Vec<(Seq, u64)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let seq = depot_wal::format::parse_segment_name(e.file_name().to_str()?)?;
+            Some((seq, e.metadata().ok()?.len()))
+        })
+        .collect();
+    segments.sort_unstable();
+    let (first, _) = *segments.first()?;
+    let (last_first, last_len) = *segments.last()?;
+    let header = depot_wal::SEGMENT_HEADER_LEN;
+    let earlier_entries = last_first.saturating_sub(first);
+    let earlier_bytes: u64 = segments[..segments.len() - 1]
+        .iter()
+        .map(|(_, len)| len.saturating_sub(header))
+        .sum();
+    let per_entry = earlier_bytes
+        .checked_div(earlier_entries)
+        .unwrap_or(256)
+        .max(1);
+    let end = last_first.saturating_add(last_len.saturating_sub(header) / per_entry);
+    Some(end.saturating_sub(from.max(first)))
+}
+
+/// The seq after the newest snapshot file in `dir` (by name; 1 without one): where a recovery
+/// starts replaying.
+pub fn replay_start(dir: &Path) -> Seq {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| depot_wal::parse_snapshot_name(e.ok()?.file_name().to_str()?))
+        .max()
+        .map_or(1, |s| s.saturating_add(1))
+}
+
+/// A progress bar of log entries on stderr, hidden when stderr is not a terminal (or when made
+/// with [`Progress::hidden`]). Cheap per entry: the bar is advanced every 4,096 entries.
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+    pending: u64,
+}
+
+impl Progress {
+    /// A bar for `what` ("verifying", ...) sized by `estimate` entries (a spinner if unknown).
+    pub fn new(what: &str, estimate: Option<u64>) -> Progress {
+        use std::io::IsTerminal;
+        let target = if io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = match estimate {
+            Some(len) => ProgressBar::with_draw_target(Some(len), target).with_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:40}] {human_pos}/~{human_len} entries, {per_sec}, {eta} left",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::with_draw_target(None, target).with_style(
+                ProgressStyle::with_template("{msg:>10} {spinner} {human_pos} entries, {per_sec}")
+                    .expect("a valid template"),
+            ),
+        };
+        bar.set_message(what.to_string());
+        Progress { bar, pending: 0 }
+    }
+
+    /// A bar that never draws.
+    pub fn hidden() -> Progress {
+        Progress {
+            bar: ProgressBar::hidden(),
+            pending: 0,
+        }
+    }
+
+    /// Counts one entry.
+    pub fn entry(&mut self) {
+        self.pending += 1;
+        if self.pending == 4_096 {
+            self.flush();
+        }
+    }
+
+    /// Entries counted so far.
+    pub fn position(&self) -> u64 {
+        self.bar.position() + self.pending
+    }
+
+    /// Shows a new phase ("writing").
+    pub fn phase(&mut self, what: &str) {
+        self.flush();
+        self.bar.set_message(what.to_string());
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(mut self) {
+        self.flush();
+        self.bar.finish_and_clear();
+    }
+
+    fn flush(&mut self) {
+        let pos = self.bar.position() + self.pending;
+        if self.bar.length().is_some_and(|len| pos > len) {
+            self.bar.set_length(pos); // the estimate was short
+        }
+        self.bar.set_position(pos);
+        self.pending = 0;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

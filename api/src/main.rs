@@ -1,4 +1,5 @@
-//! The `depot` binary: `depot log verify`, `depot log inspect`, and (later) `depot serve`.
+//! The `depot` binary: `depot serve` (the HTTP API), `depot log verify`, `depot log inspect`,
+//! `depot snapshot`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -17,11 +18,14 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Top {
-    /// Run the HTTP server (not built yet).
-    Serve,
+    /// Run the HTTP server (API.md): recover the data directory, then serve until SIGTERM.
+    Serve(depot_api::server::config::ServeArgs),
     /// Tools for the write-ahead log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Take a snapshot now, offline: recover the state from the log in DIR (from its newest
+    /// snapshot) and write it there as a new snapshot file; prints its name and seq.
+    Snapshot { dir: PathBuf },
     /// The crash test's load generator: runs on the log in DIR until killed, printing every
     /// acknowledged write to stdout.
     #[command(hide = true)]
@@ -45,14 +49,8 @@ enum LogCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let args = Args::parse();
+    init_logs(&args);
     match run(args) {
         Ok(code) => code,
         // `depot log inspect ... | head`: the reader went away; not an error of ours.
@@ -71,6 +69,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by RUST_LOG (default: `info` for the server, `warn` for the tools);
+/// the server's as text or JSON lines (`--log-format`).
+fn init_logs(args: &Args) {
+    use depot_api::server::config::LogFormat;
+    let (default, format) = match &args.command {
+        Top::Serve(s) => ("info", s.log_format),
+        _ => ("warn", LogFormat::Pretty),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Pretty => logs.init(),
+    }
+}
+
 /// Corruption is reported as the log's own error (file and byte offset) with exit code 1.
 fn tool_error(e: ToolError) -> anyhow::Error {
     match &e {
@@ -84,12 +101,21 @@ fn tool_error(e: ToolError) -> anyhow::Error {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Top::Serve => {
-            eprintln!("depot serve: the HTTP server is not built yet (only `depot log` works)");
-            Ok(ExitCode::from(2))
+        Top::Serve(serve) => {
+            let config = match serve.validate() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("depot serve: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            depot_api::server::serve(config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Top::Log(LogCommand::Verify { dir }) => {
-            let summary = cli::verify(&dir, |_| {}).map_err(tool_error)?;
+            let mut progress = cli::Progress::new("verifying", cli::estimate_entries(&dir, 0));
+            let summary = cli::verify(&dir, |_| progress.entry()).map_err(tool_error)?;
+            progress.finish();
             println!("log {}", dir.display());
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
@@ -97,10 +123,28 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Top::Log(LogCommand::Inspect { dir, sku, from }) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
+            // A bar only when the entries go to a file or a pipe, not to the same terminal.
+            let mut progress = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                cli::Progress::hidden()
+            } else {
+                cli::Progress::new("inspecting", cli::estimate_entries(&dir, 0))
+            };
             let (written, tail) =
-                cli::inspect(&dir, sku.as_deref(), from, &mut out, |_| {}).map_err(tool_error)?;
+                cli::inspect(&dir, sku.as_deref(), from, &mut out, |_| progress.entry())
+                    .map_err(tool_error)?;
             out.flush().context("writing output")?;
+            progress.finish();
             tracing::info!(written, ?tail, "inspected");
+            Ok(ExitCode::SUCCESS)
+        }
+        Top::Snapshot { dir } => {
+            let mut progress = cli::Progress::new(
+                "replaying",
+                cli::estimate_entries(&dir, cli::replay_start(&dir)),
+            );
+            let written = cli::snapshot(&dir, |_| progress.entry()).map_err(tool_error)?;
+            progress.finish();
+            println!("{written}");
             Ok(ExitCode::SUCCESS)
         }
         Top::CrashChild { dir, seed } => {

@@ -204,13 +204,3 @@ fn a_flipped_byte_is_reported_with_its_file_and_exit_1() {
         assert!(stderr.contains("corrupt"), "{args:?}: {stderr}");
     }
 }
-
-#[test]
-fn serve_is_not_built_yet() {
-    let out = Process::new(env!("CARGO_BIN_EXE_depot"))
-        .arg("serve")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not built yet"));
-}

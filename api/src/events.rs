@@ -1,0 +1,311 @@
+//! The event log of the API: cursor reads (`GET /v1/events`) and the server-sent-event stream
+//! (`GET /v1/events/stream`).
+//!
+//! The engine's events are kept in memory, bounded, per tenant: every tenant has its own queue
+//! (so a read is a binary search and a scan of that tenant's events only), and one global
+//! queue in sequence order says which tenant's event is the oldest, so the oldest events are
+//! dropped first whatever their tenant. Events are dropped a whole sequence number at a time:
+//! a page never holds part of a command's events, so `next` (the last sequence number
+//! returned) is always a safe cursor.
+//!
+//! The durable history is the write-ahead log; this buffer is only what live consumers read.
+//! A consumer that falls further behind than the buffer holds is told so
+//! ([`EventPage::missed`], [`EventLog::oldest_seq`]).
+
+use axum::response::sse::Event as SseEvent;
+use depot_engine::{Event, ReservationId, Seq, TenantId};
+use futures_util::Stream;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Sequence numbers' worth of events one step of the SSE stream reads at a time.
+const SSE_PAGE_SEQS: usize = 256;
+
+/// One page of a tenant's events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventPage {
+    /// Rendered by [`event_json`], oldest first, whole sequence numbers only.
+    pub events: Vec<Value>,
+    /// The cursor for the next read: the last sequence number returned, or `after` when
+    /// nothing newer is held.
+    pub next: u64,
+    /// True when events newer than `after` were already dropped from the buffer: the reader
+    /// missed some (it should resynchronise from the stock endpoints or the log).
+    pub missed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_tenant: HashMap<TenantId, VecDeque<Arc<Event>>>,
+    /// Every held event's (tenant, seq), in sequence order: what to drop next.
+    order: VecDeque<(TenantId, Seq)>,
+    /// The highest sequence number dropped so far (0: none).
+    dropped_through: Seq,
+    /// The highest sequence number pushed so far.
+    latest: Seq,
+}
+
+/// The bounded, thread-safe buffer of recent events. See the module docs.
+#[derive(Debug)]
+pub struct EventLog {
+    capacity: usize,
+    inner: Mutex<Inner>,
+    latest: watch::Sender<u64>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog::new(1_000_000)
+    }
+}
+
+impl EventLog {
+    /// A buffer holding about `capacity_events` events (at least one whole sequence number:
+    /// the newest command's events are never split to fit).
+    pub fn new(capacity_events: usize) -> Self {
+        EventLog {
+            capacity: capacity_events.max(1),
+            inner: Mutex::new(Inner::default()),
+            latest: watch::channel(0).0,
+        }
+    }
+
+    /// Appends events. They must come in sequence order (several per sequence number, in
+    /// index order); an event older than the newest one pushed is dropped with an error log,
+    /// since placing it would break every cursor already handed out.
+    pub fn push(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let latest = {
+            let mut inner = self.lock();
+            for e in events {
+                if e.seq < inner.latest {
+                    tracing::error!(
+                        seq = e.seq,
+                        latest = inner.latest,
+                        "event out of sequence order; not kept"
+                    );
+                    continue;
+                }
+                inner.latest = e.seq;
+                inner.order.push_back((e.tenant.clone(), e.seq));
+                inner
+                    .by_tenant
+                    .entry(e.tenant.clone())
+                    .or_default()
+                    .push_back(Arc::new(e.clone()));
+            }
+            self.drop_oldest(&mut inner);
+            inner.latest
+        };
+        self.latest.send_replace(latest);
+    }
+
+    /// Drops the oldest whole sequence numbers while over capacity, never the newest one.
+    fn drop_oldest(&self, inner: &mut Inner) {
+        while inner.order.len() > self.capacity {
+            let Some(&(_, seq)) = inner.order.front() else {
+                return;
+            };
+            if seq >= inner.latest {
+                return;
+            }
+            while inner.order.front().is_some_and(|(_, s)| *s == seq) {
+                let Some((tenant, _)) = inner.order.pop_front() else {
+                    break;
+                };
+                if let Some(q) = inner.by_tenant.get_mut(&tenant) {
+                    q.pop_front();
+                    if q.is_empty() {
+                        inner.by_tenant.remove(&tenant);
+                    }
+                }
+            }
+            inner.dropped_through = seq;
+        }
+    }
+
+    /// The events of `tenant` with a sequence number above `after`, oldest first: those of at
+    /// most `limit` sequence numbers, never part of one. See [`EventPage`].
+    pub fn read(&self, tenant: &TenantId, after: u64, limit: usize) -> EventPage {
+        self.read_page(tenant, after, limit).0
+    }
+
+    /// [`EventLog::read`], and the highest sequence number dropped when it read.
+    fn read_page(&self, tenant: &TenantId, after: u64, limit: usize) -> (EventPage, Seq) {
+        let (held, dropped_through) = {
+            let inner = self.lock();
+            let held = match inner.by_tenant.get(tenant) {
+                Some(q) => take_seqs(q, after, limit),
+                None => Vec::new(),
+            };
+            (held, inner.dropped_through)
+        };
+        // Rendering happens outside the lock: writers never wait for a reader's JSON.
+        let page = EventPage {
+            next: held.last().map_or(after, |e| e.seq),
+            events: held.iter().map(|e| event_json(e)).collect(),
+            missed: dropped_through > after,
+        };
+        (page, dropped_through)
+    }
+
+    /// The oldest sequence number still held (of any tenant), if any.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.lock().order.front().map(|&(_, s)| s)
+    }
+
+    /// The newest sequence number pushed (0 before any).
+    pub fn latest_seq(&self) -> u64 {
+        self.lock().latest
+    }
+
+    /// Events held, over all tenants.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Watches the newest sequence number pushed: changes on every push.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change under this lock leaves the queues consistent before it can panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The events of `q` after `after`, of at most `limit` whole sequence numbers.
+fn take_seqs(q: &VecDeque<Arc<Event>>, after: u64, limit: usize) -> Vec<Arc<Event>> {
+    let start = q.partition_point(|e| e.seq <= after);
+    let mut out = Vec::new();
+    let mut seqs = 0;
+    for e in q.range(start..) {
+        if out.last().is_none_or(|last: &Arc<Event>| last.seq != e.seq) {
+            if seqs == limit {
+                break;
+            }
+            seqs += 1;
+        }
+        out.push(e.clone());
+    }
+    out
+}
+
+/// An event as API.md shows it: `{seq, index, at, kind, key_id, ...the kind's fields}`, with
+/// times as RFC 3339 UTC and reservation ids as `res_<n>`; the tenant is left out (a reader
+/// only ever sees its own).
+pub fn event_json(e: &Event) -> Value {
+    let mut v = match serde_json::to_value(e) {
+        Ok(v) => v,
+        // Serialising plain data into a `Value` cannot fail; say so rather than panic.
+        Err(err) => return serde_json::json!({ "seq": e.seq, "error": err.to_string() }),
+    };
+    if let Some(m) = v.as_object_mut() {
+        m.remove("tenant");
+        m.insert("at".into(), Value::String(rfc3339(e.at)));
+        if let Some(id) = m.get("id").and_then(Value::as_u64) {
+            m.insert("id".into(), Value::String(ReservationId(id).to_string()));
+        }
+        if let Some(t) = m.get("expires_at").and_then(Value::as_u64) {
+            m.insert("expires_at".into(), Value::String(rfc3339(t)));
+        }
+        let level = m.get_mut("level").and_then(Value::as_object_mut);
+        if let Some(level) = level {
+            if let Some(t) = level.get("incoming_expected_at").and_then(Value::as_u64) {
+                level.insert("incoming_expected_at".into(), Value::String(rfc3339(t)));
+            }
+        }
+    }
+    v
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
+/// Times past the year 9999 (which RFC 3339 cannot write) show as its last millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
+    let t = UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS_OF_9999));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The server-sent events of `tenant` after `after`: everything held, then new events as they
+/// are pushed. Each SSE event is one depot event (`event:` its kind, `data:` its JSON); the
+/// `id:` field (the sequence number) is set on the last event of each sequence number only,
+/// so a client resuming with `Last-Event-ID` never skips the rest of a half-received command.
+/// When events were dropped before the stream could send them, a comment says from where.
+/// The stream never ends by itself (it holds the log); keep-alive and ending it on shutdown
+/// are the caller's.
+pub fn sse(
+    log: Arc<EventLog>,
+    tenant: TenantId,
+    after: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    let state = SseState {
+        // Subscribed before the first read: a push after that read still wakes the stream.
+        rx: log.subscribe(),
+        log,
+        tenant,
+        cursor: after,
+        pending: VecDeque::new(),
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            let (page, dropped_through) = st.log.read_page(&st.tenant, st.cursor, SSE_PAGE_SEQS);
+            let mut next = page.next;
+            if page.missed {
+                // Everything up to `dropped_through` is gone for every tenant: say so once and
+                // carry on after it.
+                st.pending.push_back(SseEvent::default().comment(format!(
+                    "events after seq {} up to seq {dropped_through} are no longer held",
+                    st.cursor
+                )));
+                next = next.max(dropped_through);
+            }
+            st.pending.extend(sse_events(&page.events));
+            if st.pending.is_empty() {
+                // Nothing new: wait for the next push (or the end of the log).
+                st.rx.changed().await.ok()?;
+            }
+            st.cursor = next;
+        }
+    })
+}
+
+struct SseState {
+    log: Arc<EventLog>,
+    rx: watch::Receiver<u64>,
+    tenant: TenantId,
+    cursor: u64,
+    pending: VecDeque<SseEvent>,
+}
+
+/// Rendered events as SSE events; `id:` on the last event of each sequence number.
+fn sse_events(events: &[Value]) -> Vec<SseEvent> {
+    let seq = |v: &Value| v.get("seq").and_then(Value::as_u64);
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let kind = v.get("kind").and_then(Value::as_str).unwrap_or("event");
+            let ev = SseEvent::default().event(kind).data(v.to_string());
+            let last_of_seq = events.get(i + 1).is_none_or(|n| seq(n) != seq(v));
+            match seq(v) {
+                Some(s) if last_of_seq => ev.id(s.to_string()),
+                _ => ev,
+            }
+        })
+        .collect()
+}

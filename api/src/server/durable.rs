@@ -1,0 +1,149 @@
+//! Opening the durable engine of `depot serve`: recovery from `<data-dir>/wal`, then the
+//! write-ahead log with the chosen [`SyncMode`].
+//!
+//! - `always`: depot-wal's group commit as it is; an answer waits for its `fdatasync`.
+//! - `interval=<ms>`: the same log, synced continuously, but an answer only waits for the disk
+//!   when the oldest write not yet durable is older than the interval ([`LaggingJournal`]).
+//! - `none`: the log's files skip `fdatasync` ([`UnsyncedDir`]); the kernel writes them back.
+
+use super::config::SyncMode;
+use depot_engine::{Engine, Journal, JournalError, Limits, LogEntry, Seq};
+use depot_wal::{Directory, FsDir, Storage, Tail, WalError, WalJournal, WalOptions, WalWriter};
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The engine and its log, as recovery left them.
+#[derive(Debug)]
+pub struct Durable {
+    pub engine: Engine,
+    pub journal: Arc<WalJournal>,
+    pub tail: Tail,
+}
+
+/// Recovers the state in `wal_dir` and starts the engine on it, logging with `sync`.
+pub fn open(
+    wal_dir: &Path,
+    sync: SyncMode,
+    limits: Limits,
+    shards: usize,
+) -> Result<Durable, WalError> {
+    let fs = FsDir::open(wal_dir).map_err(|source| WalError::Io {
+        file: wal_dir.display().to_string(),
+        source,
+    })?;
+    let dir: Box<dyn Directory> = match sync {
+        SyncMode::None => Box::new(UnsyncedDir(fs)),
+        _ => Box::new(fs),
+    };
+    let (machine, tail) = depot_wal::recover(&*dir, limits.clone(), shards)?;
+    let recovered = machine.front.seq;
+    let writer = WalWriter::open(dir, WalOptions::default())?;
+    let journal = Arc::new(WalJournal::start_at(writer, recovered));
+    let hook: Arc<dyn Journal> = match sync {
+        SyncMode::Interval(lag_max) => Arc::new(LaggingJournal {
+            inner: journal.clone(),
+            lag_max,
+            pending: Mutex::new(VecDeque::new()),
+        }),
+        _ => journal.clone(),
+    };
+    let engine = Engine::from_machine(machine, limits, Some(hook));
+    Ok(Durable {
+        engine,
+        journal,
+        tail,
+    })
+}
+
+/// Group commit whose answers may run ahead of the disk by at most `lag_max`.
+#[derive(Debug)]
+struct LaggingJournal {
+    inner: Arc<WalJournal>,
+    lag_max: Duration,
+    /// Appended writes not yet known durable, oldest first, with when they were appended.
+    pending: Mutex<VecDeque<(Seq, Instant)>>,
+}
+
+impl Journal for LaggingJournal {
+    fn append(&self, entry: &LogEntry) {
+        self.inner.append(entry);
+        if let Ok(mut p) = self.pending.lock() {
+            p.push_back((entry.seq, Instant::now()));
+        }
+    }
+
+    fn wait_durable(&self, seq: Seq) -> Result<(), JournalError> {
+        self.inner.writable()?;
+        let durable = self.inner.stats().durable_seq;
+        let overdue = {
+            let Ok(mut p) = self.pending.lock() else {
+                return self.inner.wait_durable(seq);
+            };
+            while p.front().is_some_and(|&(s, _)| s <= durable) {
+                p.pop_front();
+            }
+            p.front()
+                .is_some_and(|&(_, at)| at.elapsed() > self.lag_max)
+        };
+        if overdue {
+            // The disk is further behind than allowed: this answer waits for it.
+            self.inner.wait_durable(seq)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn writable(&self) -> Result<(), JournalError> {
+        self.inner.writable()
+    }
+}
+
+/// The file system, with `fdatasync` of the log's files left to the kernel (`--sync none`).
+#[derive(Debug)]
+struct UnsyncedDir(FsDir);
+
+#[derive(Debug)]
+struct UnsyncedFile(Box<dyn Storage>);
+
+impl Storage for UnsyncedFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Directory for UnsyncedDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.0.list()
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(UnsyncedFile(self.0.create(name)?)))
+    }
+    fn open(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(UnsyncedFile(self.0.open(name)?)))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.0.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn sync(&self) -> io::Result<()> {
+        // Directory entries change only on rotation: rare enough to keep durable.
+        self.0.sync()
+    }
+}

@@ -1,0 +1,375 @@
+//! The handlers of the tenant operations (configuration, stock, reservations, batch): each
+//! is a thin shell over [`ops::perform`], annotated for the OpenAPI document.
+
+use super::body::{Body, RawBody};
+use super::dto::*;
+use super::error::ApiError;
+use super::ops::{self, Caller, OpAnswer, OpRequest, Route};
+use super::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+/// The `Idempotency-Key` header, when given.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| {
+                ApiError::invalid("Idempotency-Key", "must be non-empty printable ASCII")
+            }),
+    }
+}
+
+/// The answer of one operation as an HTTP response.
+pub fn respond(answer: Result<OpAnswer, ApiError>) -> Response {
+    match answer {
+        Ok(a) => {
+            let mut res = (a.status, Json(a.body)).into_response();
+            if a.replayed {
+                res.headers_mut()
+                    .insert("idempotent-replay", HeaderValue::from_static("true"));
+            }
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn single(
+    state: &AppState,
+    caller: &Caller,
+    route: Route,
+    body: Body,
+    headers: &HeaderMap,
+) -> Response {
+    let idempotency_key = match idempotency_key(headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let op = OpRequest {
+        route,
+        body,
+        idempotency_key,
+    };
+    let answer = ops::perform(state, caller, std::slice::from_ref(&op))
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(ApiError::overloaded()));
+    respond(answer)
+}
+
+/// Stores a location (admin).
+#[utoipa::path(put, path = "/v1/locations/{location}", tag = "configuration",
+    params(("location" = String, Path, description = "the location's id")),
+    request_body = PutLocationBody,
+    responses((status = 200, description = "the stored location", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_location(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(location): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::PutLocation(location), body, &headers).await
+}
+
+/// Stores a channel (admin).
+#[utoipa::path(put, path = "/v1/channels/{channel}", tag = "configuration",
+    params(("channel" = String, Path, description = "the channel's id, e.g. `shopify:acme`")),
+    request_body = PutChannelBody,
+    responses((status = 200, description = "the stored channel", body = Object),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_channel(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::PutChannel(channel), body, &headers).await
+}
+
+/// Stores a bundle: a SKU made of components (admin).
+#[utoipa::path(put, path = "/v1/bundles/{sku}", tag = "configuration",
+    params(("sku" = String, Path, description = "the bundle's SKU")),
+    request_body = PutBundleBody,
+    responses((status = 200, description = "the stored bundle", body = Object),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_bundle(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(sku): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::PutBundle(sku), body, &headers).await
+}
+
+/// Replaces the whole allocation-rule document (admin). Validated as a whole; an error names
+/// the rule and the field.
+#[utoipa::path(put, path = "/v1/allocation-rules", tag = "configuration",
+    request_body(content = Object, description = "`{oversell_policy?, rules: [...]}`"),
+    responses((status = 200, body = RulesVersionDto),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_rules(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::PutRules, body, &headers).await
+}
+
+/// A stock operation: receive, adjust, set, move, transfer, expect (admin, wms for its
+/// locations). Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/stock/adjustments", tag = "stock",
+    params(("Idempotency-Key" = String, Header, description = "required")),
+    request_body = AdjustmentBody,
+    responses((status = 200, body = AdjustmentDto),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn adjust(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::Adjust, body, &headers).await
+}
+
+/// A SKU's levels per location and ATS per channel (any role).
+#[utoipa::path(get, path = "/v1/stock/{sku}", tag = "stock",
+    params(("sku" = String, Path)),
+    responses((status = 200, body = StockDto), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_stock(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(sku): Path<String>,
+) -> Response {
+    single(
+        &s,
+        &caller,
+        Route::GetStock(sku),
+        Body::None,
+        &HeaderMap::new(),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExplainQuery {
+    /// The channel whose ATS is explained.
+    pub channel: Option<String>,
+}
+
+/// Why a channel's ATS for a SKU is what it is, term by term (any role; a channel key for its
+/// channels).
+#[utoipa::path(get, path = "/v1/stock/{sku}/explain", tag = "stock",
+    params(("sku" = String, Path), ExplainQuery),
+    responses((status = 200, body = ExplanationDto), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn explain(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(sku): Path<String>,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let channel = match query {
+        Ok(Query(q)) => q.channel,
+        Err(e) => return ApiError::invalid("query", e.body_text()).into_response(),
+    };
+    let route = Route::Explain { sku, channel };
+    single(&s, &caller, route, Body::None, &HeaderMap::new()).await
+}
+
+/// Holds stock for an order (admin, channel for its channels). Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations",
+    params(("Idempotency-Key" = String, Header, description = "required")),
+    request_body = ReserveBody,
+    responses((status = 201, body = ReservationDto),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `details.shortages`", body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reserve(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    single(&s, &caller, Route::Reserve, body, &headers).await
+}
+
+/// A reservation (any role; a channel key sees only its channels' reservations, others are
+/// 404).
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
+    params(("id" = String, Path, description = "`res_<n>`")),
+    responses((status = 200, body = ReservationDto), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_reservation(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    single(
+        &s,
+        &caller,
+        Route::GetReservation(id),
+        Body::None,
+        &HeaderMap::new(),
+    )
+    .await
+}
+
+macro_rules! lifecycle {
+    ($name:ident, $route:ident, $path:literal, $body:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "reservations",
+                            params(("id" = String, Path, description = "`res_<n>`"),
+                                ("Idempotency-Key" = String, Header, description = "required")),
+                            request_body = $body,
+                            responses((status = 200, body = ReservationDto),
+                                (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+                                (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+                                (status = 422, body = ErrorBody)),
+                            security(("bearer" = [])))]
+        pub async fn $name(
+            State(s): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            RawBody(body): RawBody,
+        ) -> Response {
+            single(&s, &caller, Route::$route(id), body, &headers).await
+        }
+    };
+}
+
+lifecycle!(
+    commit,
+    Commit,
+    "/v1/reservations/{id}/commit",
+    CommitBody,
+    "Commits all lines, or the listed ones (admin, channel)."
+);
+lifecycle!(
+    release,
+    Release,
+    "/v1/reservations/{id}/release",
+    Object,
+    "Releases a hold (admin, channel). No body."
+);
+lifecycle!(
+    cancel,
+    Cancel,
+    "/v1/reservations/{id}/cancel",
+    Object,
+    "Cancels a committed order (admin, channel). No body."
+);
+lifecycle!(
+    extend,
+    Extend,
+    "/v1/reservations/{id}/extend",
+    ExtendBody,
+    "Extends a hold: expires `ttl_seconds` from now (admin, channel)."
+);
+lifecycle!(
+    fulfil,
+    Fulfil,
+    "/v1/reservations/{id}/fulfil",
+    FulfilBody,
+    "Picks and short picks per line and location (admin, wms for its locations)."
+);
+lifecycle!(
+    return_units,
+    Return,
+    "/v1/reservations/{id}/return",
+    ReturnBody,
+    "Shipped units come back, sellable or damaged (admin, wms for its locations)."
+);
+
+/// Many operations in one request, sequenced together in order; each gets its own status and
+/// body, as its single request would. Tenants, keys and events are not batchable.
+#[utoipa::path(post, path = "/v1/batch", tag = "batch",
+    request_body = BatchBody,
+    responses((status = 200, body = BatchResults), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): RawBody) -> Response {
+    let b: BatchBody = match body.parse() {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let max = s.limits().batch_operations_max;
+    if b.operations.len() > max {
+        return ApiError::invalid(
+            "operations",
+            format!(
+                "{} operations, at most {max} are allowed",
+                b.operations.len()
+            ),
+        )
+        .into_response();
+    }
+    // Operations whose method and path are not batchable are answered without running.
+    let mut results: Vec<Option<Result<OpAnswer, ApiError>>> = Vec::new();
+    let mut ops = Vec::new();
+    for (i, op) in b.operations.into_iter().enumerate() {
+        match Route::parse(&op.method, &op.path) {
+            Some(route) => {
+                results.push(None);
+                ops.push(OpRequest {
+                    route,
+                    body: op.body.map_or(Body::None, Body::Value),
+                    idempotency_key: op.idempotency_key,
+                });
+            }
+            None => results.push(Some(Err(ApiError::invalid(
+                &format!("operations[{i}].path"),
+                format!("{} {} is not an operation of a batch", op.method, op.path),
+            )))),
+        }
+    }
+    let mut answers = ops::perform(&s, &caller, &ops).await.into_iter();
+    let results = results
+        .into_iter()
+        .map(|r| {
+            let r = r
+                .or_else(|| answers.next())
+                .unwrap_or_else(|| Err(ApiError::overloaded()));
+            match r {
+                Ok(a) => BatchResult {
+                    status: a.status.as_u16(),
+                    body: a.body,
+                    replayed: a.replayed,
+                },
+                Err(e) => BatchResult {
+                    status: e.status.as_u16(),
+                    body: e.body(),
+                    replayed: false,
+                },
+            }
+        })
+        .collect();
+    (StatusCode::OK, Json(BatchResults { results })).into_response()
+}

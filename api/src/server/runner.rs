@@ -1,0 +1,237 @@
+//! The bridge from async handlers to the blocking engine.
+//!
+//! Handlers put a group of requests and a oneshot sender into a bounded queue and await the
+//! answers; dedicated OS threads drain the queue into [`Engine::execute`], so no tokio worker
+//! ever parks on the engine. Whatever queued up while the engine ran (and its log synced) goes
+//! in as the next batch: group commit for free. A full queue refuses at once (503) instead of
+//! growing.
+//!
+//! Writes go through one thread so the events of every batch reach the [`EventLog`] in
+//! sequence order (the cursor of `/v1/events` must never skip an event pushed late). Groups
+//! made only of reads go through their own threads and never wait behind a sync.
+
+use crate::events::EventLog;
+use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
+use depot_engine::{Command, Engine, Event, Request, Response, TenantId};
+use depot_wal::WalJournal;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// The engine's answer to one request.
+pub type Answer = (Response, Vec<Event>);
+
+/// Most requests handed to the engine in one `execute` call.
+const ENGINE_BATCH_MAX: usize = 4_096;
+/// Threads running groups of reads.
+const READ_THREADS: usize = 2;
+
+struct Work {
+    requests: Vec<Request>,
+    reply: Option<oneshot::Sender<Vec<Answer>>>,
+}
+
+enum Msg {
+    Work(Work),
+    Stop,
+}
+
+/// Why a group was not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("the engine's queue is full")]
+    Full,
+    #[error("the server is stopping")]
+    Closed,
+}
+
+/// The engine behind its queues. See the module docs.
+pub struct Runner {
+    engine: Arc<Engine>,
+    journal: Option<Arc<WalJournal>>,
+    writes: Sender<Msg>,
+    reads: Sender<Msg>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("engine", &self.engine)
+            .field("writes_queued", &self.writes.len())
+            .field("reads_queued", &self.reads.len())
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch, read at the edge (the engine reads no clock).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Runner {
+    /// Starts the threads. `queue_max` bounds each queue, in groups.
+    pub fn start(
+        engine: Engine,
+        journal: Option<Arc<WalJournal>>,
+        events: Arc<EventLog>,
+        queue_max: usize,
+    ) -> Runner {
+        let engine = Arc::new(engine);
+        let (writes, writes_rx) = bounded(queue_max.max(1));
+        let (reads, reads_rx) = bounded(queue_max.max(1));
+        let mut threads = Vec::new();
+        let e = engine.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("depot-api-writes".into())
+                .spawn(move || drain(&writes_rx, &e, Some(&events)))
+                .expect("spawn the engine's write thread"),
+        );
+        for i in 0..READ_THREADS {
+            let (e, rx) = (engine.clone(), reads_rx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("depot-api-reads-{i}"))
+                    .spawn(move || drain(&rx, &e, None))
+                    .expect("spawn an engine read thread"),
+            );
+        }
+        Runner {
+            engine,
+            journal,
+            writes,
+            reads,
+            threads: Mutex::new(threads),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn journal(&self) -> Option<&Arc<WalJournal>> {
+        self.journal.as_ref()
+    }
+
+    /// Groups waiting in the (writes, reads) queues.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.writes.len(), self.reads.len())
+    }
+
+    fn queue_for(&self, requests: &[Request]) -> &Sender<Msg> {
+        if requests.iter().all(|r| r.command.is_read()) {
+            &self.reads
+        } else {
+            &self.writes
+        }
+    }
+
+    /// Runs `requests` as one group (sequenced together, in order) and returns their answers.
+    pub async fn run(&self, requests: Vec<Request>) -> Result<Vec<Answer>, RunError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        let queue = self.queue_for(&requests);
+        let msg = Msg::Work(Work {
+            requests,
+            reply: Some(tx),
+        });
+        match queue.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(RunError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(RunError::Closed),
+        }
+        rx.await.map_err(|_| RunError::Closed)
+    }
+
+    /// Queues `requests` without waiting for their answers (the ticker).
+    pub fn submit(&self, requests: Vec<Request>) -> Result<(), RunError> {
+        let msg = Msg::Work(Work {
+            requests,
+            reply: None,
+        });
+        self.writes.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => RunError::Full,
+            TrySendError::Disconnected(_) => RunError::Closed,
+        })
+    }
+
+    /// The periodic tick that expires holds (engine-wide: it runs on every tenant).
+    pub fn tick(&self) -> Result<(), RunError> {
+        let tenant = TenantId::new(depot_engine::front::SYSTEM_TENANT).expect("a valid id");
+        self.submit(vec![Request {
+            tenant,
+            key_id: "ticker".into(),
+            idempotency_key: None,
+            command: Command::Tick,
+        }])
+    }
+
+    /// Runs everything queued so far, then stops the threads. Blocks: call it from a blocking
+    /// context. Later groups are refused with [`RunError::Closed`] or never answered.
+    pub fn stop(&self) {
+        let _ = self.writes.send(Msg::Stop);
+        for _ in 0..READ_THREADS {
+            let _ = self.reads.send(Msg::Stop);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn drain(rx: &Receiver<Msg>, engine: &Engine, events: Option<&EventLog>) {
+    loop {
+        let first = match rx.recv() {
+            Ok(Msg::Work(w)) => w,
+            Ok(Msg::Stop) | Err(_) => return,
+        };
+        let mut total = first.requests.len();
+        let mut works = vec![first];
+        let mut stop = false;
+        while total < ENGINE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(Msg::Work(w)) => {
+                    total += w.requests.len();
+                    works.push(w);
+                }
+                Ok(Msg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut requests = Vec::with_capacity(total);
+        let mut lens = Vec::with_capacity(works.len());
+        for w in &mut works {
+            lens.push(w.requests.len());
+            requests.append(&mut w.requests);
+        }
+        let answers = engine.execute(requests, wall_ms());
+        if let Some(log) = events {
+            for (_, evs) in &answers {
+                if !evs.is_empty() {
+                    log.push(evs);
+                }
+            }
+        }
+        let mut answers = answers.into_iter();
+        for (w, len) in works.into_iter().zip(lens) {
+            let part: Vec<Answer> = answers.by_ref().take(len).collect();
+            if let Some(reply) = w.reply {
+                // The handler may have gone (client disconnect, timeout): nothing to do.
+                let _ = reply.send(part);
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `depot serve`: open the key store, bind the listener, recover the engine in the background
+//! (`/readyz` is 503 until then), tick, and on SIGTERM or SIGINT stop accepting, finish the
+//! requests in flight, make the log durable and return.
+
+use super::config::ServeConfig;
+use super::durable;
+use super::runner::Runner;
+use super::{app, AppState};
+use crate::keys::{KeyStore, Role};
+use anyhow::Context;
+use depot_engine::{Command, Limits, Outcome, Refusal, Request, Sku, TenantId};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The demo tenant of `--demo`.
+pub const DEMO_TENANT: &str = "demo";
+/// How often holds are expired.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long in-flight requests may take to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the server until a stop signal. `Err` when it cannot start (the address is taken, the
+/// log is corrupt: the message names the file and offset).
+pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("depot-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let (keys, generated) = KeyStore::open(&config.data_dir, config.master_key.clone())
+        .context("opening the key store")?;
+    if let Some(key) = generated {
+        println!(
+            "master key (shown once; stored in {}): {key}",
+            config.data_dir.join(crate::keys::MASTER_KEY_FILE).display()
+        );
+    }
+    let state = AppState::new(keys, config.limits.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, sync = ?config.sync, shards = config.shards, "listening");
+    println!("depot listening on http://{addr}");
+
+    let (failed_tx, failed_rx) = oneshot::channel::<anyhow::Error>();
+    let recovery = tokio::spawn(start_engine(config.clone(), state.clone(), failed_tx, addr));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal_state = state.clone();
+    let shutdown = async move {
+        let failed = wait_for_stop(failed_rx).await;
+        signal_state.begin_stopping();
+        let _ = stop_tx.send(true);
+        if let Some(e) = failed {
+            tracing::error!(error = %format!("{e:#}"), "stopping: the engine could not start");
+        }
+    };
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+    let mut stop_rx2 = stop_rx.clone();
+    let drained = async move {
+        let _ = stop_rx2.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        r = server => r.context("serving HTTP")?,
+        () = drained => tracing::warn!("requests still in flight after the drain timeout; stopping anyway"),
+    }
+    let started = recovery.await.ok().flatten();
+    finish(&state).await;
+    match started {
+        Some(()) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        None => anyhow::bail!("the engine could not start (see the log above)"),
+    }
+}
+
+/// Waits for SIGINT, SIGTERM or a failed start (returned).
+async fn wait_for_stop(failed: oneshot::Receiver<anyhow::Error>) -> Option<anyhow::Error> {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    // A start that succeeded drops the sender: that is no reason to stop.
+    let failed = async {
+        match failed.await {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => { tracing::info!("SIGINT: stopping"); None }
+        () = term => { tracing::info!("SIGTERM: stopping"); None }
+        e = failed => Some(e),
+    }
+}
+
+/// Recovers the engine, marks the server ready, starts the ticker and loads the demo.
+/// `None` (after reporting on `failed`) when recovery failed.
+async fn start_engine(
+    config: ServeConfig,
+    state: AppState,
+    failed: oneshot::Sender<anyhow::Error>,
+    addr: SocketAddr,
+) -> Option<()> {
+    let wal_dir = config.data_dir.join("wal");
+    let (sync, shards) = (config.sync, config.shards);
+    let opened = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        durable::open(&wal_dir, sync, Limits::default(), shards)
+            .with_context(|| format!("recovering from {}", wal_dir.display()))
+            .map(|d| (d, started.elapsed()))
+    })
+    .await;
+    let (d, took) = match opened {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            let _ = failed.send(e);
+            return None;
+        }
+        Err(e) => {
+            let _ = failed.send(anyhow::anyhow!("recovery panicked: {e}"));
+            return None;
+        }
+    };
+    tracing::info!(tail = ?d.tail, took_ms = took.as_millis() as u64, "recovered; ready");
+    let runner = Arc::new(Runner::start(
+        d.engine,
+        Some(d.journal.clone()),
+        state.events().clone(),
+        state.limits().engine_queue_max,
+    ));
+    match depot_wal::FsDir::open(config.data_dir.join("wal")) {
+        Ok(dir) => state.set_snapshotter(depot_wal::Snapshotter::start(
+            runner.engine().clone(),
+            d.journal.clone(),
+            Box::new(dir),
+            depot_wal::SnapshotterConfig::default(),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "no background snapshots: cannot open the log directory")
+        }
+    }
+    state.set_ready(runner.clone());
+    tokio::spawn(tick(runner.clone(), state.stopping()));
+    if config.demo {
+        if let Err(e) = load_demo(&state, &runner, addr).await {
+            tracing::error!(error = %format!("{e:#}"), "the demo tenant could not be loaded");
+        }
+    }
+    Some(())
+}
+
+async fn tick(runner: Arc<Runner>, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                // Only when a hold or record may be due: an idle server writes nothing. A full
+                // queue skips a tick; the next one expires the same holds.
+                let due = runner.engine().next_due();
+                if due.is_some_and(|t| t <= super::runner::wall_ms()) {
+                    let _ = runner.tick();
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Creates the demo tenant when it is missing and prints a new admin key for it.
+async fn load_demo(state: &AppState, runner: &Runner, addr: SocketAddr) -> anyhow::Result<()> {
+    let tenant = TenantId::new(DEMO_TENANT).expect("a valid id");
+    let probe = Request {
+        tenant: tenant.clone(),
+        key_id: crate::demo::DEMO_KEY_ID.into(),
+        idempotency_key: None,
+        command: Command::GetStock {
+            sku: Sku::new("-").expect("a valid id"),
+        },
+    };
+    let exists = !matches!(
+        runner.run(vec![probe]).await?.first().map(|a| &a.0.outcome),
+        Some(Outcome::Refused(Refusal::NotFound { .. }))
+    );
+    if exists {
+        tracing::info!(tenant = DEMO_TENANT, "the demo tenant exists already");
+    } else {
+        let answers = runner.run(crate::demo::demo_requests(&tenant)).await?;
+        if let Some(r) = answers.iter().find_map(|a| a.0.outcome.refusal()) {
+            anyhow::bail!("a demo request was refused: {r}");
+        }
+        tracing::info!(
+            tenant = DEMO_TENANT,
+            requests = answers.len(),
+            "demo tenant loaded"
+        );
+    }
+    let keys = state.keys().clone();
+    let now = super::runner::wall_ms() as i64;
+    let (record, secret) = tokio::task::spawn_blocking(move || {
+        keys.create(Some(tenant), Role::Admin, vec![], vec![], vec![], now)
+    })
+    .await??;
+    println!(
+        "demo tenant \"{DEMO_TENANT}\": admin key {} (id {}); try\n  curl -H 'Authorization: Bearer {}' http://{addr}/v1/stock/DEMO-MUG",
+        secret, record.id, secret
+    );
+    Ok(())
+}
+
+/// Stops the engine's threads after everything queued has run, and waits until every write
+/// sequenced so far is durable.
+async fn finish(state: &AppState) {
+    let Ok(runner) = state.runner() else {
+        return;
+    };
+    let st = state.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        st.stop_snapshotter();
+        runner.stop();
+        if let Some(j) = runner.journal() {
+            let last = runner.engine().inspect(|front, _| front.seq);
+            if let Err(e) = depot_engine::Journal::wait_durable(&**j, last) {
+                tracing::error!(error = %e, "the log could not be made durable");
+            }
+        }
+    })
+    .await;
+    if done.is_err() {
+        tracing::error!("stopping the engine failed");
+    }
+}

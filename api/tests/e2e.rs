@@ -1,0 +1,340 @@
+//! The real `depot serve` binary on a free port and a temporary data directory: the README's
+//! curl walk-through as HTTP requests, a restart that finds everything still there (replays of
+//! idempotency keys included), and SIGTERM exiting 0.
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MASTER: &str = "e2e-master-key-0123456789abcdef";
+
+/// A running server.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--master-key",
+                MASTER,
+                "--shards",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("the depot binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads stdout for the address, then keeps draining it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("depot listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server prints its address");
+        Server { child, base }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Http {
+    client: Client,
+    base: String,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("the server answers");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let (status, _, body) = self.send(method, path, key, idem, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {body}");
+        body
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_walk_through_survives_a_restart_and_sigterm_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let http = Http {
+        client: Client::new(),
+        base: server.base.clone(),
+    };
+    http.wait_ready().await;
+
+    // The README's walk-through.
+    http.ok(
+        "POST",
+        "/v1/tenants",
+        MASTER,
+        None,
+        Some(json!({"id": "acme"})),
+    )
+    .await;
+    let key = http
+        .ok(
+            "POST",
+            "/v1/keys",
+            MASTER,
+            None,
+            Some(json!({"tenant": "acme", "role": "admin"})),
+        )
+        .await;
+    let admin = key["key"].as_str().unwrap().to_string();
+    http.ok(
+        "PUT",
+        "/v1/locations/wh-east",
+        &admin,
+        None,
+        Some(json!({"kind": "warehouse", "name": "East", "region": "us-east"})),
+    )
+    .await;
+    http.ok(
+        "PUT",
+        "/v1/channels/shopify:acme",
+        &admin,
+        None,
+        Some(json!({"kind": "shopify", "priority": 10})),
+    )
+    .await;
+    http.ok("POST", "/v1/stock/adjustments", &admin, Some("po-1001"),
+        Some(json!({"sku": "MUG-RED", "location": "wh-east", "kind": "receive", "quantity": 25, "reason": "PO 1001"}))).await;
+    let order = json!({"channel": "shopify:acme", "lines": [{"sku": "MUG-RED", "quantity": 2}], "ttl_seconds": 900, "order_ref": "#1042"});
+    let (status, _, held) = http
+        .send(
+            "POST",
+            "/v1/reservations",
+            &admin,
+            Some("order-1042"),
+            Some(order.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let id = held["id"].as_str().unwrap().to_string();
+    let got = http
+        .ok("GET", &format!("/v1/reservations/{id}"), &admin, None, None)
+        .await;
+    assert_eq!(got["state"], "held");
+    let committed = http
+        .ok(
+            "POST",
+            &format!("/v1/reservations/{id}/commit"),
+            &admin,
+            Some("commit-1042"),
+            None,
+        )
+        .await;
+    assert_eq!(committed["state"], "committed");
+    let stock = http
+        .ok("GET", "/v1/stock/MUG-RED", &admin, None, None)
+        .await;
+    assert_eq!(stock["locations"][0]["committed"], 2, "{stock}");
+    assert_eq!(stock["channels"][0]["available_to_sell"], 23, "{stock}");
+    let events = http
+        .ok("GET", "/v1/events?after=0", &admin, None, None)
+        .await;
+    assert!(events["events"].as_array().unwrap().len() >= 5, "{events}");
+
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+
+    // Restart: everything is still there, and the idempotency keys still replay.
+    let server = Server::start(&data);
+    let http = Http {
+        client: Client::new(),
+        base: server.base.clone(),
+    };
+    http.wait_ready().await;
+    let got = http
+        .ok("GET", &format!("/v1/reservations/{id}"), &admin, None, None)
+        .await;
+    assert_eq!(got["state"], "committed", "{got}");
+    let again = http
+        .ok("GET", "/v1/stock/MUG-RED", &admin, None, None)
+        .await;
+    assert_eq!(again, stock);
+    let (status, headers, replay) = http
+        .send(
+            "POST",
+            "/v1/reservations",
+            &admin,
+            Some("order-1042"),
+            Some(order),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replay"], "true");
+    assert_eq!(replay, held, "the first answer, after a restart");
+    let other = json!({"channel": "shopify:acme", "lines": [{"sku": "MUG-RED", "quantity": 5}]});
+    let (status, _, body) = http
+        .send(
+            "POST",
+            "/v1/reservations",
+            &admin,
+            Some("order-1042"),
+            Some(other),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("idempotency_key_reused")
+        )
+    );
+    // The master key is not asked for again, and a second tenant works after the restart.
+    http.ok(
+        "POST",
+        "/v1/tenants",
+        MASTER,
+        None,
+        Some(json!({"id": "globex"})),
+    )
+    .await;
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_generated_master_key_is_printed_once_and_the_demo_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo",
+            "--shards",
+            "1",
+            "--sync",
+            "interval=5",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().unwrap().unwrap();
+    let master_line = next();
+    assert!(master_line.starts_with("master key"), "{master_line}");
+    let base = next()
+        .strip_prefix("depot listening on ")
+        .unwrap()
+        .to_string();
+    let demo_line = next();
+    let demo_key = demo_line
+        .split_whitespace()
+        .find(|w| w.starts_with("dpk_"))
+        .unwrap_or_else(|| panic!("an admin key in {demo_line:?}"))
+        .to_string();
+    let http = Http {
+        client: Client::new(),
+        base,
+    };
+    let stock = http
+        .ok("GET", "/v1/stock/DEMO-MUG", &demo_key, None, None)
+        .await;
+    assert!(!stock["channels"].as_array().unwrap().is_empty(), "{stock}");
+    let stored = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert!(master_line.contains(stored.trim()));
+    let _ = child.kill();
+    let _ = child.wait();
+}
