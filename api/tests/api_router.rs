@@ -207,12 +207,29 @@ async fn every_endpoint_answers_its_success() {
     assert_eq!(r.status, StatusCode::OK);
     let r = f.call("GET", "/readyz", None, None, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
+    let held = f
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(a),
+            Some(json!({"channel": "shopify:acme", "lines": [{"sku": "MUG", "quantity": 1}]})),
+            &[("Idempotency-Key", "metrics-1")],
+        )
+        .await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
     let r = f.call("GET", "/metrics", None, None, &[]).await;
     let text = r.body.as_str().unwrap_or_default();
     assert!(
         text.contains("/v1/reservations/{id}"),
         "metrics per matched route: {text}"
     );
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(gauge(r#"depot_holds{state="active"}"#), 1.0, "{text}");
 }
 
 #[tokio::test]

@@ -249,6 +249,14 @@ async fn the_walk_through_survives_a_restart_and_sigterm_exits_0() {
         .ok("GET", "/v1/stock/MUG-RED", &admin, None, None)
         .await;
     assert_eq!(again, stock);
+    // The events are rebuilt from the log: the same cursor reads the same events.
+    let events_again = http
+        .ok("GET", "/v1/events?after=0", &admin, None, None)
+        .await;
+    assert_eq!(
+        events_again["events"], events["events"],
+        "events after a restart"
+    );
     let (status, headers, replay) = http
         .send(
             "POST",

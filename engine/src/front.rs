@@ -894,6 +894,11 @@ impl Front {
     }
 
     /// The shards of a reservation, or one fallback shard that will answer "not found".
+    /// The shards a reservation's parts live on, as a bit mask.
+    pub fn route_of(&self, id: ReservationId) -> u64 {
+        self.route(id)
+    }
+
     fn route(&self, id: ReservationId) -> u64 {
         self.routes
             .get(&id)

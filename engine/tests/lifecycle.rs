@@ -590,6 +590,43 @@ fn the_engine_says_when_a_tick_may_have_work() {
 }
 
 #[test]
+fn the_engine_counts_reservations_by_state_once_each() {
+    let mut fx = Fx::new();
+    let skus = ["A", "B", "C", "D", "E", "F"];
+    for s in skus {
+        fx.ok(receive(s, "east", 10));
+    }
+    // One reservation over six SKUs (spanning both shards), one short hold, one committed.
+    let all: Vec<(&str, i64)> = skus.iter().map(|s| (*s, 1)).collect();
+    let reqs = [
+        fx.request(reserve_ttl("web", &all, 60_000)),
+        fx.request(reserve_ttl("web", &[("A", 1)], 1_000)),
+        fx.request(reserve_ttl("web", &[("B", 1)], 60_000)),
+    ];
+    let e = depot_engine::Engine::from_machine(fx.m, Limits::default(), None);
+    let mut ids = Vec::new();
+    for r in reqs {
+        let (resp, _) = e.execute_one(r, T0);
+        match resp.outcome {
+            Outcome::Ok(Reply::Reservation(v)) => ids.push(v.id),
+            o => panic!("{o:?}"),
+        }
+    }
+    let commit = depot_engine::Request {
+        tenant: depot_engine::TenantId::new(TENANT).unwrap(),
+        key_id: "key_test".into(),
+        idempotency_key: None,
+        command: commit(ids[2]),
+    };
+    assert!(matches!(
+        e.execute_one(commit, T0).0.outcome,
+        Outcome::Ok(_)
+    ));
+    let c = e.reservation_counts(T0 + 2_000);
+    assert_eq!((c.held, c.overdue, c.committed), (1, 1, 1), "{c:?}");
+}
+
+#[test]
 fn a_command_on_an_overdue_hold_expires_it_and_is_refused() {
     let (mut fx, id) = held();
     fx.advance(900_000);

@@ -489,6 +489,11 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         if let Some(j) = runner.journal() {
             m.observe_group_commit(&j.stats());
         }
+        let engine = runner.engine().clone();
+        let now = super::runner::wall_ms();
+        if let Ok(c) = tokio::task::spawn_blocking(move || engine.reservation_counts(now)).await {
+            m.set_holds(c.held, c.overdue, c.committed);
+        }
     }
     if let Some(last) = s.snapshot_stats().and_then(|st| st.last) {
         m.set_snapshot(last.pause.as_secs_f64(), last.seq);

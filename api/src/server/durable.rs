@@ -7,7 +7,7 @@
 //! - `none`: the log's files skip `fdatasync` ([`UnsyncedDir`]); the kernel writes them back.
 
 use super::config::SyncMode;
-use depot_engine::{Engine, Journal, JournalError, Limits, LogEntry, Seq};
+use depot_engine::{Engine, Event, Journal, JournalError, Limits, LogEntry, Seq};
 use depot_wal::{Directory, FsDir, Storage, Tail, WalError, WalJournal, WalOptions, WalWriter};
 use std::collections::VecDeque;
 use std::io;
@@ -21,6 +21,8 @@ pub struct Durable {
     pub engine: Engine,
     pub journal: Arc<WalJournal>,
     pub tail: Tail,
+    /// The last events of the replayed log, oldest first.
+    pub recent_events: Vec<Event>,
 }
 
 /// Recovers the state in `wal_dir` and starts the engine on it, logging with `sync`.
@@ -29,6 +31,7 @@ pub fn open(
     sync: SyncMode,
     limits: Limits,
     shards: usize,
+    events_kept: usize,
 ) -> Result<Durable, WalError> {
     let fs = FsDir::open(wal_dir).map_err(|source| WalError::Io {
         file: wal_dir.display().to_string(),
@@ -38,7 +41,20 @@ pub fn open(
         SyncMode::None => Box::new(UnsyncedDir(fs)),
         _ => Box::new(fs),
     };
-    let (machine, tail) = depot_wal::recover(&*dir, limits.clone(), shards)?;
+    // The newest events of the replayed log, so event cursors survive a restart (as far back
+    // as the snapshot recovery starts from, at most `events_kept`).
+    let mut recent: VecDeque<Event> = VecDeque::new();
+    let (machine, tail) =
+        depot_wal::recover_with_events(&*dir, limits.clone(), shards, &mut |entry, events| {
+            // A retried start (a snapshot ahead of the log) replays entries again: keep one copy.
+            while recent.back().is_some_and(|e| e.seq >= entry.seq) {
+                recent.pop_back();
+            }
+            recent.extend(events.iter().cloned());
+            while recent.len() > events_kept {
+                recent.pop_front();
+            }
+        })?;
     let recovered = machine.front.seq;
     let writer = WalWriter::open(dir, WalOptions::default())?;
     let journal = Arc::new(WalJournal::start_at(writer, recovered));
@@ -55,6 +71,7 @@ pub fn open(
         engine,
         journal,
         tail,
+        recent_events: recent.into(),
     })
 }
 

@@ -124,9 +124,10 @@ async fn start_engine(
 ) -> Option<()> {
     let wal_dir = config.data_dir.join("wal");
     let (sync, shards) = (config.sync, config.shards);
+    let events_kept = state.limits().events_kept;
     let opened = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        durable::open(&wal_dir, sync, Limits::default(), shards)
+        durable::open(&wal_dir, sync, Limits::default(), shards, events_kept)
             .with_context(|| format!("recovering from {}", wal_dir.display()))
             .map(|d| (d, started.elapsed()))
     })
@@ -143,6 +144,7 @@ async fn start_engine(
         }
     };
     tracing::info!(tail = ?d.tail, took_ms = took.as_millis() as u64, "recovered; ready");
+    state.events().push(&d.recent_events);
     let runner = Arc::new(Runner::start(
         d.engine,
         Some(d.journal.clone()),

@@ -6,7 +6,7 @@
 
 use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
-use depot_engine::{Journal, JournalError, Limits, LogEntry, Machine, Seq};
+use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Seq};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -204,6 +204,17 @@ pub fn recover_with_progress(
     shards: usize,
     on_entry: &mut dyn FnMut(&LogEntry),
 ) -> Result<(Machine, Tail), WalError> {
+    recover_with_events(dir, limits, shards, &mut |entry, _| on_entry(entry))
+}
+
+/// [`recover`], calling `on_entry` with each log entry replayed after the snapshot it starts
+/// from, and the events the entry produced (the server rebuilds its recent events from these).
+pub fn recover_with_events(
+    dir: &dyn Directory,
+    limits: Limits,
+    shards: usize,
+    on_entry: &mut dyn FnMut(&LogEntry, &[Event]),
+) -> Result<(Machine, Tail), WalError> {
     // The first snapshot skipped, and why: named in the error if the log cannot cover it.
     let mut skipped: Option<(String, String)> = None;
     let mut skip = |name: &str, reason: String| {
@@ -265,7 +276,7 @@ fn replay_after(
     dir: &dyn Directory,
     mut machine: Machine,
     from: Seq,
-    on_entry: &mut dyn FnMut(&LogEntry),
+    on_entry: &mut dyn FnMut(&LogEntry, &[Event]),
 ) -> Result<Replayed, WalError> {
     let mut reader = WalReader::open(dir, from)?;
     // Reading, checksumming and parsing the log runs on a second thread, a few batches ahead
@@ -291,8 +302,8 @@ fn replay_after(
             .map_err(|e| WalError::io("", e))?;
         for batch in received {
             for entry in &batch {
-                machine.replay(entry);
-                on_entry(entry);
+                let (_, events) = machine.replay(entry);
+                on_entry(entry, &events);
             }
         }
         decoder

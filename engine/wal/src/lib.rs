@@ -36,7 +36,9 @@ pub use depot_engine::LogEntry;
 pub use error::WalError;
 pub use fault::{flip_bit, FaultDir};
 pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-pub use journal::{open_engine, recover, recover_with_progress, GroupCommitStats, WalJournal};
+pub use journal::{
+    open_engine, recover, recover_with_events, recover_with_progress, GroupCommitStats, WalJournal,
+};
 pub use mem::{MemDir, MemFile};
 pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
 pub use retention::{apply_retention, RetentionAction, RetentionPolicy, RetentionReport};
