@@ -547,6 +547,65 @@ async fn a_request_that_takes_too_long_is_503_timeout() {
 }
 
 #[tokio::test]
+async fn a_full_engine_queue_answers_503_overloaded_and_does_nothing() {
+    let f = Fixture::with_limits(HttpLimits {
+        engine_queue_max: 1,
+        ..HttpLimits::default()
+    });
+    let k = f.tenant("acme").await;
+    let before = f.get("/v1/stock/MUG", &k.admin).await.body;
+    // Hold the engine: the write thread takes one group and waits; one more fits the queue.
+    let runner = f.state.runner().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        runner.engine().inspect(|_, _| {
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        })
+    });
+    held_rx.recv().unwrap();
+    let reserve = |n: usize| {
+        let key = format!("overload-{n}");
+        let f = &f;
+        let admin = k.admin.clone();
+        async move {
+            f.call(
+                "POST",
+                "/v1/reservations",
+                Some(&admin),
+                Some(json!({"channel": "shopify:acme", "lines": [{"sku": "MUG", "quantity": 1}]})),
+                &[("Idempotency-Key", key.as_str())],
+            )
+            .await
+        }
+    };
+    let answers = futures_util::future::join_all((0..4).map(reserve)).await;
+    holder.join().unwrap();
+    let created = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let overloaded: Vec<&Answer> = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(created + overloaded.len(), 4, "{answers:?}");
+    assert!(!overloaded.is_empty() && created <= 2, "{answers:?}");
+    for r in overloaded {
+        r.assert_error_body();
+        assert_eq!(r.code(), "overloaded");
+    }
+    // Only the accepted reservations hold stock.
+    let after = f.get("/v1/stock/MUG", &k.admin).await.body;
+    let reserved = |b: &Value| b["locations"][0]["reserved"].as_i64().unwrap_or(-1);
+    assert_eq!(
+        reserved(&after) - reserved(&before),
+        created as i64,
+        "{after}"
+    );
+}
+
+#[tokio::test]
 async fn keys_are_shown_once_revoked_and_scoped_by_cidr() {
     let (f, k) = setup().await;
     // An admin creates keys of its own tenant only.
