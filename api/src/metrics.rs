@@ -11,8 +11,8 @@
 
 use depot_wal::GroupCommitStats;
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -23,6 +23,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const ROUTES_MAX: usize = 128;
 
 /// Request latency buckets, in seconds: 100 µs to 10 s.
+/// Entries per group-commit batch.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -41,6 +46,8 @@ pub struct Metrics {
     wal_durable_seq: IntGauge,
     wal_entries_per_sync: Gauge,
     wal_last: Mutex<Option<GroupCommitStats>>,
+    wal_sync_seconds: Histogram,
+    wal_batch_entries: Histogram,
     holds: IntGaugeVec,
     ats_pushes_pending: IntGauge,
     snapshot_pause_seconds: Gauge,
@@ -103,6 +110,22 @@ impl Metrics {
                  commit batch size).",
             ),
             wal_last: Mutex::new(None),
+            wal_sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "depot_wal_sync_duration_seconds",
+                    "Time to write one group-commit batch and fdatasync it.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("a valid metric"),
+            wal_batch_entries: Histogram::with_opts(
+                HistogramOpts::new(
+                    "depot_wal_batch_entries",
+                    "Log entries per group-commit batch (per fdatasync).",
+                )
+                .buckets(BATCH_BUCKETS.to_vec()),
+            )
+            .expect("a valid metric"),
             holds,
             ats_pushes_pending: int_gauge(
                 "depot_ats_pushes_pending",
@@ -131,6 +154,8 @@ impl Metrics {
             Box::new(self.wal_entries.clone()),
             Box::new(self.wal_durable_seq.clone()),
             Box::new(self.wal_entries_per_sync.clone()),
+            Box::new(self.wal_sync_seconds.clone()),
+            Box::new(self.wal_batch_entries.clone()),
             Box::new(self.holds.clone()),
             Box::new(self.ats_pushes_pending.clone()),
             Box::new(self.snapshot_pause_seconds.clone()),
@@ -198,6 +223,12 @@ impl Metrics {
         }
         self.wal_durable_seq.set(clamp_i64(stats.durable_seq));
         *last = Some(*stats);
+    }
+
+    /// One group-commit batch made durable: its write-and-fdatasync time and its entries.
+    pub fn observe_sync(&self, took: std::time::Duration, entries: usize) {
+        self.wal_sync_seconds.observe(took.as_secs_f64());
+        self.wal_batch_entries.observe(entries as f64);
     }
 
     /// Reservations by state: held and unexpired, held past their expiry but not yet ticked,

@@ -91,6 +91,8 @@ fn the_text_format_is_well_formed_and_holds_what_was_observed() {
     m.set_holds(10, 2, 7);
     m.set_ats_pushes_pending(5);
     m.set_snapshot(0.25, 1234);
+    m.observe_sync(std::time::Duration::from_micros(800), 12);
+    m.observe_sync(std::time::Duration::from_millis(3), 1);
     let text = m.render();
     assert!(
         text.contains("# TYPE depot_http_requests_total counter"),
@@ -126,6 +128,14 @@ fn the_text_format_is_well_formed_and_holds_what_was_observed() {
     assert_eq!(get("depot_ats_pushes_pending"), 5.0);
     assert_eq!(get("depot_snapshot_last_pause_seconds"), 0.25);
     assert_eq!(get("depot_snapshot_last_seq"), 1234.0);
+    assert_eq!(get("depot_wal_sync_duration_seconds_count"), 2.0);
+    assert_eq!(
+        get(r#"depot_wal_sync_duration_seconds_bucket{le="0.001"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"depot_wal_batch_entries_bucket{le="16"}"#), 2.0);
+    assert_eq!(get(r#"depot_wal_batch_entries_bucket{le="8"}"#), 1.0);
+    assert_eq!(get("depot_wal_batch_entries_sum"), 13.0);
     assert!(CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
 }
 

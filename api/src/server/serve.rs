@@ -145,6 +145,10 @@ async fn start_engine(
     };
     tracing::info!(tail = ?d.tail, took_ms = took.as_millis() as u64, "recovered; ready");
     state.events().push(&d.recent_events);
+    let metrics = state.metrics().clone();
+    d.journal.set_sync_observer(Box::new(move |took, entries| {
+        metrics.observe_sync(took, entries)
+    }));
     let runner = Arc::new(Runner::start(
         d.engine,
         Some(d.journal.clone()),

@@ -27,12 +27,25 @@ struct State {
     waiters: BTreeMap<Seq, Vec<Thread>>,
 }
 
-#[derive(Debug, Default)]
+/// Called by the sync thread after every successful batch: how long writing and `fdatasync`
+/// took, and how many entries the batch held (metrics).
+pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
+
+#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
+    observer: std::sync::OnceLock<SyncObserver>,
     /// Signals the syncer: work queued, or stop. Only the syncer waits on it, so an append
     /// wakes no client.
     changed: Condvar,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 /// The write-ahead log as the engine's journal, with group commit.
@@ -74,6 +87,12 @@ impl WalJournal {
         }
     }
 
+    /// Sets the function told about every batch made durable (once; later calls are
+    /// ignored). It runs on the sync thread: it must be quick.
+    pub fn set_sync_observer(&self, observer: SyncObserver) {
+        let _ = self.shared.observer.set(observer);
+    }
+
     pub fn stats(&self) -> GroupCommitStats {
         let st = self.shared.state.lock().expect("journal lock");
         GroupCommitStats {
@@ -107,10 +126,14 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             std::mem::take(&mut st.queued)
         };
         let last = batch.last().map_or(0, |e| e.seq);
+        let started = std::time::Instant::now();
         let result = batch
             .iter()
             .try_for_each(|e| writer.append(e))
             .and_then(|()| writer.sync());
+        if let (Ok(()), Some(observe)) = (&result, shared.observer.get()) {
+            observe(started.elapsed(), batch.len());
+        }
         let mut st = shared.state.lock().expect("journal lock");
         let woken = match result {
             Ok(()) => {

@@ -37,7 +37,8 @@ pub use error::WalError;
 pub use fault::{flip_bit, FaultDir};
 pub use format::{FrameError, RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 pub use journal::{
-    open_engine, recover, recover_with_events, recover_with_progress, GroupCommitStats, WalJournal,
+    open_engine, recover, recover_with_events, recover_with_progress, GroupCommitStats,
+    SyncObserver, WalJournal,
 };
 pub use mem::{MemDir, MemFile};
 pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};

@@ -71,12 +71,21 @@ fn acknowledged_writes_survive_a_crash_and_share_syncs() {
     )
     .unwrap();
     assert_eq!(tail, Tail::Clean);
+    // The sync observer (metrics) sees every batch: as many as syncs, covering every entry.
+    let seen = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let s = seen.clone();
+    journal.set_sync_observer(Box::new(move |_took, entries| {
+        let mut g = s.lock().unwrap();
+        g.0 += 1;
+        g.1 += entries as u64;
+    }));
     let engine = Arc::new(engine);
     setup(&engine);
     let acked = load(&engine);
     assert_eq!(acked, 4 * 25 * 8);
     let digest = engine.digest();
     let stats = journal.stats();
+    assert_eq!(*seen.lock().unwrap(), (stats.syncs, stats.entries));
     assert!(
         stats.syncs < stats.entries,
         "group commit: {} syncs for {} entries",
