@@ -346,3 +346,53 @@ async fn a_generated_master_key_is_printed_once_and_the_demo_loads() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn bad_snapshot_flags_stop_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused while parsing the flags.
+    let out = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-retention",
+            "soon",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("a"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log-retention"), "{err}");
+    // An archive directory that cannot be created: the server stops instead of running
+    // without the retention it was asked for.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-retention", "1h"])
+        .arg("--log-archive-dir")
+        .arg(blocker.join("archive"))
+        .arg("--data-dir")
+        .arg(dir.path().join("b"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not stop");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("--log-archive-dir"), "{err}");
+}

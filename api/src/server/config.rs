@@ -81,6 +81,42 @@ pub struct ServeArgs {
     /// Requests a key may send at once above its rate.
     #[arg(long, env = "DEPOT_RATE_BURST", default_value_t = 2_000)]
     pub rate_burst: u32,
+    /// Take a background snapshot after this many writes (0: not by count).
+    #[arg(long, env = "DEPOT_SNAPSHOT_EVERY_WRITES", default_value_t = 1_000_000)]
+    pub snapshot_every_writes: u64,
+    /// Take a background snapshot this long after the last one, if anything was written
+    /// (`30m`, `1h`, `off`).
+    #[arg(long, env = "DEPOT_SNAPSHOT_EVERY", default_value = "1h")]
+    pub snapshot_every: String,
+    /// Keep log segments covered by a snapshot this long after they were closed, then delete
+    /// them (or move them to --log-archive-dir): `7days`, `12h`, or `forever` (the default:
+    /// the log is the audit trail).
+    #[arg(long, env = "DEPOT_LOG_RETENTION", default_value = "forever")]
+    pub log_retention: String,
+    /// With --log-retention, move expired segments here instead of deleting them.
+    #[arg(long, env = "DEPOT_LOG_ARCHIVE_DIR")]
+    pub log_archive_dir: Option<PathBuf>,
+}
+
+/// When the server snapshots and what it keeps of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    pub every_writes: Option<u64>,
+    pub every: Option<Duration>,
+    /// `None`: keep every segment.
+    pub retention: Option<Duration>,
+    pub archive_dir: Option<PathBuf>,
+}
+
+/// `off` / `forever` or a duration such as `90s`, `30m`, `7days`.
+fn parse_span(flag: &'static str, s: &str, none: &str) -> Result<Option<Duration>, ConfigError> {
+    if s == none {
+        return Ok(None);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(ConfigError::Span(flag, s.to_string(), none.to_string())),
+    }
 }
 
 /// Limits of the HTTP layer. The engine's own limits (lines per reservation, TTL range, ...)
@@ -139,6 +175,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub demo: bool,
     pub limits: HttpLimits,
+    pub snapshots: SnapshotSettings,
 }
 
 /// Why the flags do not make a configuration.
@@ -154,6 +191,10 @@ pub enum ConfigError {
     MasterKey(&'static str),
     #[error("--rate-limit and --rate-burst must be at least 1")]
     Rate,
+    #[error("{0} {1:?}: expected a duration such as 30m, 12h or 7days, or {2}")]
+    Span(&'static str, String, String),
+    #[error("--log-archive-dir needs --log-retention (nothing is archived while the log is kept forever)")]
+    ArchiveWithoutRetention,
 }
 
 impl ServeArgs {
@@ -191,6 +232,16 @@ impl ServeArgs {
         if self.rate_limit == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Rate);
         }
+        let retention = parse_span("--log-retention", &self.log_retention, "forever")?;
+        if retention.is_none() && self.log_archive_dir.is_some() {
+            return Err(ConfigError::ArchiveWithoutRetention);
+        }
+        let snapshots = SnapshotSettings {
+            every_writes: (self.snapshot_every_writes > 0).then_some(self.snapshot_every_writes),
+            every: parse_span("--snapshot-every", &self.snapshot_every, "off")?,
+            retention,
+            archive_dir: self.log_archive_dir,
+        };
         Ok(ServeConfig {
             listen,
             data_dir: self.data_dir,
@@ -204,6 +255,7 @@ impl ServeArgs {
                 rate_burst: self.rate_burst,
                 ..HttpLimits::default()
             },
+            snapshots,
         })
     }
 }
@@ -222,6 +274,60 @@ mod tests {
         );
         for bad in ["", "interval=", "interval=0", "interval=x", "sometimes"] {
             assert!(bad.parse::<SyncMode>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        use clap::Parser;
+        let mut argv = vec!["depot"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .serve
+            .validate()
+    }
+
+    #[test]
+    fn snapshot_and_retention_flags() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.snapshots,
+            SnapshotSettings {
+                every_writes: Some(1_000_000),
+                every: Some(Duration::from_secs(3600)),
+                retention: None,
+                archive_dir: None,
+            }
+        );
+        let c = config(&[
+            "--snapshot-every-writes",
+            "0",
+            "--snapshot-every",
+            "off",
+            "--log-retention",
+            "7days",
+            "--log-archive-dir",
+            "/srv/archive",
+        ])
+        .unwrap();
+        assert_eq!(c.snapshots.every_writes, None);
+        assert_eq!(c.snapshots.every, None);
+        assert_eq!(c.snapshots.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(c.snapshots.archive_dir, Some(PathBuf::from("/srv/archive")));
+        for bad in [
+            &["--log-retention", "soon"][..],
+            &["--log-retention", "0s"],
+            &["--snapshot-every", "forever"],
+            &["--log-archive-dir", "/srv/archive"],
+        ] {
+            let e = config(bad).expect_err("refused");
+            assert!(e.to_string().starts_with("--"), "{bad:?}: {e}");
         }
     }
 }

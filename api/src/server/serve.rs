@@ -122,6 +122,21 @@ async fn start_engine(
     failed: oneshot::Sender<anyhow::Error>,
     addr: SocketAddr,
 ) -> Option<()> {
+    let snapshots = match snapshotter_config(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = failed.send(anyhow::anyhow!(
+                "opening --log-archive-dir {}: {e}",
+                config
+                    .snapshots
+                    .archive_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ));
+            return None;
+        }
+    };
     let wal_dir = config.data_dir.join("wal");
     let (sync, shards) = (config.sync, config.shards);
     let events_kept = state.limits().events_kept;
@@ -160,7 +175,7 @@ async fn start_engine(
             runner.engine().clone(),
             d.journal.clone(),
             Box::new(dir),
-            depot_wal::SnapshotterConfig::default(),
+            snapshots,
         )),
         Err(e) => {
             tracing::warn!(error = %e, "no background snapshots: cannot open the log directory")
@@ -174,6 +189,30 @@ async fn start_engine(
         }
     }
     Some(())
+}
+
+/// The snapshotter's triggers and retention from the flags.
+fn snapshotter_config(config: &ServeConfig) -> std::io::Result<depot_wal::SnapshotterConfig> {
+    let s = &config.snapshots;
+    let retention = match s.retention {
+        None => None,
+        Some(keep_for) => Some(depot_wal::RetentionPolicy {
+            keep_for,
+            action: match &s.archive_dir {
+                None => depot_wal::RetentionAction::Delete,
+                Some(dir) => {
+                    depot_wal::RetentionAction::Archive(Arc::new(depot_wal::FsDir::open(dir)?))
+                }
+            },
+            ..depot_wal::RetentionPolicy::default()
+        }),
+    };
+    Ok(depot_wal::SnapshotterConfig {
+        every_writes: s.every_writes,
+        every: s.every,
+        retention,
+        ..depot_wal::SnapshotterConfig::default()
+    })
 }
 
 async fn tick(runner: Arc<Runner>, mut stopping: tokio::sync::watch::Receiver<bool>) {
