@@ -34,4 +34,6 @@ pub use limits::Limits;
 pub use machine::{LogEntry, Machine};
 pub use outcome::{Event, EventKind, Outcome, Refusal, Reply, ReservationState, Response};
 pub use rules::{Rule, RuleDocument, RuleKind};
-pub use runtime::{Engine, EngineConfig, Journal, JournalError, MemoryJournal, ReservationCounts};
+pub use runtime::{
+    Engine, EngineConfig, Journal, JournalError, MemoryJournal, ReservationCounts, Unacked,
+};

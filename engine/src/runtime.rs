@@ -80,6 +80,15 @@ impl Default for EngineConfig {
 
 type Answer = (Response, Vec<Event>);
 
+/// The answers of a batch not yet known durable (see [`Engine::execute_unacked`]).
+#[derive(Debug)]
+#[must_use = "answers are acknowledged with Engine::acknowledge"]
+pub struct Unacked {
+    answers: Vec<Answer>,
+    /// The sequence number of the batch's last write, if it wrote.
+    last_write: Option<Seq>,
+}
+
 /// Reservations by state (see [`Engine::reservation_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReservationCounts {
@@ -287,6 +296,15 @@ impl Engine {
 
     /// Executes a batch of requests, sequenced in order, and waits for all answers.
     pub fn execute(&self, requests: Vec<Request>, now: TimeMs) -> Vec<Answer> {
+        let ran = self.execute_unacked(requests, now);
+        self.acknowledge(ran)
+    }
+
+    /// Executes a batch like [`Engine::execute`] but returns as soon as the shards have
+    /// answered, before the journal has made the writes durable. The answers must not be shown
+    /// to anyone until [`Engine::acknowledge`] returns them: a caller can run the next batch
+    /// while another thread waits for this one's `fdatasync` (pipelined group commit).
+    pub fn execute_unacked(&self, requests: Vec<Request>, now: TimeMs) -> Unacked {
         let batch = Arc::new(Batch {
             slots: (0..requests.len()).map(|_| OnceLock::new()).collect(),
             remaining: AtomicUsize::new(requests.len()),
@@ -297,21 +315,18 @@ impl Engine {
                 what: "requests in one batch".into(),
                 limit: self.inner.batch_len_max as u64,
             };
-            return requests
-                .iter()
-                .map(|_| (refused(r.clone()), Vec::new()))
-                .collect();
+            return Unacked {
+                answers: requests
+                    .iter()
+                    .map(|_| (refused(r.clone()), Vec::new()))
+                    .collect(),
+                last_write: None,
+            };
         }
         let (last_write, sent) = self.submit(&batch, requests, now);
         while batch.remaining.load(Ordering::Acquire) != 0 {
             std::thread::park();
         }
-        // Group commit: the shards ran the batch while the journal synced it; answer only once
-        // every write of the batch is durable.
-        let durable = match (last_write, self.inner.journal.as_ref()) {
-            (Some(seq), Some(j)) => j.wait_durable(seq),
-            _ => Ok(()),
-        };
         // A shard drops its reference right after the message's last task: wait for that
         // instead of copying every answer.
         let mut batch = batch;
@@ -328,11 +343,28 @@ impl Engine {
         let answers = batch
             .slots
             .into_iter()
-            .map(|s| s.into_inner().expect("every slot is answered"));
+            .map(|s| s.into_inner().expect("every slot is answered"))
+            .collect();
+        Unacked {
+            answers,
+            last_write,
+        }
+    }
+
+    /// Waits until every write of an executed batch is durable and returns its answers. Group
+    /// commit: the shards ran the batch while the journal synced it. If the journal failed,
+    /// the batch's writes are not acknowledged: they are refused as `unavailable`.
+    pub fn acknowledge(&self, ran: Unacked) -> Vec<Answer> {
+        let durable = match (ran.last_write, self.inner.journal.as_ref()) {
+            (Some(seq), Some(j)) => j.wait_durable(seq),
+            _ => Ok(()),
+        };
         match durable {
-            Ok(()) => answers.collect(),
+            Ok(()) => ran.answers,
             // Not durable, so not acknowledged: the writes are refused (the server stops).
-            Err(e) => answers
+            Err(e) => ran
+                .answers
+                .into_iter()
                 .map(|(r, events)| match r.seq {
                     Some(_) if !r.replayed => (
                         refused(Refusal::Unavailable {

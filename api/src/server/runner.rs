@@ -6,9 +6,13 @@
 //! in as the next batch: group commit for free. A full queue refuses at once (503) instead of
 //! growing.
 //!
-//! Writes go through one thread so the events of every batch reach the [`EventLog`] in
-//! sequence order (the cursor of `/v1/events` must never skip an event pushed late). Groups
-//! made only of reads go through their own threads and never wait behind a sync.
+//! Writes go through one thread, which executes a batch ([`Engine::execute_unacked`]) and hands
+//! it to an acknowledging thread that waits for the batch's `fdatasync`, pushes its events and
+//! sends the answers, while the writer already executes the next batch (pipelined group
+//! commit: the engine works while the disk syncs). Both threads keep batches in order, so
+//! events reach the [`EventLog`] in sequence order (the cursor of `/v1/events` must never skip
+//! an event pushed late) and only once durable. Groups made only of reads go through their own
+//! threads and never wait behind a sync.
 
 use crate::events::EventLog;
 use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
@@ -26,6 +30,14 @@ pub type Answer = (Response, Vec<Event>);
 const ENGINE_BATCH_MAX: usize = 4_096;
 /// Threads running groups of reads.
 const READ_THREADS: usize = 2;
+/// Executed batches waiting for their `fdatasync` (the writer waits beyond this).
+const ACK_QUEUE: usize = 8;
+
+/// An executed batch on its way to the acknowledging thread.
+enum Ack {
+    Batch(depot_engine::Unacked, Vec<Work>, Vec<usize>),
+    Stop,
+}
 
 struct Work {
     requests: Vec<Request>,
@@ -84,19 +96,38 @@ impl Runner {
         let (writes, writes_rx) = bounded(queue_max.max(1));
         let (reads, reads_rx) = bounded(queue_max.max(1));
         let mut threads = Vec::new();
+        let (acks, acks_rx) = bounded(ACK_QUEUE);
         let e = engine.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("depot-api-writes".into())
-                .spawn(move || drain(&writes_rx, &e, Some(&events)))
+                .spawn(move || {
+                    drain(&writes_rx, &e, |ran, works, lens| {
+                        acks.send(Ack::Batch(ran, works, lens)).is_ok()
+                    });
+                    let _ = acks.send(Ack::Stop);
+                })
                 .expect("spawn the engine's write thread"),
+        );
+        let e = engine.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("depot-api-acks".into())
+                .spawn(move || acknowledge(&acks_rx, &e, &events))
+                .expect("spawn the engine's acknowledging thread"),
         );
         for i in 0..READ_THREADS {
             let (e, rx) = (engine.clone(), reads_rx.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("depot-api-reads-{i}"))
-                    .spawn(move || drain(&rx, &e, None))
+                    // Reads write nothing: their answers are final at once (and have no events).
+                    .spawn(move || {
+                        drain(&rx, &e, |ran, works, lens| {
+                            reply(works, lens, e.acknowledge(ran));
+                            true
+                        });
+                    })
                     .expect("spawn an engine read thread"),
             );
         }
@@ -186,7 +217,13 @@ impl Runner {
     }
 }
 
-fn drain(rx: &Receiver<Msg>, engine: &Engine, events: Option<&EventLog>) {
+/// Takes whatever is queued (up to [`ENGINE_BATCH_MAX`] requests) as one batch, executes it and
+/// hands it to `then` (which returns false to stop), until a stop message.
+fn drain(
+    rx: &Receiver<Msg>,
+    engine: &Engine,
+    mut then: impl FnMut(depot_engine::Unacked, Vec<Work>, Vec<usize>) -> bool,
+) {
     loop {
         let first = match rx.recv() {
             Ok(Msg::Work(w)) => w,
@@ -214,24 +251,35 @@ fn drain(rx: &Receiver<Msg>, engine: &Engine, events: Option<&EventLog>) {
             lens.push(w.requests.len());
             requests.append(&mut w.requests);
         }
-        let answers = engine.execute(requests, wall_ms());
-        if let Some(log) = events {
-            for (_, evs) in &answers {
-                if !evs.is_empty() {
-                    log.push(evs);
-                }
-            }
-        }
-        let mut answers = answers.into_iter();
-        for (w, len) in works.into_iter().zip(lens) {
-            let part: Vec<Answer> = answers.by_ref().take(len).collect();
-            if let Some(reply) = w.reply {
-                // The handler may have gone (client disconnect, timeout): nothing to do.
-                let _ = reply.send(part);
-            }
-        }
-        if stop {
+        let ran = engine.execute_unacked(requests, wall_ms());
+        if !then(ran, works, lens) || stop {
             return;
+        }
+    }
+}
+
+/// The acknowledging thread of the writes: in batch order, waits until each batch is durable,
+/// then pushes its events and sends its answers.
+fn acknowledge(rx: &Receiver<Ack>, engine: &Engine, events: &EventLog) {
+    while let Ok(Ack::Batch(ran, works, lens)) = rx.recv() {
+        let answers = engine.acknowledge(ran);
+        for (_, evs) in &answers {
+            if !evs.is_empty() {
+                events.push(evs);
+            }
+        }
+        reply(works, lens, answers);
+    }
+}
+
+/// Sends each group its answers.
+fn reply(works: Vec<Work>, lens: Vec<usize>, answers: Vec<Answer>) {
+    let mut answers = answers.into_iter();
+    for (w, len) in works.into_iter().zip(lens) {
+        let part: Vec<Answer> = answers.by_ref().take(len).collect();
+        if let Some(reply) = w.reply {
+            // The handler may have gone (client disconnect, timeout): nothing to do.
+            let _ = reply.send(part);
         }
     }
 }
