@@ -1,5 +1,5 @@
 //! The `depot` binary: `depot serve` (the HTTP API), `depot log verify`, `depot log inspect`,
-//! `depot snapshot`.
+//! `depot snapshot`, `depot sim`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,6 +26,9 @@ enum Top {
     /// Take a snapshot now, offline: recover the state from the log in DIR (from its newest
     /// snapshot) and write it there as a new snapshot file; prints its name and seq.
     Snapshot { dir: PathBuf },
+    /// The simulator: load from scenario files, log replay (what-if rules), deterministic
+    /// simulation testing.
+    Sim(depot_sim::cli::SimArgs),
     /// The crash test's load generator: runs on the log in DIR until killed, printing every
     /// acknowledged write to stdout.
     #[command(hide = true)]
@@ -147,6 +150,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{written}");
             Ok(ExitCode::SUCCESS)
         }
+        Top::Sim(sim) => depot_sim::cli::run(sim),
         Top::CrashChild { dir, seed } => {
             cli::crash_child(&dir, seed).map_err(tool_error)?;
             Ok(ExitCode::SUCCESS)
