@@ -505,3 +505,14 @@ mod tests {
         w.setup_machine(&mut m, 100);
     }
 }
+
+// The HTTP load generator (`http_load`) and the peer comparison (`compare`).
+pub mod cli;
+pub mod http;
+pub mod inproc;
+pub mod load;
+pub mod pg_peer;
+pub mod procs;
+pub mod redis_peer;
+pub mod report;
+pub mod sellout;

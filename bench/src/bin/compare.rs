@@ -1,0 +1,441 @@
+//! Side by side: W1, W2 and W3 (`shared/workloads/WORKLOADS.md`) against depot and its peers,
+//! on this machine in one run, printed as one table and written as Markdown (`--out`).
+//!
+//! Rows (every one acknowledges a reservation only once it is on stable storage, except Redis
+//! `everysec`):
+//! - depot in process, write-ahead log with group commit and `fdatasync` before every answer
+//!   (`--sync always`'s setting), on `--data-dir`: `Engine::execute` batches from 2 threads
+//!   (1,024 logical clients each; W3: 32), and `Engine::execute_one` from 64 threads;
+//! - depot over HTTP (`depot serve --sync always`): single requests at 64x1, and `/v1/batch`
+//!   of 100 reservations on 2 connections (W3: 32 each);
+//! - Redis 7 with the Lua script (`bench/peers/reserve.lua`), `appendfsync always` and
+//!   `everysec`, at 16 connections x 16 pipelined (W3: 256 clients) and 64x1;
+//! - PostgreSQL, one transaction per reservation, `synchronous_commit` on, the best of
+//!   `--pg-clients` (W3: those >= 16).
+//!
+//! Start the peers first with `bench/peers/start.sh` (and stop them with `stop.sh`). Each
+//! figure is the median of `--runs` runs; the last column is depot in process (batches)
+//! divided by the row, and the goals of issue 5 are listed under the table.
+//!
+//! Usage: `compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3]
+//! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
+//! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
+//! [--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
+//! [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]`
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use depot_bench::cli;
+use depot_bench::http::{self, HttpShape, ServerOpts, Timing};
+use depot_bench::load::Wk;
+use depot_bench::report::{self, thousands, Cell, Goal, Run};
+use depot_bench::{inproc, pg_peer, redis_peer};
+use std::path::PathBuf;
+
+const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
+[--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
+[--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench] \
+[--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
+
+/// The reference row of the ratio column.
+const REFERENCE: &str = "depot-inproc-batch";
+
+#[derive(Debug)]
+struct Opts {
+    workloads: Vec<Wk>,
+    timing: Timing,
+    runs: usize,
+    redis_always: String,
+    redis_everysec: String,
+    pg: String,
+    pg_clients: Vec<usize>,
+    only: Vec<String>,
+    out: PathBuf,
+    client_threads: usize,
+    shards: usize,
+    server: ServerOpts,
+}
+
+fn opts() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Opts {
+        workloads: vec![Wk::W1, Wk::W2, Wk::W3],
+        timing: Timing {
+            secs: 5.0,
+            warmup: 1.0,
+            wait_idle: 60.0,
+        },
+        runs: 1,
+        redis_always: "redis://127.0.0.1:6390/".into(),
+        redis_everysec: "redis://127.0.0.1:6391/".into(),
+        pg: "host=127.0.0.1 port=5439 user=postgres dbname=postgres".into(),
+        pg_clients: vec![8, 16, 32],
+        only: vec!["depot".into(), "redis".into(), "pg".into()],
+        out: PathBuf::from("bench/results/compare.md"),
+        client_threads: 1,
+        shards: 2,
+        server: ServerOpts {
+            bin: ServerOpts::default_bin(),
+            data_root: http::default_data_root(),
+            sync: "always".into(),
+            shards: None,
+        },
+    };
+    for (f, v) in cli::pairs(&args)? {
+        match f.as_str() {
+            "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--seconds" | "--secs" => o.timing.secs = cli::seconds(&f, &v)?,
+            "--warmup" => o.timing.warmup = cli::seconds(&f, &v)?,
+            "--wait-idle" => o.timing.wait_idle = cli::seconds(&f, &v)?,
+            "--runs" => o.runs = cli::count(&f, &v)?,
+            "--workloads" => o.workloads = v.split(',').map(Wk::parse).collect::<Result<_, _>>()?,
+            "--redis-always" => o.redis_always = v,
+            "--redis-everysec" => o.redis_everysec = v,
+            "--pg" => o.pg = v,
+            "--pg-clients" => {
+                o.pg_clients = cli::list(&f, &v)?;
+                if o.pg_clients.contains(&0) {
+                    return Err("--pg-clients: counts must be at least 1".into());
+                }
+            }
+            "--only" => {
+                o.only = v.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(bad) = o
+                    .only
+                    .iter()
+                    .find(|s| !["depot", "redis", "pg"].contains(&s.as_str()))
+                {
+                    return Err(format!("--only: unknown system {bad:?} (depot, redis, pg)"));
+                }
+            }
+            "--out" => o.out = PathBuf::from(v),
+            "--data-dir" => o.server.data_root = PathBuf::from(v),
+            "--depot-bin" => o.server.bin = PathBuf::from(v),
+            "--client-threads" => o.client_threads = cli::count(&f, &v)?,
+            "--shards" => o.shards = cli::count(&f, &v)?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if o.timing.warmup >= o.timing.secs {
+        return Err("--warmup must be shorter than --seconds".into());
+    }
+    o.server.shards = Some(o.shards);
+    Ok(o)
+}
+
+/// Runs one cell `runs` times, printing each run; errors are printed and the run skipped.
+fn cell(
+    o: &Opts,
+    key: &str,
+    w: Wk,
+    system: &str,
+    durability: &str,
+    shape: &str,
+    mut f: impl FnMut(u64) -> Result<Run, String>,
+) -> Cell {
+    let mut runs = Vec::new();
+    for r in 0..o.runs as u64 {
+        match f(r) {
+            Ok(run) => {
+                let x = &run.fig;
+                eprintln!(
+                    "  {} {key} [{shape}] run {}: {} ops/s, p50 {} us, p99 {} us, ok {} insufficient {} failed {}, check {} {}, others {:.0}% server {:.0}%",
+                    w.name(),
+                    r + 1,
+                    thousands(x.ops_per_s),
+                    x.p50_us,
+                    x.p99_us,
+                    x.ok,
+                    x.insufficient,
+                    x.other,
+                    if run.check.pass { "pass" } else { "FAIL" },
+                    run.check.note,
+                    run.others * 100.0,
+                    run.server * 100.0
+                );
+                runs.push(run);
+            }
+            Err(e) => eprintln!("  {} {key} [{shape}] run {}: error: {e}", w.name(), r + 1),
+        }
+    }
+    Cell {
+        key: key.into(),
+        w,
+        system: system.into(),
+        durability: durability.into(),
+        shape: shape.into(),
+        runs,
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0));
+    format!("{cores} vCPU ({model}), {mem} RAM; clients and servers share these cores")
+}
+
+fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}\nusage: {USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(o.client_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let want = |s: &str| o.only.iter().any(|x| x == s);
+    let t = o.timing;
+    let mut notes = vec![format!("Machine: {}.", machine())];
+    notes.push(format!(
+        "Each figure: median of {} run(s) of {} s ({} s warm-up not counted; W3 runs to sell-out); \
+         throughput counts successful and insufficient reservations.",
+        o.runs, t.secs, t.warmup
+    ));
+    notes.push(format!(
+        "depot: write-ahead log with group commit, fdatasync before every answer, in {} ({} shards).",
+        o.server.data_root.display(),
+        o.shards
+    ));
+    let redis_ok = |url: &str| -> Option<String> {
+        match rt.block_on(redis_peer::describe(url)) {
+            Ok((v, fsync)) => Some(format!(
+                "Redis {v} at {url}: appendonly yes, appendfsync {fsync}."
+            )),
+            Err(e) => {
+                eprintln!("redis at {url} not reachable ({e}): its rows are skipped (start bench/peers/start.sh)");
+                None
+            }
+        }
+    };
+    let (mut r_always, mut r_everysec, mut pg) = (false, false, false);
+    if want("redis") {
+        if let Some(n) = redis_ok(&o.redis_always) {
+            notes.push(n);
+            r_always = true;
+        }
+        if let Some(n) = redis_ok(&o.redis_everysec) {
+            notes.push(n);
+            r_everysec = true;
+        }
+    }
+    if want("pg") {
+        match rt.block_on(pg_peer::describe(&o.pg)) {
+            Ok((v, sc)) => {
+                notes.push(format!(
+                    "PostgreSQL {v}: synchronous_commit {sc}, one transaction per reservation."
+                ));
+                pg = true;
+            }
+            Err(e) => eprintln!(
+                "postgres not reachable ({e}): its rows are skipped (start bench/peers/start.sh)"
+            ),
+        }
+    }
+    for n in &notes {
+        println!("{n}");
+    }
+
+    let mut cells: Vec<Cell> = Vec::new();
+    for &w in &o.workloads {
+        eprintln!("{}:", w.name());
+        let w3 = w == Wk::W3;
+        if want("depot") {
+            let per = if w3 { 32 } else { 1_024 };
+            cells.push(cell(
+                &o,
+                "depot-inproc-batch",
+                w,
+                "depot in-process",
+                "WAL, fsync per group",
+                &format!("2 threads x batch of {per}"),
+                |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
+            ));
+            cells.push(cell(
+                &o,
+                "depot-inproc-64x1",
+                w,
+                "depot in-process",
+                "WAL, fsync per group",
+                "64 threads x 1",
+                |r| inproc::measure(&o.server.data_root, o.shards, w, 64, 1, t, r),
+            ));
+            let single = HttpShape {
+                conns: 64,
+                per_conn: 1,
+                batch: false,
+            };
+            cells.push(cell(
+                &o,
+                "depot-http-64x1",
+                w,
+                "depot HTTP",
+                "--sync always",
+                &single.label(),
+                |r| http::measure(&rt, &o.server, w, single, t, r),
+            ));
+            let batch = HttpShape {
+                conns: 2,
+                per_conn: if w3 { 32 } else { 100 },
+                batch: true,
+            };
+            cells.push(cell(
+                &o,
+                "depot-http-batch",
+                w,
+                "depot HTTP",
+                "--sync always",
+                &batch.label(),
+                |r| http::measure(&rt, &o.server, w, batch, t, r),
+            ));
+        }
+        for (on, url, fsync) in [
+            (r_always, &o.redis_always, "always"),
+            (r_everysec, &o.redis_everysec, "everysec"),
+        ] {
+            if !on {
+                continue;
+            }
+            let deep = if w3 { "16x16 (C = 256)" } else { "16x16" };
+            cells.push(cell(
+                &o,
+                &format!("redis-{fsync}-16x16"),
+                w,
+                "Redis + Lua",
+                &format!("appendfsync {fsync}"),
+                deep,
+                |r| redis_peer::measure(&rt, url, w, 16, 16, t, r),
+            ));
+            cells.push(cell(
+                &o,
+                &format!("redis-{fsync}-64x1"),
+                w,
+                "Redis + Lua",
+                &format!("appendfsync {fsync}"),
+                "64x1",
+                |r| redis_peer::measure(&rt, url, w, 64, 1, t, r),
+            ));
+        }
+        if pg {
+            let counts: Vec<usize> = o
+                .pg_clients
+                .iter()
+                .copied()
+                .filter(|&c| !w3 || c >= 16)
+                .collect();
+            let mut best: Option<Cell> = None;
+            for &c in &counts {
+                let cl = cell(
+                    &o,
+                    "pg-on",
+                    w,
+                    "PostgreSQL",
+                    "synchronous_commit on",
+                    &format!("{c}x1"),
+                    |r| pg_peer::measure(&rt, &o.pg, w, c, t, r),
+                );
+                eprintln!(
+                    "  {} PostgreSQL {c} clients: {} ops/s",
+                    w.name(),
+                    thousands(cl.ops())
+                );
+                if best.as_ref().is_none_or(|b| cl.ops() > b.ops()) {
+                    best = Some(cl);
+                }
+            }
+            if let Some(mut b) = best {
+                let list: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+                b.shape = format!("{} (best of {})", b.shape, list.join("/"));
+                cells.push(b);
+            }
+        }
+    }
+
+    let goals: Vec<Goal> = [Wk::W1, Wk::W2]
+        .into_iter()
+        .flat_map(|w| {
+            [
+                Goal {
+                    what: "depot in-process ÷ Redis Lua (always, 16x16)",
+                    w,
+                    num: REFERENCE,
+                    den: "redis-always-16x16",
+                    target: 10.0,
+                },
+                Goal {
+                    what: "depot in-process ÷ PostgreSQL",
+                    w,
+                    num: REFERENCE,
+                    den: "pg-on",
+                    target: 100.0,
+                },
+                Goal {
+                    what: "depot HTTP /v1/batch ÷ Redis Lua (always, 16x16)",
+                    w,
+                    num: "depot-http-batch",
+                    den: "redis-always-16x16",
+                    target: 5.0,
+                },
+                Goal {
+                    what: "depot HTTP 64x1 ÷ Redis Lua (always, 64x1)",
+                    w,
+                    num: "depot-http-64x1",
+                    den: "redis-always-64x1",
+                    target: 1.2,
+                },
+            ]
+        })
+        .collect();
+    let table = report::markdown(&cells, REFERENCE);
+    let goal_lines = report::goals(&cells, &goals);
+    let mut md = String::from("# depot and its peers: W1, W2, W3\n\n");
+    for n in &notes {
+        md.push_str(&format!("- {n}\n"));
+    }
+    md.push_str("- Latency: client side, per operation (for batch rows: the whole batch request); \"others' CPU\": share of the machine used by processes other than the client and the server under test during the run.\n");
+    md.push_str("- Oversell: units granted beyond a SKU's stock (from the replies); check: the store's final stock equals stock - granted for every SKU, no failed request, and for W3 exactly 100,000 units sold.\n\n");
+    md.push_str(&table);
+    md.push_str("\n## Goals\n\n");
+    md.push_str(&goal_lines);
+    println!("\n{table}\n{goal_lines}");
+    if let Some(dir) = o.out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&o.out, &md) {
+        Ok(()) => println!("written to {}", o.out.display()),
+        Err(e) => eprintln!("error: write {}: {e}", o.out.display()),
+    }
+    if cells.iter().any(|c| !c.pass()) {
+        eprintln!("a check FAILED or a cell has no run");
+        std::process::exit(1);
+    }
+}

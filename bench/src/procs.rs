@@ -1,0 +1,155 @@
+//! CPU time of the servers under test (by process name), so a run can report how much of the
+//! machine other processes took, apart from the client (this process) and the server.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// CPU clock ticks (user + system) used so far by every process whose name is one of `names`.
+pub fn ticks_of(names: &[&str]) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut sum = 0;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(t) = parse_stat(&stat, names) {
+            sum += t;
+        }
+    }
+    sum
+}
+
+/// utime + stime of one `/proc/<pid>/stat` line when its command name is one of `names`.
+fn parse_stat(stat: &str, names: &[&str]) -> Option<u64> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    if !names.contains(&comm) {
+        return None;
+    }
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15, and the reaped
+    // children's (cutime, cstime: PostgreSQL's exited backends) 16 and 17.
+    let t = |k: usize| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some(t(11) + t(12) + t(13) + t(14))
+}
+
+/// Machine, own and server CPU counters at one instant, in clock ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    total: u64,
+    busy: u64,
+    own: u64,
+    server: u64,
+}
+
+/// (total, busy) ticks of the machine from `/proc/stat`.
+fn machine() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    // Idle and iowait, and interrupts (irq, softirq): the latter are mostly the loopback
+    // traffic and block I/O of the benchmark itself, which no process is charged for.
+    let field = |k: usize| f.get(k).copied().unwrap_or(0);
+    let not_busy = field(3) + field(4) + field(5) + field(6);
+    (total, total.saturating_sub(not_busy))
+}
+
+/// This process's ticks.
+fn own() -> u64 {
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let g: Vec<&str> = rest.split_whitespace().collect();
+    let t = |k: usize| g.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    t(11) + t(12)
+}
+
+/// Process names of the peer servers under test (depot's server is followed by its pid, so
+/// another `depot` process on the machine counts as someone else's).
+pub const SERVERS: &[&str] = &["redis-server", "postgres"];
+
+/// The pid of the running `depot serve` under test (0: none).
+static DEPOT_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Counts `pid`'s CPU as the server's from now on (0: stop).
+pub fn set_depot_pid(pid: u32) {
+    DEPOT_PID.store(pid, Ordering::Relaxed);
+}
+
+/// utime + stime of one process.
+fn ticks_of_pid(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let close = stat.rfind(')')?;
+            let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+            let t = |k: usize| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Some(t(11) + t(12))
+        })
+        .unwrap_or(0)
+}
+
+impl Snapshot {
+    pub fn now() -> Snapshot {
+        let (total, busy) = machine();
+        Snapshot {
+            total,
+            busy,
+            own: own(),
+            server: ticks_of(SERVERS) + ticks_of_pid(DEPOT_PID.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// (others, server, client): shares of the machine's CPU time since `before` used by
+    /// processes other than this one and the servers, by the servers, and by this process.
+    pub fn since(&self, before: &Snapshot) -> (f64, f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let busy = self.busy.saturating_sub(before.busy) as f64;
+        let own = self.own.saturating_sub(before.own) as f64;
+        let server = self.server.saturating_sub(before.server) as f64;
+        (
+            ((busy - own - server) / total).max(0.0),
+            (server / total).min(1.0),
+            (own / total).min(1.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_lines() {
+        let line = "1234 (redis-server) S 1 1234 1234 0 -1 4194560 300 0 0 0 17 5 0 0 20 0 5 0";
+        assert_eq!(parse_stat(line, SERVERS), Some(22));
+        let reaped = "1 (postgres) S 1 1 1 0 -1 0 0 0 0 0 10 5 30 7 20";
+        assert_eq!(parse_stat(reaped, SERVERS), Some(52));
+        assert_eq!(parse_stat(line, &["postgres"]), None);
+        assert_eq!(ticks_of_pid(0), 0);
+        assert!(ticks_of_pid(std::process::id()) < u64::MAX);
+        // A name with spaces and parentheses.
+        let odd = "9 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 3 4 0 0";
+        assert_eq!(parse_stat(odd, &["a (b) c"]), Some(7));
+        assert_eq!(parse_stat("garbage", SERVERS), None);
+    }
+}
