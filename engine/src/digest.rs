@@ -51,7 +51,8 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
             );
         }
         for (id, p) in &s.parts {
-            // Every part carries the same header; the items are spread over the parts.
+            // Every part carries the same header (kept once, so the digest does not depend on
+            // the shard count); the items are spread over the parts.
             let header = format!(
                 "{} {:?} {} {} {} {:?} {:?} {:?} {:?}",
                 p.tenant,
@@ -64,7 +65,14 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
                 p.lines,
                 p.granted
             );
-            let entry = parts.entry(*id).or_insert_with(|| (header, Vec::new()));
+            let entry = parts
+                .entry(*id)
+                .or_insert_with(|| (header.clone(), Vec::new()));
+            if entry.0 != header {
+                // Parts that disagree are a broken state: the digest must not match any
+                // consistent one, so both headers go in.
+                entry.0 = format!("{} DISAGREES WITH {header}", entry.0);
+            }
             entry.1.extend(p.items.iter().cloned());
         }
         timers += s.expiry.len() + s.purge.len();

@@ -1332,3 +1332,27 @@ fn a_later_replay_forgotten_key_and_full_key_table() {
         assert!(fx.send(&req).outcome.is_ok(), "key {key}");
     }
 }
+
+#[test]
+fn the_digest_sees_parts_of_one_reservation_that_disagree() {
+    let mut fx = Fx::new();
+    let skus = ["A", "B", "C", "D", "E", "F"];
+    for s in skus {
+        fx.ok(receive(s, "east", 10));
+    }
+    let all: Vec<(&str, i64)> = skus.iter().map(|s| (*s, 1)).collect();
+    let id = fx.res(reserve_ttl("web", &all, 60_000)).id;
+    let holding: Vec<usize> = (0..fx.m.shards.len())
+        .filter(|&i| fx.m.shards[i].parts.contains_key(&id))
+        .collect();
+    assert!(
+        holding.len() > 1,
+        "the reservation spans shards: {holding:?}"
+    );
+    let before = fx.m.digest();
+    let last = *holding.last().unwrap();
+    let part = fx.m.shards[last].parts.get_mut(&id).unwrap();
+    part.expires_at += 1;
+    assert_ne!(fx.m.digest(), before, "one part's header changed");
+    assert!(fx.m.canonical().iter().any(|l| l.contains("DISAGREES")));
+}
