@@ -56,6 +56,12 @@ pub fn seconds(flag: &str, v: &str) -> Result<f64, String> {
     }
 }
 
+/// Ends a benchmark binary on a bad flag: the reason and the usage on stderr, exit code 2.
+pub fn usage_error(reason: &str, usage: &str) -> ! {
+    eprintln!("{reason}\nusage: {usage}");
+    std::process::exit(2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ pub enum Admission {
 }
 
 /// Front state. See the module documentation.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Front {
     pub limits: Limits,
     pub shards: usize,
@@ -72,7 +72,7 @@ const ROUTES_WINDOW: usize = 1 << 22;
 /// sequence number, nothing to hash or resize); the front of the deque is dropped as soon as
 /// its reservations are gone. Routes that outlive the window while most of it is empty (a
 /// long-lived order) move to a map, so one old reservation never pins the deque.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Routes {
     /// Sequence numbers the deque spans before old entries may move to the map.
     window: usize,

@@ -286,7 +286,7 @@ const PART_INDEX_INITIAL: usize = 1 << 16;
 /// moved by growth) and an id -> slot index whose entries are 16 bytes, so a resize of the index
 /// moves little. Lookups behave as a map keyed by reservation id; iteration order is that of
 /// the slots and must not be relied on (callers sort).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Parts {
     index: HashMap<ReservationId, u32, FxBuildHasher>,
     chunks: Vec<Vec<Option<(ReservationId, Part)>>>,
@@ -395,7 +395,7 @@ fn new_sku_state(cfg: &TenantConfig) -> impl FnOnce() -> SkuState + '_ {
 /// slot numbers. A SKU is never removed. Compared with a map holding the states themselves,
 /// the part of the table that stays empty (a hash table is kept at most 7/8 full, and is half
 /// that just after it grows) costs 5 bytes per bucket instead of 73.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SkuTable {
     index: hashbrown::HashTable<u32>,
     slab: Vec<(SkuKey, SkuState)>,
@@ -494,7 +494,7 @@ impl<'a> IntoIterator for &'a SkuTable {
 }
 
 /// A shard: SKUs, parts and timers.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ShardState {
     pub index: usize,
     pub shards: usize,

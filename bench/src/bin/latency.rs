@@ -38,6 +38,9 @@ struct Opts {
     shards: usize,
 }
 
+const USAGE: &str =
+    "latency [--dir DIR] [--clients 8,16,32,64] [--secs 10] [--warmup 1] [--runs 3] [--shards 2]";
+
 fn opts() -> Opts {
     let mut o = Opts {
         dir: PathBuf::from("/var/tmp/depot-latency"),
@@ -52,9 +55,9 @@ fn opts() -> Opts {
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         let num = |v: &str| -> f64 {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{}: not a number: {v:?}", args[i]))
+            v.replace('_', "").parse().unwrap_or_else(|_| {
+                depot_bench::cli::usage_error(&format!("{}: not a number: {v:?}", args[i]), USAGE)
+            })
         };
         match args[i].as_str() {
             "--dir" => o.dir = PathBuf::from(&v),
@@ -63,7 +66,7 @@ fn opts() -> Opts {
             "--warmup" => o.warmup = num(&v),
             "--runs" => o.runs = num(&v) as usize,
             "--shards" => o.shards = num(&v) as usize,
-            other => panic!("unknown argument {other}"),
+            other => depot_bench::cli::usage_error(&format!("unknown argument {other}"), USAGE),
         }
         i += 2;
     }

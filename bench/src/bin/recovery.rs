@@ -38,6 +38,9 @@ struct Opts {
     reuse: bool,
 }
 
+const USAGE: &str =
+    "recovery [--dir DIR] [--records N] [--skus N] [--locations N] [--runs 3] [--reuse]";
+
 fn opts() -> Opts {
     let mut o = Opts {
         dir: PathBuf::from("/var/tmp/depot-recovery"),
@@ -52,9 +55,9 @@ fn opts() -> Opts {
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         let num = |v: &str| -> u64 {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{}: not a number: {v:?}", args[i]))
+            v.replace('_', "").parse().unwrap_or_else(|_| {
+                depot_bench::cli::usage_error(&format!("{}: not a number: {v:?}", args[i]), USAGE)
+            })
         };
         match args[i].as_str() {
             "--dir" => o.dir = PathBuf::from(&v),
@@ -67,7 +70,7 @@ fn opts() -> Opts {
                 i += 1;
                 continue;
             }
-            other => panic!("unknown argument {other}"),
+            other => depot_bench::cli::usage_error(&format!("unknown argument {other}"), USAGE),
         }
         i += 2;
     }

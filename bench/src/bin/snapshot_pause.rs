@@ -41,6 +41,8 @@ struct Opts {
     every: f64,
 }
 
+const USAGE: &str = "snapshot_pause [--dir DIR] [--skus 250000] [--locations 4] [--runs 3] [--clients 16] [--secs 12] [--every 3]";
+
 fn opts() -> Opts {
     let mut o = Opts {
         dir: PathBuf::from("/var/tmp/depot-snapshot"),
@@ -56,9 +58,9 @@ fn opts() -> Opts {
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         let num = |v: &str| -> f64 {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{}: not a number: {v:?}", args[i]))
+            v.replace('_', "").parse().unwrap_or_else(|_| {
+                depot_bench::cli::usage_error(&format!("{}: not a number: {v:?}", args[i]), USAGE)
+            })
         };
         match args[i].as_str() {
             "--dir" => o.dir = PathBuf::from(&v),
@@ -68,7 +70,7 @@ fn opts() -> Opts {
             "--clients" => o.clients = num(&v) as usize,
             "--secs" => o.secs = num(&v),
             "--every" => o.every = num(&v),
-            other => panic!("unknown argument {other}"),
+            other => depot_bench::cli::usage_error(&format!("unknown argument {other}"), USAGE),
         }
         i += 2;
     }

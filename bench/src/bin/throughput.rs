@@ -37,6 +37,8 @@ struct Opts {
     wal: Option<std::path::PathBuf>,
 }
 
+const USAGE: &str = "throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120] [--wal DIR]";
+
 fn opts() -> Opts {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut o = Opts {
@@ -62,19 +64,50 @@ fn opts() -> Opts {
                     _ => vec![W::W1, W::W2],
                 }
             }
-            "--runs" => o.runs = v.parse().expect("--runs N"),
-            "--secs" => o.secs = v.parse().expect("--secs S"),
-            "--warmup" => o.warmup = v.parse().expect("--warmup S"),
-            "--batch" => o.batch = v.parse().expect("--batch N"),
-            "--clients" => o.clients = v.parse().expect("--clients N"),
-            "--shards" => o.shards = v.parse().expect("--shards N"),
-            "--wait-idle" => o.wait_idle = v.parse().expect("--wait-idle S"),
+            "--runs" => {
+                o.runs = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--runs: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--secs" => {
+                o.secs = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--secs: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--warmup" => {
+                o.warmup = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--warmup: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--batch" => {
+                o.batch = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--batch: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--clients" => {
+                o.clients = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--clients: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--shards" => {
+                o.shards = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--shards: not a number: {v:?}"), USAGE)
+                })
+            }
+            "--wait-idle" => {
+                o.wait_idle = v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(
+                        &format!("--wait-idle: not a number: {v:?}"),
+                        USAGE,
+                    )
+                })
+            }
             "--wal" => o.wal = Some(std::path::PathBuf::from(v)),
             "-h" | "--help" => {
-                eprintln!("throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120] [--wal DIR]");
+                eprintln!("{USAGE}");
                 std::process::exit(0);
             }
-            other => panic!("unknown argument {other}"),
+            other => depot_bench::cli::usage_error(&format!("unknown argument {other}"), USAGE),
         }
         i += 2;
     }

@@ -79,11 +79,17 @@ pub struct CapturedImage {
 pub fn capture_image(engine: &Engine) -> CapturedImage {
     let asked = Instant::now();
     let mut locked = asked;
-    let image = engine.inspect(|front, shards| {
+    // Under the pause only a plain copy of the tables; the canonical image (sorting, ids as
+    // text, responses as JSON) is built from the copy while the writes go on.
+    let (front, shards) = engine.inspect(|front, shards| {
         locked = Instant::now();
-        snapshot::take(front, shards.iter().copied())
+        let copy: Vec<depot_engine::shard::ShardState> =
+            shards.iter().map(|s| (*s).clone()).collect();
+        (front.clone(), copy)
     });
     let released = Instant::now();
+    let image = snapshot::take(&front, shards.iter());
+    drop((front, shards));
     CapturedImage {
         image,
         pause: released - locked,
