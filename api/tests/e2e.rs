@@ -2,89 +2,16 @@
 //! curl walk-through as HTTP requests, a restart that finds everything still there (replays of
 //! idempotency keys included), and SIGTERM exiting 0.
 
+mod server_support;
+
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use server_support::Server;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MASTER: &str = "e2e-master-key-0123456789abcdef";
-
-/// A running server.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.with_extension("log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--master-key",
-                MASTER,
-                "--shards",
-                "2",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("the depot binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads stdout for the address, then keeps draining it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("depot listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server prints its address");
-        Server { child, base }
-    }
-
-    /// SIGTERM, and the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Http {
     client: Client,
@@ -151,7 +78,7 @@ impl Http {
 async fn the_walk_through_survives_a_restart_and_sigterm_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data);
+    let server = Server::start(&data, MASTER);
     let http = Http {
         client: Client::new(),
         base: server.base.clone(),
@@ -235,7 +162,7 @@ async fn the_walk_through_survives_a_restart_and_sigterm_exits_0() {
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 
     // Restart: everything is still there, and the idempotency keys still replay.
-    let server = Server::start(&data);
+    let server = Server::start(&data, MASTER);
     let http = Http {
         client: Client::new(),
         base: server.base.clone(),

@@ -2,10 +2,12 @@
 //! (same digest), a what-if, a few DST seeds, a bad scenario file, and a replay over HTTP into
 //! a running `depot serve`.
 
+mod server_support;
+
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use server_support::Server;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const MASTER: &str = "sim-cli-master-key-0123456789";
@@ -163,57 +165,12 @@ fn bad_input_is_refused_with_the_field_named() {
     );
 }
 
-struct Server {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_depot"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--master-key",
-            MASTER,
-            "--shards",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the depot binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("depot listening on ") {
-                let _ = tx.send(addr.to_string());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server prints its address");
-    Server { child, base }
-}
-
 #[test]
 fn a_generated_log_replays_into_a_running_server() {
     let tmp = tempfile::tempdir().unwrap();
     let gen = tmp.path().join("gen");
     generate(&gen);
-    let server = serve(&tmp.path().join("data"));
+    let server = Server::start(&tmp.path().join("data"), MASTER);
     let http = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let ready = || {

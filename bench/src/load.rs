@@ -279,6 +279,47 @@ fn finish_error(stats: &mut Stats, ops: usize, e: String) {
     stats.error.get_or_insert(e);
 }
 
+/// The clients' async runtime with `threads` workers; exits 1 when it cannot start.
+pub fn client_runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: tokio runtime: {e}");
+            std::process::exit(1)
+        })
+}
+
+/// Accounts one round's replies (submitted at `sent`); false when the driver must stop: a
+/// failed round, or the end of the window.
+fn settle(
+    stats: &mut Stats,
+    clients: &mut [LogicalClient],
+    win: &Window,
+    (who, ops): (&[usize], &[Op]),
+    replies: Result<Vec<Reply>, String>,
+    sent: Instant,
+) -> bool {
+    let done = Instant::now();
+    let at = done.duration_since(win.start);
+    match replies {
+        Ok(r) if r.len() == ops.len() => {
+            account(stats, clients, who, ops, &r, done - sent, win.counts(at));
+            !win.over(at)
+        }
+        Ok(r) => {
+            let e = format!("{} replies to {} operations", r.len(), ops.len());
+            finish_error(stats, ops.len(), e);
+            false
+        }
+        Err(e) => {
+            finish_error(stats, ops.len(), e);
+            false
+        }
+    }
+}
+
 /// Runs one async task (returning its target) until the window ends (W1/W2) or all its clients stopped (W3).
 pub async fn drive_async<T: AsyncTarget>(
     mut target: T,
@@ -294,31 +335,7 @@ pub async fn drive_async<T: AsyncTarget>(
         }
         let t = Instant::now();
         let replies = target.submit(&ops).await;
-        let done = Instant::now();
-        let at = done.duration_since(win.start);
-        match replies {
-            Ok(r) if r.len() == ops.len() => {
-                account(
-                    &mut stats,
-                    &mut clients,
-                    &who,
-                    &ops,
-                    &r,
-                    done - t,
-                    win.counts(at),
-                );
-            }
-            Ok(r) => {
-                let e = format!("{} replies to {} operations", r.len(), ops.len());
-                finish_error(&mut stats, ops.len(), e);
-                break;
-            }
-            Err(e) => {
-                finish_error(&mut stats, ops.len(), e);
-                break;
-            }
-        }
-        if win.over(at) {
+        if !settle(&mut stats, &mut clients, &win, (&who, &ops), replies, t) {
             break;
         }
     }
@@ -342,31 +359,7 @@ pub fn drive_sync<T: SyncTarget>(
         }
         let t = Instant::now();
         let replies = target.submit(&ops);
-        let done = Instant::now();
-        let at = done.duration_since(win.start);
-        match replies {
-            Ok(r) if r.len() == ops.len() => {
-                account(
-                    &mut stats,
-                    &mut clients,
-                    &who,
-                    &ops,
-                    &r,
-                    done - t,
-                    win.counts(at),
-                );
-            }
-            Ok(r) => {
-                let e = format!("{} replies to {} operations", r.len(), ops.len());
-                finish_error(&mut stats, ops.len(), e);
-                break;
-            }
-            Err(e) => {
-                finish_error(&mut stats, ops.len(), e);
-                break;
-            }
-        }
-        if win.over(at) {
+        if !settle(&mut stats, &mut clients, &win, (&who, &ops), replies, t) {
             break;
         }
     }

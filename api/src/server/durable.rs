@@ -50,7 +50,7 @@ pub fn open(
             while recent.back().is_some_and(|e| e.seq >= entry.seq) {
                 recent.pop_back();
             }
-            recent.extend(events.iter().cloned());
+            recent.extend(events);
             while recent.len() > events_kept {
                 recent.pop_front();
             }

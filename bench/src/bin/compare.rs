@@ -195,24 +195,8 @@ fn machine() -> String {
 }
 
 fn main() {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}\nusage: {USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(o.client_threads)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: tokio runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let o = opts().unwrap_or_else(|e| depot_bench::cli::usage_error(&format!("error: {e}"), USAGE));
+    let rt = depot_bench::load::client_runtime(o.client_threads);
     let want = |s: &str| o.only.iter().any(|x| x == s);
     let t = o.timing;
     let mut notes = vec![format!("Machine: {}.", machine())];

@@ -110,24 +110,8 @@ fn opts() -> Result<Opts, String> {
 }
 
 fn main() {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}\nusage: {USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(o.client_threads)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: tokio runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let o = opts().unwrap_or_else(|e| depot_bench::cli::usage_error(&format!("error: {e}"), USAGE));
+    let rt = depot_bench::load::client_runtime(o.client_threads);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "depot over HTTP/1.1 (keep-alive, loopback): {}, --sync {}, {} s runs ({} s warm-up), \

@@ -236,7 +236,7 @@ pub fn recover_with_events(
     dir: &dyn Directory,
     limits: Limits,
     shards: usize,
-    on_entry: &mut dyn FnMut(&LogEntry, &[Event]),
+    on_entry: &mut dyn FnMut(&LogEntry, Vec<Event>),
 ) -> Result<(Machine, Tail), WalError> {
     // The first snapshot skipped, and why: named in the error if the log cannot cover it.
     let mut skipped: Option<(String, String)> = None;
@@ -299,7 +299,7 @@ fn replay_after(
     dir: &dyn Directory,
     mut machine: Machine,
     from: Seq,
-    on_entry: &mut dyn FnMut(&LogEntry, &[Event]),
+    on_entry: &mut dyn FnMut(&LogEntry, Vec<Event>),
 ) -> Result<Replayed, WalError> {
     let mut reader = WalReader::open(dir, from)?;
     // Reading, checksumming and parsing the log runs on a second thread, a few batches ahead
@@ -326,7 +326,7 @@ fn replay_after(
         for batch in received {
             for entry in &batch {
                 let (_, events) = machine.replay(entry);
-                on_entry(entry, &events);
+                on_entry(entry, events);
             }
         }
         decoder
