@@ -6,7 +6,10 @@ use depot_engine::{
     ChannelId, ChannelKind, Command, LineRequest, LocationId, LocationKind, LogEntry, Machine,
     Request, Sku, TenantId,
 };
-use depot_wal::format::{encode_entry, encode_record, RECORD_BODY_MAX};
+use depot_wal::format::{
+    encode_entry, encode_entry_json, encode_record, RECORD_BODY_MAX, RECORD_VERSION_BINARY,
+    RECORD_VERSION_JSON,
+};
 use depot_wal::{encode_snapshot, MemDir, WalOptions, WalWriter, SNAPSHOT_BODY_MAX};
 use std::path::Path;
 
@@ -34,11 +37,21 @@ fn entry(seq: u64) -> LogEntry {
     }
 }
 
+/// A record as the writer writes it (binary body).
 fn record(seq: u64) -> Vec<u8> {
     let mut body = Vec::new();
     encode_entry(&entry(seq), &mut body);
     let mut out = Vec::new();
-    encode_record(seq, &body, &mut out);
+    encode_record(seq, RECORD_VERSION_BINARY, &body, &mut out);
+    out
+}
+
+/// A record as logs written before binary bodies hold it (JSON body).
+fn json_record(seq: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_entry_json(&entry(seq), &mut body);
+    let mut out = Vec::new();
+    encode_record(seq, RECORD_VERSION_JSON, &body, &mut out);
     out
 }
 
@@ -147,9 +160,21 @@ fn main() {
         .unwrap_or_else(|| "fuzz/corpus".into());
     let root = Path::new(&root);
 
-    let r = record(7);
+    let r = json_record(7);
     put(root, "record_decoder", "valid-receive", &r);
-    put(root, "record_decoder", "valid-tick", &record(8));
+    put(root, "record_decoder", "valid-tick", &json_record(8));
+    let b = record(7);
+    put(root, "record_decoder", "binary-receive", &b);
+    put(root, "record_decoder", "binary-tick", &record(8));
+    put(root, "record_decoder", "binary-torn", &b[..b.len() - 3]);
+    // A valid checksum over a body whose unit cost option tag is damaged.
+    let mut body = Vec::new();
+    encode_entry(&entry(7), &mut body);
+    let n = body.len();
+    body[n - 1 - 2 - 1 - 6] = 9;
+    let mut bad_body = Vec::new();
+    encode_record(7, RECORD_VERSION_BINARY, &body, &mut bad_body);
+    put(root, "record_decoder", "binary-bad-body", &bad_body);
     put(root, "record_decoder", "torn", &r[..r.len() / 2]);
     let mut flipped = r.clone();
     flipped[20] ^= 0x08;
@@ -158,7 +183,7 @@ fn main() {
     hostile[2..6].copy_from_slice(&(RECORD_BODY_MAX + 1).to_le_bytes());
     put(root, "record_decoder", "hostile-length", &hostile);
     let mut not_json = Vec::new();
-    encode_record(3, b"{\"seq\":3,", &mut not_json);
+    encode_record(3, RECORD_VERSION_JSON, b"{\"seq\":3,", &mut not_json);
     put(root, "record_decoder", "body-not-json", &not_json);
     put(root, "record_decoder", "empty", &[]);
 
@@ -170,6 +195,11 @@ fn main() {
         "valid-from-1000",
         &segment(1_000, 3),
     );
+    let mut legacy = s[..24].to_vec();
+    for seq in 1..=3 {
+        legacy.extend(json_record(seq));
+    }
+    put(root, "segment_reader", "json-records-3", &legacy);
     put(root, "segment_reader", "header-only", &s[..24]);
     put(root, "segment_reader", "torn-header", &s[..13]);
     put(root, "segment_reader", "torn-tail", &s[..s.len() - 7]);

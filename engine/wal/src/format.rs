@@ -2,6 +2,7 @@
 //! Pure functions over byte slices, panic-free on any input; `docs/wal_format.md` has the
 //! tables and the reasons.
 
+pub use crate::codec::BodyError;
 use depot_engine::{LogEntry, Seq};
 
 /// First bytes of every segment file.
@@ -13,8 +14,14 @@ pub const SEGMENT_HEADER_LEN: u64 = 24;
 
 /// First byte of every record.
 pub const RECORD_MAGIC: u8 = 0xD7;
-/// Second byte of every record: the record frame's version.
-pub const RECORD_VERSION: u8 = 1;
+/// Second byte of every record: the record's version, which names its body's encoding. Version
+/// 1 bodies are the entry's JSON (logs written before version 2 existed; still read), version 2
+/// bodies the binary layout of [`crate::codec`], which the writer writes.
+pub const RECORD_VERSION: u8 = RECORD_VERSION_BINARY;
+/// Record version whose body is the `LogEntry` as JSON.
+pub const RECORD_VERSION_JSON: u8 = 1;
+/// Record version whose body is the binary layout of [`crate::codec`].
+pub const RECORD_VERSION_BINARY: u8 = 2;
 /// Bytes of the record header: magic (1), version (1), body length (4), seq (8), CRC32C (4).
 pub const RECORD_HEADER_LEN: u64 = 18;
 /// Longest record body. A length field above it is corruption, never an allocation.
@@ -108,10 +115,11 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FrameError> 
     })
 }
 
-/// A record decoded from bytes: its seq and its (checksummed, not yet parsed) body.
+/// A record decoded from bytes: its seq, its version and its (checksummed, not yet parsed) body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub seq: Seq,
+    pub version: u8,
     pub body: &'a [u8],
 }
 
@@ -122,12 +130,13 @@ impl Record<'_> {
     }
 }
 
-/// Appends the record `(seq, body)` to `out`. The caller checks `body.len() <= RECORD_BODY_MAX`.
-pub fn encode_record(seq: Seq, body: &[u8], out: &mut Vec<u8>) {
+/// Appends the record `(seq, version, body)` to `out`. The caller checks
+/// `body.len() <= RECORD_BODY_MAX` and that the body is encoded as `version` says.
+pub fn encode_record(seq: Seq, version: u8, body: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(body.len()).expect("the caller bounds the body length");
     let start = out.len();
     out.push(RECORD_MAGIC);
-    out.push(RECORD_VERSION);
+    out.push(version);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 14]), body);
@@ -148,7 +157,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, FrameError> {
     if h[0] != RECORD_MAGIC {
         return Err(FrameError::BadMagic);
     }
-    if h[1] != RECORD_VERSION {
+    if !is_record_version(h[1]) {
         return Err(FrameError::BadVersion(u16::from(h[1])));
     }
     let len = u32::from_le_bytes([h[2], h[3], h[4], h[5]]);
@@ -166,18 +175,52 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, FrameError> {
     }
     Ok(Record {
         seq: u64_at(h, 6),
+        version: h[1],
         body,
     })
 }
 
-/// The body of a log entry: its JSON.
+/// True for the record versions this reader knows.
+pub fn is_record_version(v: u8) -> bool {
+    v == RECORD_VERSION_JSON || v == RECORD_VERSION_BINARY
+}
+
+/// The body of a log entry as the writer writes it (record version [`RECORD_VERSION`]).
 pub fn encode_entry(entry: &LogEntry, out: &mut Vec<u8>) {
+    crate::codec::encode(entry, out);
+}
+
+/// The body of a log entry as a version 1 record holds it: its JSON.
+pub fn encode_entry_json(entry: &LogEntry, out: &mut Vec<u8>) {
     serde_json::to_writer(out, entry).expect("a LogEntry always serializes to JSON");
 }
 
-/// Parses a record body back into a log entry.
-pub fn decode_entry(body: &[u8]) -> Result<LogEntry, serde_json::Error> {
-    serde_json::from_slice(body)
+/// Parses a record's body back into its log entry, by the record's version. A JSON body carries
+/// its own seq, which must equal the frame's.
+pub fn decode_entry(record: &Record<'_>) -> Result<LogEntry, BodyError> {
+    match record.version {
+        RECORD_VERSION_BINARY => crate::codec::decode(record.seq, record.body),
+        RECORD_VERSION_JSON => {
+            let entry: LogEntry = serde_json::from_slice(record.body).map_err(|e| BodyError {
+                what: "JSON body",
+                at: 0,
+                reason: e.to_string(),
+            })?;
+            if entry.seq != record.seq {
+                return Err(BodyError {
+                    what: "JSON body",
+                    at: 0,
+                    reason: format!("body has seq {}, frame has {}", entry.seq, record.seq),
+                });
+            }
+            Ok(entry)
+        }
+        v => Err(BodyError {
+            what: "record version",
+            at: 0,
+            reason: format!("unsupported version {v}"),
+        }),
+    }
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -208,9 +251,12 @@ mod tests {
     #[test]
     fn record_round_trips_and_every_prefix_is_short() {
         let mut buf = Vec::new();
-        encode_record(7, b"hello", &mut buf);
+        encode_record(7, RECORD_VERSION, b"hello", &mut buf);
         let r = decode_record(&buf).unwrap();
-        assert_eq!((r.seq, r.body, r.encoded_len()), (7, &b"hello"[..], 23));
+        assert_eq!(
+            (r.seq, r.version, r.body, r.encoded_len()),
+            (7, RECORD_VERSION, &b"hello"[..], 23)
+        );
         for cut in 0..buf.len() {
             assert!(matches!(
                 decode_record(&buf[..cut]),
@@ -222,7 +268,7 @@ mod tests {
     #[test]
     fn hostile_length_is_refused_before_use() {
         let mut buf = Vec::new();
-        encode_record(1, b"x", &mut buf);
+        encode_record(1, RECORD_VERSION, b"x", &mut buf);
         buf[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode_record(&buf), Err(FrameError::TooLong(u32::MAX)));
     }

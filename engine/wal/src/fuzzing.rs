@@ -3,7 +3,7 @@
 //! bytes, must not panic except on a broken invariant (the asserts below), and allocates at
 //! most in proportion to its input.
 
-use crate::format::{decode_entry, decode_record, encode_record, SEGMENT_HEADER_LEN};
+use crate::format::{decode_entry, decode_record, encode_record, Record, SEGMENT_HEADER_LEN};
 use crate::reader::{read_log, valid_record_after, Tail};
 use crate::snapshot_file::{decode_snapshot, encode_snapshot};
 use crate::{format, MemDir, WalOptions, WalWriter};
@@ -16,12 +16,26 @@ pub fn record_decoder(data: &[u8]) {
         return;
     };
     let mut again = Vec::new();
-    encode_record(record.seq, record.body, &mut again);
+    encode_record(record.seq, record.version, record.body, &mut again);
     assert_eq!(&again[..], &data[..record.encoded_len() as usize]);
-    if let Ok(entry) = decode_entry(record.body) {
+    if let Ok(entry) = decode_entry(&record) {
+        // Whatever the record's version, the entry survives both encodings.
         let mut body = Vec::new();
         format::encode_entry(&entry, &mut body);
-        assert_eq!(decode_entry(&body).ok(), Some(entry));
+        let binary = Record {
+            seq: entry.seq,
+            version: format::RECORD_VERSION_BINARY,
+            body: &body,
+        };
+        assert_eq!(decode_entry(&binary).as_ref(), Ok(&entry));
+        let mut json = Vec::new();
+        format::encode_entry_json(&entry, &mut json);
+        let json = Record {
+            seq: entry.seq,
+            version: format::RECORD_VERSION_JSON,
+            body: &json,
+        };
+        assert_eq!(decode_entry(&json).as_ref(), Ok(&entry));
     }
 }
 

@@ -1,7 +1,8 @@
 //! depot's write-ahead log: every sequenced write ([`LogEntry`]) as a checksummed record in
 //! numbered segment files, made durable in batches, and read back in order after a crash.
 //!
-//! - [`format`]: the byte layouts (segment header, record frame), pure and panic-free.
+//! - [`format`]: the byte layouts (segment header, record frame), pure and panic-free, and
+//!   [`codec`]: the binary record body.
 //! - [`WalWriter`]: buffered appends, one `fdatasync` per [`WalWriter::sync`], rotation; a
 //!   failed fsync or a full disk stops it for good.
 //! - [`WalReader`] / [`read_log`]: recovery; a torn last record is reported as
@@ -19,6 +20,7 @@
 //!
 //! `docs/wal_format.md` has the byte tables, the rotation rule and the crash-safety argument.
 
+pub mod codec;
 mod error;
 mod fault;
 pub mod format;

@@ -5,8 +5,8 @@
 
 use crate::error::WalError;
 use crate::format::{
-    decode_entry, decode_record, decode_segment_header, parse_segment_name, RECORD_MAGIC,
-    RECORD_VERSION, SEGMENT_HEADER_LEN,
+    decode_entry, decode_record, decode_segment_header, is_record_version, parse_segment_name,
+    Record, RECORD_MAGIC, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{read_all, Directory};
 use depot_engine::{LogEntry, Seq};
@@ -57,7 +57,7 @@ pub fn valid_record_after(bytes: &[u8], from: usize) -> bool {
     };
     (0..rest.len()).any(|i| {
         rest[i] == RECORD_MAGIC
-            && rest.get(i + 1) == Some(&RECORD_VERSION)
+            && rest.get(i + 1).is_some_and(|&v| is_record_version(v))
             && decode_record(&rest[i..]).is_ok()
     })
 }
@@ -131,7 +131,7 @@ impl<'d> WalReader<'d> {
             return Err(e.duplicate());
         }
         let result = self.next_record().and_then(|found| {
-            let Some((seq, body)) = found else {
+            let Some((seq, version, body)) = found else {
                 return Ok(None);
             };
             let cur = self
@@ -139,16 +139,14 @@ impl<'d> WalReader<'d> {
                 .as_ref()
                 .expect("a record comes from a segment");
             let offset = body.start as u64 - crate::format::RECORD_HEADER_LEN;
-            let entry = decode_entry(&cur.bytes[body]).map_err(|e| {
+            let record = Record {
+                seq,
+                version,
+                body: &cur.bytes[body],
+            };
+            let entry = decode_entry(&record).map_err(|e| {
                 WalError::corrupt(&cur.name, offset, format!("body does not parse: {e}"))
             })?;
-            if entry.seq != seq {
-                return Err(WalError::corrupt(
-                    &cur.name,
-                    offset,
-                    format!("body has seq {}, frame has {seq}", entry.seq),
-                ));
-            }
             Ok(Some(entry))
         });
         if let Err(e) = &result {
@@ -170,7 +168,7 @@ impl<'d> WalReader<'d> {
 
     /// The next record with `seq >= from_seq`: its seq and the range of its body in the
     /// current segment's bytes.
-    fn next_record(&mut self) -> Result<Option<(Seq, Range<usize>)>, WalError> {
+    fn next_record(&mut self) -> Result<Option<(Seq, u8, Range<usize>)>, WalError> {
         loop {
             if self.tail.is_some() {
                 return Ok(None);
@@ -219,7 +217,7 @@ impl<'d> WalReader<'d> {
                 WalError::corrupt(&cur.name, offset, "sequence number overflows")
             })?);
             if record.seq >= self.from_seq {
-                return Ok(Some((record.seq, body)));
+                return Ok(Some((record.seq, record.version, body)));
             }
         }
     }

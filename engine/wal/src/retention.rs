@@ -209,7 +209,7 @@ fn first_entry_time(dir: &dyn Directory, name: &str) -> Option<TimeMs> {
     if decoded.seq != first_seq {
         return None;
     }
-    decode_entry(decoded.body).ok().map(|e| e.now)
+    decode_entry(&decoded).ok().map(|e| e.now)
 }
 
 /// Copies segment `name` into `archive` crash-safely: a temporary name, `fdatasync`, rename,

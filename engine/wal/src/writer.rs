@@ -6,7 +6,7 @@
 use crate::error::WalError;
 use crate::format::{
     encode_entry, encode_record, encode_segment_header, segment_name, SegmentHeader,
-    RECORD_BODY_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    RECORD_BODY_MAX, RECORD_HEADER_LEN, RECORD_VERSION, SEGMENT_HEADER_LEN,
 };
 use crate::reader::{scan_end, Tail, SEGMENT_FILE_MAX};
 use crate::storage::{is_disk_full, Directory, Storage};
@@ -189,7 +189,7 @@ impl WalWriter {
             }
             Some(_) => {}
         }
-        encode_record(entry.seq, &self.body, &mut self.buf);
+        encode_record(entry.seq, RECORD_VERSION, &self.body, &mut self.buf);
         let segment = self.segment.as_mut().expect("created above");
         segment.records += 1;
         self.next_seq = Some(next);

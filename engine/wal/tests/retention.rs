@@ -19,8 +19,8 @@ use common::{req, setup};
 
 fn start(dir: impl Directory + 'static) -> (Engine, Arc<WalJournal>) {
     let options = WalOptions {
-        segment_len_max: 4096,
-        write_buffer_max: 1024,
+        segment_len_max: 1024,
+        write_buffer_max: 256,
     };
     let (engine, journal, _) = open_engine(Box::new(dir), options, Limits::default(), 2).unwrap();
     (engine, journal)
@@ -293,7 +293,7 @@ fn a_crash_while_archiving_loses_nothing_and_the_next_run_finishes() {
     let (mem, _, live, all) = scenario();
     let archive_mem = MemDir::new();
     let archive = FaultDir::new(archive_mem.clone());
-    archive.crash_after(6_000); // in the middle of the second segment's copy
+    archive.crash_after(1_500); // in the middle of the second segment's copy
     let policy = RetentionPolicy {
         keep_for: Duration::ZERO,
         action: RetentionAction::Archive(Arc::new(archive.clone())),

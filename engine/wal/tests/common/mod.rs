@@ -111,8 +111,8 @@ pub fn entries(first: u64, count: u64) -> Vec<LogEntry> {
 /// Small segments, so a few hundred entries rotate many times.
 pub fn small_segments() -> WalOptions {
     WalOptions {
-        segment_len_max: 4096,
-        write_buffer_max: 1024,
+        segment_len_max: 1024,
+        write_buffer_max: 256,
     }
 }
 
