@@ -338,17 +338,15 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     }
     let empty = ItemPrep::default();
     let prep = |i: usize| by_item[i].unwrap_or(&empty);
-    let ats_by_sku = SmallMap::from_iter(
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| (&it.sku, prep(i).ats)),
-    );
+    // Per-SKU maps are keyed by the SKU's first item: integers compare cheaper than ids.
+    let key = sku_keys(items);
+    let ats_by_sku = SmallMap::from_iter((0..items.len()).map(|i| (key[i], prep(i).ats)));
     let line_ats = |li: usize| -> i64 {
         items
             .iter()
-            .filter(|it| it.line as usize == li)
-            .map(|it| *ats_by_sku.get(&&it.sku) / it.per_unit)
+            .enumerate()
+            .filter(|(_, it)| it.line as usize == li)
+            .map(|(i, it)| *ats_by_sku.get(&key[i]) / it.per_unit)
             .min()
             .unwrap_or(0)
     };
@@ -367,22 +365,23 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
         FillPolicy::AllOrNothing | FillPolicy::Split { .. } => {
             let mut demand = ats_by_sku.clone();
             demand.entries.iter_mut().for_each(|e| e.1 = 0);
-            for it in items.iter() {
+            for (i, it) in items.iter().enumerate() {
                 // Saturating: 100 lines of 10^12 bundles of 10^6 units each overflow i64.
-                let d = demand.get_mut(&&it.sku);
+                let d = demand.get_mut(&key[i]);
                 *d = d.saturating_add(it.per_unit * lines[it.line as usize].requested);
             }
-            let short: Vec<&Sku> = demand
+            let short: Vec<u32> = demand
                 .entries
                 .iter()
-                .filter(|(s, d)| *d > *ats_by_sku.get(s))
-                .map(|(s, _)| *s)
+                .filter(|(k, d)| *d > *ats_by_sku.get(k))
+                .map(|(k, _)| *k)
                 .collect();
             if !short.is_empty() {
                 let bad = |li: usize| {
                     items
                         .iter()
-                        .any(|it| it.line as usize == li && short.contains(&&it.sku))
+                        .enumerate()
+                        .any(|(i, it)| it.line as usize == li && short.contains(&key[i]))
                 };
                 return Decision::Refuse(Refusal::InsufficientStock {
                     shortages: shortages(&bad),
@@ -394,15 +393,19 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
             let mut left = ats_by_sku.clone();
             let mut granted = smallvec::SmallVec::with_capacity(lines.len());
             for (li, line) in lines.iter().enumerate() {
-                let its: Vec<_> = items.iter().filter(|it| it.line as usize == li).collect();
-                let fit = its
-                    .iter()
-                    .map(|it| *left.get(&&it.sku) / it.per_unit)
+                let its = || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, it)| it.line as usize == li)
+                };
+                let fit = its()
+                    .map(|(i, it)| *left.get(&key[i]) / it.per_unit)
                     .min()
                     .unwrap_or(0)
                     .clamp(0, line.requested);
-                for it in &its {
-                    *left.get_mut(&&it.sku) -= fit * it.per_unit;
+                for (i, it) in its() {
+                    *left.get_mut(&key[i]) -= fit * it.per_unit;
                 }
                 granted.push(fit);
             }
@@ -415,11 +418,9 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
         }
     };
     // Allocate every item, in order, from a working copy of each SKU's available units.
-    let mut work = SmallMap::from_iter(items.iter().enumerate().flat_map(|(i, it)| {
-        prep(i)
-            .locations
-            .iter()
-            .map(move |&(loc, a)| ((&it.sku, loc), a))
+    let mut work = SmallMap::from_iter((0..items.len()).flat_map(|i| {
+        let k = key[i];
+        prep(i).locations.iter().map(move |&(loc, a)| ((k, loc), a))
     }));
     let full_counts = if by_item
         .iter()
@@ -448,7 +449,7 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
             if left == 0 {
                 break;
             }
-            let avail = work.get_mut(&(&it.sku, loc));
+            let avail = work.get_mut(&(key[i], loc));
             let take = left.min(*avail);
             if take <= 0 {
                 continue;
@@ -481,6 +482,23 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
         granted: Arc::from(&granted[..]),
         plans,
     }
+}
+
+/// For each item, the index of the first item with the same SKU: equal keys mean equal SKUs.
+fn sku_keys(items: &[crate::job::ItemReq]) -> smallvec::SmallVec<[u32; 4]> {
+    let mut keys: smallvec::SmallVec<[u32; 4]> = (0..items.len() as u32).collect();
+    if items.len() > 1 {
+        // A stable sort: items of one SKU stay in item order, the first one leading.
+        let mut order = keys.clone();
+        order.sort_by(|&a, &b| items[a as usize].sku.cmp(&items[b as usize].sku));
+        for w in order.windows(2) {
+            let (prev, cur) = (w[0] as usize, w[1] as usize);
+            if items[prev].sku == items[cur].sku {
+                keys[cur] = keys[prev];
+            }
+        }
+    }
+    keys
 }
 
 /// A map for the few keys of one reservation: a sorted vector, first value kept per key.
@@ -541,24 +559,31 @@ pub fn order_locations(
     ship_to: Option<&str>,
     full_counts: &BTreeMap<LocIdx, u32>,
 ) -> smallvec::SmallVec<[LocIdx; 4]> {
+    let Some(routing) = routing else {
+        // Creation order: nothing to sort.
+        return locations
+            .iter()
+            .filter(|&&(_, a)| a > 0)
+            .map(|&(l, _)| l)
+            .collect();
+    };
     let mut locs: smallvec::SmallVec<[(LocIdx, i64); 4]> =
         locations.iter().copied().filter(|&(_, a)| a > 0).collect();
     match routing {
-        None => {}
-        Some(CompiledRouting::Priority(list)) => {
+        CompiledRouting::Priority(list) => {
             locs.sort_by_key(|&(l, _)| {
                 (list.iter().position(|&x| x == l).unwrap_or(usize::MAX), l)
             });
         }
-        Some(CompiledRouting::MostStock) => locs.sort_by_key(|&(l, a)| (std::cmp::Reverse(a), l)),
-        Some(CompiledRouting::FewestSplits) => locs.sort_by_key(|&(l, a)| {
+        CompiledRouting::MostStock => locs.sort_by_key(|&(l, a)| (std::cmp::Reverse(a), l)),
+        CompiledRouting::FewestSplits => locs.sort_by_key(|&(l, a)| {
             (
                 std::cmp::Reverse(full_counts.get(&l).copied().unwrap_or(0)),
                 std::cmp::Reverse(a),
                 l,
             )
         }),
-        Some(CompiledRouting::Nearest(regions)) => {
+        CompiledRouting::Nearest(regions) => {
             if let Some(r) = ship_to {
                 let list = regions.get(r);
                 locs.sort_by_key(|&(l, _)| {
@@ -1544,12 +1569,13 @@ pub fn merge(
     }
     let mut parts = Some(parts);
     let mut parts = move || parts.take().unwrap_or_default();
-    let mut head_events: smallvec::SmallVec<[EventKind; 1]> = smallvec::SmallVec::new();
+    // The command's own event, before those of the parts.
+    let mut head: Option<EventKind> = None;
     let mut tenant_events = Vec::new();
     finished.outcome = match &job.kind {
         JobKind::Config { event, config } => {
-            head_events.push(event.clone());
-            match event {
+            head = Some(EventKind::clone(event));
+            match **event {
                 EventKind::RulesPut { .. } => Outcome::Ok(Reply::Rules {
                     version: config.rule_document.version,
                 }),
@@ -1561,7 +1587,7 @@ pub fn merge(
                 unreachable!("reserve decides Reserve")
             };
             let view = held_view(cfg.expect("tenant config"), job, granted, plans);
-            head_events.push(EventKind::ReservationHeld {
+            head = Some(EventKind::ReservationHeld {
                 id: view.id,
                 channel: view.channel.clone(),
                 lines: view.lines.clone(),
@@ -1571,25 +1597,25 @@ pub fn merge(
         JobKind::Commit { id, .. } => {
             let cfg = cfg.expect("tenant config");
             let view = reservation_view(cfg, *id, parts(), job.now);
-            head_events.push(EventKind::ReservationCommitted {
+            head = Some(EventKind::ReservationCommitted {
                 id: *id,
                 lines: view.lines.clone(),
             });
             Outcome::Ok(Reply::Reservation(view))
         }
         JobKind::Extend { id, expires_at } => {
-            head_events.push(EventKind::ReservationExtended {
+            head = Some(EventKind::ReservationExtended {
                 id: *id,
                 expires_at: *expires_at,
             });
             Outcome::Ok(Reply::Done)
         }
         JobKind::Release { id } => {
-            head_events.push(EventKind::ReservationReleased { id: *id });
+            head = Some(EventKind::ReservationReleased { id: *id });
             Outcome::Ok(Reply::Done)
         }
         JobKind::Cancel { id } => {
-            head_events.push(EventKind::ReservationCancelled { id: *id });
+            head = Some(EventKind::ReservationCancelled { id: *id });
             Outcome::Ok(Reply::Done)
         }
         JobKind::Tick => {
@@ -1639,14 +1665,21 @@ pub fn merge(
         }
         _ => Outcome::Ok(Reply::Done),
     };
-    finished.events = head_events
-        .into_iter()
-        .chain(events.into_iter().map(|(_, e)| e))
-        .map(|e| (None, e))
-        .collect();
-    finished
-        .events
-        .extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
+    let more = events.len() + tenant_events.len();
+    if more > 0 {
+        finished.events.reserve(usize::from(head.is_some()) + more);
+    }
+    if let Some(e) = head {
+        finished.events.push((None, e));
+    }
+    if more > 0 {
+        finished
+            .events
+            .extend(events.into_iter().map(|(_, e)| (None, e)));
+        finished
+            .events
+            .extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
+    }
     finished
 }
 

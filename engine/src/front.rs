@@ -30,7 +30,7 @@ pub struct IdemEntry {
 }
 
 /// A reservation's lines and the physical items they expand into.
-type Expanded = (Arc<[LineHeader]>, Arc<[ItemReq]>);
+type Expanded = (Arc<[LineHeader]>, smallvec::SmallVec<[ItemReq; 1]>);
 
 /// What the front decided about a request.
 #[derive(Debug)]
@@ -415,7 +415,7 @@ impl Front {
             req,
             JobKind::Config {
                 config,
-                event: EventKind::TenantCreated,
+                event: Box::new(EventKind::TenantCreated),
             },
             all,
             forced,
@@ -524,9 +524,9 @@ impl Front {
                 (
                     JobKind::Config {
                         config,
-                        event: EventKind::LocationPut {
+                        event: Box::new(EventKind::LocationPut {
                             location: location.clone(),
-                        },
+                        }),
                     },
                     all,
                 )
@@ -556,9 +556,9 @@ impl Front {
                 (
                     JobKind::Config {
                         config,
-                        event: EventKind::ChannelPut {
+                        event: Box::new(EventKind::ChannelPut {
                             channel: channel.clone(),
-                        },
+                        }),
                     },
                     all,
                 )
@@ -571,7 +571,7 @@ impl Front {
                 (
                     JobKind::Config {
                         config,
-                        event: EventKind::BundlePut { sku: sku.clone() },
+                        event: Box::new(EventKind::BundlePut { sku: sku.clone() }),
                     },
                     all,
                 )
@@ -587,7 +587,7 @@ impl Front {
                 (
                     JobKind::Config {
                         config,
-                        event: EventKind::RulesPut { version },
+                        event: Box::new(EventKind::RulesPut { version }),
                     },
                     all,
                 )
@@ -984,7 +984,7 @@ impl Front {
             })
             .collect();
         if !bundles {
-            // One item per line, collected straight into the shared slice.
+            // One item per line.
             let items = lines
                 .iter()
                 .enumerate()
@@ -997,7 +997,7 @@ impl Front {
                 .collect();
             return Ok((headers, items));
         }
-        let mut items = Vec::with_capacity(lines.len());
+        let mut items = smallvec::SmallVec::with_capacity(lines.len());
         for (i, l) in lines.iter().enumerate() {
             let line = i as u16;
             match cfg.bundles.get(&l.sku) {
@@ -1019,7 +1019,7 @@ impl Front {
                 }),
             }
         }
-        Ok((headers, items.into()))
+        Ok((headers, items))
     }
 
     /// Records a finished job: stores the idempotent response, forgets dropped routes, and
@@ -1028,9 +1028,9 @@ impl Front {
         &mut self,
         job: &Job,
         idem: Option<(u32, String)>,
-        fin: Finished,
+        mut fin: Finished,
     ) -> (Response, Vec<Event>) {
-        let dropped = fin.dropped.clone();
+        let dropped = std::mem::take(&mut fin.dropped);
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
         self.record(idem.as_ref(), &response, &dropped);
         (response, events)

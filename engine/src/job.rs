@@ -38,7 +38,8 @@ pub struct ItemReq {
 pub enum JobKind {
     Config {
         config: Arc<TenantConfig>,
-        event: EventKind,
+        /// Boxed: configuration is rare, and every job is moved several times.
+        event: Box<EventKind>,
     },
     Receive {
         sku: Sku,
@@ -86,7 +87,9 @@ pub enum JobKind {
     Reserve {
         channel: ChanIdx,
         lines: Arc<[LineHeader]>,
-        items: Arc<[ItemReq]>,
+        /// Inline for the usual one item: no allocation per reservation (the parts keep
+        /// `lines`, not the items).
+        items: SmallVec<[ItemReq; 1]>,
         expires_at: TimeMs,
         order_ref: Option<String>,
         ship_to_region: Option<String>,

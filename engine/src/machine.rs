@@ -3,13 +3,15 @@
 //! [`crate::Engine`] must agree with.
 
 use crate::command::Request;
+use crate::config::TenantConfig;
 use crate::exec::{decide, merge};
 use crate::front::{Admission, Front};
 use crate::ids::{Seq, TimeMs};
-use crate::job::{Job, Prep};
+use crate::job::{Job, PartOut, Prep};
 use crate::limits::Limits;
 use crate::outcome::{Event, Response};
 use crate::shard::ShardState;
+use smallvec::SmallVec;
 
 /// A sequenced write as the log records it: replaying these in order rebuilds the state.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,29 +29,33 @@ pub struct Machine {
 
 /// Runs a job on the given shards (all of them, indexed by shard number) sequentially.
 pub(crate) fn run_on(shards: &mut [ShardState], job: &Job) -> crate::job::Finished {
-    let participants: Vec<usize> = (0..shards.len())
+    if job.shards.count_ones() == 1 {
+        // One participant (most commands): no lists to build.
+        let shard = &mut shards[job.shards.trailing_zeros() as usize];
+        let prep = shard.prepare(job);
+        let d = decide(job, tenant_config(shard, job), std::slice::from_ref(&prep));
+        let out = shard.apply(job, &d);
+        return merge(job, tenant_config(shard, job), &d, std::iter::once(out));
+    }
+    let participants: SmallVec<[usize; 4]> = (0..shards.len())
         .filter(|i| job.shards & (1 << i) != 0)
         .collect();
-    let preps: Vec<Prep> = participants
+    let preps: SmallVec<[Prep; 2]> = participants
         .iter()
         .map(|&i| shards[i].prepare(job))
         .collect();
     let first = participants[0];
-    let d = decide(
-        job,
-        shards[first].tenants.get(job.tenant as usize).map(|c| &**c),
-        &preps,
-    );
-    let outs: Vec<_> = participants
+    let d = decide(job, tenant_config(&shards[first], job), &preps);
+    let outs: SmallVec<[PartOut; 2]> = participants
         .iter()
         .map(|&i| shards[i].apply(job, &d))
         .collect();
-    merge(
-        job,
-        shards[first].tenants.get(job.tenant as usize).map(|c| &**c),
-        &d,
-        outs,
-    )
+    merge(job, tenant_config(&shards[first], job), &d, outs)
+}
+
+/// The job's tenant configuration as a shard holds it (borrowed: no reference count touched).
+fn tenant_config<'a>(shard: &'a ShardState, job: &Job) -> Option<&'a TenantConfig> {
+    shard.tenants.get(job.tenant as usize).map(|c| &**c)
 }
 
 impl Machine {
@@ -77,35 +83,40 @@ impl Machine {
         request: &Request,
         now: TimeMs,
     ) -> (Response, Vec<Event>, Option<LogEntry>) {
-        self.run(request, now, None)
+        let mut log = None;
+        let (r, e) = self.run(request, now, None, Some(&mut log));
+        (r, e, log)
     }
 
     /// Re-executes a logged write with its recorded sequence number and time.
     pub fn replay(&mut self, entry: &LogEntry) -> (Response, Vec<Event>) {
-        let (r, e, _) = self.run(&entry.request, entry.now, Some(entry.seq));
-        (r, e)
+        // The entry is logged already: no copy of its request is made.
+        self.run(&entry.request, entry.now, Some(entry.seq), None)
     }
 
+    /// Runs one request; `log`, when given, receives the log entry of a write.
     fn run(
         &mut self,
         request: &Request,
         now: TimeMs,
         forced: Option<Seq>,
-    ) -> (Response, Vec<Event>, Option<LogEntry>) {
+        log: Option<&mut Option<LogEntry>>,
+    ) -> (Response, Vec<Event>) {
         match self.front.admit(request, now, forced) {
-            Admission::Immediate(r) => (r, Vec::new(), None),
+            Admission::Immediate(r) => (r, Vec::new()),
             Admission::Wait { .. } => {
                 unreachable!("one command at a time: nothing is ever in flight")
             }
             Admission::Run { job, idem } => {
-                let log = (!request.command.is_read()).then(|| LogEntry {
-                    seq: job.seq,
-                    now: job.now,
-                    request: request.clone(),
-                });
+                if let Some(log) = log.filter(|_| !request.command.is_read()) {
+                    *log = Some(LogEntry {
+                        seq: job.seq,
+                        now: job.now,
+                        request: request.clone(),
+                    });
+                }
                 let fin = run_on(&mut self.shards, &job);
-                let (r, e) = self.front.finish(&job, idem, fin);
-                (r, e, log)
+                self.front.finish(&job, idem, fin)
             }
         }
     }

@@ -730,7 +730,7 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
 
 /// Answers a finished job: records its idempotent response and wakes the requests waiting
 /// for it when needed.
-fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
+fn deliver(inner: &Inner, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
     let job = &*task.job;
     let needs_front = task.idem.is_some()
         || !fin.dropped.is_empty()
@@ -741,7 +741,7 @@ fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished)
         return;
     }
     let mut side = inner.lock_front();
-    let dropped = fin.dropped.clone();
+    let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
     side.front.record(task.idem.as_ref(), &response, &dropped);
     if let Some(key) = &task.idem {

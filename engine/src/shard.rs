@@ -18,10 +18,14 @@ use std::sync::Arc;
 /// Which shard owns (tenant, SKU): FNV-1a over the tenant index and the SKU bytes. Stable
 /// across runs and platforms, so logs and snapshots do not depend on it.
 pub fn shard_of(tenant: u32, sku: &str, shards: usize) -> usize {
+    // Two plain loops rather than one over a chain: this runs several times per command.
+    let step = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in tenant.to_le_bytes().iter().chain(sku.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    for b in tenant.to_le_bytes() {
+        h = step(h, b);
+    }
+    for &b in sku.as_bytes() {
+        h = step(h, b);
     }
     // Fold the high bits in: FNV's low bits are weak for short keys.
     ((h ^ (h >> 32)) % shards as u64) as usize
@@ -331,24 +335,32 @@ impl Parts {
     }
     /// Inserts or replaces the part of `id`.
     pub fn insert(&mut self, id: ReservationId, part: Part) {
-        if let Some(&i) = self.index.get(&id) {
-            *self.slot_mut(i) = Some((id, part));
-            return;
-        }
+        // One lookup in the index; the part is moved once, into its slot.
+        let entry = match self.index.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(e) => {
+                let i = *e.get() as usize;
+                self.chunks[i / PART_CHUNK][i % PART_CHUNK] = Some((id, part));
+                return;
+            }
+            hashbrown::hash_map::Entry::Vacant(e) => e,
+        };
         let i = match self.free.pop() {
-            Some(i) => i,
+            Some(i) => {
+                let s = i as usize;
+                self.chunks[s / PART_CHUNK][s % PART_CHUNK] = Some((id, part));
+                i
+            }
             None => {
                 let n = self.chunks.last().map_or(PART_CHUNK, Vec::len);
                 if n == PART_CHUNK {
                     self.chunks.push(Vec::with_capacity(PART_CHUNK));
                 }
                 let last = self.chunks.len() - 1;
-                self.chunks[last].push(None);
+                self.chunks[last].push(Some((id, part)));
                 (last * PART_CHUNK + self.chunks[last].len() - 1) as u32
             }
         };
-        *self.slot_mut(i) = Some((id, part));
-        self.index.insert(id, i);
+        entry.insert(i);
     }
     pub fn remove(&mut self, id: &ReservationId) -> Option<Part> {
         let i = self.index.remove(id)?;
