@@ -7,6 +7,7 @@ use api_support::{Answer, Fixture, Keys, MASTER};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use depot_api::server::config::HttpLimits;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -557,10 +558,12 @@ async fn a_full_engine_queue_answers_503_overloaded_and_does_nothing() {
     // Hold the engine: the write thread takes one group and waits; one more fits the queue.
     let runner = f.state.runner().unwrap();
     let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
         runner.engine().inspect(|_, _| {
             held_tx.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Until the test has its first answer (bounded, so a failure cannot hang).
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
         })
     });
     held_rx.recv().unwrap();
@@ -579,7 +582,15 @@ async fn a_full_engine_queue_answers_503_overloaded_and_does_nothing() {
             .await
         }
     };
-    let answers = futures_util::future::join_all((0..4).map(reserve)).await;
+    // All four are sent at once. Accepted ones wait for the held engine, so the first answer
+    // is a refusal; only then is the engine let go.
+    let mut pending: futures_util::stream::FuturesUnordered<_> = (0..4).map(reserve).collect();
+    let mut answers = Vec::new();
+    answers.extend(pending.next().await);
+    release_tx.send(()).unwrap();
+    while let Some(a) = pending.next().await {
+        answers.push(a);
+    }
     holder.join().unwrap();
     let created = answers
         .iter()
