@@ -824,3 +824,34 @@ async fn the_openapi_document_is_3_1_and_documents_every_route() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_a_given_one_is_kept() {
+    let f = Fixture::new();
+    let id = |a: &Answer| {
+        a.headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let a = f.call("GET", "/healthz", None, None, &[]).await;
+    let b = f.call("GET", "/v1/stock/X", None, None, &[]).await;
+    let (a, b) = (id(&a).expect("an id"), id(&b).expect("an id, errors too"));
+    assert_ne!(a, b);
+    for x in [&a, &b] {
+        assert_eq!(x.len(), 32, "{x}");
+        assert!(x.bytes().all(|c| c.is_ascii_hexdigit()), "{x}");
+    }
+    // Same process, same prefix; a client's own id comes back unchanged.
+    assert_eq!(a[..16], b[..16]);
+    let c = f
+        .call(
+            "GET",
+            "/healthz",
+            None,
+            None,
+            &[("x-request-id", "trace-42")],
+        )
+        .await;
+    assert_eq!(id(&c).as_deref(), Some("trace-42"));
+}

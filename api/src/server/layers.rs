@@ -7,13 +7,18 @@ use super::config::HttpLimits;
 use super::error::ApiError;
 use super::AppState;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::http::{HeaderName, Response, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::{Extension, Router};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -53,8 +58,41 @@ pub fn wrap(router: Router, state: AppState, limits: &HttpLimits) -> Router {
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, ProcessRequestIds::new()))
         .layer(CatchPanicLayer::custom(panicked))
+}
+
+/// Request ids for requests that come without an `x-request-id`: 32 hex digits, a random
+/// prefix drawn once per process and a counter. Unique within a run and across runs, without a
+/// call to the system's random source per request (as a random UUID would make).
+#[derive(Clone, Debug)]
+pub struct ProcessRequestIds {
+    prefix: u64,
+    next: Arc<AtomicU64>,
+}
+
+impl ProcessRequestIds {
+    pub fn new() -> Self {
+        ProcessRequestIds {
+            prefix: rand::random(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl Default for ProcessRequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MakeRequestId for ProcessRequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{n:016x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::body::Body> {
