@@ -9,10 +9,12 @@
 //! each followed by `fdatasync`, for two seconds.
 //!
 //! `--clients` takes a list (`8,16,32,64`): the runs are repeated for each count, so the
-//! latency can be read against the load.
+//! latency can be read against the load. With `--batch N` each client sends N reservations per
+//! request (`Engine::execute`, as the HTTP server's writer does with what queued up): every
+//! reservation's latency is then its request's, and the load is clients x N.
 //!
-//! Usage: `latency [--dir /var/tmp/depot-latency] [--clients 64] [--secs 10] [--warmup 1]
-//! [--runs 3] [--shards 2]`
+//! Usage: `latency [--dir /var/tmp/depot-latency] [--clients 64] [--batch 1] [--secs 10]
+//! [--warmup 1] [--runs 3] [--shards 2]`
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,10 +38,12 @@ struct Opts {
     warmup: f64,
     runs: usize,
     shards: usize,
+    /// Reservations per request of a client (`Engine::execute`); 1: `Engine::execute_one`.
+    batch: usize,
 }
 
-const USAGE: &str =
-    "latency [--dir DIR] [--clients 8,16,32,64] [--secs 10] [--warmup 1] [--runs 3] [--shards 2]";
+const USAGE: &str = "latency [--dir DIR] [--clients 8,16,32,64] [--batch 1] [--secs 10] \
+[--warmup 1] [--runs 3] [--shards 2]";
 
 fn opts() -> Opts {
     let mut o = Opts {
@@ -49,6 +53,7 @@ fn opts() -> Opts {
         warmup: 1.0,
         runs: 3,
         shards: 2,
+        batch: 1,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,6 +71,7 @@ fn opts() -> Opts {
             "--warmup" => o.warmup = num(&v),
             "--runs" => o.runs = num(&v) as usize,
             "--shards" => o.shards = num(&v) as usize,
+            "--batch" => o.batch = (num(&v) as usize).max(1),
             other => depot_bench::cli::usage_error(&format!("unknown argument {other}"), USAGE),
         }
         i += 2;
@@ -127,6 +133,7 @@ fn run(o: &Opts, clients: usize, idx: u64, w: &Workload) -> RunResult {
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(clients + 1));
     let warmup = Duration::from_secs_f64(o.warmup);
+    let batch = o.batch;
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let (engine, stop, barrier, w) =
@@ -138,17 +145,25 @@ fn run(o: &Opts, clients: usize, idx: u64, w: &Workload) -> RunResult {
                 barrier.wait();
                 let start = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let req = w.w1(&mut rng);
+                    let reqs: Vec<_> = (0..batch).map(|_| w.w1(&mut rng)).collect();
                     let t = Instant::now();
-                    let (resp, _) = engine.execute_one(req, wall_ms());
+                    let answers = if batch == 1 {
+                        vec![engine.execute_one(reqs.into_iter().next().expect("one"), wall_ms())]
+                    } else {
+                        engine.execute(reqs, wall_ms())
+                    };
+                    // Every reservation of a batch is answered when the batch is durable.
                     let us = t.elapsed().as_micros() as u64;
-                    match resp.outcome {
-                        Outcome::Ok(_) | Outcome::Refused(Refusal::InsufficientStock { .. }) => {}
-                        other => panic!("unexpected outcome {other:?}"),
+                    for (resp, _) in &answers {
+                        match &resp.outcome {
+                            Outcome::Ok(_)
+                            | Outcome::Refused(Refusal::InsufficientStock { .. }) => {}
+                            other => panic!("unexpected outcome {other:?}"),
+                        }
                     }
                     if start.elapsed() >= warmup {
-                        h.saturating_record(us.max(1));
-                        ops += 1;
+                        h.saturating_record_n(us.max(1), answers.len() as u64);
+                        ops += answers.len() as u64;
                     }
                 }
                 (h, ops)
@@ -193,8 +208,9 @@ fn main() {
     let o = opts();
     let w = Workload::new(SKUS);
     println!(
-        "durable W1, clients x 1 outstanding, {} shards, group commit, fdatasync before every \
-         answer; {} x {} s after {} s warm-up; log in {}",
+        "durable W1, clients x {} outstanding (one request each), {} shards, group commit, \
+         fdatasync before every answer; {} x {} s after {} s warm-up; log in {}",
+        o.batch,
         o.shards,
         o.runs,
         o.secs,
