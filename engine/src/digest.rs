@@ -63,7 +63,8 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
                 p.channel,
                 p.order_ref,
                 p.lines,
-                p.granted
+                // Printed as the list of units per line, as when it was always stored.
+                p.granted.units(&p.lines)
             );
             let entry = parts
                 .entry(*id)

@@ -7,7 +7,8 @@ use crate::command::{Bucket, FillPolicy};
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
 use crate::job::{
-    loc_id, Decision, Finished, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut, PartPrep, Prep,
+    loc_id, Decision, Finished, Granted, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut,
+    PartPrep, Prep,
 };
 use crate::limits::LEVEL_MAX;
 use crate::outcome::{
@@ -17,7 +18,6 @@ use crate::outcome::{
 use crate::rules::{CompiledRouting, OversellPolicy};
 use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
 // prepare
@@ -291,7 +291,7 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
             "list at least one line, or omit `lines` to commit all",
         ));
     }
-    let mut keep = vec![0i64; head.lines.len()];
+    let mut keep: smallvec::SmallVec<[i64; 4]> = smallvec::smallvec![0; head.lines.len()];
     for (i, (sku, q)) in lines.iter().enumerate() {
         let field = format!("lines[{i}]");
         let Some(li) = head.lines.iter().position(|l| &l.sku == sku) else {
@@ -303,7 +303,7 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
         if keep[li] != 0 {
             return Decision::Refuse(Refusal::invalid(&field, format!("{sku} is listed twice")));
         }
-        let granted = head.granted[li];
+        let granted = head.granted.get(&head.lines, li);
         let q = q.unwrap_or(granted);
         if q < 1 || q > granted {
             return Decision::Refuse(Refusal::invalid(
@@ -313,7 +313,9 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
         }
         keep[li] = q;
     }
-    Decision::Commit { keep: keep.into() }
+    Decision::Commit {
+        keep: Granted::new(&head.lines, &keep),
+    }
 }
 
 fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
@@ -479,7 +481,7 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
         });
     }
     Decision::Reserve {
-        granted: Arc::from(&granted[..]),
+        granted: Granted::new(lines, &granted),
         plans,
     }
 }
@@ -1071,11 +1073,11 @@ impl ShardState {
         PartData::None
     }
 
-    fn apply_commit(&mut self, id: ReservationId, keep: &Arc<[i64]>) {
+    fn apply_commit(&mut self, id: ReservationId, keep: &Granted) {
         let mut part = self.parts.remove(&id).expect("decided on an existing part");
         let t = part.tenant;
         for item in part.items.iter_mut() {
-            let keep_units = keep[item.line as usize] * item.per_unit;
+            let keep_units = keep.get(&part.lines, item.line as usize) * item.per_unit;
             let mut release = item.quantity - keep_units;
             for a in item.allocs.iter_mut().rev() {
                 let r = a.open.min(release);
@@ -1532,11 +1534,7 @@ pub fn merge(
         }
     }
     events.sort_by_key(|(k, _)| *k);
-    let mut finished = Finished {
-        outcome: Outcome::Ok(Reply::Done),
-        events: smallvec::SmallVec::new(),
-        dropped: Vec::new(),
-    };
+    let mut finished = Finished::new(Outcome::Ok(Reply::Done));
     match d {
         Decision::Refuse(r) => {
             finished.outcome = Outcome::Refused(r.clone());
@@ -1548,9 +1546,7 @@ pub fn merge(
         Decision::ExpireThenRefuse(r) => {
             finished.outcome = Outcome::Refused(r.clone());
             if let Some(id) = job_reservation(job) {
-                finished
-                    .events
-                    .push((None, EventKind::ReservationExpired { id }));
+                finished.push_event(job, None, EventKind::ReservationExpired { id });
             }
             return finished;
         }
@@ -1587,6 +1583,7 @@ pub fn merge(
                 unreachable!("reserve decides Reserve")
             };
             let view = held_view(cfg.expect("tenant config"), job, granted, plans);
+            // The event shares the reply's lines: no copy.
             head = Some(EventKind::ReservationHeld {
                 id: view.id,
                 channel: view.channel.clone(),
@@ -1665,20 +1662,18 @@ pub fn merge(
         }
         _ => Outcome::Ok(Reply::Done),
     };
-    let more = events.len() + tenant_events.len();
-    if more > 0 {
-        finished.events.reserve(usize::from(head.is_some()) + more);
-    }
+    // Numbered in place, in the list the caller receives: one allocation, no copy.
+    finished
+        .events
+        .reserve_exact(usize::from(head.is_some()) + events.len() + tenant_events.len());
     if let Some(e) = head {
-        finished.events.push((None, e));
+        finished.push_event(job, None, e);
     }
-    if more > 0 {
-        finished
-            .events
-            .extend(events.into_iter().map(|(_, e)| (None, e)));
-        finished
-            .events
-            .extend(tenant_events.into_iter().map(|(t, e)| (Some(t), e)));
+    for (_, e) in events {
+        finished.push_event(job, None, e);
+    }
+    for (t, e) in tenant_events {
+        finished.push_event(job, Some(t), e);
     }
     finished
 }
@@ -1762,7 +1757,7 @@ fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<Part
 fn held_view(
     cfg: &TenantConfig,
     job: &Job,
-    granted: &[i64],
+    granted: &Granted,
     plans: &[ItemPlan],
 ) -> ReservationView {
     let JobKind::Reserve {
@@ -1791,10 +1786,11 @@ fn held_view(
         .iter()
         .enumerate()
         .map(|(li, l)| {
+            let granted = granted.get(lines, li);
             let mut v = LineView {
                 sku: l.sku.clone(),
-                quantity: granted[li],
-                requested: if granted[li] != l.requested {
+                quantity: granted,
+                requested: if granted != l.requested {
                     l.requested
                 } else {
                     0
@@ -1857,7 +1853,7 @@ pub fn reservation_view(
         .enumerate()
         .map(|(li, l)| {
             let its: Vec<&&PartItem> = items.iter().filter(|i| i.line as usize == li).collect();
-            let granted = head.granted[li];
+            let granted = head.granted.get(&head.lines, li);
             let mut v = LineView {
                 sku: l.sku.clone(),
                 quantity: granted,

@@ -8,7 +8,7 @@
 use crate::command::{Command, FillPolicy, Request};
 use crate::config::{Channel, Location, TenantConfig, TenantEntry};
 use crate::ids::{ReservationId, Seq, Sku, TenantId, TimeMs};
-use crate::job::{Finished, ItemReq, Job, JobKind, LineHeader};
+use crate::job::{Finished, ItemReq, Job, JobKind, LineHeader, LineHeaders};
 use crate::limits::{Limits, QUANTITY_MAX};
 use crate::outcome::{Event, EventKind, Outcome, Refusal, Response};
 use crate::rules::{self, RuleDocument};
@@ -30,7 +30,7 @@ pub struct IdemEntry {
 }
 
 /// A reservation's lines and the physical items they expand into.
-type Expanded = (Arc<[LineHeader]>, smallvec::SmallVec<[ItemReq; 1]>);
+type Expanded = (LineHeaders, smallvec::SmallVec<[ItemReq; 1]>);
 
 /// What the front decided about a request.
 #[derive(Debug)]
@@ -129,7 +129,10 @@ impl Routes {
             return self.insert(id, mask);
         }
         let i = i as usize;
-        if i >= self.dense.len() {
+        if i == self.dense.len() {
+            // The usual case, the next sequence number: cheaper than a resize by one.
+            self.dense.push_back(0);
+        } else if i > self.dense.len() {
             self.dense.resize(i + 1, 0);
         }
         if self.dense[i] == 0 {
@@ -975,14 +978,11 @@ impl Front {
             }
             bundles |= cfg.is_bundle(&l.sku);
         }
-        let headers = lines
-            .iter()
-            .map(|l| LineHeader {
-                sku: l.sku.clone(),
-                requested: l.quantity,
-                is_bundle: bundles && cfg.is_bundle(&l.sku),
-            })
-            .collect();
+        let headers = LineHeaders::from_fn(lines, |l| LineHeader {
+            sku: l.sku.clone(),
+            requested: l.quantity,
+            is_bundle: bundles && cfg.is_bundle(&l.sku),
+        });
         if !bundles {
             // One item per line.
             let items = lines
@@ -1091,19 +1091,10 @@ pub fn respond(
         replayed: false,
         outcome: fin.outcome,
     };
-    let events = fin
-        .events
-        .into_iter()
-        .enumerate()
-        .map(|(i, (t, kind))| Event {
-            seq: job.seq,
-            index: i as u32,
-            at: job.now,
-            tenant: t.map_or_else(|| job.tenant_id.clone(), &tenant_name),
-            key_id: job.key_id.clone(),
-            kind,
-        })
-        .collect();
+    let mut events = fin.events;
+    for &(i, t) in &fin.foreign {
+        events[i].tenant = tenant_name(t);
+    }
     (response, events)
 }
 

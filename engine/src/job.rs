@@ -9,7 +9,7 @@
 use crate::command::{Bucket, FillPolicy, FulfilLine};
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
-use crate::outcome::{EventKind, Outcome, Refusal};
+use crate::outcome::{Event, EventKind, Outcome, Refusal};
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -21,6 +21,89 @@ pub struct LineHeader {
     /// Units requested.
     pub requested: i64,
     pub is_bundle: bool,
+}
+
+/// The lines of a reservation, shared by its job and every part of it: the usual single line
+/// inline (no allocation per reservation), several lines in one shared list.
+#[derive(Clone, Eq)]
+pub enum LineHeaders {
+    One([LineHeader; 1]),
+    Many(Arc<[LineHeader]>),
+}
+
+impl LineHeaders {
+    /// The headers of `lines`, made by `f`.
+    pub fn from_fn<T>(lines: &[T], f: impl Fn(&T) -> LineHeader) -> LineHeaders {
+        match lines {
+            [one] => LineHeaders::One([f(one)]),
+            _ => LineHeaders::Many(lines.iter().map(f).collect()),
+        }
+    }
+}
+
+impl From<Vec<LineHeader>> for LineHeaders {
+    fn from(mut v: Vec<LineHeader>) -> Self {
+        match v.pop() {
+            Some(one) if v.is_empty() => LineHeaders::One([one]),
+            last => {
+                v.extend(last);
+                LineHeaders::Many(v.into())
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for LineHeaders {
+    type Target = [LineHeader];
+    fn deref(&self) -> &[LineHeader] {
+        match self {
+            LineHeaders::One(one) => one,
+            LineHeaders::Many(many) => many,
+        }
+    }
+}
+
+/// Compared as lists, however they are stored.
+impl PartialEq for LineHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+/// Printed as a list (the state digest prints it).
+impl std::fmt::Debug for LineHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        <[LineHeader] as std::fmt::Debug>::fmt(self, f)
+    }
+}
+
+/// Units granted per line of a reservation. Stored only when some line is not granted in full
+/// (a partial fill, a partial commit): the usual full grant is `None` and costs no allocation.
+/// Always normalised by [`Granted::new`], so equal grants compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Granted(Option<Arc<[i64]>>);
+
+impl Granted {
+    /// The grant of `units` per line of `lines`.
+    pub fn new(lines: &[LineHeader], units: &[i64]) -> Granted {
+        debug_assert_eq!(lines.len(), units.len());
+        let full = lines.iter().zip(units).all(|(l, &u)| l.requested == u);
+        Granted((!full).then(|| Arc::from(units)))
+    }
+    /// Units granted on line `li` of `lines`.
+    pub fn get(&self, lines: &[LineHeader], li: usize) -> i64 {
+        match &self.0 {
+            Some(units) => units[li],
+            None => lines[li].requested,
+        }
+    }
+    /// Units granted per line of `lines`.
+    pub fn units(&self, lines: &[LineHeader]) -> SmallVec<[i64; 4]> {
+        match &self.0 {
+            Some(units) => SmallVec::from_slice(units),
+            None => lines.iter().map(|l| l.requested).collect(),
+        }
+    }
 }
 
 /// One physical SKU to allocate for a line (the line's SKU, or one bundle component).
@@ -86,7 +169,7 @@ pub enum JobKind {
     },
     Reserve {
         channel: ChanIdx,
-        lines: Arc<[LineHeader]>,
+        lines: LineHeaders,
         /// Inline for the usual one item: no allocation per reservation (the parts keep
         /// `lines`, not the items).
         items: SmallVec<[ItemReq; 1]>,
@@ -170,9 +253,9 @@ pub struct ItemPrep {
 pub struct PartPrep {
     pub lifecycle: crate::shard::Lifecycle,
     pub expires_at: TimeMs,
-    pub lines: Arc<[LineHeader]>,
+    pub lines: LineHeaders,
     /// Units granted per line.
-    pub granted: Arc<[i64]>,
+    pub granted: Granted,
     pub open_units: i64,
     pub shipped_units: i64,
     pub backordered_units: i64,
@@ -207,12 +290,12 @@ pub enum Decision {
     ExpireThenRefuse(Refusal),
     Proceed,
     Reserve {
-        granted: Arc<[i64]>,
+        granted: Granted,
         plans: SmallVec<[ItemPlan; 1]>,
     },
-    /// Units to keep per (line index): the rest is released.
+    /// Units to keep per line: the rest is released.
     Commit {
-        keep: Arc<[i64]>,
+        keep: Granted,
     },
 }
 
@@ -245,11 +328,43 @@ pub enum PartData {
 #[derive(Clone, Debug)]
 pub struct Finished {
     pub outcome: Outcome,
-    /// Events; `Some(tenant)` when the event belongs to another tenant than the job's (ticks).
-    /// Most commands have one: kept inline.
-    pub events: SmallVec<[(Option<u32>, EventKind); 1]>,
+    /// The job's events, numbered: built in place, in the list the caller receives. An event
+    /// of another tenant than the job's carries the job's tenant until
+    /// [`crate::front::respond`] names it (see `foreign`).
+    pub events: Vec<Event>,
+    /// Events that belong to another tenant than the job's (expiries during a tick): their
+    /// index in `events` and their tenant.
+    pub foreign: Vec<(usize, u32)>,
     /// Reservations that no longer exist anywhere (routes may be dropped).
     pub dropped: Vec<ReservationId>,
+}
+
+impl Finished {
+    /// An answer with no events.
+    pub fn new(outcome: Outcome) -> Finished {
+        Finished {
+            outcome,
+            events: Vec::new(),
+            foreign: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
+    /// Appends the next event of `job`; `tenant` names another tenant it belongs to.
+    pub fn push_event(&mut self, job: &Job, tenant: Option<u32>, kind: EventKind) {
+        let index = self.events.len();
+        if let Some(t) = tenant {
+            self.foreign.push((index, t));
+        }
+        self.events.push(Event {
+            seq: job.seq,
+            index: index as u32,
+            at: job.now,
+            tenant: job.tenant_id.clone(),
+            key_id: job.key_id.clone(),
+            kind,
+        });
+    }
 }
 
 /// Location ids for views.

@@ -32,7 +32,7 @@ pub use config::{ChannelKind, Component, LocationKind};
 pub use ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
 pub use limits::Limits;
 pub use machine::{LogEntry, Machine};
-pub use outcome::{Event, EventKind, Outcome, Refusal, Reply, ReservationState, Response};
+pub use outcome::{Event, EventKind, Lines, Outcome, Refusal, Reply, ReservationState, Response};
 pub use rules::{Rule, RuleDocument, RuleKind};
 pub use runtime::{
     Engine, EngineConfig, Journal, JournalError, MemoryJournal, ReservationCounts, Unacked,

@@ -7,6 +7,7 @@
 use crate::ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The answer to one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,6 +196,64 @@ pub struct LineView {
     pub backordered: i64,
 }
 
+/// The lines of a reservation view or event: a shared, immutable list. The reply to a
+/// reservation and its event carry the same lines, so they share one list instead of each
+/// owning a copy. Reads as a slice (`iter`, `len`, indexing, `for l in &lines`); built with
+/// `collect` or from a `Vec`. Serialised, and printed with `{:?}`, exactly as a `Vec`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Lines(Arc<[LineView]>);
+
+impl std::ops::Deref for Lines {
+    type Target = [LineView];
+    fn deref(&self) -> &[LineView] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        <[LineView] as std::fmt::Debug>::fmt(&self.0, f)
+    }
+}
+
+impl FromIterator<LineView> for Lines {
+    fn from_iter<I: IntoIterator<Item = LineView>>(it: I) -> Self {
+        Lines(it.into_iter().collect())
+    }
+}
+
+impl From<Vec<LineView>> for Lines {
+    fn from(v: Vec<LineView>) -> Self {
+        Lines(v.into())
+    }
+}
+
+impl<'a> IntoIterator for &'a Lines {
+    type Item = &'a LineView;
+    type IntoIter = std::slice::Iter<'a, LineView>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<Vec<LineView>> for Lines {
+    fn eq(&self, other: &Vec<LineView>) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl Serialize for Lines {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        <[LineView]>::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lines {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<LineView>::deserialize(d).map(Lines::from)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationView {
     pub id: ReservationId,
@@ -204,7 +263,7 @@ pub struct ReservationView {
     pub expires_at: TimeMs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_ref: Option<String>,
-    pub lines: Vec<LineView>,
+    pub lines: Lines,
 }
 
 /// One term of an ATS explanation: `quantity` is added to the running total (negative terms
@@ -271,7 +330,7 @@ pub enum EventKind {
     ReservationHeld {
         id: ReservationId,
         channel: ChannelId,
-        lines: Vec<LineView>,
+        lines: Lines,
     },
     ReservationExtended {
         id: ReservationId,
@@ -279,7 +338,7 @@ pub enum EventKind {
     },
     ReservationCommitted {
         id: ReservationId,
-        lines: Vec<LineView>,
+        lines: Lines,
     },
     ReservationReleased {
         id: ReservationId,

@@ -124,10 +124,29 @@ struct Rendezvous {
 }
 
 struct Task {
-    job: Arc<Job>,
+    job: TaskJob,
     slot: usize,
     idem: Option<(u32, String)>,
     rendezvous: Option<Arc<Rendezvous>>,
+}
+
+/// A task's job: owned by the one shard that runs it (most jobs: no allocation per request),
+/// shared by the shards of a job spanning several.
+// The job inline is the point: boxing it would be the allocation this saves.
+#[allow(clippy::large_enum_variant)]
+enum TaskJob {
+    Own(Job),
+    Shared(Arc<Job>),
+}
+
+impl std::ops::Deref for TaskJob {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        match self {
+            TaskJob::Own(job) => job,
+            TaskJob::Shared(job) => job,
+        }
+    }
 }
 
 enum Msg {
@@ -388,7 +407,8 @@ impl Engine {
     ) -> (Option<Seq>, Vec<Arc<Vec<Task>>>) {
         let n = self.inner.queues.len();
         let len = requests.len();
-        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::with_capacity(len)).collect();
+        // Filled on first use: a batch often touches only some shards.
+        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut last_write = None;
         let mut side = self.inner.lock_front();
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
@@ -436,24 +456,41 @@ impl Engine {
                         }
                     }
                     let count = targets.count_ones() as usize;
-                    let rendezvous = (count > 1).then(|| {
-                        Arc::new(Rendezvous {
+                    // At most the rest of the batch goes to one shard.
+                    let room = len - slot;
+                    if count == 1 {
+                        // One shard: the task owns the job, nothing is shared.
+                        let tasks = &mut per_shard[targets.trailing_zeros() as usize];
+                        if tasks.capacity() == 0 {
+                            tasks.reserve_exact(room);
+                        }
+                        tasks.push(Task {
+                            job: TaskJob::Own(job),
+                            slot,
+                            idem,
+                            rendezvous: None,
+                        });
+                    } else {
+                        let rendezvous = Arc::new(Rendezvous {
                             participants: count,
                             preps: Mutex::new(Vec::with_capacity(count)),
                             decision: OnceLock::new(),
                             sleepers: Mutex::new(Vec::new()),
                             outs: Mutex::new(Vec::with_capacity(count)),
-                        })
-                    });
-                    let job = Arc::new(job);
-                    for (s, tasks) in per_shard.iter_mut().enumerate() {
-                        if targets & (1 << s) != 0 {
-                            tasks.push(Task {
-                                job: job.clone(),
-                                slot,
-                                idem: idem.clone(),
-                                rendezvous: rendezvous.clone(),
-                            });
+                        });
+                        let job = Arc::new(job);
+                        for (s, tasks) in per_shard.iter_mut().enumerate() {
+                            if targets & (1 << s) != 0 {
+                                if tasks.capacity() == 0 {
+                                    tasks.reserve_exact(room);
+                                }
+                                tasks.push(Task {
+                                    job: TaskJob::Shared(job.clone()),
+                                    slot,
+                                    idem: idem.clone(),
+                                    rendezvous: Some(rendezvous.clone()),
+                                });
+                            }
                         }
                     }
                 }
@@ -732,9 +769,7 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
 /// for it when needed.
 fn deliver(inner: &Inner, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
     let job = &*task.job;
-    let needs_front = task.idem.is_some()
-        || !fin.dropped.is_empty()
-        || fin.events.iter().any(|(t, _)| t.is_some());
+    let needs_front = task.idem.is_some() || !fin.dropped.is_empty() || !fin.foreign.is_empty();
     if !needs_front {
         let answer = respond(job, fin, |_| unreachable!("no foreign-tenant events"));
         batch.complete(task.slot, answer);

@@ -6,7 +6,7 @@ use crate::ats::{self, Level};
 use crate::command::Bucket;
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
-use crate::job::{LineHeader, PartPrep};
+use crate::job::{Granted, LineHeaders, PartPrep};
 use crate::timers::Timers;
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
@@ -235,9 +235,9 @@ pub struct Part {
     pub expires_at: TimeMs,
     pub ended_at: TimeMs,
     pub order_ref: Option<Box<str>>,
-    pub lines: Arc<[LineHeader]>,
-    /// Units granted per line.
-    pub granted: Arc<[i64]>,
+    pub lines: LineHeaders,
+    /// Units granted per line (of `lines`).
+    pub granted: Granted,
     /// Most parts hold one item (a single-line reservation, or one line per shard): inline.
     pub items: SmallVec<[PartItem; 1]>,
 }

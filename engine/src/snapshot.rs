@@ -6,7 +6,7 @@
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
 use crate::front::{Front, IdemEntry};
 use crate::ids::{ReservationId, Sku, TenantId};
-use crate::job::LineHeader;
+use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
 use crate::machine::Machine;
 use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKey, SkuState};
@@ -222,7 +222,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                         is_bundle: l.is_bundle,
                     })
                     .collect(),
-                granted: p.granted.to_vec(),
+                granted: p.granted.units(&p.lines).to_vec(),
                 items: Vec::new(),
             });
             r.items.extend(p.items.iter().map(item_image));
@@ -445,7 +445,7 @@ fn load_reservation(
         return Err(bad(format!("names channel {}", r.channel)));
     }
     let sku = |s: &str| Sku::new(s).map_err(|e| bad(format!("SKU id: {e}")));
-    let lines: Arc<[LineHeader]> = r
+    let lines: LineHeaders = r
         .lines
         .iter()
         .map(|l| {
@@ -479,7 +479,7 @@ fn load_reservation(
     if let Some(q) = item_terms.find(|q| !(0..=STOCK_MAX).contains(q)) {
         return Err(bad(format!("quantity {q} is outside 0..={STOCK_MAX}")));
     }
-    let granted: Arc<[i64]> = r.granted.clone().into();
+    let granted = Granted::new(&lines, &r.granted);
     let lifecycle = lifecycle_of(r.lifecycle)?;
     let mut by_shard: std::collections::BTreeMap<usize, Vec<PartItem>> =
         std::collections::BTreeMap::new();
