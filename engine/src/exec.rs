@@ -47,6 +47,12 @@ impl ShardState {
                         let part = &self.parts[id];
                         p.checks
                             .push((0, alloc_sum(part, sku, *loc, |a| a.shipped - a.returned)));
+                        // The room under LEVEL_MAX where the units come back, as for a receipt.
+                        let on_hand = self
+                            .sku(job.tenant, sku.as_str())
+                            .and_then(|s| s.level(*loc))
+                            .map_or(0, |l| l.on_hand);
+                        p.checks.push((1, Some(LEVEL_MAX - on_hand)));
                     }
                     p
                 }))
@@ -272,7 +278,21 @@ fn decide_lifecycle(job: &Job, preps: &[Prep]) -> Decision {
                     "quantity",
                     format!("only {returnable} shipped units of {sku} can still be returned"),
                 )),
-                Some(_) => Decision::Proceed,
+                Some(_) => {
+                    let room = parts
+                        .iter()
+                        .find_map(|p| p.checks.get(1).map(|c| c.1))
+                        .flatten()
+                        .unwrap_or(LEVEL_MAX);
+                    if *quantity > room {
+                        Decision::Refuse(Refusal::state(format!(
+                            "on_hand would be {}; a level holds at most {LEVEL_MAX} units",
+                            (LEVEL_MAX - room).saturating_add(*quantity)
+                        )))
+                    } else {
+                        Decision::Proceed
+                    }
+                }
             }
         }
         _ => unreachable!("only lifecycle jobs"),
@@ -715,7 +735,7 @@ impl ShardState {
 
     /// Refuses a stock operation that would take on_hand or incoming of a level above
     /// [`LEVEL_MAX`]. (`set` and `move` stay within what is on hand; `set` is at most
-    /// `QUANTITY_MAX`.)
+    /// `QUANTITY_MAX`; a return is checked the same way when it is decided.)
     fn check_level_room(&self, job: &Job) -> Result<(), Refusal> {
         let (sku, loc, add, incoming) = match &job.kind {
             JobKind::Receive {

@@ -659,3 +659,32 @@ fn a_level_never_grows_past_level_max() {
     let r = fx.refused(expect("A", "west", QUANTITY_MAX, None));
     assert!(matches!(r, Refusal::InvalidState { .. }), "{r:?}");
 }
+
+#[test]
+fn a_return_never_takes_a_level_past_level_max() {
+    use depot_engine::limits::LEVEL_MAX;
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 5));
+    let id = fx.res(reserve("web", &[("A", 5)])).id;
+    fx.ok(commit(id));
+    fx.ok(fulfil(id, &[("A", "east", 5, 0)]));
+    // Refill the level to 2 units below the bound.
+    let receipts = (LEVEL_MAX - 2) / QUANTITY_MAX;
+    for _ in 0..receipts {
+        fx.ok(receive("A", "east", QUANTITY_MAX));
+    }
+    fx.ok(receive(
+        "A",
+        "east",
+        LEVEL_MAX - 2 - receipts * QUANTITY_MAX,
+    ));
+    let r = fx.refused(ret(id, "A", "east", 3, false));
+    assert!(
+        matches!(&r, Refusal::InvalidState { message }
+            if message.contains(&format!("on_hand would be {}", LEVEL_MAX + 1))),
+        "{r:?}"
+    );
+    // What fits is taken back.
+    fx.ok(ret(id, "A", "east", 2, false));
+    assert_eq!(fx.stock("A").locations[0].on_hand, LEVEL_MAX);
+}
