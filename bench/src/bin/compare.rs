@@ -257,6 +257,8 @@ fn main() {
     for &w in &o.workloads {
         eprintln!("{}:", w.name());
         let w3 = w == Wk::W3;
+        // Single requests at 64 clients; W3 is specified at C = 16 as well as C = 64.
+        let singles: &[usize] = if w3 { &[64, 16] } else { &[64] };
         if want("depot") {
             let per = if w3 { 32 } else { 1_024 };
             cells.push(cell(
@@ -268,55 +270,33 @@ fn main() {
                 &format!("2 threads x batch of {per}"),
                 |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
             ));
-            cells.push(cell(
-                &o,
-                "depot-inproc-64x1",
-                w,
-                "depot in-process",
-                "WAL, fsync per group",
-                "64 threads x 1",
-                |r| inproc::measure(&o.server.data_root, o.shards, w, 64, 1, t, r),
-            ));
-            if w3 {
-                // W3 is specified at C = 16 as well as C = 64.
+            for &n in singles {
                 cells.push(cell(
                     &o,
-                    "depot-inproc-16x1",
+                    &format!("depot-inproc-{n}x1"),
                     w,
                     "depot in-process",
                     "WAL, fsync per group",
-                    "16 threads x 1",
-                    |r| inproc::measure(&o.server.data_root, o.shards, w, 16, 1, t, r),
+                    &format!("{n} threads x 1"),
+                    |r| inproc::measure(&o.server.data_root, o.shards, w, n, 1, t, r),
                 ));
-                let c16 = HttpShape {
-                    conns: 16,
+            }
+            for &n in singles {
+                let single = HttpShape {
+                    conns: n,
                     per_conn: 1,
                     batch: false,
                 };
                 cells.push(cell(
                     &o,
-                    "depot-http-16x1",
+                    &format!("depot-http-{n}x1"),
                     w,
                     "depot HTTP",
                     "--sync always",
-                    &c16.label(),
-                    |r| http::measure(&rt, &o.server, w, c16, t, r),
+                    &single.label(),
+                    |r| http::measure(&rt, &o.server, w, single, t, r),
                 ));
             }
-            let single = HttpShape {
-                conns: 64,
-                per_conn: 1,
-                batch: false,
-            };
-            cells.push(cell(
-                &o,
-                "depot-http-64x1",
-                w,
-                "depot HTTP",
-                "--sync always",
-                &single.label(),
-                |r| http::measure(&rt, &o.server, w, single, t, r),
-            ));
             let batch = HttpShape {
                 conns: 2,
                 per_conn: if w3 { 32 } else { 100 },
@@ -349,31 +329,22 @@ fn main() {
                 deep,
                 |r| redis_peer::measure(&rt, url, w, 16, 16, t, r),
             ));
-            cells.push(cell(
-                &o,
-                &format!("redis-{fsync}-64x1"),
-                w,
-                "Redis + Lua",
-                &format!("appendfsync {fsync}"),
-                "64x1",
-                |r| redis_peer::measure(&rt, url, w, 64, 1, t, r),
-            ));
-            if w3 {
+            for &n in singles {
                 cells.push(cell(
                     &o,
-                    &format!("redis-{fsync}-16x1"),
+                    &format!("redis-{fsync}-{n}x1"),
                     w,
                     "Redis + Lua",
                     &format!("appendfsync {fsync}"),
-                    "16x1",
-                    |r| redis_peer::measure(&rt, url, w, 16, 1, t, r),
+                    &format!("{n}x1"),
+                    |r| redis_peer::measure(&rt, url, w, n, 1, t, r),
                 ));
             }
         }
         if pg {
             // W3 at C = 16 and C = 64, each reported; W1 and W2 at the best client count.
             let counts: Vec<usize> = if w3 {
-                vec![16, 64]
+                singles.to_vec()
             } else {
                 o.pg_clients.clone()
             };

@@ -3,7 +3,7 @@
 //! Per run: a fresh write-ahead log in `--dir` (group commit, every answer waits for the
 //! `fdatasync` covering its write: the server's `--sync always`), an engine with 2 shards,
 //! 10,000 SKUs with 1,000,000 units each, then `clients` client threads in a closed loop, each
-//! with one reservation outstanding (`Engine::execute_one`), for `secs` seconds. Every
+//! with one reservation outstanding (`Engine::execute` of one request), for `secs` seconds. Every
 //! operation's latency (submit to durable answer) after the warm-up goes into an HDR histogram.
 //! Before the load, the disk's own ceiling is measured in the same directory: 64-byte appends,
 //! each followed by `fdatasync`, for two seconds.
@@ -38,7 +38,7 @@ struct Opts {
     warmup: f64,
     runs: usize,
     shards: usize,
-    /// Reservations per request of a client (`Engine::execute`); 1: `Engine::execute_one`.
+    /// Reservations per request of a client (`Engine::execute`).
     batch: usize,
 }
 
@@ -147,11 +147,7 @@ fn run(o: &Opts, clients: usize, idx: u64, w: &Workload) -> RunResult {
                 while !stop.load(Ordering::Relaxed) {
                     let reqs: Vec<_> = (0..batch).map(|_| w.w1(&mut rng)).collect();
                     let t = Instant::now();
-                    let answers = if batch == 1 {
-                        vec![engine.execute_one(reqs.into_iter().next().expect("one"), wall_ms())]
-                    } else {
-                        engine.execute(reqs, wall_ms())
-                    };
+                    let answers = engine.execute(reqs, wall_ms());
                     // Every reservation of a batch is answered when the batch is durable.
                     let us = t.elapsed().as_micros() as u64;
                     for (resp, _) in &answers {
