@@ -34,7 +34,8 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
             serde_json::to_string(&c.rule_document).expect("rules serialize")
         ));
     }
-    for ((t, key), e) in front.idempotency_sorted() {
+    for (k, e) in front.idempotency_sorted() {
+        let (t, key) = (k.tenant, &*k.key);
         put(format!(
             "idem {t} {key:?} {:?} {} {:?}",
             e.fingerprint, e.at, e.response

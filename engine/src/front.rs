@@ -7,6 +7,8 @@
 
 use crate::command::{Command, FillPolicy, Request};
 use crate::config::{Channel, Location, TenantConfig, TenantEntry};
+use crate::idem::IdemStore;
+pub use crate::idem::{IdemEntry, IdemKey};
 use crate::ids::{ReservationId, Seq, Sku, TenantId, TimeMs};
 use crate::job::{Finished, ItemReq, Job, JobKind, LineHeader, LineHeaders};
 use crate::limits::{Limits, QUANTITY_MAX};
@@ -20,15 +22,6 @@ use std::sync::Arc;
 /// The tenant name used for engine-wide commands such as [`Command::Tick`].
 pub const SYSTEM_TENANT: &str = "_system";
 
-/// A remembered idempotency key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct IdemEntry {
-    pub fingerprint: [u8; 32],
-    pub at: TimeMs,
-    /// `None` while the first request is still executing.
-    pub response: Option<Response>,
-}
-
 /// A reservation's lines and the physical items they expand into.
 type Expanded = (LineHeaders, smallvec::SmallVec<[ItemReq; 1]>);
 
@@ -38,12 +31,9 @@ pub enum Admission {
     /// Answered without the shards: refused, or a stored idempotent response.
     Immediate(Response),
     /// The same idempotency key is executing right now; wait for its response.
-    Wait { tenant: u32, key: String },
+    Wait(IdemKey),
     /// Run on the shards. `idem` names the key to record the response under.
-    Run {
-        job: Job,
-        idem: Option<(u32, String)>,
-    },
+    Run { job: Job, idem: Option<IdemKey> },
 }
 
 /// Front state. See the module documentation.
@@ -57,8 +47,7 @@ pub struct Front {
     pub now: TimeMs,
     pub tenants: Vec<TenantEntry>,
     pub tenant_index: BTreeMap<TenantId, u32>,
-    pub idempotency: FxHashMap<(u32, String), IdemEntry>,
-    idempotency_order: VecDeque<(TimeMs, u32, String)>,
+    pub idempotency: IdemStore,
     /// Which shards hold parts of a reservation. A missing route only means the command is
     /// sent to one fallback shard, which answers "not found" the same way.
     pub routes: Routes,
@@ -217,8 +206,7 @@ impl Front {
             now: 0,
             tenants: Vec::new(),
             tenant_index: BTreeMap::new(),
-            idempotency: FxHashMap::default(),
-            idempotency_order: VecDeque::new(),
+            idempotency: IdemStore::default(),
             routes: Routes::default(),
         }
     }
@@ -290,7 +278,7 @@ impl Front {
             // An entry past the retention window is forgotten (removed when a write is sequenced).
             if let Some(e) = self
                 .idempotency
-                .get(&(t, key.clone()))
+                .get(t, key)
                 .filter(|e| e.at.saturating_add(retention) > now)
             {
                 if e.fingerprint != fingerprint {
@@ -299,19 +287,12 @@ impl Front {
                 return match &e.response {
                     Some(r) => Admission::Immediate(Response {
                         replayed: true,
-                        ..r.clone()
+                        ..(**r).clone()
                     }),
-                    None => Admission::Wait {
-                        tenant: t,
-                        key: key.clone(),
-                    },
+                    None => Admission::Wait(IdemKey::new(t, key)),
                 };
             }
-            let forgotten = self
-                .idempotency_order
-                .iter()
-                .take_while(|(at, _, _)| at.saturating_add(retention) <= now)
-                .count();
+            let forgotten = self.idempotency.expired(now, retention);
             if forced_seq.is_none()
                 && self.idempotency.len() - forgotten >= self.limits.idempotency_keys_max
             {
@@ -320,7 +301,7 @@ impl Front {
                     limit: self.limits.idempotency_keys_max as u64,
                 });
             }
-            idem = Some((t, key.clone(), fingerprint));
+            idem = Some((t, key, fingerprint));
         }
         let admitted = match tenant {
             None => self.admit_create_tenant(req, forced_seq),
@@ -334,35 +315,23 @@ impl Front {
             self.expire_idempotency(now);
         }
         let idem = idem.map(|(t, key, fingerprint)| {
+            let key = IdemKey::new(t, key);
             self.idempotency.insert(
-                (t, key.clone()),
+                key.clone(),
                 IdemEntry {
                     fingerprint,
                     at: now,
                     response: None,
                 },
             );
-            self.idempotency_order.push_back((now, t, key.clone()));
-            (t, key)
+            key
         });
         Admission::Run { job, idem }
     }
 
     fn expire_idempotency(&mut self, now: TimeMs) {
-        let retention = self.limits.idempotency_retention_ms;
-        while let Some((at, _, _)) = self.idempotency_order.front() {
-            if at.saturating_add(retention) > now {
-                break;
-            }
-            let (at, t, key) = self.idempotency_order.pop_front().expect("front exists");
-            if self
-                .idempotency
-                .get(&(t, key.clone()))
-                .is_some_and(|e| e.at == at)
-            {
-                self.idempotency.remove(&(t, key));
-            }
-        }
+        self.idempotency
+            .expire(now, self.limits.idempotency_retention_ms);
     }
 
     fn job(
@@ -1027,7 +996,7 @@ impl Front {
     pub fn finish(
         &mut self,
         job: &Job,
-        idem: Option<(u32, String)>,
+        idem: Option<IdemKey>,
         mut fin: Finished,
     ) -> (Response, Vec<Event>) {
         let dropped = std::mem::take(&mut fin.dropped);
@@ -1039,13 +1008,13 @@ impl Front {
     /// Stores an idempotent response and forgets routes of reservations that are gone.
     pub fn record(
         &mut self,
-        idem: Option<&(u32, String)>,
+        idem: Option<&IdemKey>,
         response: &Response,
         dropped: &[ReservationId],
     ) {
         if let Some(key) = idem {
             if let Some(e) = self.idempotency.get_mut(key) {
-                e.response = Some(response.clone());
+                e.response = Some(Box::new(response.clone()));
             }
         }
         for id in dropped {
@@ -1058,20 +1027,14 @@ impl Front {
         self.tenants.get(t as usize).map(|e| &e.config)
     }
 
-    /// Puts back a remembered key when a state image is loaded.
-    pub fn restore_idempotency(&mut self, tenant: u32, key: String, entry: IdemEntry) {
-        self.idempotency_order
-            .push_back((entry.at, tenant, key.clone()));
-        self.idempotency.insert((tenant, key), entry);
-        // Eviction walks the order front to back: keep it sorted by time.
-        self.idempotency_order.make_contiguous().sort();
+    /// Puts back the remembered keys when a state image is loaded.
+    pub fn restore_idempotency(&mut self, entries: impl IntoIterator<Item = (IdemKey, IdemEntry)>) {
+        self.idempotency.restore(entries);
     }
 
     /// Idempotency entries in a canonical order, for digests and snapshots.
-    pub fn idempotency_sorted(&self) -> Vec<(&(u32, String), &IdemEntry)> {
-        let mut v: Vec<_> = self.idempotency.iter().collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
+    pub fn idempotency_sorted(&self) -> Vec<(&IdemKey, &IdemEntry)> {
+        self.idempotency.sorted()
     }
 }
 
@@ -1107,11 +1070,22 @@ fn rule_field(e: &rules::RuleError) -> String {
 
 /// A stable fingerprint of a command's content, for idempotency.
 pub fn fingerprint(c: &Command) -> [u8; 32] {
-    // The JSON is streamed into the hasher: the same digest as hashing the whole text, without
-    // building it first.
-    let mut h = blake3::Hasher::new();
-    serde_json::to_writer(&mut h, c).expect("commands serialize");
-    *h.finalize().as_bytes()
+    // The JSON is written into a buffer kept by the thread and hashed in one call: feeding the
+    // hasher token by token costs more than the copy.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        serde_json::to_writer(&mut *b, c).expect("commands serialize");
+        let digest = *blake3::hash(&b).as_bytes();
+        // A rare huge command does not keep its buffer.
+        if b.capacity() > 64 * 1024 {
+            *b = Vec::new();
+        }
+        digest
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod digest;
 pub mod exec;
 pub mod front;
+pub mod idem;
 pub mod ids;
 pub mod job;
 pub mod limits;

@@ -6,7 +6,7 @@
 
 use crate::command::Request;
 use crate::exec::{decide, merge};
-use crate::front::{respond, Admission, Front};
+use crate::front::{respond, Admission, Front, IdemKey};
 use crate::ids::{Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
@@ -126,7 +126,7 @@ struct Rendezvous {
 struct Task {
     job: TaskJob,
     slot: usize,
-    idem: Option<(u32, String)>,
+    idem: Option<IdemKey>,
     rendezvous: Option<Arc<Rendezvous>>,
 }
 
@@ -167,7 +167,7 @@ struct FrontSide {
     front: Front,
     journal: Option<Arc<dyn Journal>>,
     /// Requests waiting for the first execution of their idempotency key.
-    waiting: FxHashMap<(u32, String), Vec<Waiter>>,
+    waiting: FxHashMap<IdemKey, Vec<Waiter>>,
 }
 
 struct Inner {
@@ -438,9 +438,9 @@ impl Engine {
             let admission = side.front.admit(&req, now, None);
             match admission {
                 Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
-                Admission::Wait { tenant, key } => side
+                Admission::Wait(key) => side
                     .waiting
-                    .entry((tenant, key))
+                    .entry(key)
                     .or_default()
                     .push((batch.clone(), slot)),
                 Admission::Run { job, idem } => {

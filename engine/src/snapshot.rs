@@ -4,7 +4,7 @@
 //! it. Nothing here uses `usize`: the layout is the same on every platform.
 
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
-use crate::front::{Front, IdemEntry};
+use crate::front::{Front, IdemEntry, IdemKey};
 use crate::ids::{ReservationId, Sku, TenantId};
 use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
@@ -182,12 +182,12 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
     let idempotency = front
         .idempotency_sorted()
         .into_iter()
-        .map(|((t, key), e)| IdemImage {
-            tenant: *t,
-            key: key.clone(),
+        .map(|(k, e)| IdemImage {
+            tenant: k.tenant,
+            key: k.key.to_string(),
             fingerprint: e.fingerprint,
             at: e.at,
-            response_json: e.response.as_ref().map(json),
+            response_json: e.response.as_deref().map(json),
         })
         .collect();
     let mut skus = Vec::new();
@@ -338,22 +338,23 @@ pub fn load(
             s.set_config(cfg.clone());
         }
     }
+    let mut idempotency = Vec::with_capacity(image.idempotency.len());
     for e in &image.idempotency {
         let response = e
             .response_json
             .as_deref()
-            .map(|r| from_json("idempotent response", r))
+            .map(|r| from_json("idempotent response", r).map(Box::new))
             .transpose()?;
-        m.front.restore_idempotency(
-            e.tenant,
-            e.key.clone(),
+        idempotency.push((
+            IdemKey::new(e.tenant, &e.key),
             IdemEntry {
                 fingerprint: e.fingerprint,
                 at: e.at,
                 response,
             },
-        );
+        ));
     }
+    m.front.restore_idempotency(idempotency);
     let tenants = m.front.tenants.len() as u32;
     for s in &image.skus {
         let level_terms = s.levels.iter().flat_map(|l| {

@@ -1,0 +1,253 @@
+//! The remembered idempotency keys of all tenants.
+//!
+//! Millions of keys are remembered at once (a day of retention), and every keyed write looks
+//! one up and inserts one on the front's single thread, so the table is built for that:
+//!
+//! - It is split into [`PARTS`] hash tables by the key's hash. A table that grows moves only
+//!   its own part, so the pause of a growth step is bounded by a 256th of the keys instead of
+//!   stopping every write while all of them move at once.
+//! - A slot is small (about 80 bytes): the stored response is boxed, and the key's text is one
+//!   shared allocation that the expiry queue points at too.
+//! - Lookups take the key as `&str`: nothing is allocated to ask.
+//!
+//! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
+//! never scans the table.
+
+use crate::ids::TimeMs;
+use crate::outcome::Response;
+use hashbrown::HashTable;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+/// How many tables the keys are spread over.
+pub const PARTS: usize = 256;
+
+/// A remembered idempotency key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdemEntry {
+    pub fingerprint: [u8; 32],
+    pub at: TimeMs,
+    /// `None` while the first request is still executing.
+    pub response: Option<Box<Response>>,
+}
+
+/// A tenant's idempotency key; cloning it shares the text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdemKey {
+    pub tenant: u32,
+    pub key: Arc<str>,
+}
+
+impl IdemKey {
+    pub fn new(tenant: u32, key: &str) -> Self {
+        Self {
+            tenant,
+            key: Arc::from(key),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    key: IdemKey,
+    entry: IdemEntry,
+}
+
+fn hash(tenant: u32, key: &str) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one((tenant, key))
+}
+
+/// The part of a hash: bits the tables' own probing (low bits for the bucket, the top seven
+/// for the tag) does not depend on.
+fn part(h: u64) -> usize {
+    ((h >> 32) as usize) % PARTS
+}
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub struct IdemStore {
+    parts: Box<[HashTable<Slot>]>,
+    /// Keys in the order they were inserted, with their insertion time. A key inserted again
+    /// (after its first entry expired) appears twice; only the entry with the same time is
+    /// removed when its turn comes.
+    order: VecDeque<(TimeMs, IdemKey)>,
+    len: usize,
+}
+
+impl Default for IdemStore {
+    fn default() -> Self {
+        Self {
+            parts: (0..PARTS).map(|_| HashTable::new()).collect(),
+            order: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl IdemStore {
+    /// Keys remembered (expired ones included until [`IdemStore::expire`] drops them).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, tenant: u32, key: &str) -> Option<&IdemEntry> {
+        let h = hash(tenant, key);
+        self.parts[part(h)]
+            .find(h, |s| s.key.tenant == tenant && &*s.key.key == key)
+            .map(|s| &s.entry)
+    }
+
+    pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
+        let h = hash(k.tenant, &k.key);
+        self.parts[part(h)]
+            .find_mut(h, |s| s.key == *k)
+            .map(|s| &mut s.entry)
+    }
+
+    /// Remembers `entry` under `key` (replacing an older entry of the same key).
+    pub fn insert(&mut self, key: IdemKey, entry: IdemEntry) {
+        self.order.push_back((entry.at, key.clone()));
+        self.put(key, entry);
+    }
+
+    fn put(&mut self, key: IdemKey, entry: IdemEntry) {
+        let h = hash(key.tenant, &key.key);
+        let table = &mut self.parts[part(h)];
+        match table.find_mut(h, |s| s.key == key) {
+            Some(s) => s.entry = entry,
+            None => {
+                table.insert_unique(h, Slot { key, entry }, |s| hash(s.key.tenant, &s.key.key));
+                self.len += 1;
+            }
+        }
+    }
+
+    fn remove_if_at(&mut self, key: &IdemKey, at: TimeMs) {
+        let h = hash(key.tenant, &key.key);
+        let table = &mut self.parts[part(h)];
+        if let Ok(e) = table.find_entry(h, |s| s.key == *key && s.entry.at == at) {
+            e.remove();
+            self.len -= 1;
+        }
+    }
+
+    /// How many of the oldest entries are past `retention` at `now` (they are forgotten, even
+    /// if not dropped yet).
+    pub fn expired(&self, now: TimeMs, retention: u64) -> usize {
+        self.order
+            .iter()
+            .take_while(|(at, _)| at.saturating_add(retention) <= now)
+            .count()
+    }
+
+    /// Drops the entries past `retention` at `now`.
+    pub fn expire(&mut self, now: TimeMs, retention: u64) {
+        while let Some((at, _)) = self.order.front() {
+            if at.saturating_add(retention) > now {
+                break;
+            }
+            let (at, key) = self.order.pop_front().expect("front exists");
+            self.remove_if_at(&key, at);
+        }
+    }
+
+    /// Puts back the entries of a state image (in any order).
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = (IdemKey, IdemEntry)>) {
+        for (key, entry) in entries {
+            self.insert(key, entry);
+        }
+        // Expiry walks the queue front to back: sort it by time once.
+        self.order.make_contiguous().sort();
+    }
+
+    /// The entries in a canonical order (tenant, then key), for digests and snapshots.
+    pub fn sorted(&self) -> Vec<(&IdemKey, &IdemEntry)> {
+        let mut v: Vec<_> = self
+            .parts
+            .iter()
+            .flat_map(|t| t.iter().map(|s| (&s.key, &s.entry)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn entry(at: TimeMs, n: u8) -> IdemEntry {
+        IdemEntry {
+            fingerprint: [n; 32],
+            at,
+            response: None,
+        }
+    }
+
+    /// The store behaves as an ordered map under inserts, re-inserts, lookups and expiry,
+    /// with enough keys that every part grows several times.
+    #[test]
+    fn behaves_as_a_map_with_expiry() {
+        let mut store = IdemStore::default();
+        let mut model: BTreeMap<(u32, String), IdemEntry> = BTreeMap::new();
+        let retention = 1_000;
+        for i in 0..20_000u64 {
+            let now = i;
+            let tenant = (i % 3) as u32;
+            // Every 7th key repeats one inserted about 1,500 steps earlier (so usually expired).
+            let key = if i % 7 == 0 && i > 1_500 {
+                format!("k{}", i - 1_500)
+            } else {
+                format!("k{i}")
+            };
+            store.expire(now, retention);
+            model.retain(|_, e| e.at + retention > now);
+            let k = IdemKey::new(tenant, &key);
+            assert_eq!(store.get(tenant, &key), model.get(&(tenant, key.clone())));
+            let e = entry(now, (i % 251) as u8);
+            store.insert(k.clone(), e.clone());
+            model.insert((tenant, key.clone()), e);
+            if i % 5 == 0 {
+                let r = Response {
+                    seq: Some(i),
+                    replayed: false,
+                    outcome: crate::outcome::Outcome::Ok(crate::outcome::Reply::Done),
+                };
+                store.get_mut(&k).expect("just inserted").response = Some(Box::new(r.clone()));
+                model.get_mut(&(tenant, key)).unwrap().response = Some(Box::new(r));
+            }
+            assert_eq!(store.len(), model.len());
+        }
+        let sorted: Vec<_> = store
+            .sorted()
+            .into_iter()
+            .map(|(k, e)| ((k.tenant, k.key.to_string()), e.clone()))
+            .collect();
+        assert_eq!(sorted, model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// `expired` counts what `expire` drops; a restored store expires like the original.
+    #[test]
+    fn restore_sorts_the_expiry_queue() {
+        let mut a = IdemStore::default();
+        for i in 0..100u64 {
+            a.insert(IdemKey::new(1, &format!("k{i}")), entry(i * 10, 0));
+        }
+        let mut b = IdemStore::default();
+        // Restored in key order, not time order.
+        b.restore(a.sorted().into_iter().map(|(k, e)| (k.clone(), e.clone())));
+        assert_eq!(a.expired(500, 100), 41);
+        assert_eq!(b.expired(500, 100), 41);
+        a.expire(500, 100);
+        b.expire(500, 100);
+        assert_eq!(a.len(), 59);
+        assert_eq!(b.len(), 59);
+        assert!(b.get(1, "k40").is_none() && b.get(1, "k41").is_some());
+    }
+}
