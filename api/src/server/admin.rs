@@ -3,7 +3,7 @@
 
 use super::body::RawBody;
 use super::dto::*;
-use super::error::ApiError;
+use super::error::{raw, ApiError};
 use super::handlers::{idempotency_key, respond};
 use super::ops::{Caller, KeyScope, OpAnswer, Role};
 use super::AppState;
@@ -73,8 +73,8 @@ async fn create_tenant_inner(
     }
     Ok(OpAnswer {
         status: StatusCode::CREATED,
-        body: json!(TenantDto {
-            id: tenant.to_string()
+        body: raw(&TenantDto {
+            id: tenant.to_string(),
         }),
         replayed: response.replayed,
     })
@@ -186,7 +186,7 @@ async fn create_key_inner(
     tracing::info!(key = %record.id, tenant = %tenant, role = role.as_str(), "key created");
     Ok(OpAnswer {
         status: StatusCode::CREATED,
-        body: json!(CreatedKeyDto {
+        body: raw(&CreatedKeyDto {
             id: record.id,
             key: secret,
             tenant: tenant.to_string(),

@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A request body not yet parsed.
@@ -18,8 +19,9 @@ pub enum Body {
     Json(Bytes),
     /// Bytes with another content type (or none): refused when a body is needed.
     NotJson(Bytes, String),
-    /// An operation's body inside `POST /v1/batch`.
-    Value(Value),
+    /// An operation's body inside `POST /v1/batch`, as its JSON text (never `null`: a `null`
+    /// body is [`Body::None`]).
+    Raw(Box<RawValue>),
 }
 
 /// The body as bytes, with the size limit of the router applied (413 above it).
@@ -81,7 +83,6 @@ impl Body {
     pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
         match self {
             Body::None => Ok(T::default()),
-            Body::Value(Value::Null) => Ok(T::default()),
             _ => self.parse_inner(),
         }
     }
@@ -89,13 +90,17 @@ impl Body {
     /// Refuses any body (for operations that take none).
     pub fn empty(&self) -> Result<(), ApiError> {
         match self {
-            Body::None | Body::Value(Value::Null) => Ok(()),
-            Body::Value(Value::Object(m)) if m.is_empty() => Ok(()),
+            Body::None => Ok(()),
             Body::Json(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(()),
-            Body::Json(b) => match serde_json::from_slice::<Value>(b) {
-                Ok(Value::Object(m)) if m.is_empty() => Ok(()),
-                _ => Err(ApiError::invalid("body", "this operation takes no body")),
-            },
+            Body::Json(b) => Self::empty_object(b),
+            Body::Raw(r) => Self::empty_object(r.get().as_bytes()),
+            Body::NotJson(..) => Err(ApiError::invalid("body", "this operation takes no body")),
+        }
+    }
+
+    fn empty_object(b: &[u8]) -> Result<(), ApiError> {
+        match serde_json::from_slice::<Value>(b) {
+            Ok(Value::Object(m)) if m.is_empty() => Ok(()),
             _ => Err(ApiError::invalid("body", "this operation takes no body")),
         }
     }
@@ -104,8 +109,8 @@ impl Body {
         // Every body is an object: serde would also read a struct from an array (`[null]`
         // as "all fields absent"), which no client means.
         let object = match self {
-            Body::Json(b) => b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'),
-            Body::Value(v) => v.is_object(),
+            Body::Json(b) => starts_an_object(b),
+            Body::Raw(r) => starts_an_object(r.get().as_bytes()),
             _ => true,
         };
         if !object {
@@ -117,16 +122,22 @@ impl Body {
                 "content-type",
                 format!("must be application/json, not {ct:?}"),
             )),
-            Body::Json(bytes) => {
-                let mut de = serde_json::Deserializer::from_slice(bytes);
-                let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
-                de.end()
-                    .map_err(|e| ApiError::invalid("body", format!("trailing data: {e}")))?;
-                Ok(value)
-            }
-            Body::Value(v) => serde_path_to_error::deserialize(v).map_err(field_error),
+            Body::Json(bytes) => from_slice(bytes),
+            Body::Raw(r) => from_slice(r.get().as_bytes()),
         }
     }
+}
+
+fn starts_an_object(b: &[u8]) -> bool {
+    b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
+    de.end()
+        .map_err(|e| ApiError::invalid("body", format!("trailing data: {e}")))?;
+    Ok(value)
 }
 
 /// A deserialization error as 400 `invalid_request` naming the field (`lines[0].quantity`).

@@ -634,7 +634,7 @@ pub struct BatchOperation {
     pub path: String,
     /// The body the single request would carry.
     #[schema(value_type = Option<Object>)]
-    pub body: Option<serde_json::Value>,
+    pub body: Option<Box<serde_json::value::RawValue>>,
     /// Its own `Idempotency-Key` (required where the single request requires it).
     pub idempotency_key: Option<String>,
 }
@@ -650,7 +650,7 @@ pub struct BatchBody {
 pub struct BatchResult {
     pub status: u16,
     #[schema(value_type = Object)]
-    pub body: serde_json::Value,
+    pub body: Box<serde_json::value::RawValue>,
     /// The stored first answer of its idempotency key.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,

@@ -171,6 +171,11 @@ impl ApiError {
     }
 
     /// The JSON body of this error.
+    /// The body as JSON text, for a batch result.
+    pub fn raw_body(&self) -> Box<serde_json::value::RawValue> {
+        raw(&self.body())
+    }
+
     pub fn body(&self) -> Value {
         json!({
             "error": {
@@ -197,4 +202,12 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// `v` as JSON text.
+pub fn raw<T: serde::Serialize + ?Sized>(v: &T) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an answer did not serialize");
+        serde_json::value::to_raw_value(&Value::Null).expect("null serializes")
+    })
 }

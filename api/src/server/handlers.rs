@@ -340,7 +340,7 @@ pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): Raw
                 results.push(None);
                 ops.push(OpRequest {
                     route,
-                    body: op.body.map_or(Body::None, Body::Value),
+                    body: op.body.map_or(Body::None, Body::Raw),
                     idempotency_key: op.idempotency_key,
                 });
             }
@@ -365,7 +365,7 @@ pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): Raw
                 },
                 Err(e) => BatchResult {
                     status: e.status.as_u16(),
-                    body: e.body(),
+                    body: e.raw_body(),
                     replayed: false,
                 },
             }

@@ -9,6 +9,7 @@
 
 use super::body::Body;
 use super::dto::*;
+use super::error::raw;
 use super::error::ApiError;
 use super::runner::Answer;
 use super::AppState;
@@ -17,6 +18,7 @@ use depot_engine::{
     ChannelId, Command, CommitLine, Component, EventKind, FillPolicy, FulfilLine, LineRequest,
     LocationId, Outcome, Refusal, Reply, Request, ReservationId, RuleDocument, Sku, TenantId,
 };
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 pub use crate::keys::Role;
@@ -195,10 +197,11 @@ pub struct OpRequest {
 }
 
 /// An operation's answer: what the single endpoint sends.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct OpAnswer {
     pub status: StatusCode,
-    pub body: Value,
+    /// The body as JSON text.
+    pub body: Box<RawValue>,
     pub replayed: bool,
 }
 
@@ -629,7 +632,7 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
         Outcome::Refused(r) => return Err(ApiError::from_refusal(r)),
         Outcome::Ok(reply) => reply,
     };
-    let ok = |status: StatusCode, body: Value| OpAnswer {
+    let ok = |status: StatusCode, body: Box<RawValue>| OpAnswer {
         status,
         body,
         replayed,
@@ -641,12 +644,11 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             if let Value::Object(m) = &mut b {
                 m.insert("id".into(), json!(id));
             }
-            ok(StatusCode::OK, b)
+            ok(StatusCode::OK, raw(&b))
         }
-        (Render::Rules, Reply::Rules { version }) => ok(
-            StatusCode::OK,
-            to_json(&RulesVersionDto { version: *version }),
-        ),
+        (Render::Rules, Reply::Rules { version }) => {
+            ok(StatusCode::OK, raw(&RulesVersionDto { version: *version }))
+        }
         (Render::Adjusted { locations }, _) => {
             let levels: Vec<LevelDto> = match follow {
                 Some(Outcome::Ok(Reply::Stock(s))) => s
@@ -670,26 +672,22 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             };
             ok(
                 StatusCode::OK,
-                to_json(&AdjustmentDto {
+                raw(&AdjustmentDto {
                     seq: first.seq.unwrap_or(0),
                     sku,
                     levels,
                 }),
             )
         }
-        (Render::Stock, Reply::Stock(s)) => ok(StatusCode::OK, to_json(&StockDto::from(s))),
-        (Render::Explain, Reply::Explain(e)) => {
-            ok(StatusCode::OK, to_json(&ExplanationDto::from(e)))
-        }
+        (Render::Stock, Reply::Stock(s)) => ok(StatusCode::OK, raw(&StockDto::from(s))),
+        (Render::Explain, Reply::Explain(e)) => ok(StatusCode::OK, raw(&ExplanationDto::from(e))),
         (Render::Reservation { status }, Reply::Reservation(r)) => {
-            ok(*status, to_json(&ReservationDto::from(r)))
+            ok(*status, raw(&ReservationDto::from(r)))
         }
         (Render::Reservation { status }, _) => match follow {
-            Some(Outcome::Ok(Reply::Reservation(r))) => {
-                ok(*status, to_json(&ReservationDto::from(r)))
-            }
+            Some(Outcome::Ok(Reply::Reservation(r))) => ok(*status, raw(&ReservationDto::from(r))),
             Some(Outcome::Refused(r)) => return Err(ApiError::from_refusal(r)),
-            _ => ok(*status, json!({})),
+            _ => ok(*status, raw(&json!({}))),
         },
         (_, other) => {
             tracing::error!(?other, "unexpected reply from the engine");
@@ -698,10 +696,6 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             }));
         }
     })
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// Runs `ops` for `caller` as one group (sequenced together, in order) and answers each.
