@@ -1014,7 +1014,7 @@ impl Front {
     ) {
         if let Some(key) = idem {
             if let Some(e) = self.idempotency.get_mut(key) {
-                e.response = Some(Box::new(response.clone()));
+                e.response = Some(Arc::new(response.clone()));
             }
         }
         for id in dropped {

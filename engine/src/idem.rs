@@ -6,8 +6,9 @@
 //! - It is split into [`PARTS`] hash tables by the key's hash. A table that grows moves only
 //!   its own part, so the pause of a growth step is bounded by a 256th of the keys instead of
 //!   stopping every write while all of them move at once.
-//! - A slot is small (about 80 bytes): the stored response is boxed, and the key's text is one
-//!   shared allocation that the expiry queue points at too.
+//! - A slot is small (about 80 bytes): the stored response is behind an `Arc`, and the key's
+//!   text is one shared allocation that the expiry queue points at too. Copying the store (the
+//!   pause of a snapshot) copies pointers, not responses.
 //! - Lookups take the key as `&str`: nothing is allocated to ask.
 //!
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
@@ -29,7 +30,7 @@ pub struct IdemEntry {
     pub fingerprint: [u8; 32],
     pub at: TimeMs,
     /// `None` while the first request is still executing.
-    pub response: Option<Box<Response>>,
+    pub response: Option<Arc<Response>>,
 }
 
 /// A tenant's idempotency key; cloning it shares the text.
@@ -219,8 +220,8 @@ mod tests {
                     replayed: false,
                     outcome: crate::outcome::Outcome::Ok(crate::outcome::Reply::Done),
                 };
-                store.get_mut(&k).expect("just inserted").response = Some(Box::new(r.clone()));
-                model.get_mut(&(tenant, key)).unwrap().response = Some(Box::new(r));
+                store.get_mut(&k).expect("just inserted").response = Some(Arc::new(r.clone()));
+                model.get_mut(&(tenant, key)).unwrap().response = Some(Arc::new(r));
             }
             assert_eq!(store.len(), model.len());
         }

@@ -293,8 +293,24 @@ const PART_INDEX_INITIAL: usize = 1 << 16;
 #[derive(Clone, Debug)]
 pub struct Parts {
     index: HashMap<ReservationId, u32, FxBuildHasher>,
-    chunks: Vec<Vec<Option<(ReservationId, Part)>>>,
+    /// Shared with the copy a snapshot takes ([`Parts::clone`] copies only the pointers): a
+    /// chunk still shared is copied when it is first written (copy on write), so the pause of
+    /// a snapshot does not copy every part.
+    chunks: Vec<Arc<Chunk>>,
     free: Vec<u32>,
+}
+
+type Chunk = Vec<Option<(ReservationId, Part)>>;
+
+/// Chunk `c` for writing: copied first if a snapshot's copy still shares it.
+fn chunk_mut(chunks: &mut [Arc<Chunk>], c: usize) -> &mut Chunk {
+    let chunk = &mut chunks[c];
+    if Arc::get_mut(chunk).is_none() {
+        let mut own = Vec::with_capacity(PART_CHUNK);
+        own.extend_from_slice(chunk);
+        *chunk = Arc::new(own);
+    }
+    Arc::get_mut(chunk).expect("the chunk was just made unique")
 }
 
 impl Default for Parts {
@@ -314,7 +330,7 @@ impl Parts {
     }
     fn slot_mut(&mut self, i: u32) -> &mut Option<(ReservationId, Part)> {
         let i = i as usize;
-        &mut self.chunks[i / PART_CHUNK][i % PART_CHUNK]
+        &mut chunk_mut(&mut self.chunks, i / PART_CHUNK)[i % PART_CHUNK]
     }
     pub fn len(&self) -> usize {
         self.index.len()
@@ -339,7 +355,7 @@ impl Parts {
         let entry = match self.index.entry(id) {
             hashbrown::hash_map::Entry::Occupied(e) => {
                 let i = *e.get() as usize;
-                self.chunks[i / PART_CHUNK][i % PART_CHUNK] = Some((id, part));
+                chunk_mut(&mut self.chunks, i / PART_CHUNK)[i % PART_CHUNK] = Some((id, part));
                 return;
             }
             hashbrown::hash_map::Entry::Vacant(e) => e,
@@ -347,17 +363,18 @@ impl Parts {
         let i = match self.free.pop() {
             Some(i) => {
                 let s = i as usize;
-                self.chunks[s / PART_CHUNK][s % PART_CHUNK] = Some((id, part));
+                chunk_mut(&mut self.chunks, s / PART_CHUNK)[s % PART_CHUNK] = Some((id, part));
                 i
             }
             None => {
-                let n = self.chunks.last().map_or(PART_CHUNK, Vec::len);
+                let n = self.chunks.last().map_or(PART_CHUNK, |c| c.len());
                 if n == PART_CHUNK {
-                    self.chunks.push(Vec::with_capacity(PART_CHUNK));
+                    self.chunks.push(Arc::new(Vec::with_capacity(PART_CHUNK)));
                 }
                 let last = self.chunks.len() - 1;
-                self.chunks[last].push(Some((id, part)));
-                (last * PART_CHUNK + self.chunks[last].len() - 1) as u32
+                let chunk = chunk_mut(&mut self.chunks, last);
+                chunk.push(Some((id, part)));
+                (last * PART_CHUNK + chunk.len() - 1) as u32
             }
         };
         entry.insert(i);
@@ -371,7 +388,7 @@ impl Parts {
     pub fn iter(&self) -> impl Iterator<Item = (&ReservationId, &Part)> {
         self.chunks
             .iter()
-            .flatten()
+            .flat_map(|c| c.iter())
             .filter_map(|s| s.as_ref().map(|(id, p)| (id, p)))
     }
 }
@@ -544,6 +561,23 @@ impl ShardState {
         }
     }
 
+    /// A copy for building a state image ([`crate::snapshot::take`]) while this shard goes on:
+    /// the parts' chunks are shared (copied when next written), and the timers, which an image
+    /// does not hold (they are rebuilt when it is loaded), are left out.
+    pub fn image_copy(&self) -> ShardState {
+        ShardState {
+            index: self.index,
+            shards: self.shards,
+            holds_max: self.holds_max,
+            ended_retention_ms: self.ended_retention_ms,
+            tenants: self.tenants.clone(),
+            skus: self.skus.clone(),
+            parts: self.parts.clone(),
+            expiry: Timers::default(),
+            purge: Timers::default(),
+        }
+    }
+
     pub fn owns(&self, tenant: u32, sku: &str) -> bool {
         shard_of(tenant, sku, self.shards) == self.index
     }
@@ -666,5 +700,68 @@ impl ShardState {
             Bucket::QualityControl => Some(&mut level.quality_control),
             Bucket::SafetyStock => Some(&mut level.safety_stock),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Granted, LineHeader, LineHeaders};
+
+    fn part(n: u64) -> Part {
+        Part {
+            tenant: 0,
+            channel: 0,
+            lifecycle: Lifecycle::Held,
+            created_at: n,
+            expires_at: n + 1,
+            ended_at: 0,
+            order_ref: None,
+            lines: LineHeaders::One([LineHeader {
+                sku: Sku::new("MUG").expect("valid"),
+                requested: 1,
+                is_bundle: false,
+            }]),
+            granted: Granted::default(),
+            items: SmallVec::new(),
+        }
+    }
+
+    fn contents(p: &Parts) -> Vec<(u64, TimeMs)> {
+        let mut v: Vec<_> = p.iter().map(|(id, p)| (id.0, p.created_at)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A copy shares the chunks; writes to either side after the copy (in place, removals,
+    /// reuse of a freed slot, a new chunk) never show on the other side.
+    #[test]
+    fn a_copy_is_not_changed_by_later_writes() {
+        let n = (PART_CHUNK * 2 + 10) as u64;
+        let mut parts = Parts::default();
+        for i in 0..n {
+            parts.insert(ReservationId(i), part(i));
+        }
+        let before = contents(&parts);
+        let copy = parts.clone();
+        parts.get_mut(&ReservationId(3)).expect("held").created_at = 1_000_000;
+        parts.remove(&ReservationId(PART_CHUNK as u64 + 1));
+        parts.insert(ReservationId(n + 1), part(n + 1)); // reuses the freed slot
+        for i in n + 2..n + 2 + PART_CHUNK as u64 {
+            parts.insert(ReservationId(i), part(i)); // fills the last chunk, starts another
+        }
+        assert_eq!(contents(&copy), before);
+        assert_eq!(copy.len(), n as usize);
+        assert_eq!(copy.get(&ReservationId(3)).map(|p| p.created_at), Some(3));
+        assert_eq!(
+            parts.get(&ReservationId(3)).map(|p| p.created_at),
+            Some(1_000_000)
+        );
+        assert!(parts.get(&ReservationId(PART_CHUNK as u64 + 1)).is_none());
+        assert_eq!(parts.len(), n as usize + PART_CHUNK);
+        // And the copy can be written without touching the original either.
+        let mut copy = copy;
+        copy.remove(&ReservationId(0));
+        assert!(parts.get(&ReservationId(0)).is_some());
     }
 }

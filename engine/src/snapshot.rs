@@ -343,7 +343,7 @@ pub fn load(
         let response = e
             .response_json
             .as_deref()
-            .map(|r| from_json("idempotent response", r).map(Box::new))
+            .map(|r| from_json("idempotent response", r).map(Arc::new))
             .transpose()?;
         idempotency.push((
             IdemKey::new(e.tenant, &e.key),

@@ -84,7 +84,7 @@ pub fn capture_image(engine: &Engine) -> CapturedImage {
     let (front, shards) = engine.inspect(|front, shards| {
         locked = Instant::now();
         let copy: Vec<depot_engine::shard::ShardState> =
-            shards.iter().map(|s| (*s).clone()).collect();
+            shards.iter().map(|s| s.image_copy()).collect();
         (front.clone(), copy)
     });
     let released = Instant::now();
