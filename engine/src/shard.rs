@@ -302,15 +302,20 @@ pub struct Parts {
 
 type Chunk = Vec<Option<(ReservationId, Part)>>;
 
-/// Chunk `c` for writing: copied first if a snapshot's copy still shares it.
-fn chunk_mut(chunks: &mut [Arc<Chunk>], c: usize) -> &mut Chunk {
+/// Chunk `c` for writing: copied first (with room for `cap` entries) if a snapshot's copy
+/// still shares it.
+fn cow_chunk<T: Clone>(chunks: &mut [Arc<Vec<T>>], c: usize, cap: usize) -> &mut Vec<T> {
     let chunk = &mut chunks[c];
     if Arc::get_mut(chunk).is_none() {
-        let mut own = Vec::with_capacity(PART_CHUNK);
+        let mut own = Vec::with_capacity(cap);
         own.extend_from_slice(chunk);
         *chunk = Arc::new(own);
     }
     Arc::get_mut(chunk).expect("the chunk was just made unique")
+}
+
+fn chunk_mut(chunks: &mut [Arc<Chunk>], c: usize) -> &mut Chunk {
+    cow_chunk(chunks, c, PART_CHUNK)
 }
 
 impl Default for Parts {
@@ -420,14 +425,24 @@ fn new_sku_state(cfg: &TenantConfig) -> impl FnOnce() -> SkuState + '_ {
     }
 }
 
-/// The SKUs of one shard: their states in a dense vector, found through a table of 4-byte
-/// slot numbers. A SKU is never removed. Compared with a map holding the states themselves,
-/// the part of the table that stays empty (a hash table is kept at most 7/8 full, and is half
-/// that just after it grows) costs 5 bytes per bucket instead of 73.
+/// SKUs per chunk of a shard's SKU slab.
+const SKU_CHUNK: usize = 1024;
+
+type SkuChunk = Vec<(SkuKey, SkuState)>;
+
+/// The SKUs of one shard: their states in a dense slab, found through a table of 4-byte slot
+/// numbers. A SKU is never removed. Compared with a map holding the states themselves, the part
+/// of the table that stays empty (a hash table is kept at most 7/8 full, and is half that just
+/// after it grows) costs 5 bytes per bucket instead of 73.
+///
+/// The slab is made of chunks of [`SKU_CHUNK`] states behind `Arc`: a clone (the copy a
+/// snapshot takes during its pause) copies the slot table and the chunk pointers, and a chunk
+/// still shared is copied when it is next written.
 #[derive(Clone, Debug, Default)]
 pub struct SkuTable {
     index: hashbrown::HashTable<u32>,
-    slab: Vec<(SkuKey, SkuState)>,
+    slab: Vec<Arc<SkuChunk>>,
+    len: usize,
 }
 
 fn sku_hash(tenant: u32, sku: &str) -> u64 {
@@ -437,12 +452,18 @@ fn sku_hash(tenant: u32, sku: &str) -> u64 {
 
 impl SkuTable {
     pub fn len(&self) -> usize {
-        self.slab.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
+        self.len == 0
     }
-    /// Buckets of the slot table and capacity of the dense vector (for memory accounting).
+    fn entry(&self, i: usize) -> &(SkuKey, SkuState) {
+        &self.slab[i / SKU_CHUNK][i % SKU_CHUNK]
+    }
+    fn entry_mut(&mut self, i: usize) -> &mut (SkuKey, SkuState) {
+        &mut cow_chunk(&mut self.slab, i / SKU_CHUNK, SKU_CHUNK)[i % SKU_CHUNK]
+    }
+    /// Buckets of the slot table and capacity of the slab (for memory accounting).
     pub fn capacity(&self) -> (usize, usize) {
         let cap = self.index.capacity();
         // hashbrown: capacity = buckets * 7 / 8 (buckets >= 8, a power of two).
@@ -451,21 +472,20 @@ impl SkuTable {
         } else {
             (cap * 8 / 7).next_power_of_two()
         };
-        (buckets, self.slab.capacity())
+        (buckets, self.slab.iter().map(|c| c.capacity()).sum())
     }
     fn find(&self, r: &SkuRef<'_>) -> Option<usize> {
-        let slab = &self.slab;
         self.index
             .find(sku_hash(r.tenant, r.sku), |&i| {
-                r.equivalent(&slab[i as usize].0)
+                r.equivalent(&self.entry(i as usize).0)
             })
             .map(|&i| i as usize)
     }
     pub fn get(&self, r: &SkuRef<'_>) -> Option<&SkuState> {
-        self.find(r).map(|i| &self.slab[i].1)
+        self.find(r).map(|i| &self.entry(i).1)
     }
     pub fn get_mut(&mut self, r: &SkuRef<'_>) -> Option<&mut SkuState> {
-        self.find(r).map(|i| &mut self.slab[i].1)
+        self.find(r).map(|i| &mut self.entry_mut(i).1)
     }
     /// The state of `r`, created with `f` when missing.
     pub fn get_or_insert_with(
@@ -477,7 +497,7 @@ impl SkuTable {
             Some(i) => i,
             None => self.push(SkuKey::from(&r), f()),
         };
-        &mut self.slab[i].1
+        &mut self.entry_mut(i).1
     }
     /// Inserts or replaces the state of `key`.
     pub fn insert(&mut self, key: SkuKey, st: SkuState) {
@@ -486,39 +506,48 @@ impl SkuTable {
             sku: &key.sku,
         };
         match self.find(&r) {
-            Some(i) => self.slab[i].1 = st,
+            Some(i) => self.entry_mut(i).1 = st,
             None => {
                 self.push(key, st);
             }
         }
     }
     fn push(&mut self, key: SkuKey, st: SkuState) -> usize {
-        let i = self.slab.len();
+        let i = self.len;
         let hash = sku_hash(key.tenant, &key.sku);
-        self.slab.push((key, st));
+        if i % SKU_CHUNK == 0 {
+            self.slab.push(Arc::new(Vec::with_capacity(SKU_CHUNK)));
+        }
+        let last = self.slab.len() - 1;
+        cow_chunk(&mut self.slab, last, SKU_CHUNK).push((key, st));
+        self.len += 1;
         let slab = &self.slab;
         self.index.insert_unique(hash, i as u32, |&j| {
-            let k = &slab[j as usize].0;
+            let k = &slab[j as usize / SKU_CHUNK][j as usize % SKU_CHUNK].0;
             sku_hash(k.tenant, &k.sku)
         });
         i
     }
     pub fn iter(&self) -> impl Iterator<Item = (&SkuKey, &SkuState)> {
-        self.slab.iter().map(|(k, s)| (k, s))
+        self.slab.iter().flat_map(|c| c.iter()).map(|(k, s)| (k, s))
     }
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SkuKey, &mut SkuState)> {
-        self.slab.iter_mut().map(|(k, s)| (&*k, s))
+        let chunks = self.slab.len();
+        (0..chunks).for_each(|c| {
+            cow_chunk(&mut self.slab, c, SKU_CHUNK);
+        });
+        self.slab
+            .iter_mut()
+            .flat_map(|c| Arc::get_mut(c).expect("made unique above").iter_mut())
+            .map(|(k, s)| (&*k, s))
     }
 }
 
 impl<'a> IntoIterator for &'a SkuTable {
     type Item = (&'a SkuKey, &'a SkuState);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (SkuKey, SkuState)>,
-        fn(&'a (SkuKey, SkuState)) -> (&'a SkuKey, &'a SkuState),
-    >;
+    type IntoIter = Box<dyn Iterator<Item = (&'a SkuKey, &'a SkuState)> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.slab.iter().map(|(k, s)| (k, s))
+        Box::new(self.iter())
     }
 }
 
@@ -763,5 +792,72 @@ mod tests {
         let mut copy = copy;
         copy.remove(&ReservationId(0));
         assert!(parts.get(&ReservationId(0)).is_some());
+    }
+
+    fn pools(t: &SkuTable) -> Vec<(String, i64)> {
+        t.iter().map(|(k, s)| (k.sku.to_string(), s.pool)).collect()
+    }
+
+    /// The same for the SKU slab: a copy keeps what it saw through writes in place, new SKUs
+    /// (also in a new chunk), replacements and whole-table updates of the original.
+    #[test]
+    fn a_sku_table_copy_is_not_changed_by_later_writes() {
+        let mut t = SkuTable::default();
+        let n = SKU_CHUNK * 2 + 5;
+        let name = |i: usize| format!("S{i}");
+        for i in 0..n {
+            let r = SkuRef {
+                tenant: 1,
+                sku: &name(i),
+            };
+            t.get_or_insert_with(r, SkuState::default).pool = i as i64;
+        }
+        let before = pools(&t);
+        let copy = t.clone();
+        let r = SkuRef {
+            tenant: 1,
+            sku: "S7",
+        };
+        t.get_mut(&r).expect("present").pool = -7;
+        t.insert(
+            SkuKey::from(&SkuRef {
+                tenant: 1,
+                sku: "S8",
+            }),
+            SkuState {
+                pool: -8,
+                ..SkuState::default()
+            },
+        );
+        for i in n..n + SKU_CHUNK {
+            let r = SkuRef {
+                tenant: 1,
+                sku: &name(i),
+            };
+            t.get_or_insert_with(r, SkuState::default).pool = i as i64;
+        }
+        for (_, st) in t.iter_mut() {
+            st.pool += 1_000_000;
+        }
+        assert_eq!(pools(&copy), before);
+        assert_eq!(copy.len(), n);
+        assert_eq!(copy.get(&r).map(|s| s.pool), Some(7));
+        assert_eq!(t.len(), n + SKU_CHUNK);
+        assert_eq!(t.get(&r).map(|s| s.pool), Some(1_000_000 - 7));
+        let s8 = SkuRef {
+            tenant: 1,
+            sku: "S8",
+        };
+        assert_eq!(t.get(&s8).map(|s| s.pool), Some(1_000_000 - 8));
+        let last = name(n + SKU_CHUNK - 1);
+        let r = SkuRef {
+            tenant: 1,
+            sku: &last,
+        };
+        assert!(copy.get(&r).is_none());
+        assert_eq!(
+            t.get(&r).map(|s| s.pool),
+            Some(1_000_000 + (n + SKU_CHUNK - 1) as i64)
+        );
     }
 }
