@@ -1027,6 +1027,22 @@ impl Front {
         self.tenants.get(t as usize).map(|e| &e.config)
     }
 
+    /// A copy for building a state image ([`crate::snapshot::take`]) while this front goes on:
+    /// the idempotency tables are shared (copied when next written), and the routes and the
+    /// keys' expiry queue, which an image does not hold, are left out. Only for reading.
+    pub fn image_copy(&self) -> Front {
+        Front {
+            limits: self.limits.clone(),
+            shards: self.shards,
+            seq: self.seq,
+            now: self.now,
+            tenants: self.tenants.clone(),
+            tenant_index: self.tenant_index.clone(),
+            idempotency: self.idempotency.image_copy(),
+            routes: Routes::default(),
+        }
+    }
+
     /// Puts back the remembered keys when a state image is loaded.
     pub fn restore_idempotency(&mut self, entries: impl IntoIterator<Item = (IdemKey, IdemEntry)>) {
         self.idempotency.restore(entries);

@@ -11,6 +11,9 @@
 //!   pause of a snapshot) copies pointers, not responses.
 //! - Lookups take the key as `&str`: nothing is allocated to ask.
 //!
+//! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
+//!   256 pointers, and a table still shared is copied when it is next written.
+//!
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
 
@@ -68,7 +71,7 @@ fn part(h: u64) -> usize {
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub struct IdemStore {
-    parts: Box<[HashTable<Slot>]>,
+    parts: Box<[Arc<HashTable<Slot>>]>,
     /// Keys in the order they were inserted, with their insertion time. A key inserted again
     /// (after its first entry expired) appears twice; only the entry with the same time is
     /// removed when its turn comes.
@@ -79,7 +82,7 @@ pub struct IdemStore {
 impl Default for IdemStore {
     fn default() -> Self {
         Self {
-            parts: (0..PARTS).map(|_| HashTable::new()).collect(),
+            parts: (0..PARTS).map(|_| Arc::new(HashTable::new())).collect(),
             order: VecDeque::new(),
             len: 0,
         }
@@ -105,7 +108,7 @@ impl IdemStore {
 
     pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
         let h = hash(k.tenant, &k.key);
-        self.parts[part(h)]
+        Arc::make_mut(&mut self.parts[part(h)])
             .find_mut(h, |s| s.key == *k)
             .map(|s| &mut s.entry)
     }
@@ -118,7 +121,7 @@ impl IdemStore {
 
     fn put(&mut self, key: IdemKey, entry: IdemEntry) {
         let h = hash(key.tenant, &key.key);
-        let table = &mut self.parts[part(h)];
+        let table = Arc::make_mut(&mut self.parts[part(h)]);
         match table.find_mut(h, |s| s.key == key) {
             Some(s) => s.entry = entry,
             None => {
@@ -130,7 +133,7 @@ impl IdemStore {
 
     fn remove_if_at(&mut self, key: &IdemKey, at: TimeMs) {
         let h = hash(key.tenant, &key.key);
-        let table = &mut self.parts[part(h)];
+        let table = Arc::make_mut(&mut self.parts[part(h)]);
         if let Ok(e) = table.find_entry(h, |s| s.key == *key && s.entry.at == at) {
             e.remove();
             self.len -= 1;
@@ -154,6 +157,17 @@ impl IdemStore {
             }
             let (at, key) = self.order.pop_front().expect("front exists");
             self.remove_if_at(&key, at);
+        }
+    }
+
+    /// A copy for building a state image while this store goes on: the tables are shared
+    /// (copied when next written here), and the expiry queue, which an image does not hold, is
+    /// left out: the copy must not be expired or written.
+    pub fn image_copy(&self) -> IdemStore {
+        IdemStore {
+            parts: self.parts.clone(),
+            order: VecDeque::new(),
+            len: self.len,
         }
     }
 
@@ -231,6 +245,41 @@ mod tests {
             .map(|(k, e)| ((k.tenant, k.key.to_string()), e.clone()))
             .collect();
         assert_eq!(sorted, model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// An image copy keeps what it saw while the original goes on: inserts, stored responses,
+    /// expiry.
+    #[test]
+    fn an_image_copy_is_not_changed_by_later_writes() {
+        let mut a = IdemStore::default();
+        for i in 0..2_000u64 {
+            a.insert(IdemKey::new(1, &format!("k{i}")), entry(i, 1));
+        }
+        let before: Vec<_> = a
+            .sorted()
+            .into_iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let copy = a.image_copy();
+        for i in 2_000..3_000u64 {
+            a.insert(IdemKey::new(1, &format!("k{i}")), entry(i, 2));
+        }
+        let r = Response {
+            seq: Some(1),
+            replayed: false,
+            outcome: crate::outcome::Outcome::Ok(crate::outcome::Reply::Done),
+        };
+        a.get_mut(&IdemKey::new(1, "k5")).expect("present").response = Some(Arc::new(r));
+        a.expire(1_500, 100);
+        let after: Vec<_> = copy
+            .sorted()
+            .into_iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!(copy.len(), 2_000);
+        assert!(copy.get(1, "k5").is_some_and(|e| e.response.is_none()));
+        assert!(a.get(1, "k5").is_none() && a.get(1, "k2500").is_some());
     }
 
     /// `expired` counts what `expire` drops; a restored store expires like the original.

@@ -286,13 +286,56 @@ const PART_CHUNK: usize = 4096;
 /// Index entries reserved up front: the first holds never resize the table.
 const PART_INDEX_INITIAL: usize = 1 << 16;
 
+/// Tables the id -> slot index of a shard's parts is split into.
+const ID_PARTS: usize = 256;
+
+/// The id -> slot index of [`Parts`]: [`ID_PARTS`] hash tables behind `Arc`, picked by the id's
+/// low bits (ids are sequential). A clone copies pointers; a table still shared with a
+/// snapshot's copy is copied when it is next written, a 256th of the index at a time. A table
+/// that grows also moves only its own entries.
+#[derive(Clone, Debug)]
+struct IdIndex {
+    tables: Vec<Arc<HashMap<u64, u32, FxBuildHasher>>>,
+    len: usize,
+}
+
+impl IdIndex {
+    fn new() -> Self {
+        IdIndex {
+            tables: (0..ID_PARTS)
+                .map(|_| {
+                    Arc::new(HashMap::with_capacity_and_hasher(
+                        PART_INDEX_INITIAL / ID_PARTS,
+                        FxBuildHasher,
+                    ))
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+    /// The table of `id` and the key within it.
+    fn at(id: &ReservationId) -> (usize, u64) {
+        ((id.0 % ID_PARTS as u64) as usize, id.0 / ID_PARTS as u64)
+    }
+    fn get(&self, id: &ReservationId) -> Option<u32> {
+        let (t, k) = Self::at(id);
+        self.tables[t].get(&k).copied()
+    }
+    fn remove(&mut self, id: &ReservationId) -> Option<u32> {
+        let (t, k) = Self::at(id);
+        let i = Arc::make_mut(&mut self.tables[t]).remove(&k)?;
+        self.len -= 1;
+        Some(i)
+    }
+}
+
 /// The reservation parts of one shard: a slab of parts in fixed-size chunks (no part is ever
-/// moved by growth) and an id -> slot index whose entries are 16 bytes, so a resize of the index
-/// moves little. Lookups behave as a map keyed by reservation id; iteration order is that of
-/// the slots and must not be relied on (callers sort).
+/// moved by growth) and an id -> slot index ([`IdIndex`]) whose entries are 12 bytes, so a
+/// resize of the index moves little. Lookups behave as a map keyed by reservation id; iteration
+/// order is that of the slots and must not be relied on (callers sort).
 #[derive(Clone, Debug)]
 pub struct Parts {
-    index: HashMap<ReservationId, u32, FxBuildHasher>,
+    index: IdIndex,
     /// Shared with the copy a snapshot takes ([`Parts::clone`] copies only the pointers): a
     /// chunk still shared is copied when it is first written (copy on write), so the pause of
     /// a snapshot does not copy every part.
@@ -321,7 +364,7 @@ fn chunk_mut(chunks: &mut [Arc<Chunk>], c: usize) -> &mut Chunk {
 impl Default for Parts {
     fn default() -> Self {
         Parts {
-            index: HashMap::with_capacity_and_hasher(PART_INDEX_INITIAL, FxBuildHasher),
+            index: IdIndex::new(),
             chunks: Vec::new(),
             free: Vec::new(),
         }
@@ -338,26 +381,27 @@ impl Parts {
         &mut chunk_mut(&mut self.chunks, i / PART_CHUNK)[i % PART_CHUNK]
     }
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len == 0
     }
     pub fn get(&self, id: &ReservationId) -> Option<&Part> {
-        let i = *self.index.get(id)?;
+        let i = self.index.get(id)?;
         self.slot(i).as_ref().map(|(_, p)| p)
     }
     pub fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Part> {
-        let i = *self.index.get(id)?;
+        let i = self.index.get(id)?;
         self.slot_mut(i).as_mut().map(|(_, p)| p)
     }
     pub fn contains_key(&self, id: &ReservationId) -> bool {
-        self.index.contains_key(id)
+        self.index.get(id).is_some()
     }
     /// Inserts or replaces the part of `id`.
     pub fn insert(&mut self, id: ReservationId, part: Part) {
         // One lookup in the index; the part is moved once, into its slot.
-        let entry = match self.index.entry(id) {
+        let (t, k) = IdIndex::at(&id);
+        let entry = match Arc::make_mut(&mut self.index.tables[t]).entry(k) {
             hashbrown::hash_map::Entry::Occupied(e) => {
                 let i = *e.get() as usize;
                 chunk_mut(&mut self.chunks, i / PART_CHUNK)[i % PART_CHUNK] = Some((id, part));
@@ -383,6 +427,7 @@ impl Parts {
             }
         };
         entry.insert(i);
+        self.index.len += 1;
     }
     pub fn remove(&mut self, id: &ReservationId) -> Option<Part> {
         let i = self.index.remove(id)?;
@@ -435,12 +480,13 @@ type SkuChunk = Vec<(SkuKey, SkuState)>;
 /// of the table that stays empty (a hash table is kept at most 7/8 full, and is half that just
 /// after it grows) costs 5 bytes per bucket instead of 73.
 ///
-/// The slab is made of chunks of [`SKU_CHUNK`] states behind `Arc`: a clone (the copy a
-/// snapshot takes during its pause) copies the slot table and the chunk pointers, and a chunk
-/// still shared is copied when it is next written.
+/// The slab is made of chunks of [`SKU_CHUNK`] states behind `Arc`, and the slot table is
+/// behind an `Arc` too: a clone (the copy a snapshot takes during its pause) copies pointers
+/// only. A chunk still shared is copied when it is next written; the slot table when the next
+/// SKU is added (rare once a catalogue is loaded).
 #[derive(Clone, Debug, Default)]
 pub struct SkuTable {
-    index: hashbrown::HashTable<u32>,
+    index: Arc<hashbrown::HashTable<u32>>,
     slab: Vec<Arc<SkuChunk>>,
     len: usize,
 }
@@ -522,7 +568,7 @@ impl SkuTable {
         cow_chunk(&mut self.slab, last, SKU_CHUNK).push((key, st));
         self.len += 1;
         let slab = &self.slab;
-        self.index.insert_unique(hash, i as u32, |&j| {
+        Arc::make_mut(&mut self.index).insert_unique(hash, i as u32, |&j| {
             let k = &slab[j as usize / SKU_CHUNK][j as usize % SKU_CHUNK].0;
             sku_hash(k.tenant, &k.sku)
         });
@@ -787,6 +833,10 @@ mod tests {
             Some(1_000_000)
         );
         assert!(parts.get(&ReservationId(PART_CHUNK as u64 + 1)).is_none());
+        // The copy's index is its own too.
+        assert!(copy.contains_key(&ReservationId(PART_CHUNK as u64 + 1)));
+        assert!(!copy.contains_key(&ReservationId(n + 1)));
+        assert!(parts.contains_key(&ReservationId(n + 1)));
         assert_eq!(parts.len(), n as usize + PART_CHUNK);
         // And the copy can be written without touching the original either.
         let mut copy = copy;

@@ -85,7 +85,7 @@ pub fn capture_image(engine: &Engine) -> CapturedImage {
         locked = Instant::now();
         let copy: Vec<depot_engine::shard::ShardState> =
             shards.iter().map(|s| s.image_copy()).collect();
-        (front.clone(), copy)
+        (front.image_copy(), copy)
     });
     let released = Instant::now();
     let image = snapshot::take(&front, shards.iter());
