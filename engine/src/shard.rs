@@ -330,7 +330,7 @@ impl IdIndex {
 }
 
 /// The reservation parts of one shard: a slab of parts in fixed-size chunks (no part is ever
-/// moved by growth) and an id -> slot index ([`IdIndex`]) whose entries are 12 bytes, so a
+/// moved by growth) and an id -> slot index ([`IdIndex`]) whose entries are 16 bytes, so a
 /// resize of the index moves little. Lookups behave as a map keyed by reservation id; iteration
 /// order is that of the slots and must not be relied on (callers sort).
 #[derive(Clone, Debug)]

@@ -170,12 +170,12 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error.
-    /// The body as JSON text, for a batch result.
+    /// The JSON body of this error as text, for a batch result.
     pub fn raw_body(&self) -> Box<serde_json::value::RawValue> {
         raw(&self.body())
     }
 
+    /// The JSON body of this error.
     pub fn body(&self) -> Value {
         json!({
             "error": {

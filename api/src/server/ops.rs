@@ -9,8 +9,7 @@
 
 use super::body::Body;
 use super::dto::*;
-use super::error::raw;
-use super::error::ApiError;
+use super::error::{raw, ApiError};
 use super::runner::Answer;
 use super::AppState;
 use axum::http::StatusCode;
