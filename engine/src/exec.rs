@@ -689,9 +689,9 @@ impl ShardState {
                     unreachable!("commit decides Commit")
                 };
                 self.apply_commit(*id, keep);
-                PartData::Reservation(PartSnapshot {
+                PartData::Reservation(Box::new(PartSnapshot {
                     part: self.parts[id].clone(),
-                })
+                }))
             }
             JobKind::Release { id } => {
                 self.end(*id, Lifecycle::Released, job.now);
@@ -721,7 +721,7 @@ impl ShardState {
             JobKind::GetStock { sku } => self.read_stock(job, sku),
             JobKind::GetReservation { id } => {
                 match self.parts.get(id).filter(|p| p.tenant == job.tenant) {
-                    Some(p) => PartData::Reservation(PartSnapshot { part: p.clone() }),
+                    Some(p) => PartData::Reservation(Box::new(PartSnapshot { part: p.clone() })),
                     None => PartData::None,
                 }
             }
@@ -949,7 +949,7 @@ impl ShardState {
             EventKind::StockChanged {
                 op: op.to_string(),
                 sku: sku.clone(),
-                level: level_view(cfg, &level),
+                level: Box::new(level_view(cfg, &level)),
                 reason: reason.to_string(),
                 unit_cost,
             },
@@ -1417,13 +1417,13 @@ impl ShardState {
                 available_to_sell: st.map_or(0, |s| s.ats(c as ChanIdx)),
             })
             .collect();
-        PartData::Stock(StockView {
+        PartData::Stock(Box::new(StockView {
             sku: sku.clone(),
             locations,
             channels,
             average_unit_cost: st.and_then(|s| s.cost.as_deref().copied()),
             components: Vec::new(),
-        })
+        }))
     }
 
     fn component_ats(
@@ -1458,12 +1458,12 @@ impl ShardState {
             None => (&[], &[]),
         };
         let v = ats::ats(cfg, sku, levels, held, channel, Some(&mut terms));
-        PartData::Explain(Explanation {
+        PartData::Explain(Box::new(Explanation {
             sku: sku.clone(),
             channel: cfg.channels[channel as usize].id.clone(),
             available_to_sell: v,
             terms,
-        })
+        }))
     }
 }
 
@@ -1702,7 +1702,7 @@ fn merge_stock(cfg: &TenantConfig, sku: &Sku, data: Vec<PartData>) -> Outcome {
     let mut comps: BTreeMap<Sku, Vec<i64>> = BTreeMap::new();
     for d in data {
         match d {
-            PartData::Stock(v) => return Outcome::Ok(Reply::Stock(v)),
+            PartData::Stock(v) => return Outcome::Ok(Reply::Stock(*v)),
             PartData::ComponentAts(v) => comps.extend(v),
             _ => {}
         }
@@ -1742,7 +1742,7 @@ fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<Part
     let mut comps: BTreeMap<Sku, Vec<i64>> = BTreeMap::new();
     for d in data {
         match d {
-            PartData::Explain(e) => return Outcome::Ok(Reply::Explain(e)),
+            PartData::Explain(e) => return Outcome::Ok(Reply::Explain(*e)),
             PartData::ComponentAts(v) => comps.extend(v),
             _ => {}
         }

@@ -312,10 +312,11 @@ pub enum PartData {
     #[default]
     None,
     Refused(Refusal),
-    Stock(crate::outcome::StockView),
-    Explain(crate::outcome::Explanation),
+    // The large variants are boxed: every part's answer is moved a few times, most are `None`.
+    Stock(Box<crate::outcome::StockView>),
+    Explain(Box<crate::outcome::Explanation>),
     /// Reservation content held by this shard.
-    Reservation(crate::shard::PartSnapshot),
+    Reservation(Box<crate::shard::PartSnapshot>),
     Ticked {
         expired: Vec<(ReservationId, u32)>,
         dropped: Vec<ReservationId>,
@@ -370,4 +371,28 @@ impl Finished {
 /// Location ids for views.
 pub fn loc_id(cfg: &TenantConfig, loc: LocIdx) -> LocationId {
     cfg.locations[loc as usize].id.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// Every part's answer and every event is moved a few times on its way out: their large,
+    /// rare variants stay boxed so that the common ones are not copied at the size of the
+    /// largest.
+    #[test]
+    fn answers_and_events_stay_small() {
+        assert!(
+            size_of::<super::PartData>() <= 64,
+            "{}",
+            size_of::<super::PartData>()
+        );
+        assert!(
+            size_of::<super::PartOut>() <= 88,
+            "{}",
+            size_of::<super::PartOut>()
+        );
+        let kind = size_of::<crate::outcome::EventKind>();
+        assert!(kind <= 112, "{kind}");
+    }
 }

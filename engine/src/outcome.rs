@@ -318,11 +318,12 @@ pub enum EventKind {
     RulesPut {
         version: u64,
     },
-    /// A stock operation changed a level; `level` is the level after it.
+    /// A stock operation changed a level; `level` is the level after it (boxed: the largest
+    /// field of any event, and events are moved a few times on their way out).
     StockChanged {
         op: String,
         sku: Sku,
-        level: LevelView,
+        level: Box<LevelView>,
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unit_cost: Option<Decimal>,

@@ -660,7 +660,7 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
                 _ => events
                     .iter()
                     .filter_map(|e| match &e.kind {
-                        EventKind::StockChanged { level, .. } => Some(LevelDto::from(level)),
+                        EventKind::StockChanged { level, .. } => Some(LevelDto::from(&**level)),
                         _ => None,
                     })
                     .collect(),
