@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Shard threads of the engine (default: one per core).
     #[arg(long, env = "DEPOT_SHARDS")]
     pub shards: Option<usize>,
+    /// Threads serving HTTP connections (default: one per two cores, at least one: they share
+    /// the cores with the shard threads and the log's threads).
+    #[arg(long, env = "DEPOT_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// When a write is acknowledged: `always` (after its fdatasync), `interval=<ms>` (the log may
     /// lag this long behind the answers) or `none` (never synced; fastest, least durable).
     #[arg(long, env = "DEPOT_SYNC", default_value = "always")]
@@ -164,6 +168,9 @@ impl Default for HttpLimits {
     }
 }
 
+/// Most HTTP worker threads `--http-threads` accepts.
+pub const HTTP_THREADS_MAX: usize = 256;
+
 /// A validated server configuration.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -171,6 +178,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub master_key: Option<String>,
     pub shards: usize,
+    pub http_threads: usize,
     pub sync: SyncMode,
     pub log_format: LogFormat,
     pub demo: bool,
@@ -185,6 +193,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("--shards {0}: expected 1 to {max}", max = depot_engine::limits::SHARDS_MAX)]
     Shards(usize),
+    #[error("--http-threads {0}: expected 1 to {HTTP_THREADS_MAX}")]
+    HttpThreads(usize),
     #[error("--sync {0}")]
     Sync(String),
     #[error("--master-key: {0}")]
@@ -218,6 +228,10 @@ impl ServeArgs {
         {
             return Err(ConfigError::Shards(s));
         }
+        let http_threads = self.http_threads.unwrap_or((cores / 2).max(1));
+        if !(1..=HTTP_THREADS_MAX).contains(&http_threads) {
+            return Err(ConfigError::HttpThreads(http_threads));
+        }
         let sync = self.sync.parse().map_err(ConfigError::Sync)?;
         if let Some(k) = &self.master_key {
             if k.len() < 16 {
@@ -247,6 +261,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             master_key: self.master_key,
             shards,
+            http_threads,
             sync,
             log_format: self.log_format,
             demo: self.demo,
@@ -291,6 +306,20 @@ mod tests {
             .expect("flags parse")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn http_threads_default_to_half_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config(&[]).unwrap().http_threads, (cores / 2).max(1));
+        assert_eq!(config(&["--http-threads", "3"]).unwrap().http_threads, 3);
+        for bad in ["0", "257"] {
+            let e = config(&["--http-threads", bad]).expect_err("refused");
+            assert_eq!(
+                e.to_string(),
+                format!("--http-threads {bad}: expected 1 to 256")
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// log is corrupt: the message names the file and offset).
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http_threads)
         .enable_all()
         .thread_name("depot-http")
         .build()
