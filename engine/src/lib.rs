@@ -36,5 +36,6 @@ pub use machine::{LogEntry, Machine};
 pub use outcome::{Event, EventKind, Lines, Outcome, Refusal, Reply, ReservationState, Response};
 pub use rules::{Rule, RuleDocument, RuleKind};
 pub use runtime::{
-    Engine, EngineConfig, Journal, JournalError, MemoryJournal, ReservationCounts, Unacked,
+    Engine, EngineConfig, Journal, JournalError, MemoryJournal, Replaying, ReservationCounts,
+    Unacked,
 };

@@ -89,6 +89,21 @@ pub struct Unacked {
     last_write: Option<Seq>,
 }
 
+/// Replayed entries on their way through the shards (see [`Engine::replay_submit`]).
+#[must_use = "the answers are collected with Engine::replay_wait"]
+pub struct Replaying {
+    batch: Arc<Batch>,
+    sent: Vec<Arc<Vec<Task>>>,
+}
+
+impl std::fmt::Debug for Replaying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replaying")
+            .field("entries", &self.batch.slots.len())
+            .finish()
+    }
+}
+
 /// Reservations by state (see [`Engine::reservation_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReservationCounts {
@@ -343,27 +358,7 @@ impl Engine {
             };
         }
         let (last_write, sent) = self.submit(&batch, requests, now);
-        while batch.remaining.load(Ordering::Acquire) != 0 {
-            std::thread::park();
-        }
-        // A shard drops its reference right after the message's last task: wait for that
-        // instead of copying every answer.
-        let mut batch = batch;
-        let batch = loop {
-            match Arc::try_unwrap(batch) {
-                Ok(b) => break b,
-                Err(shared) => {
-                    batch = shared;
-                    std::thread::yield_now();
-                }
-            }
-        };
-        drop(sent);
-        let answers = batch
-            .slots
-            .into_iter()
-            .map(|s| s.into_inner().expect("every slot is answered"))
-            .collect();
+        let answers = collect(batch, sent);
         Unacked {
             answers,
             last_write,
@@ -436,67 +431,35 @@ impl Engine {
                 continue;
             }
             let admission = side.front.admit(&req, now, None);
-            match admission {
-                Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
-                Admission::Wait(key) => side
-                    .waiting
-                    .entry(key)
-                    .or_default()
-                    .push((batch.clone(), slot)),
-                Admission::Run { job, idem } => {
-                    let targets = job.shards;
-                    if !req.command.is_read() {
-                        last_write = Some(job.seq);
-                        if let Some(j) = side.journal.as_ref() {
-                            j.append(&LogEntry {
-                                seq: job.seq,
-                                now: job.now,
-                                request: req,
-                            });
-                        }
-                    }
-                    let count = targets.count_ones() as usize;
-                    // At most the rest of the batch goes to one shard.
-                    let room = len - slot;
-                    if count == 1 {
-                        // One shard: the task owns the job, nothing is shared.
-                        let tasks = &mut per_shard[targets.trailing_zeros() as usize];
-                        if tasks.capacity() == 0 {
-                            tasks.reserve_exact(room);
-                        }
-                        tasks.push(Task {
-                            job: TaskJob::Own(job),
-                            slot,
-                            idem,
-                            rendezvous: None,
+            if let Admission::Run { job, .. } = &admission {
+                if !req.command.is_read() {
+                    last_write = Some(job.seq);
+                    if let Some(j) = side.journal.as_ref() {
+                        j.append(&LogEntry {
+                            seq: job.seq,
+                            now: job.now,
+                            request: req,
                         });
-                    } else {
-                        let rendezvous = Arc::new(Rendezvous {
-                            participants: count,
-                            preps: Mutex::new(Vec::with_capacity(count)),
-                            decision: OnceLock::new(),
-                            sleepers: Mutex::new(Vec::new()),
-                            outs: Mutex::new(Vec::with_capacity(count)),
-                        });
-                        let job = Arc::new(job);
-                        for (s, tasks) in per_shard.iter_mut().enumerate() {
-                            if targets & (1 << s) != 0 {
-                                if tasks.capacity() == 0 {
-                                    tasks.reserve_exact(room);
-                                }
-                                tasks.push(Task {
-                                    job: TaskJob::Shared(job.clone()),
-                                    slot,
-                                    idem: idem.clone(),
-                                    rendezvous: Some(rendezvous.clone()),
-                                });
-                            }
-                        }
                     }
                 }
             }
+            route(
+                &mut side,
+                &mut per_shard,
+                batch,
+                slot,
+                len - slot,
+                admission,
+            );
         }
-        let mut sent = Vec::with_capacity(n);
+        let sent = self.send(batch, per_shard);
+        drop(side);
+        (last_write, sent)
+    }
+
+    /// Queues every task list of a batch on its shard.
+    fn send(&self, batch: &Arc<Batch>, per_shard: Vec<Vec<Task>>) -> Vec<Arc<Vec<Task>>> {
+        let mut sent = Vec::with_capacity(per_shard.len());
         for (s, tasks) in per_shard.into_iter().enumerate() {
             if tasks.is_empty() {
                 continue;
@@ -511,8 +474,87 @@ impl Engine {
                 })
                 .expect("shard threads outlive the engine handle");
         }
+        sent
+    }
+
+    /// Replays logged entries (in log order, each with its recorded sequence number and time)
+    /// on the shard threads, without waiting for them: the caller can decode and submit the
+    /// next entries while the shards run these, then collect the answers with
+    /// [`Engine::replay_wait`] on the same thread. Nothing is appended to the journal (the
+    /// entries are logged already), and no entry is refused for a full queue or batch: the
+    /// caller bounds what it has in flight. The state after the last entry is the state a
+    /// [`Machine`] replaying the same entries one by one reaches (see `tests/replay.rs`).
+    pub fn replay_submit(&self, entries: &[LogEntry]) -> Replaying {
+        let batch = Arc::new(Batch {
+            slots: (0..entries.len()).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(entries.len()),
+            waiter: std::thread::current(),
+        });
+        let n = self.inner.queues.len();
+        let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+        let mut side = self.inner.lock_front();
+        for (slot, e) in entries.iter().enumerate() {
+            let admission = side.front.admit(&e.request, e.now, Some(e.seq));
+            route(
+                &mut side,
+                &mut per_shard,
+                &batch,
+                slot,
+                entries.len() - slot,
+                admission,
+            );
+        }
+        let sent = self.send(&batch, per_shard);
         drop(side);
-        (last_write, sent)
+        Replaying { batch, sent }
+    }
+
+    /// The answers of replayed entries, in order, once the shards have run them. Must be
+    /// called on the thread that called [`Engine::replay_submit`] (it is the one woken).
+    pub fn replay_wait(&self, replaying: Replaying) -> Vec<Answer> {
+        debug_assert_eq!(
+            replaying.batch.waiter.id(),
+            std::thread::current().id(),
+            "replay_wait runs on the submitting thread"
+        );
+        collect(replaying.batch, replaying.sent)
+    }
+
+    /// Stops the shard threads and returns the state as a [`Machine`] (for example to start
+    /// again with a journal once the log is replayed). Call it when nothing is in flight.
+    pub fn into_machine(mut self) -> Machine {
+        for q in &self.inner.queues {
+            let _ = q.send(Msg::Stop);
+        }
+        for t in self.threads.drain(..) {
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        let inner = self.inner.clone();
+        drop(self);
+        let inner = Arc::try_unwrap(inner).unwrap_or_else(|_| {
+            panic!("the shard threads have stopped: nothing else holds the engine")
+        });
+        let side = inner
+            .front
+            .into_inner()
+            .expect("front lock: a panic elsewhere poisoned it");
+        debug_assert!(side.waiting.is_empty(), "nothing in flight");
+        let shards = inner
+            .states
+            .into_iter()
+            .map(|s| {
+                Arc::try_unwrap(s)
+                    .unwrap_or_else(|_| panic!("only the engine holds a shard's state"))
+                    .into_inner()
+                    .expect("shard lock: a panic elsewhere poisoned it")
+            })
+            .collect();
+        Machine {
+            front: side.front,
+            shards,
+        }
     }
 
     /// Waits until every queued job has run, then calls `f` with the front and all shards.
@@ -571,6 +613,91 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// Puts an admitted request where it goes: answered now, waiting for the first execution of
+/// its idempotency key, or as tasks on the task lists of its shards (`room`: at most this many
+/// more tasks of the batch go to one shard).
+fn route(
+    side: &mut FrontSide,
+    per_shard: &mut [Vec<Task>],
+    batch: &Arc<Batch>,
+    slot: usize,
+    room: usize,
+    admission: Admission,
+) {
+    match admission {
+        Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
+        Admission::Wait(key) => side
+            .waiting
+            .entry(key)
+            .or_default()
+            .push((batch.clone(), slot)),
+        Admission::Run { job, idem } => {
+            let targets = job.shards;
+            let count = targets.count_ones() as usize;
+            if count == 1 {
+                // One shard: the task owns the job, nothing is shared.
+                let tasks = &mut per_shard[targets.trailing_zeros() as usize];
+                if tasks.capacity() == 0 {
+                    tasks.reserve_exact(room);
+                }
+                tasks.push(Task {
+                    job: TaskJob::Own(job),
+                    slot,
+                    idem,
+                    rendezvous: None,
+                });
+            } else {
+                let rendezvous = Arc::new(Rendezvous {
+                    participants: count,
+                    preps: Mutex::new(Vec::with_capacity(count)),
+                    decision: OnceLock::new(),
+                    sleepers: Mutex::new(Vec::new()),
+                    outs: Mutex::new(Vec::with_capacity(count)),
+                });
+                let job = Arc::new(job);
+                for (s, tasks) in per_shard.iter_mut().enumerate() {
+                    if targets & (1 << s) != 0 {
+                        if tasks.capacity() == 0 {
+                            tasks.reserve_exact(room);
+                        }
+                        tasks.push(Task {
+                            job: TaskJob::Shared(job.clone()),
+                            slot,
+                            idem: idem.clone(),
+                            rendezvous: Some(rendezvous.clone()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits (parked) until every slot of a batch is answered and returns the answers in order.
+fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
+    while batch.remaining.load(Ordering::Acquire) != 0 {
+        std::thread::park();
+    }
+    // A shard drops its reference right after the message's last task: wait for that
+    // instead of copying every answer.
+    let mut batch = batch;
+    let batch = loop {
+        match Arc::try_unwrap(batch) {
+            Ok(b) => break b,
+            Err(shared) => {
+                batch = shared;
+                std::thread::yield_now();
+            }
+        }
+    };
+    drop(sent);
+    batch
+        .slots
+        .into_iter()
+        .map(|s| s.into_inner().expect("every slot is answered"))
+        .collect()
 }
 
 fn refused(r: Refusal) -> Response {

@@ -8,8 +8,8 @@ use depot_engine::outcome::StockView;
 use depot_engine::rules::{OversellPolicy, Routing, Rule, RuleDocument, RuleKind};
 use depot_engine::{
     Bucket, ChannelId, ChannelKind, Command, CommitLine, Component, Engine, EngineConfig,
-    FillPolicy, FulfilLine, Limits, LineRequest, LocationId, LocationKind, Machine, MemoryJournal,
-    Request, ReservationId, Sku, TenantId,
+    FillPolicy, FulfilLine, Limits, LineRequest, LocationId, LocationKind, LogEntry, Machine,
+    MemoryJournal, Request, ReservationId, Sku, TenantId,
 };
 use depot_tests::model::{observe, rule_matches_sku, Answer, Life, Model, Obs, Reservation};
 use proptest::prelude::*;
@@ -1301,6 +1301,34 @@ proptest! {
                 fresh.digest() == digest,
                 "replay on {} shards differs: {}",
                 shards,
+                first_difference(&fresh.canonical(), &machine.canonical())
+            );
+        }
+
+        // And on the shard threads, as recovery replays: batches of several sizes, the next
+        // one submitted before the last one's answers are collected.
+        for (shards, size) in [(1, 1), (2, 3), (3, 7), (4, 4096)] {
+            let engine = Engine::from_machine(Machine::new(Limits::default(), shards), Limits::default(), None);
+            let mut in_flight: Option<(&[LogEntry], depot_engine::Replaying)> = None;
+            let mut answers = Vec::new();
+            for chunk in entries.chunks(size) {
+                let next = engine.replay_submit(chunk);
+                if let Some((done, running)) = in_flight.replace((chunk, next)) {
+                    answers.extend(done.iter().zip(engine.replay_wait(running)).map(|(e, (r, _))| (e.seq, r)));
+                }
+            }
+            if let Some((done, running)) = in_flight.take() {
+                answers.extend(done.iter().zip(engine.replay_wait(running)).map(|(e, (r, _))| (e.seq, r)));
+            }
+            for (seq, resp) in &answers {
+                prop_assert_eq!(Some(resp), by_seq.get(seq), "threaded replay of seq {} on {} shards", seq, shards);
+            }
+            let fresh = engine.into_machine();
+            prop_assert!(
+                fresh.digest() == digest,
+                "threaded replay on {} shards in batches of {} differs: {}",
+                shards,
+                size,
                 first_difference(&fresh.canonical(), &machine.canonical())
             );
         }

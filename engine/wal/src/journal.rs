@@ -6,7 +6,7 @@
 
 use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
-use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Seq};
+use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Response, Seq};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -295,15 +295,21 @@ enum Replayed {
 }
 
 /// Replays every log entry with `seq >= from` into `machine`.
+///
+/// Three stages overlap: a decoding thread reads, checksums and parses the log a few batches
+/// ahead; this thread sequences each batch (the front: admission with the logged sequence
+/// numbers and times); the machine's shards run on their own threads
+/// ([`Engine::replay_submit`]), one batch while this thread sequences the next. The result is
+/// the state a single [`Machine`] replaying entry by entry reaches (`tests/replay.rs`).
 fn replay_after(
     dir: &dyn Directory,
-    mut machine: Machine,
+    machine: Machine,
     from: Seq,
     on_entry: &mut dyn FnMut(&LogEntry, Vec<Event>),
 ) -> Result<Replayed, WalError> {
     let mut reader = WalReader::open(dir, from)?;
-    // Reading, checksumming and parsing the log runs on a second thread, a few batches ahead
-    // of the replay: the two take comparable time, so recovery takes about the longer of them.
+    let limits = machine.front.limits.clone();
+    let engine = depot_engine::Engine::from_machine(machine, limits, None);
     let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(REPLAY_AHEAD);
     let reader = std::thread::scope(|scope| {
         let decoder = std::thread::Builder::new()
@@ -323,16 +329,26 @@ fn replay_after(
                 Ok(reader)
             })
             .map_err(|e| WalError::io("", e))?;
-        for batch in received {
-            for entry in &batch {
-                let (_, events) = machine.replay(entry);
+        let mut report = |entries: Vec<LogEntry>, answers: Vec<(Response, Vec<Event>)>| {
+            for (entry, (_, events)) in entries.iter().zip(answers) {
                 on_entry(entry, events);
             }
+        };
+        let mut in_flight: Option<(Vec<LogEntry>, depot_engine::Replaying)> = None;
+        for batch in received {
+            let next = engine.replay_submit(&batch);
+            if let Some((entries, running)) = in_flight.replace((batch, next)) {
+                report(entries, engine.replay_wait(running));
+            }
+        }
+        if let Some((entries, running)) = in_flight.take() {
+            report(entries, engine.replay_wait(running));
         }
         decoder
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
+    let machine = engine.into_machine();
     if let Some(next) = reader.next_seq() {
         if next < from {
             return Ok(Replayed::LogEndsBefore(next));
@@ -343,7 +359,7 @@ fn replay_after(
 }
 
 /// Entries per batch handed from the decoding thread to the replay, and batches in flight.
-const REPLAY_BATCH: usize = 1_024;
+const REPLAY_BATCH: usize = 4_096;
 const REPLAY_AHEAD: usize = 8;
 
 /// A gap after a skipped snapshot: say which snapshot was lost and what the log misses.
