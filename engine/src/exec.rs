@@ -632,10 +632,15 @@ pub fn order_locations(
 #[derive(Default)]
 struct Events {
     out: Vec<(u64, EventKind)>,
+    /// Nobody reads them: pushed events are dropped.
+    off: bool,
 }
 
 impl Events {
     fn push(&mut self, key: u64, e: EventKind) {
+        if self.off {
+            return;
+        }
         let k = (key << 20) | self.out.len() as u64;
         self.out.push((k, e));
     }
@@ -662,7 +667,10 @@ impl ShardState {
             }
             _ => {}
         }
-        let mut ev = Events::default();
+        let mut ev = Events {
+            out: Vec::new(),
+            off: job.quiet,
+        };
         let data = match &job.kind {
             JobKind::Config { config, .. } => {
                 self.set_config(config.clone());
@@ -1574,6 +1582,11 @@ pub fn merge(
     }
     if let Some(r) = refusal {
         finished.outcome = Outcome::Refused(r);
+        return finished;
+    }
+    if job.quiet && matches!(job.kind, JobKind::Reserve { .. }) {
+        // A replayed hold whose answer nobody reads: the shards have applied it, and a
+        // reservation's answer and events change nothing else.
         return finished;
     }
     let mut parts: Vec<Part> = Vec::new();

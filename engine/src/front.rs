@@ -357,6 +357,7 @@ impl Front {
             key_id: compact_str::CompactString::new(&req.key_id),
             kind,
             shards,
+            quiet: false,
         }
     }
 

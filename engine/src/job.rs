@@ -229,6 +229,9 @@ pub struct Job {
     pub kind: JobKind,
     /// The shards taking part, as a bit mask; never empty.
     pub shards: u64,
+    /// A replayed reservation whose answer nobody reads (see [`crate::Engine::replay_submit`]):
+    /// the state changes as always, but no events and only a bare answer are built.
+    pub quiet: bool,
 }
 
 impl Job {

@@ -483,8 +483,12 @@ impl Engine {
     /// [`Engine::replay_wait`] on the same thread. Nothing is appended to the journal (the
     /// entries are logged already), and no entry is refused for a full queue or batch: the
     /// caller bounds what it has in flight. The state after the last entry is the state a
-    /// [`Machine`] replaying the same entries one by one reaches (see `tests/replay.rs`).
-    pub fn replay_submit(&self, entries: &[LogEntry]) -> Replaying {
+    /// [`Machine`] replaying the same entries one by one reaches (`tests/tests/model.rs`).
+    ///
+    /// With `quiet`, the answers of reservations without an idempotency key are not built:
+    /// their answer is a bare `Done` without events (recovery that keeps no events uses it;
+    /// keyed requests are always answered in full, their answers are stored).
+    pub fn replay_submit(&self, entries: &[LogEntry], quiet: bool) -> Replaying {
         let batch = Arc::new(Batch {
             slots: (0..entries.len()).map(|_| OnceLock::new()).collect(),
             remaining: AtomicUsize::new(entries.len()),
@@ -494,7 +498,10 @@ impl Engine {
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut side = self.inner.lock_front();
         for (slot, e) in entries.iter().enumerate() {
-            let admission = side.front.admit(&e.request, e.now, Some(e.seq));
+            let mut admission = side.front.admit(&e.request, e.now, Some(e.seq));
+            if let Admission::Run { job, idem: None } = &mut admission {
+                job.quiet = quiet && matches!(job.kind, crate::job::JobKind::Reserve { .. });
+            }
             route(
                 &mut side,
                 &mut per_shard,

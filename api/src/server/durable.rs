@@ -42,10 +42,15 @@ pub fn open(
         _ => Box::new(fs),
     };
     // The newest events of the replayed log, so event cursors survive a restart (as far back
-    // as the snapshot recovery starts from, at most `events_kept`).
+    // as the snapshot recovery starts from, at most `events_kept`; the replay builds the events
+    // of the last `events_kept` entries at least, and of a contiguous run of entries).
     let mut recent: VecDeque<Event> = VecDeque::new();
-    let (machine, tail) =
-        depot_wal::recover_with_events(&*dir, limits.clone(), shards, &mut |entry, events| {
+    let (machine, tail) = depot_wal::recover_with_events(
+        &*dir,
+        limits.clone(),
+        shards,
+        events_kept as u64,
+        &mut |entry, events| {
             // A retried start (a snapshot ahead of the log) replays entries again: keep one copy.
             while recent.back().is_some_and(|e| e.seq >= entry.seq) {
                 recent.pop_back();
@@ -54,7 +59,8 @@ pub fn open(
             while recent.len() > events_kept {
                 recent.pop_front();
             }
-        })?;
+        },
+    )?;
     let recovered = machine.front.seq;
     let writer = WalWriter::open(dir, WalOptions::default())?;
     let journal = Arc::new(WalJournal::start_at(writer, recovered));

@@ -217,7 +217,7 @@ pub fn recover(
     limits: Limits,
     shards: usize,
 ) -> Result<(Machine, Tail), WalError> {
-    recover_with_progress(dir, limits, shards, &mut |_| {})
+    recover_with_events(dir, limits, shards, 0, &mut |_, _| {})
 }
 
 /// [`recover`], calling `on_entry` with each log entry replayed (for progress reporting).
@@ -227,15 +227,19 @@ pub fn recover_with_progress(
     shards: usize,
     on_entry: &mut dyn FnMut(&LogEntry),
 ) -> Result<(Machine, Tail), WalError> {
-    recover_with_events(dir, limits, shards, &mut |entry, _| on_entry(entry))
+    recover_with_events(dir, limits, shards, 0, &mut |entry, _| on_entry(entry))
 }
 
 /// [`recover`], calling `on_entry` with each log entry replayed after the snapshot it starts
 /// from, and the events the entry produced (the server rebuilds its recent events from these).
+/// Only the last `events_of_last` entries of the log are sure to come with their events: the
+/// replay does not build the events and answers of reservations further from the end (without
+/// an idempotency key), which is most of its work besides the state itself.
 pub fn recover_with_events(
     dir: &dyn Directory,
     limits: Limits,
     shards: usize,
+    events_of_last: u64,
     on_entry: &mut dyn FnMut(&LogEntry, Vec<Event>),
 ) -> Result<(Machine, Tail), WalError> {
     // The first snapshot skipped, and why: named in the error if the log cannot cover it.
@@ -263,7 +267,7 @@ pub fn recover_with_events(
                 continue;
             }
         };
-        match replay_after(dir, machine, from, on_entry) {
+        match replay_after(dir, machine, from, events_of_last, on_entry) {
             Ok(Replayed::Done(machine, tail)) => return Ok((*machine, tail)),
             Ok(Replayed::LogEndsBefore(next)) => skip(
                 &name,
@@ -277,7 +281,13 @@ pub fn recover_with_events(
         }
     }
     // Sequence numbers start at 1; a log that does not start there has lost its head.
-    match replay_after(dir, Machine::new(limits, shards), 1, on_entry) {
+    match replay_after(
+        dir,
+        Machine::new(limits, shards),
+        1,
+        events_of_last,
+        on_entry,
+    ) {
         Ok(Replayed::Done(machine, tail)) => Ok((*machine, tail)),
         Ok(Replayed::LogEndsBefore(next)) => Err(WalError::corrupt(
             "",
@@ -305,18 +315,29 @@ fn replay_after(
     dir: &dyn Directory,
     machine: Machine,
     from: Seq,
+    events_of_last: u64,
     on_entry: &mut dyn FnMut(&LogEntry, Vec<Event>),
 ) -> Result<Replayed, WalError> {
     let mut reader = WalReader::open(dir, from)?;
     let limits = machine.front.limits.clone();
     let engine = depot_engine::Engine::from_machine(machine, limits, None);
-    let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(REPLAY_AHEAD);
+    // The decoder may run `events_of_last` entries further ahead, so that a batch known to be
+    // that far from the end can be replayed quietly.
+    let ahead = REPLAY_AHEAD
+        + usize::try_from(events_of_last.div_ceil(REPLAY_BATCH as u64))
+            .unwrap_or(usize::MAX)
+            .min(REPLAY_AHEAD_MAX);
+    let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(ahead);
+    // The seq of the last entry decoded: the log ends at it or later.
+    let decoded = std::sync::atomic::AtomicU64::new(0);
     let reader = std::thread::scope(|scope| {
+        let decoded_by = &decoded;
         let decoder = std::thread::Builder::new()
             .name("depot-wal-decode".into())
             .spawn_scoped(scope, move || -> Result<WalReader<'_>, WalError> {
                 let mut batch = Vec::with_capacity(REPLAY_BATCH);
                 while let Some(entry) = reader.next_entry()? {
+                    decoded_by.store(entry.seq, std::sync::atomic::Ordering::Release);
                     batch.push(entry);
                     if batch.len() == REPLAY_BATCH {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
@@ -335,8 +356,17 @@ fn replay_after(
             }
         };
         let mut in_flight: Option<(Vec<LogEntry>, depot_engine::Replaying)> = None;
+        // Quiet batches only ever come first, so the events reported are those of a contiguous
+        // run of entries up to the end of the log (an event cursor never skips one).
+        let mut loud = false;
         for batch in received {
-            let next = engine.replay_submit(&batch);
+            let last = batch.last().map_or(0, |e| e.seq);
+            // At least `events_of_last` entries follow this batch: nobody reads its answers.
+            let quiet = !loud
+                && decoded.load(std::sync::atomic::Ordering::Acquire)
+                    >= last.saturating_add(events_of_last);
+            loud = !quiet;
+            let next = engine.replay_submit(&batch, quiet);
             if let Some((entries, running)) = in_flight.replace((batch, next)) {
                 report(entries, engine.replay_wait(running));
             }
@@ -361,6 +391,8 @@ fn replay_after(
 /// Entries per batch handed from the decoding thread to the replay, and batches in flight.
 const REPLAY_BATCH: usize = 4_096;
 const REPLAY_AHEAD: usize = 8;
+/// At most this many batches decoded ahead, whatever the events wanted (about 400 MB).
+const REPLAY_AHEAD_MAX: usize = 1_024;
 
 /// A gap after a skipped snapshot: say which snapshot was lost and what the log misses.
 fn explain_gap(e: WalError, skipped: Option<(String, String)>) -> WalError {

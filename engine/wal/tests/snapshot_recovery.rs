@@ -480,3 +480,75 @@ fn a_snapshot_taken_under_load_recovers_after_more_writes() {
     assert_eq!(tail, Tail::Clean);
     assert_eq!(m.digest(), live);
 }
+
+/// Recovery builds the events of at least the last `events_of_last` entries, exactly as an
+/// entry-by-entry replay does, and of a contiguous run of entries up to the end; entries before
+/// that run come without events. With 0 it builds none for reservations (nobody reads them). The
+/// state is the same either way.
+#[test]
+fn recovery_reports_the_events_of_the_last_entries() {
+    let mem = MemDir::new();
+    let (engine, journal) = start(&mem);
+    setup(&engine);
+    writes(&engine, 0, 12_000);
+    let live = engine.digest();
+    drop(engine);
+    drop(journal);
+    mem.crash();
+
+    let (entries, _) = read_log(&mem, 1).unwrap();
+    let mut m = Machine::new(Limits::default(), 1);
+    let want: Vec<(u64, Vec<depot_engine::Event>)> =
+        entries.iter().map(|e| (e.seq, m.replay(e).1)).collect();
+    let end = want.last().unwrap().0;
+    for events_of_last in [0, 1, 5_000, u64::MAX] {
+        let mut got = Vec::new();
+        let (machine, _) = depot_wal::recover_with_events(
+            &mem,
+            Limits::default(),
+            2,
+            events_of_last,
+            &mut |e, events| got.push((e.seq, events)),
+        )
+        .unwrap();
+        assert_eq!(
+            machine.digest(),
+            live,
+            "events of the last {events_of_last}"
+        );
+        assert_eq!(got.len(), want.len());
+        // The entries reported in full: a run up to the end, covering the last ones asked for.
+        let first_full = (0..got.len())
+            .rev()
+            .take_while(|&i| got[i] == want[i])
+            .last()
+            .map_or(end + 1, |i| want[i].0);
+        assert!(
+            first_full <= end.saturating_sub(events_of_last).saturating_add(1)
+                || events_of_last == 0,
+            "events of the last {events_of_last}: full only from seq {first_full}"
+        );
+        for (i, (seq, events)) in got.iter().enumerate() {
+            if *seq < first_full {
+                // Before the run, an entry has no events or all of them.
+                assert!(
+                    events.is_empty() || *events == want[i].1,
+                    "seq {seq}: {events:?}"
+                );
+            }
+        }
+        if events_of_last == 0 {
+            let reservations_with_events = entries
+                .iter()
+                .zip(&got)
+                .filter(|(e, (_, ev))| {
+                    matches!(e.request.command, Command::Reserve { .. }) && !ev.is_empty()
+                })
+                .count();
+            assert_eq!(reservations_with_events, 0);
+        }
+        if events_of_last == u64::MAX {
+            assert_eq!(got, want);
+        }
+    }
+}
