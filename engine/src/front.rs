@@ -321,6 +321,7 @@ impl Front {
                 IdemEntry {
                     fingerprint,
                     at: now,
+                    seq: job.seq,
                     response: None,
                 },
             );
@@ -1002,19 +1003,22 @@ impl Front {
     ) -> (Response, Vec<Event>) {
         let dropped = std::mem::take(&mut fin.dropped);
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
-        self.record(idem.as_ref(), &response, &dropped);
+        self.record(idem.as_ref(), job.seq, &response, &dropped);
         (response, events)
     }
 
-    /// Stores an idempotent response and forgets routes of reservations that are gone.
+    /// Stores the response of write `seq` under its idempotency key (unless the key has since
+    /// expired and been taken by a later write) and forgets routes of reservations that are
+    /// gone.
     pub fn record(
         &mut self,
         idem: Option<&IdemKey>,
+        seq: Seq,
         response: &Response,
         dropped: &[ReservationId],
     ) {
         if let Some(key) = idem {
-            if let Some(e) = self.idempotency.get_mut(key) {
+            if let Some(e) = self.idempotency.get_mut(key).filter(|e| e.seq == seq) {
                 e.response = Some(Arc::new(response.clone()));
             }
         }

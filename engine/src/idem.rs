@@ -17,7 +17,7 @@
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
 
-use crate::ids::TimeMs;
+use crate::ids::{Seq, TimeMs};
 use crate::outcome::Response;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
@@ -32,6 +32,10 @@ pub const PARTS: usize = 256;
 pub struct IdemEntry {
     pub fingerprint: [u8; 32],
     pub at: TimeMs,
+    /// The write that took the key: its answer is the one recorded here (a key can expire and
+    /// be taken again while the first write is still executing, in a replay of a log with a
+    /// long pause in it). 0 for a key restored from a snapshot, whose answer is already here.
+    pub seq: Seq,
     /// `None` while the first request is still executing.
     pub response: Option<Arc<Response>>,
 }
@@ -201,6 +205,7 @@ mod tests {
         IdemEntry {
             fingerprint: [n; 32],
             at,
+            seq: u64::from(n),
             response: None,
         }
     }

@@ -912,7 +912,8 @@ fn deliver(inner: &Inner, batch: &Batch, task: &Task, mut fin: crate::job::Finis
     let mut side = inner.lock_front();
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
-    side.front.record(task.idem.as_ref(), &response, &dropped);
+    side.front
+        .record(task.idem.as_ref(), job.seq, &response, &dropped);
     if let Some(key) = &task.idem {
         for (b, slot) in side.waiting.remove(key).unwrap_or_default() {
             b.complete(

@@ -350,6 +350,7 @@ pub fn load(
             IdemEntry {
                 fingerprint: e.fingerprint,
                 at: e.at,
+                seq: 0,
                 response,
             },
         ));
