@@ -1584,9 +1584,9 @@ pub fn merge(
         finished.outcome = Outcome::Refused(r);
         return finished;
     }
-    if job.quiet && matches!(job.kind, JobKind::Reserve { .. }) {
-        // A replayed hold whose answer nobody reads: the shards have applied it, and a
-        // reservation's answer and events change nothing else.
+    if job.quiet {
+        // A replayed hold whose answer nobody reads (only reservations are quiet): the shards
+        // have applied it, and a reservation's answer and events change nothing else.
         return finished;
     }
     let mut parts: Vec<Part> = Vec::new();

@@ -121,6 +121,15 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch of `len` slots, answered to the calling thread.
+    fn new(len: usize) -> Arc<Batch> {
+        Arc::new(Batch {
+            slots: (0..len).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(len),
+            waiter: std::thread::current(),
+        })
+    }
+
     fn complete(&self, i: usize, a: Answer) {
         if self.slots[i].set(a).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waiter.unpark();
@@ -339,11 +348,7 @@ impl Engine {
     /// to anyone until [`Engine::acknowledge`] returns them: a caller can run the next batch
     /// while another thread waits for this one's `fdatasync` (pipelined group commit).
     pub fn execute_unacked(&self, requests: Vec<Request>, now: TimeMs) -> Unacked {
-        let batch = Arc::new(Batch {
-            slots: (0..requests.len()).map(|_| OnceLock::new()).collect(),
-            remaining: AtomicUsize::new(requests.len()),
-            waiter: std::thread::current(),
-        });
+        let batch = Batch::new(requests.len());
         if requests.len() > self.inner.batch_len_max {
             let r = Refusal::LimitExceeded {
                 what: "requests in one batch".into(),
@@ -489,11 +494,7 @@ impl Engine {
     /// their answer is a bare `Done` without events (recovery that keeps no events uses it;
     /// keyed requests are always answered in full, their answers are stored).
     pub fn replay_submit(&self, entries: &[LogEntry], quiet: bool) -> Replaying {
-        let batch = Arc::new(Batch {
-            slots: (0..entries.len()).map(|_| OnceLock::new()).collect(),
-            remaining: AtomicUsize::new(entries.len()),
-            waiter: std::thread::current(),
-        });
+        let batch = Batch::new(entries.len());
         let n = self.inner.queues.len();
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut side = self.inner.lock_front();

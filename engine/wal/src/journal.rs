@@ -8,6 +8,7 @@ use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
 use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Response, Seq};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
 
@@ -310,7 +311,7 @@ enum Replayed {
 /// ahead; this thread sequences each batch (the front: admission with the logged sequence
 /// numbers and times); the machine's shards run on their own threads
 /// ([`Engine::replay_submit`]), one batch while this thread sequences the next. The result is
-/// the state a single [`Machine`] replaying entry by entry reaches (`tests/replay.rs`).
+/// the state a single [`Machine`] replaying entry by entry reaches (`tests/tests/model.rs`).
 fn replay_after(
     dir: &dyn Directory,
     machine: Machine,
@@ -329,7 +330,7 @@ fn replay_after(
             .min(REPLAY_AHEAD_MAX);
     let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(ahead);
     // The seq of the last entry decoded: the log ends at it or later.
-    let decoded = std::sync::atomic::AtomicU64::new(0);
+    let decoded = AtomicU64::new(0);
     let reader = std::thread::scope(|scope| {
         let decoded_by = &decoded;
         let decoder = std::thread::Builder::new()
@@ -337,7 +338,7 @@ fn replay_after(
             .spawn_scoped(scope, move || -> Result<WalReader<'_>, WalError> {
                 let mut batch = Vec::with_capacity(REPLAY_BATCH);
                 while let Some(entry) = reader.next_entry()? {
-                    decoded_by.store(entry.seq, std::sync::atomic::Ordering::Release);
+                    decoded_by.store(entry.seq, Ordering::Release);
                     batch.push(entry);
                     if batch.len() == REPLAY_BATCH {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
@@ -362,10 +363,9 @@ fn replay_after(
         for batch in received {
             let last = batch.last().map_or(0, |e| e.seq);
             // At least `events_of_last` entries follow this batch: nobody reads its answers.
-            let quiet = !loud
-                && decoded.load(std::sync::atomic::Ordering::Acquire)
-                    >= last.saturating_add(events_of_last);
-            loud = !quiet;
+            let quiet =
+                !loud && decoded.load(Ordering::Acquire) >= last.saturating_add(events_of_last);
+            loud |= !quiet;
             let next = engine.replay_submit(&batch, quiet);
             if let Some((entries, running)) = in_flight.replace((batch, next)) {
                 report(entries, engine.replay_wait(running));
