@@ -5,10 +5,14 @@
 
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
 use crate::front::{Front, IdemEntry, IdemKey};
-use crate::ids::{ReservationId, Sku, TenantId};
+use crate::ids::{ChannelId, LocationId, ReservationId, Sku, TenantId};
 use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
 use crate::machine::Machine;
+use crate::outcome::{
+    AllocationView, ItemView, LineView, Lines, Outcome, Reply, ReservationState, ReservationView,
+    Response,
+};
 use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::{Archive, Deserialize, Serialize};
 use std::sync::Arc;
@@ -19,8 +23,9 @@ use std::sync::Arc;
 /// enough that the ATS, a sum of such terms over every location, cannot overflow.
 pub const STOCK_MAX: i64 = 2 * crate::limits::LEVEL_MAX;
 
-/// Version of the image layout; bumped on any change.
-pub const IMAGE_VERSION: u32 = 1;
+/// Version of the image layout; bumped on any change. Version 1 (idempotent responses as JSON
+/// only) is still read: see [`from_bytes`].
+pub const IMAGE_VERSION: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Image {
@@ -49,9 +54,61 @@ pub struct IdemImage {
     pub key: String,
     pub fingerprint: [u8; 32],
     pub at: u64,
-    /// The stored response as JSON; `None` for a request still executing (never in an image
-    /// taken at a quiet point).
-    pub response_json: Option<String>,
+    /// The stored response; `None` for a request still executing (never in an image taken at
+    /// a quiet point).
+    pub response: Option<ResponseImage>,
+}
+
+/// A stored idempotent response.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ResponseImage {
+    /// The answer of a reservation operation (most stored responses), field by field: about
+    /// half the bytes of its JSON, and no JSON to write or parse.
+    Reservation(ReservationReplyImage),
+    /// Any other response, as its JSON.
+    Json(String),
+}
+
+/// A [`Response`] whose outcome is `Ok(Reply::Reservation(view))`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ReservationReplyImage {
+    pub seq: Option<u64>,
+    pub replayed: bool,
+    pub id: u64,
+    pub channel: String,
+    /// 0 held, 1 committed, 2 fulfilled, 3 partially fulfilled, 4 released, 5 expired,
+    /// 6 cancelled.
+    pub state: u8,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub order_ref: Option<String>,
+    pub lines: Vec<LineViewImage>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LineViewImage {
+    pub sku: String,
+    pub quantity: i64,
+    pub requested: i64,
+    pub allocations: Vec<AllocationViewImage>,
+    pub components: Vec<ItemViewImage>,
+    pub backordered: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ItemViewImage {
+    pub sku: String,
+    pub quantity: i64,
+    pub allocations: Vec<AllocationViewImage>,
+    pub backordered: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AllocationViewImage {
+    pub location: String,
+    pub quantity: i64,
+    pub shipped: i64,
+    pub returned: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -127,7 +184,7 @@ pub struct AllocImage {
 pub enum ImageError {
     #[error("the image does not validate: {0}")]
     Invalid(String),
-    #[error("image version {0} is not supported (this build reads {IMAGE_VERSION})")]
+    #[error("image version {0} is not supported (this build reads versions 1 to {IMAGE_VERSION})")]
     Version(u32),
     #[error("the image is inconsistent: {0}")]
     Inconsistent(String),
@@ -155,6 +212,131 @@ fn lifecycle_of(code: u8) -> Result<Lifecycle, ImageError> {
                 "unknown lifecycle code {x}"
             )))
         }
+    })
+}
+
+const STATES: [ReservationState; 7] = [
+    ReservationState::Held,
+    ReservationState::Committed,
+    ReservationState::Fulfilled,
+    ReservationState::PartiallyFulfilled,
+    ReservationState::Released,
+    ReservationState::Expired,
+    ReservationState::Cancelled,
+];
+
+fn allocation_images(allocations: &[AllocationView]) -> Vec<AllocationViewImage> {
+    allocations
+        .iter()
+        .map(|a| AllocationViewImage {
+            location: a.location.to_string(),
+            quantity: a.quantity,
+            shipped: a.shipped,
+            returned: a.returned,
+        })
+        .collect()
+}
+
+/// A stored response in its image form: field by field for a reservation, JSON otherwise.
+fn response_image(r: &Response) -> ResponseImage {
+    let Outcome::Ok(Reply::Reservation(v)) = &r.outcome else {
+        return ResponseImage::Json(json(r));
+    };
+    ResponseImage::Reservation(ReservationReplyImage {
+        seq: r.seq,
+        replayed: r.replayed,
+        id: v.id.0,
+        channel: v.channel.to_string(),
+        state: STATES.iter().position(|s| *s == v.state).unwrap_or(0) as u8,
+        created_at: v.created_at,
+        expires_at: v.expires_at,
+        order_ref: v.order_ref.clone(),
+        lines: v
+            .lines
+            .iter()
+            .map(|l| LineViewImage {
+                sku: l.sku.to_string(),
+                quantity: l.quantity,
+                requested: l.requested,
+                allocations: allocation_images(&l.allocations),
+                components: l
+                    .components
+                    .iter()
+                    .map(|c| ItemViewImage {
+                        sku: c.sku.to_string(),
+                        quantity: c.quantity,
+                        allocations: allocation_images(&c.allocations),
+                        backordered: c.backordered,
+                    })
+                    .collect(),
+                backordered: l.backordered,
+            })
+            .collect(),
+    })
+}
+
+fn id_of<T>(what: &str, made: Result<T, impl std::fmt::Display>) -> Result<T, ImageError> {
+    made.map_err(|e| ImageError::Inconsistent(format!("idempotent response: {what}: {e}")))
+}
+
+fn allocations_of(images: &[AllocationViewImage]) -> Result<Vec<AllocationView>, ImageError> {
+    images
+        .iter()
+        .map(|a| {
+            Ok(AllocationView {
+                location: id_of("location", LocationId::new(&a.location))?,
+                quantity: a.quantity,
+                shipped: a.shipped,
+                returned: a.returned,
+            })
+        })
+        .collect()
+}
+
+/// The response an image stores, checked as the engine's own constructors check ids.
+fn response_of(image: &ResponseImage) -> Result<Response, ImageError> {
+    let r = match image {
+        ResponseImage::Json(text) => return from_json("idempotent response", text),
+        ResponseImage::Reservation(r) => r,
+    };
+    let state = *STATES.get(usize::from(r.state)).ok_or_else(|| {
+        ImageError::Inconsistent(format!(
+            "idempotent response: unknown reservation state {}",
+            r.state
+        ))
+    })?;
+    let mut lines = Vec::with_capacity(r.lines.len());
+    for l in &r.lines {
+        let mut components = Vec::with_capacity(l.components.len());
+        for c in &l.components {
+            components.push(ItemView {
+                sku: id_of("sku", Sku::new(&c.sku))?,
+                quantity: c.quantity,
+                allocations: allocations_of(&c.allocations)?,
+                backordered: c.backordered,
+            });
+        }
+        lines.push(LineView {
+            sku: id_of("sku", Sku::new(&l.sku))?,
+            quantity: l.quantity,
+            requested: l.requested,
+            allocations: allocations_of(&l.allocations)?,
+            components,
+            backordered: l.backordered,
+        });
+    }
+    Ok(Response {
+        seq: r.seq,
+        replayed: r.replayed,
+        outcome: Outcome::Ok(Reply::Reservation(ReservationView {
+            id: ReservationId(r.id),
+            channel: id_of("channel", ChannelId::new(&r.channel))?,
+            state,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            order_ref: r.order_ref.clone(),
+            lines: Lines::from(lines),
+        })),
     })
 }
 
@@ -187,7 +369,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             key: k.key.to_string(),
             fingerprint: e.fingerprint,
             at: e.at,
-            response_json: e.response.as_deref().map(json),
+            response: e.response.as_deref().map(response_image),
         })
         .collect();
     let mut skus = Vec::new();
@@ -283,24 +465,135 @@ fn item_image(i: &PartItem) -> ItemImage {
     }
 }
 
+/// A byte buffer aligned as an archived image needs it.
+pub type AlignedBytes = rkyv::util::AlignedVec<16>;
+
 /// Serializes an image (rkyv).
-pub fn to_bytes(image: &Image) -> Vec<u8> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(image)
-        .expect("images serialize")
-        .to_vec()
+pub fn to_bytes(image: &Image) -> AlignedBytes {
+    to_bytes_sized(image, 0)
+}
+
+/// [`to_bytes`] into a buffer of `capacity` bytes to begin with (the size of the previous
+/// image, say): an image of hundreds of megabytes is not copied over and over as its buffer
+/// grows.
+pub fn to_bytes_sized(image: &Image, capacity: usize) -> AlignedBytes {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+        image,
+        AlignedBytes::with_capacity(capacity),
+    )
+    .expect("images serialize")
 }
 
 /// Validates (bytecheck) and reads an image. Never panics on arbitrary bytes.
 pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
-    // rkyv needs the archive aligned; copy into an aligned buffer.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    let image = rkyv::from_bytes::<Image, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| ImageError::Invalid(e.to_string()))?;
-    if image.version != IMAGE_VERSION {
-        return Err(ImageError::Version(image.version));
+    // rkyv needs the archive aligned: bytes that are not (a slice of a plain `Vec`) are copied
+    // into an aligned buffer first.
+    let copy;
+    let aligned = if bytes.as_ptr().align_offset(16) == 0 {
+        bytes
+    } else {
+        let mut v = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        v.extend_from_slice(bytes);
+        copy = v;
+        &copy[..]
+    };
+    // The version is the first field of every layout: an archive that validates as this
+    // layout but says version 1 is read again as version 1.
+    let current = rkyv::from_bytes::<Image, rkyv::rancor::Error>(aligned);
+    match current {
+        Ok(image) if image.version == IMAGE_VERSION => return Ok(image),
+        Ok(image) if image.version != 1 => return Err(ImageError::Version(image.version)),
+        _ => {}
     }
-    Ok(image)
+    match rkyv::from_bytes::<v1::Image, rkyv::rancor::Error>(aligned) {
+        Ok(old) if old.version == 1 => Ok(old.upgrade()),
+        Ok(old) => Err(ImageError::Version(old.version)),
+        Err(e1) => Err(match current {
+            Ok(image) => ImageError::Version(image.version),
+            Err(e) => ImageError::Invalid(format!("{e} (as version 1: {e1})")),
+        }),
+    }
+}
+
+/// Version 1 of the image: idempotent responses as JSON only. Read, never written (except by
+/// [`v1::to_bytes`], for tests of the upgrade).
+pub mod v1 {
+    use super::{ReservationImage, ResponseImage, SkuImage, TenantImage};
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub struct Image {
+        pub version: u32,
+        pub seq: u64,
+        pub now: u64,
+        pub tenants: Vec<TenantImage>,
+        pub idempotency: Vec<IdemImage>,
+        pub skus: Vec<SkuImage>,
+        pub reservations: Vec<ReservationImage>,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub struct IdemImage {
+        pub tenant: u32,
+        pub key: String,
+        pub fingerprint: [u8; 32],
+        pub at: u64,
+        pub response_json: Option<String>,
+    }
+
+    impl Image {
+        /// The same state in the current layout (responses stay JSON until the next image).
+        pub fn upgrade(self) -> super::Image {
+            super::Image {
+                version: super::IMAGE_VERSION,
+                seq: self.seq,
+                now: self.now,
+                tenants: self.tenants,
+                idempotency: self
+                    .idempotency
+                    .into_iter()
+                    .map(|e| super::IdemImage {
+                        tenant: e.tenant,
+                        key: e.key,
+                        fingerprint: e.fingerprint,
+                        at: e.at,
+                        response: e.response_json.map(ResponseImage::Json),
+                    })
+                    .collect(),
+                skus: self.skus,
+                reservations: self.reservations,
+            }
+        }
+    }
+
+    /// `image` as version 1 wrote it: every response as JSON.
+    pub fn to_bytes(image: &super::Image) -> super::AlignedBytes {
+        let old = Image {
+            version: 1,
+            seq: image.seq,
+            now: image.now,
+            tenants: image.tenants.clone(),
+            idempotency: image
+                .idempotency
+                .iter()
+                .map(|e| IdemImage {
+                    tenant: e.tenant,
+                    key: e.key.clone(),
+                    fingerprint: e.fingerprint,
+                    at: e.at,
+                    response_json: e.response.as_ref().map(|r| match r {
+                        ResponseImage::Json(text) => text.clone(),
+                        ResponseImage::Reservation(_) => super::json(
+                            &super::response_of(r).expect("a response taken from a machine"),
+                        ),
+                    }),
+                })
+                .collect(),
+            skus: image.skus.clone(),
+            reservations: image.reservations.clone(),
+        };
+        rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("images serialize")
+    }
 }
 
 /// Builds a machine with `shards` shards from an image.
@@ -341,9 +634,9 @@ pub fn load(
     let mut idempotency = Vec::with_capacity(image.idempotency.len());
     for e in &image.idempotency {
         let response = e
-            .response_json
-            .as_deref()
-            .map(|r| from_json("idempotent response", r).map(Arc::new))
+            .response
+            .as_ref()
+            .map(|r| response_of(r).map(Arc::new))
             .transpose()?;
         idempotency.push((
             IdemKey::new(e.tenant, &e.key),

@@ -141,6 +141,13 @@ fn busy_machine() -> Machine {
     let committed = run(reserve(&[("mug", 4), ("tea", 2)], 60_000), 3_000);
     let short = run(reserve(&[("mug", 3)], 60_000), 3_000);
     let _expiring = run(reserve(&[("tea", 1)], 1_000), 3_000);
+    // A keyed bundle reservation: its stored response has components.
+    let keyed_kit = Request {
+        idempotency_key: Some("pay-kit".into()),
+        ..req(reserve(&[("kit", 1)], 60_000))
+    };
+    assert!(m.execute(&keyed_kit, 3_000).0.outcome.is_ok());
+    let mut run = |c: Command, now: u64| m.execute(&req(c), now).0;
     let id = |r: &Response| ReservationId(r.seq.unwrap());
     run(
         Command::Commit {
@@ -188,8 +195,107 @@ fn busy_machine() -> Machine {
         ..req(reserve(&[("pen", 1)], 60_000))
     };
     m.execute(&keyed, 12_000);
+    // Keyed answers that are not a reservation's: a refusal and a receipt.
+    for (key, command) in [
+        ("pay-too-many", reserve(&[("pen", 500)], 60_000)),
+        (
+            "po-7",
+            Command::Receive {
+                sku: sku("pen"),
+                location: loc("west"),
+                quantity: 4,
+                unit_cost: None,
+                reason: "po".into(),
+            },
+        ),
+    ] {
+        let keyed = Request {
+            idempotency_key: Some(key.into()),
+            ..req(command)
+        };
+        m.execute(&keyed, 12_000);
+    }
     let _ = held;
     m
+}
+
+#[test]
+fn responses_are_stored_field_by_field_and_version_1_images_still_load() {
+    use depot_engine::snapshot::{v1, ResponseImage, IMAGE_VERSION};
+    let m = busy_machine();
+    let image = m.image();
+    let stored: Vec<&ResponseImage> = image
+        .idempotency
+        .iter()
+        .map(|e| e.response.as_ref().expect("answered"))
+        .collect();
+    assert_eq!(stored.len(), 4);
+    // Reservations field by field (a bundle's with its components), the others as JSON.
+    let compact: Vec<_> = stored
+        .iter()
+        .filter_map(|r| match r {
+            ResponseImage::Reservation(v) => Some(v),
+            ResponseImage::Json(_) => None,
+        })
+        .collect();
+    assert_eq!(compact.len(), 2);
+    assert!(compact
+        .iter()
+        .any(|v| v.lines.iter().any(|l| !l.components.is_empty())));
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|r| matches!(r, ResponseImage::Json(_)))
+            .count(),
+        2
+    );
+    let again = load(
+        &from_bytes(&to_bytes(&image)).unwrap(),
+        Limits::default(),
+        3,
+    )
+    .unwrap();
+    assert_eq!(again.digest(), m.digest());
+
+    // The same state written by version 1: every response as JSON.
+    let old = from_bytes(&v1::to_bytes(&image)).expect("a version 1 image reads");
+    assert_eq!(old.version, IMAGE_VERSION);
+    assert!(old
+        .idempotency
+        .iter()
+        .all(|e| matches!(e.response, Some(ResponseImage::Json(_)))));
+    assert_ne!(old, image);
+    let upgraded = load(&old, Limits::default(), 2).unwrap();
+    assert_eq!(upgraded.canonical(), m.canonical());
+    assert_eq!(upgraded.digest(), m.digest());
+    // Its next image is in the current layout again.
+    assert_eq!(upgraded.image(), image);
+}
+
+#[test]
+fn a_damaged_compact_response_is_refused_by_name() {
+    use depot_engine::snapshot::ResponseImage;
+    let m = busy_machine();
+    let mut image = m.image();
+    let entry = image
+        .idempotency
+        .iter_mut()
+        .find(|e| matches!(e.response, Some(ResponseImage::Reservation(_))))
+        .expect("a reservation's response");
+    let Some(ResponseImage::Reservation(v)) = entry.response.as_mut() else {
+        unreachable!()
+    };
+    v.state = 9;
+    let e = load(&image, Limits::default(), 2).unwrap_err().to_string();
+    assert!(e.contains("unknown reservation state 9"), "{e}");
+    let mut image = m.image();
+    for e in &mut image.idempotency {
+        if let Some(ResponseImage::Reservation(v)) = e.response.as_mut() {
+            v.lines[0].sku = "not a sku!".into();
+        }
+    }
+    let e = load(&image, Limits::default(), 2).unwrap_err().to_string();
+    assert!(e.contains("idempotent response: sku"), "{e}");
 }
 
 #[test]
@@ -198,6 +304,16 @@ fn image_round_trips_into_any_shard_count_with_the_same_digest() {
     let bytes = to_bytes(&m.image());
     let image = from_bytes(&bytes).expect("a fresh image validates");
     assert_eq!(image, m.image());
+    // Bytes that are not aligned (inside a file buffer, say) read the same.
+    for skew in 1..16 {
+        let mut shifted = vec![0u8; skew];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(
+            from_bytes(&shifted[skew..]).ok().as_ref(),
+            Some(&image),
+            "skew {skew}"
+        );
+    }
     for shards in [1, 2, 5] {
         let loaded = load(&image, Limits::default(), shards).expect("a fresh image loads");
         assert_eq!(loaded.canonical(), m.canonical(), "{shards} shard(s)");

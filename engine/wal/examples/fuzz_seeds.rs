@@ -220,6 +220,14 @@ fn main() {
     let file = encode_snapshot(img.seq, &body);
     put(root, "snapshot_loader", "valid-file", &file);
     put(root, "snapshot_loader", "valid-image", &body);
+    // The same state as version 1 of the image wrote it (every stored response as JSON).
+    let old = depot_engine::snapshot::v1::to_bytes(&img);
+    put(
+        root,
+        "snapshot_loader",
+        "valid-file-image-v1",
+        &encode_snapshot(img.seq, &old),
+    );
     let empty = depot_engine::snapshot::to_bytes(&Machine::new(Default::default(), 1).image());
     put(
         root,

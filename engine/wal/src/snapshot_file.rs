@@ -5,7 +5,7 @@
 //! `docs/wal_format.md` has the layout and the crash-safety argument.
 
 use crate::error::WalError;
-use crate::storage::{is_disk_full, read_all, Directory};
+use crate::storage::{is_disk_full, read_all_aligned, Directory};
 use depot_engine::snapshot::{self, Image};
 use depot_engine::Seq;
 
@@ -15,8 +15,9 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"DEPOTSNP";
 pub const SNAPSHOT_VERSION: u32 = 1;
 /// Header length: magic 8, version 4, seq 8, body length 8, checksum 4.
 pub const SNAPSHOT_HEADER_LEN: u64 = 32;
-/// Longest body a snapshot may have; checked before anything is allocated.
-pub const SNAPSHOT_BODY_MAX: u64 = 1 << 30;
+/// Longest body a snapshot may have (64 GiB), checked before anything is allocated. A file is
+/// read into memory of its real length, never of the length its header claims.
+pub const SNAPSHOT_BODY_MAX: u64 = 1 << 36;
 
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".rkyv";
@@ -40,14 +41,21 @@ pub fn parse_snapshot_name(name: &str) -> Option<Seq> {
 /// Encodes the whole file: header then body.
 pub fn encode_snapshot(seq: Seq, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN as usize + body.len());
-    out.extend_from_slice(&SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[0..28]), body);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&snapshot_header(seq, body));
     out.extend_from_slice(body);
     out
+}
+
+/// The file's header for `body`.
+fn snapshot_header(seq: Seq, body: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN as usize] {
+    let mut h = [0u8; SNAPSHOT_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&seq.to_le_bytes());
+    h[20..28].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..28]), body);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// Checks a whole snapshot file and returns its seq and body. Panic-free on any bytes.
@@ -128,7 +136,8 @@ pub(crate) fn write_snapshot_body(
             std::io::Error::new(std::io::ErrorKind::InvalidData, message),
         ));
     }
-    let bytes = encode_snapshot(seq, body);
+    // Header and body are written in place: a body of gigabytes is not copied once more.
+    let header = snapshot_header(seq, body);
     // The remains of an earlier attempt that crashed.
     match dir.remove(&tmp) {
         Ok(()) => {}
@@ -137,7 +146,10 @@ pub(crate) fn write_snapshot_body(
     }
     let written = (|| {
         let mut file = dir.create(&tmp).map_err(|e| write_error(&tmp, e))?;
-        file.write_at(0, &bytes).map_err(|e| write_error(&tmp, e))?;
+        file.write_at(0, &header)
+            .map_err(|e| write_error(&tmp, e))?;
+        file.write_at(SNAPSHOT_HEADER_LEN, body)
+            .map_err(|e| write_error(&tmp, e))?;
         file.sync_data().map_err(|e| WalError::SyncFailed {
             file: tmp.clone(),
             message: e.to_string(),
@@ -174,7 +186,8 @@ pub(crate) fn list_snapshots(dir: &dyn Directory) -> Result<Vec<(Seq, String)>, 
 pub(crate) fn read_snapshot(dir: &dyn Directory, name: &str) -> Result<Image, String> {
     let name_seq = parse_snapshot_name(name).ok_or("not a snapshot file name")?;
     let file = dir.open(name).map_err(|e| format!("cannot open: {e}"))?;
-    let bytes = read_all(&*file, SNAPSHOT_HEADER_LEN + SNAPSHOT_BODY_MAX)
+    // Aligned, so that the body (32 bytes in) is read in place, not copied.
+    let bytes = read_all_aligned(&*file, SNAPSHOT_HEADER_LEN + SNAPSHOT_BODY_MAX)
         .map_err(|e| format!("cannot read: {e}"))?;
     let (seq, body) = decode_snapshot(&bytes)?;
     if seq != name_seq {

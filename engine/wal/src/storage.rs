@@ -61,6 +61,24 @@ pub fn read_all(file: &dyn Storage, len_max: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// [`read_all`] into a buffer aligned to 16 bytes (a snapshot's image is read in place).
+pub fn read_all_aligned(
+    file: &dyn Storage,
+    len_max: u64,
+) -> io::Result<depot_engine::snapshot::AlignedBytes> {
+    let len = file.len()?;
+    if len > len_max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, the limit is {len_max}"),
+        ));
+    }
+    let mut buf = depot_engine::snapshot::AlignedBytes::with_capacity(len as usize);
+    buf.resize(len as usize, 0);
+    file.read_at(0, &mut buf)?;
+    Ok(buf)
+}
+
 /// True when an I/O error means the medium is full (`ENOSPC`, or `EDQUOT` for a quota).
 pub fn is_disk_full(e: &io::Error) -> bool {
     const ENOSPC: i32 = 28;

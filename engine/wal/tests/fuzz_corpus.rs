@@ -99,6 +99,17 @@ fn snapshot_seeds_are_what_they_claim() {
     assert!(!image.reservations.is_empty() && !image.idempotency.is_empty());
     assert!(depot_engine::snapshot::load(&image, Default::default(), 3).is_ok());
     assert_eq!(from_bytes(&seeds["valid-image"]).unwrap(), image);
+    // Written by version 1 of the image: it still loads, to the same state.
+    let (seq1, body1) = decode_snapshot(&seeds["valid-file-image-v1"]).unwrap();
+    let old = from_bytes(body1).unwrap();
+    assert_eq!(seq1, seq);
+    assert_ne!(old, image, "version 1 stores every response as JSON");
+    let digest = |i| {
+        depot_engine::snapshot::load(i, Default::default(), 2)
+            .unwrap()
+            .digest()
+    };
+    assert_eq!(digest(&old), digest(&image));
     let hostile = decode_snapshot(&seeds["hostile-length"]).unwrap_err();
     assert!(
         hostile.contains(&SNAPSHOT_BODY_MAX.to_string()),
