@@ -43,6 +43,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     wal_syncs: IntCounter,
     wal_entries: IntCounter,
+    wal_bytes: IntCounter,
     wal_durable_seq: IntGauge,
     wal_entries_per_sync: Gauge,
     wal_last: Mutex<Option<GroupCommitStats>>,
@@ -100,6 +101,10 @@ impl Metrics {
                 "depot_wal_synced_entries_total",
                 "Log entries made durable.",
             ),
+            wal_bytes: int_counter(
+                "depot_wal_synced_bytes_total",
+                "Log bytes (records with their headers) made durable.",
+            ),
             wal_durable_seq: int_gauge(
                 "depot_wal_durable_seq",
                 "Highest sequence number known durable.",
@@ -152,6 +157,7 @@ impl Metrics {
             Box::new(self.queue_depth.clone()),
             Box::new(self.wal_syncs.clone()),
             Box::new(self.wal_entries.clone()),
+            Box::new(self.wal_bytes.clone()),
             Box::new(self.wal_durable_seq.clone()),
             Box::new(self.wal_entries_per_sync.clone()),
             Box::new(self.wal_sync_seconds.clone()),
@@ -209,15 +215,24 @@ impl Metrics {
     /// from the previous observation, and the batch size is the average over that interval.
     pub fn observe_group_commit(&self, stats: &GroupCommitStats) {
         let mut last = self.wal_last.lock().unwrap_or_else(|p| p.into_inner());
-        let (syncs, entries) = match *last {
+        let (syncs, entries, bytes) = match *last {
             // Figures going backwards mean a new journal: count it from zero.
-            Some(l) if l.syncs <= stats.syncs && l.entries <= stats.entries => {
-                (stats.syncs - l.syncs, stats.entries - l.entries)
+            Some(l)
+                if l.syncs <= stats.syncs
+                    && l.entries <= stats.entries
+                    && l.bytes <= stats.bytes =>
+            {
+                (
+                    stats.syncs - l.syncs,
+                    stats.entries - l.entries,
+                    stats.bytes - l.bytes,
+                )
             }
-            _ => (stats.syncs, stats.entries),
+            _ => (stats.syncs, stats.entries, stats.bytes),
         };
         self.wal_syncs.inc_by(syncs);
         self.wal_entries.inc_by(entries);
+        self.wal_bytes.inc_by(bytes);
         if syncs > 0 {
             self.wal_entries_per_sync.set(entries as f64 / syncs as f64);
         }

@@ -152,10 +152,12 @@ fn queue_depths_replace_the_previous_set() {
 #[test]
 fn group_commit_counters_advance_by_differences() {
     let m = Metrics::new();
-    let stats = |syncs, entries, durable_seq| GroupCommitStats {
+    // Every entry of these journals takes 100 bytes.
+    let stats = |syncs, entries: u64, durable_seq| GroupCommitStats {
         syncs,
         entries,
         durable_seq,
+        bytes: entries * 100,
     };
     m.observe_group_commit(&stats(10, 50, 50));
     m.observe_group_commit(&stats(15, 80, 80));
@@ -163,6 +165,7 @@ fn group_commit_counters_advance_by_differences() {
     let s = parse(&m.render());
     assert_eq!(s["depot_wal_syncs_total"], 15.0);
     assert_eq!(s["depot_wal_synced_entries_total"], 80.0);
+    assert_eq!(s["depot_wal_synced_bytes_total"], 8_000.0);
     assert_eq!(s["depot_wal_durable_seq"], 80.0);
     // 30 entries over the last 5 syncs (the idle observation after it changes nothing).
     assert_eq!(s["depot_wal_entries_per_sync"], 6.0);
@@ -171,6 +174,7 @@ fn group_commit_counters_advance_by_differences() {
     let s = parse(&m.render());
     assert_eq!(s["depot_wal_syncs_total"], 17.0);
     assert_eq!(s["depot_wal_synced_entries_total"], 84.0);
+    assert_eq!(s["depot_wal_synced_bytes_total"], 8_400.0);
 }
 
 #[test]

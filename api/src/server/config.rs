@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Take a background snapshot after this many writes (0: not by count).
     #[arg(long, env = "DEPOT_SNAPSHOT_EVERY_WRITES", default_value_t = 1_000_000)]
     pub snapshot_every_writes: u64,
+    /// ... once the log written since the last snapshot is at least this percentage of that
+    /// snapshot's size (0: the count alone). Keeps a large state from being snapshotted over
+    /// and over under load.
+    #[arg(long, env = "DEPOT_SNAPSHOT_LOG_GROWTH", default_value_t = 100)]
+    pub snapshot_log_growth: u32,
     /// Take a background snapshot this long after the last one, if anything was written
     /// (`30m`, `1h`, `off`).
     #[arg(long, env = "DEPOT_SNAPSHOT_EVERY", default_value = "1h")]
@@ -102,10 +107,15 @@ pub struct ServeArgs {
     pub log_archive_dir: Option<PathBuf>,
 }
 
+/// Largest `--snapshot-log-growth`, in percent (a log a hundred times the state's size).
+pub const LOG_GROWTH_MAX: u32 = 10_000;
+
 /// When the server snapshots and what it keeps of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotSettings {
     pub every_writes: Option<u64>,
+    /// Percent of the last snapshot's size; `None`: the count alone.
+    pub log_growth_percent: Option<u32>,
     pub every: Option<Duration>,
     /// `None`: keep every segment.
     pub retention: Option<Duration>,
@@ -203,6 +213,8 @@ pub enum ConfigError {
     Rate,
     #[error("{0} {1:?}: expected a duration such as 30m, 12h or 7days, or {2}")]
     Span(&'static str, String, String),
+    #[error("--snapshot-log-growth {0}: expected a percentage from 0 to {LOG_GROWTH_MAX}")]
+    LogGrowth(u32),
     #[error("--log-archive-dir needs --log-retention (nothing is archived while the log is kept forever)")]
     ArchiveWithoutRetention,
 }
@@ -250,8 +262,12 @@ impl ServeArgs {
         if retention.is_none() && self.log_archive_dir.is_some() {
             return Err(ConfigError::ArchiveWithoutRetention);
         }
+        if self.snapshot_log_growth > LOG_GROWTH_MAX {
+            return Err(ConfigError::LogGrowth(self.snapshot_log_growth));
+        }
         let snapshots = SnapshotSettings {
             every_writes: (self.snapshot_every_writes > 0).then_some(self.snapshot_every_writes),
+            log_growth_percent: (self.snapshot_log_growth > 0).then_some(self.snapshot_log_growth),
             every: parse_span("--snapshot-every", &self.snapshot_every, "off")?,
             retention,
             archive_dir: self.log_archive_dir,
@@ -329,6 +345,7 @@ mod tests {
             c.snapshots,
             SnapshotSettings {
                 every_writes: Some(1_000_000),
+                log_growth_percent: Some(100),
                 every: Some(Duration::from_secs(3600)),
                 retention: None,
                 archive_dir: None,
@@ -336,6 +353,8 @@ mod tests {
         );
         let c = config(&[
             "--snapshot-every-writes",
+            "0",
+            "--snapshot-log-growth",
             "0",
             "--snapshot-every",
             "off",
@@ -346,13 +365,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.snapshots.every_writes, None);
+        assert_eq!(c.snapshots.log_growth_percent, None);
         assert_eq!(c.snapshots.every, None);
         assert_eq!(c.snapshots.retention, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(c.snapshots.archive_dir, Some(PathBuf::from("/srv/archive")));
+        let c = config(&["--snapshot-log-growth", "250"]).unwrap();
+        assert_eq!(c.snapshots.log_growth_percent, Some(250));
         for bad in [
             &["--log-retention", "soon"][..],
             &["--log-retention", "0s"],
             &["--snapshot-every", "forever"],
+            &["--snapshot-log-growth", "10001"],
             &["--log-archive-dir", "/srv/archive"],
         ] {
             let e = config(bad).expect_err("refused");

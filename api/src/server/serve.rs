@@ -210,6 +210,7 @@ fn snapshotter_config(config: &ServeConfig) -> std::io::Result<depot_wal::Snapsh
     };
     Ok(depot_wal::SnapshotterConfig {
         every_writes: s.every_writes,
+        min_log_growth_percent: s.log_growth_percent,
         every: s.every,
         retention,
         ..depot_wal::SnapshotterConfig::default()

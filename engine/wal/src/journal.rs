@@ -22,6 +22,8 @@ struct State {
     /// Syncs done and entries they covered, for metrics.
     syncs: u64,
     synced_entries: u64,
+    /// Log bytes made durable since the journal started.
+    synced_bytes: u64,
     /// Threads waiting for a seq to become durable, by that seq. The syncer removes and wakes
     /// exactly those a sync covered (all of them when the log fails), so a sync does not wake
     /// the clients whose writes came in while it ran.
@@ -62,6 +64,8 @@ pub struct GroupCommitStats {
     pub syncs: u64,
     pub entries: u64,
     pub durable_seq: Seq,
+    /// Log bytes (records with their headers) made durable since the journal started.
+    pub bytes: u64,
 }
 
 impl WalJournal {
@@ -100,6 +104,7 @@ impl WalJournal {
             syncs: st.syncs,
             entries: st.synced_entries,
             durable_seq: st.durable,
+            bytes: st.synced_bytes,
         }
     }
 }
@@ -141,6 +146,7 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
                 st.durable = last;
                 st.syncs += 1;
                 st.synced_entries += batch.len() as u64;
+                st.synced_bytes = writer.appended_bytes();
                 // Everything up to `last` is answered; later waiters stay asleep.
                 let later = st.waiters.split_off(&last.saturating_add(1));
                 std::mem::replace(&mut st.waiters, later)

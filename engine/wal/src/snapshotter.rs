@@ -1,5 +1,5 @@
-//! Background snapshots of a running engine. A thread checks its triggers (every N writes, every
-//! T) and, when one fires:
+//! Background snapshots of a running engine. A thread checks its triggers (every N writes once
+//! the log has grown by a share of the last snapshot's size, every T) and, when one fires:
 //!
 //! 1. captures the state image ([`capture_image`]): [`Engine::inspect`] stops the writes at a
 //!    quiet point and `snapshot::take` copies the state into an [`Image`]; this is the only
@@ -28,8 +28,18 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub struct SnapshotterConfig {
     /// A snapshot once this many writes have become durable since the last one (`None`: not
-    /// by count).
+    /// by count)...
     pub every_writes: Option<u64>,
+    /// ... and the log written since the last snapshot is at least this percentage of that
+    /// snapshot's size (`None`: the count alone).
+    ///
+    /// A snapshot costs in proportion to the state, a write in proportion to itself: with a
+    /// count alone, a large state (millions of holds and idempotency keys) is written again
+    /// every few seconds under load, and snapshots take most of the machine. Waiting for the
+    /// log to grow by the snapshot's own size bounds that cost to about the cost of writing
+    /// the log once more, whatever the state's size; recovery then reads at most about twice
+    /// the snapshot's size (the snapshot, then a log of about its size).
+    pub min_log_growth_percent: Option<u32>,
     /// A snapshot once this long has passed since the last one, if anything was written since
     /// (`None`: not by time).
     pub every: Option<Duration>,
@@ -44,10 +54,12 @@ pub struct SnapshotterConfig {
 }
 
 impl Default for SnapshotterConfig {
-    /// Every 1,000,000 writes or every hour, checked every 100 ms; no retention.
+    /// Every 1,000,000 writes once the log has grown by the last snapshot's size, or every
+    /// hour; checked every 100 ms; no retention.
     fn default() -> Self {
         SnapshotterConfig {
             every_writes: Some(1_000_000),
+            min_log_growth_percent: Some(100),
             every: Some(Duration::from_secs(3600)),
             check_every: Duration::from_millis(100),
             retry_after: Duration::from_secs(10),
@@ -73,6 +85,8 @@ pub struct CapturedImage {
     pub pause: Duration,
     /// How long it took to reach a quiet point before that (writes go on meanwhile).
     pub wait: Duration,
+    /// Building the canonical image from the copy, after the pause (writes go on).
+    pub build: Duration,
 }
 
 /// Captures the engine's state image under [`Engine::inspect`] and measures the pause.
@@ -94,6 +108,7 @@ pub fn capture_image(engine: &Engine) -> CapturedImage {
         image,
         pause: released - locked,
         wait: locked - asked,
+        build: released.elapsed(),
     }
 }
 
@@ -109,6 +124,8 @@ pub struct TakenSnapshot {
     pub pause: Duration,
     /// Time to reach a quiet point before the pause.
     pub wait: Duration,
+    /// Building the image after the pause (see [`CapturedImage::build`]).
+    pub build: Duration,
     /// Waiting for the log, serializing and writing the file, outside the pause.
     pub write: Duration,
     /// What retention did after it (`None`: no policy, or it failed).
@@ -172,6 +189,10 @@ struct Worker {
     shared: Arc<Shared>,
     /// The seq of the last snapshot written (or found in the directory at start).
     last_seq: Seq,
+    /// The journal's durable bytes when the last snapshot was taken (0 at start).
+    last_bytes: u64,
+    /// The size of the last snapshot (the newest found at start), in bytes.
+    last_len: u64,
     last_at: Instant,
     failed_at: Option<Instant>,
 }
@@ -186,11 +207,14 @@ impl Snapshotter {
         config: SnapshotterConfig,
     ) -> Snapshotter {
         let shared = Arc::new(Shared::default());
-        let last_seq = match list_snapshots(&*dir) {
-            Ok(found) => found.first().map_or(0, |(seq, _)| *seq),
+        let (last_seq, last_len) = match list_snapshots(&*dir) {
+            Ok(found) => found.first().map_or((0, 0), |(seq, name)| {
+                let len = dir.open(name).and_then(|f| f.len()).unwrap_or(0);
+                (*seq, len)
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "snapshotter: cannot list snapshots");
-                0
+                (0, 0)
             }
         };
         let worker = Worker {
@@ -200,6 +224,8 @@ impl Snapshotter {
             config,
             shared: shared.clone(),
             last_seq,
+            last_bytes: 0,
+            last_len,
             last_at: Instant::now(),
             failed_at: None,
         };
@@ -291,7 +317,7 @@ impl Worker {
         }
     }
 
-    /// Whether a trigger fires: enough writes, or enough time with at least one write.
+    /// Whether a trigger fires: enough writes (and log), or enough time with at least one write.
     fn due(&self) -> bool {
         if self
             .failed_at
@@ -299,9 +325,14 @@ impl Worker {
         {
             return false;
         }
-        let durable = self.journal.stats().durable_seq;
-        let new_writes = durable.saturating_sub(self.last_seq);
-        let by_count = self.config.every_writes.is_some_and(|n| new_writes >= n);
+        let stats = self.journal.stats();
+        let new_writes = stats.durable_seq.saturating_sub(self.last_seq);
+        let grown = stats.bytes.saturating_sub(self.last_bytes);
+        let log_grown = self
+            .config
+            .min_log_growth_percent
+            .is_none_or(|p| u128::from(grown) * 100 >= u128::from(self.last_len) * u128::from(p));
+        let by_count = self.config.every_writes.is_some_and(|n| new_writes >= n) && log_grown;
         let by_time = self
             .config
             .every
@@ -310,17 +341,23 @@ impl Worker {
     }
 
     fn take_one(&mut self) -> Result<TakenSnapshot, String> {
+        // The log written from here on counts towards the next snapshot (a little of it may
+        // be in this one: the next one comes that much earlier).
+        let bytes = self.journal.stats().bytes;
         let result = self.write_one();
         self.last_at = Instant::now();
         match &result {
             Ok(taken) => {
                 self.failed_at = None;
                 self.last_seq = taken.seq;
+                self.last_bytes = bytes;
+                self.last_len = taken.bytes;
                 tracing::info!(
                     seq = taken.seq,
                     file = %taken.file,
                     bytes = taken.bytes,
                     pause_us = taken.pause.as_micros() as u64,
+                    build_ms = taken.build.as_millis() as u64,
                     write_ms = taken.write.as_millis() as u64,
                     "snapshot written"
                 );
@@ -343,7 +380,9 @@ impl Worker {
                 file: String::new(),
                 message: format!("the log did not make seq {seq} durable: {}", e.message),
             })?;
-        let body = snapshot::to_bytes(&captured.image);
+        // Room for the last snapshot and an eighth more: the image rarely shrinks fast.
+        let hint = usize::try_from(self.last_len + self.last_len / 8).unwrap_or(0);
+        let body = snapshot::to_bytes_sized(&captured.image, hint);
         drop(captured.image);
         let file = write_snapshot_body(&*self.dir, seq, &body)?;
         let write = started.elapsed();
@@ -371,6 +410,7 @@ impl Worker {
             bytes,
             pause: captured.pause,
             wait: captured.wait,
+            build: captured.build,
             write,
             retention,
         })

@@ -53,6 +53,8 @@ pub struct WalWriter {
     buf: Vec<u8>,
     body: Vec<u8>,
     stopped: Option<WalError>,
+    /// Bytes of the records appended since the writer opened.
+    appended: u64,
 }
 
 impl fmt::Debug for WalWriter {
@@ -88,6 +90,7 @@ impl WalWriter {
             buf: Vec::new(),
             body: Vec::new(),
             stopped: None,
+            appended: 0,
         };
         if let Some((name, first_seq, valid_len)) = end.last {
             writer.reopen_last(name, first_seq, valid_len, &end.tail)?;
@@ -147,6 +150,12 @@ impl WalWriter {
     }
 
     /// The error that stopped the writer, if any.
+    /// Bytes of the records appended since the writer opened (headers included; durable after
+    /// the next successful [`WalWriter::sync`]).
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended
+    }
+
     pub fn stopped(&self) -> Option<&WalError> {
         self.stopped.as_ref()
     }
@@ -192,6 +201,7 @@ impl WalWriter {
         encode_record(entry.seq, RECORD_VERSION, &self.body, &mut self.buf);
         let segment = self.segment.as_mut().expect("created above");
         segment.records += 1;
+        self.appended += record_len;
         self.next_seq = Some(next);
         if self.buf.len() as u64 >= self.options.write_buffer_max {
             self.flush()?;

@@ -49,6 +49,7 @@ fn writes(engine: &Engine, first: u64, count: u64) {
 fn manual() -> SnapshotterConfig {
     SnapshotterConfig {
         every_writes: None,
+        min_log_growth_percent: None,
         every: None,
         check_every: Duration::from_millis(5),
         ..SnapshotterConfig::default()
@@ -170,6 +171,56 @@ fn a_write_count_triggers_snapshots_while_writes_go_on() {
         recover(&mem, Limits::default(), 2).unwrap().0.digest(),
         live
     );
+}
+
+#[test]
+fn the_count_waits_until_the_log_has_grown_by_the_snapshots_size() {
+    let mem = MemDir::new();
+    let (engine, journal) = start(mem.clone());
+    setup(&engine);
+    let config = SnapshotterConfig {
+        every_writes: Some(10),
+        min_log_growth_percent: Some(100),
+        ..manual()
+    };
+    let snapshotter = Snapshotter::start(
+        engine.clone(),
+        journal.clone(),
+        Box::new(mem.clone()),
+        config,
+    );
+    // 300 holds: a snapshot much larger than 10 writes of log.
+    writes(&engine, 0, 300);
+    let base = snapshotter.snapshot_now().unwrap();
+    let from = journal.stats().bytes;
+    let taken = snapshotter.stats().taken;
+    let mut written = 0;
+    loop {
+        let grown = journal.stats().bytes - from;
+        if grown >= base.bytes {
+            break;
+        }
+        // The log only grows: below the snapshot's size now, it was below it all along.
+        assert_eq!(
+            snapshotter.stats().taken,
+            taken,
+            "a snapshot after {written} writes, {grown} of {} bytes",
+            base.bytes
+        );
+        writes(&engine, 1_000 + written, 5);
+        written += 5;
+        // Time for the trigger (checked every 5 ms) to fire if it would.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        written > 50,
+        "the log outgrew the snapshot in {written} writes"
+    );
+    let seq = journal.stats().durable_seq;
+    let stats = eventually(&snapshotter, |s| {
+        s.last.as_ref().is_some_and(|l| l.seq == seq)
+    });
+    assert_eq!(stats.taken, taken + 1);
 }
 
 #[test]
