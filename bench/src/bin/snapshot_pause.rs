@@ -1,18 +1,21 @@
 //! The pause a background snapshot imposes on writes, with 1,000,000 stock levels.
 //!
 //! Setup: 250,000 SKUs x 4 locations (W1's 10,000 hot SKUs among them) built on a `Machine`,
+//! with `--holds` reservations held on it (one unit of a W1 SKU each, each with its own
+//! idempotency key: the state of a busy day),
 //! then started as a threaded engine (2 shards) logging to a fresh write-ahead log in `--dir`
 //! (group commit), with the background snapshotter on the same directory.
 //!
 //! 1. Quiet engine: `--runs` snapshots on request. For each: the pause (writes stopped while
-//!    `snapshot::take` builds the image under `Engine::inspect`), the wait for a quiet point,
-//!    the write outside the pause (serialize, write, fdatasync, rename), the file's size.
+//!    copies the tables under `Engine::inspect`), the wait for a quiet point, then outside the
+//!    pause the build of the canonical image and the write (serialize, write, fdatasync,
+//!    rename), the file's size.
 //! 2. Under load: `--clients` closed-loop clients send durable W1 reservations (one outstanding
 //!    each) while a snapshot is taken every `--every` seconds for `--secs` seconds; the pauses,
 //!    and the clients' latency (HDR histogram) over the same window, show what a writer sees.
 //!
 //! Usage: `snapshot_pause [--dir /var/tmp/depot-snapshot] [--skus 250000] [--locations 4]
-//! [--runs 3] [--clients 16] [--secs 12] [--every 3]`
+//! [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3]`
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,19 +38,21 @@ struct Opts {
     dir: PathBuf,
     skus: usize,
     locations: usize,
+    holds: usize,
     runs: usize,
     clients: usize,
     secs: f64,
     every: f64,
 }
 
-const USAGE: &str = "snapshot_pause [--dir DIR] [--skus 250000] [--locations 4] [--runs 3] [--clients 16] [--secs 12] [--every 3]";
+const USAGE: &str = "snapshot_pause [--dir DIR] [--skus 250000] [--locations 4] [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3]";
 
 fn opts() -> Opts {
     let mut o = Opts {
         dir: PathBuf::from("/var/tmp/depot-snapshot"),
         skus: 250_000,
         locations: 4,
+        holds: 0,
         runs: 3,
         clients: 16,
         secs: 12.0,
@@ -66,6 +71,7 @@ fn opts() -> Opts {
             "--dir" => o.dir = PathBuf::from(&v),
             "--skus" => o.skus = num(&v) as usize,
             "--locations" => o.locations = num(&v) as usize,
+            "--holds" => o.holds = num(&v) as usize,
             "--runs" => o.runs = num(&v) as usize,
             "--clients" => o.clients = num(&v) as usize,
             "--secs" => o.secs = num(&v),
@@ -83,8 +89,9 @@ fn wall_ms() -> u64 {
     depot_wal::wall_clock_ms()
 }
 
-/// `skus` x `locations` levels with W1's names; W1's location (`wh-1`) is location 0.
-fn build_state(w: &Workload, skus: usize, locations: usize) -> Machine {
+/// `skus` x `locations` levels with W1's names; W1's location (`wh-1`) is location 0; `holds`
+/// keyed reservations of one unit each over W1's SKUs.
+fn build_state(w: &Workload, skus: usize, locations: usize, holds: usize) -> Machine {
     let mut m = Machine::new(Limits::default(), SHARDS);
     let now = wall_ms();
     let mut run = |command: Command| {
@@ -121,6 +128,22 @@ fn build_state(w: &Workload, skus: usize, locations: usize) -> Machine {
             });
         }
     }
+    for h in 0..holds {
+        let mut request = w.request(Command::Reserve {
+            channel: w.channel.clone(),
+            lines: vec![depot_engine::LineRequest {
+                sku: Sku::new(&sku_name(h % SKUS + 1)).expect("valid id"),
+                quantity: 1,
+            }],
+            ttl_ms: Some(86_400_000),
+            order_ref: None,
+            ship_to_region: None,
+            fill: depot_engine::FillPolicy::AllOrNothing,
+        });
+        request.idempotency_key = Some(format!("setup-hold-{h:09}"));
+        let (resp, _, _) = m.execute(&request, now);
+        assert!(resp.outcome.is_ok(), "setup refused: {:?}", resp.outcome);
+    }
     m
 }
 
@@ -134,9 +157,13 @@ fn main() {
     let _ = std::fs::remove_dir_all(&o.dir);
     let fs = FsDir::open(&o.dir).expect("create the data directory");
     let t = Instant::now();
-    let machine = build_state(&w, o.skus, o.locations);
+    let machine = build_state(&w, o.skus, o.locations, o.holds);
     let levels = o.skus * o.locations;
-    eprintln!("setup: {levels} stock levels in {:.1?}", t.elapsed());
+    eprintln!(
+        "setup: {levels} stock levels, {} keyed holds in {:.1?}",
+        o.holds,
+        t.elapsed()
+    );
     // The log starts after the machine's state (its first entry may carry any seq).
     let writer = WalWriter::open(Box::new(fs.clone()), WalOptions::default()).expect("open log");
     let journal = Arc::new(WalJournal::start_at(writer, machine.front.seq));
@@ -156,16 +183,20 @@ fn main() {
         },
     );
 
-    println!("{levels} stock levels, {SHARDS} shards; quiet engine:");
+    println!(
+        "{levels} stock levels, {} keyed holds, {SHARDS} shards; quiet engine:",
+        o.holds
+    );
     let mut pauses = Vec::new();
     for run in 1..=o.runs {
         idle::wait_idle(120.0);
         let s = snapshotter.snapshot_now().expect("snapshot");
         println!(
             "run {run}: pause {:.1} ms (wait for a quiet point {:.2} ms), then outside the pause \
-             {:.0} ms to serialize and write {} MB",
+             {:.0} ms to build the image and {:.0} ms to serialize and write {} MB",
             ms(s.pause),
             ms(s.wait),
+            ms(s.build),
             ms(s.write),
             s.bytes / 1_000_000
         );
