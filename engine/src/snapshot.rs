@@ -373,8 +373,9 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
         })
         .collect();
     let mut skus = Vec::new();
-    let mut parts: std::collections::BTreeMap<u64, ReservationImage> =
-        std::collections::BTreeMap::new();
+    // Every part of every shard, in shard order; sorted by id below (a stable sort: a
+    // reservation's parts stay in shard order, and the first one gives its header).
+    let mut parts: Vec<(u64, &Part)> = Vec::new();
     for s in shards {
         for (k, st) in &s.skus {
             skus.push(SkuImage {
@@ -385,9 +386,17 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                 cost: st.cost.as_deref().map(|c| c.to_string()),
             });
         }
-        for (id, p) in &s.parts {
-            let r = parts.entry(id.0).or_insert_with(|| ReservationImage {
-                id: id.0,
+        parts.extend(s.parts.iter().map(|(id, p)| (id.0, p)));
+    }
+    skus.sort_by(|a, b| (a.tenant, &a.sku).cmp(&(b.tenant, &b.sku)));
+    parts.sort_by_key(|(id, _)| *id);
+    let mut reservations: Vec<ReservationImage> = Vec::new();
+    for (id, p) in parts {
+        let items = p.items.iter().map(item_image);
+        match reservations.last_mut() {
+            Some(r) if r.id == id => r.items.extend(items),
+            _ => reservations.push(ReservationImage {
+                id,
                 tenant: p.tenant,
                 channel: p.channel,
                 lifecycle: lifecycle_code(p.lifecycle),
@@ -405,19 +414,13 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                     })
                     .collect(),
                 granted: p.granted.units(&p.lines).to_vec(),
-                items: Vec::new(),
-            });
-            r.items.extend(p.items.iter().map(item_image));
+                items: items.collect(),
+            }),
         }
     }
-    skus.sort_by(|a, b| (a.tenant, &a.sku).cmp(&(b.tenant, &b.sku)));
-    let reservations = parts
-        .into_values()
-        .map(|mut r| {
-            r.items.sort_by_key(|i| i.item);
-            r
-        })
-        .collect();
+    for r in &mut reservations {
+        r.items.sort_by_key(|i| i.item);
+    }
     Image {
         version: IMAGE_VERSION,
         seq: front.seq,
