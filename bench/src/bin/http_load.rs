@@ -6,14 +6,15 @@
 //!
 //! - single `POST /v1/reservations` at each of `--conns` connections, one request in flight
 //!   per connection: operations/s and p50/p99/p99.9 latency (HDR histogram);
-//! - `POST /v1/batch` of `--batch-size` reservations on each of `--batch-conns` connections:
+//! - `POST /v1/batch` of `--batch-size` reservations on each of `--batch-conns` connections
+//!   (a list, such as `2,4`; `0`: no batch run):
 //!   reservations/s, and the latency of a whole batch request.
 //!
 //! After each run every SKU is read back and checked (available = stock - granted, nothing
 //! failed). The client runs on `--client-threads` tokio workers on the same cores as the
 //! server: it takes part of the machine, and the report says how much (server, client, others).
 //!
-//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2] [--batch-size 100]
+//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
 //! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]`
 
@@ -26,7 +27,7 @@ use depot_bench::load::Wk;
 use depot_bench::report::{median, thousands, Run};
 use std::path::PathBuf;
 
-const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2] \
+const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
 [--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120]";
 
@@ -39,7 +40,8 @@ const BATCH_TARGET: f64 = 600_000.0;
 struct Opts {
     w: Wk,
     conns: Vec<usize>,
-    batch_conns: usize,
+    /// Connection counts of the batch shapes (0: none).
+    batch_conns: Vec<usize>,
     batch_size: usize,
     timing: Timing,
     runs: usize,
@@ -52,7 +54,7 @@ fn opts() -> Result<Opts, String> {
     let mut o = Opts {
         w: Wk::W1,
         conns: vec![16, 64],
-        batch_conns: 2,
+        batch_conns: vec![2],
         batch_size: 100,
         timing: Timing {
             secs: 10.0,
@@ -86,7 +88,7 @@ fn opts() -> Result<Opts, String> {
                     return Err("--conns: counts must be at least 1".into());
                 }
             }
-            "--batch-conns" => o.batch_conns = cli::value(&f, &v)?,
+            "--batch-conns" => o.batch_conns = cli::list(&f, &v)?,
             "--batch-size" => o.batch_size = cli::count(&f, &v)?,
             "--secs" => o.timing.secs = cli::seconds(&f, &v)?,
             "--warmup" => o.timing.warmup = cli::seconds(&f, &v)?,
@@ -132,9 +134,9 @@ fn main() {
             batch: false,
         })
         .collect();
-    if o.batch_conns > 0 {
+    for &conns in o.batch_conns.iter().filter(|&&c| c > 0) {
         shapes.push(HttpShape {
-            conns: o.batch_conns,
+            conns,
             per_conn: o.batch_size,
             batch: true,
         });
