@@ -45,6 +45,21 @@ fn writes(engine: &Engine, first: u64, count: u64) {
     }
 }
 
+/// The background snapshotter of `engine` on `dir`.
+fn snapshots(
+    engine: &Arc<Engine>,
+    journal: &Arc<WalJournal>,
+    dir: &(impl Directory + Clone + 'static),
+    config: SnapshotterConfig,
+) -> Snapshotter {
+    Snapshotter::start(
+        engine.clone(),
+        journal.clone(),
+        Box::new(dir.clone()),
+        config,
+    )
+}
+
 /// Only on request.
 fn manual() -> SnapshotterConfig {
     SnapshotterConfig {
@@ -76,12 +91,7 @@ fn eventually(snapshotter: &Snapshotter, cond: impl Fn(&SnapshotStats) -> bool) 
 fn a_snapshot_on_request_recovers_to_the_live_state() {
     let mem = MemDir::new();
     let (engine, journal) = start(mem.clone());
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(mem.clone()),
-        manual(),
-    );
+    let snapshotter = snapshots(&engine, &journal, &mem, manual());
     setup(&engine);
     writes(&engine, 0, 120);
     let taken = snapshotter.snapshot_now().unwrap();
@@ -117,12 +127,7 @@ fn a_write_count_triggers_snapshots_while_writes_go_on() {
         every_writes: Some(50),
         ..manual()
     };
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(mem.clone()),
-        config,
-    );
+    let snapshotter = snapshots(&engine, &journal, &mem, config);
     // Four writers, each with one write outstanding, while snapshots are taken.
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -183,12 +188,7 @@ fn the_count_waits_until_the_log_has_grown_by_the_snapshots_size() {
         min_log_growth_percent: Some(100),
         ..manual()
     };
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(mem.clone()),
-        config,
-    );
+    let snapshotter = snapshots(&engine, &journal, &mem, config);
     // 300 holds: a snapshot much larger than 10 writes of log.
     writes(&engine, 0, 300);
     let base = snapshotter.snapshot_now().unwrap();
@@ -232,12 +232,7 @@ fn nothing_new_means_no_snapshot_by_time() {
         every: Some(Duration::ZERO),
         ..manual()
     };
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(mem.clone()),
-        config,
-    );
+    let snapshotter = snapshots(&engine, &journal, &mem, config);
     // The time trigger fires at once for the setup writes, then only after new writes.
     let first = eventually(&snapshotter, |s| s.taken == 1);
     assert_eq!(first.last.unwrap().seq, journal.stats().durable_seq);
@@ -267,12 +262,7 @@ fn retention_follows_each_snapshot() {
         }),
         ..manual()
     };
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(mem.clone()),
-        config,
-    );
+    let snapshotter = snapshots(&engine, &journal, &mem, config);
     setup(&engine);
     writes(&engine, 0, 150);
     let first = snapshotter.snapshot_now().unwrap();
@@ -315,12 +305,7 @@ fn a_failed_log_fails_the_snapshot_and_nothing_is_written() {
     let mem = MemDir::new();
     let faulty = FaultDir::new(mem.clone());
     let (engine, journal) = start(faulty.clone());
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(faulty.clone()),
-        manual(),
-    );
+    let snapshotter = snapshots(&engine, &journal, &faulty, manual());
     setup(&engine);
     faulty.set_fail_sync(true);
     let (resp, _) = engine.execute_one(reserve(0), 50_000);
@@ -350,12 +335,7 @@ fn an_engine_recovered_from_a_snapshot_alone_snapshots_without_new_writes() {
     alone.insert(&name, mem.bytes(&name).unwrap());
     let (engine, journal) = start(alone.clone());
     assert_eq!(journal.stats().durable_seq, image.seq);
-    let snapshotter = Snapshotter::start(
-        engine.clone(),
-        journal.clone(),
-        Box::new(alone.clone()),
-        manual(),
-    );
+    let snapshotter = snapshots(&engine, &journal, &alone, manual());
     let taken = snapshotter.snapshot_now().unwrap();
     assert_eq!((taken.seq, taken.file), (image.seq, name));
 }
