@@ -12,8 +12,12 @@
 //! live engine had after the last recovered write (nothing unacknowledged is half there); an
 //! idempotent retry of a recovered write returns its first answer. A bit flip must be detected
 //! (recovery stops with the file and offset, or — in the last record, the format's documented
-//! limit — reports a torn tail): it is flipped back afterwards. At the end, the log replayed
-//! into a fresh engine (another shard count) gives the live engine's digest.
+//! limit — reports a torn tail): it is flipped back afterwards. Now and then a snapshot is
+//! written beside the log as the server's snapshotter writes it (armed faults may hit its
+//! writes: it then fails, and the engine goes on); recovery starts from the newest valid one,
+//! so the checks after a crash hold for snapshot + log, and bit flips are judged on the log
+//! alone. At the end, both the log alone and the newest snapshot + the log after it, loaded
+//! into fresh engines (other shard counts), give the live engine's digest.
 //!
 //! The same seed gives the same run byte for byte: [`SeedRun::trace`] is a BLAKE3 digest of
 //! every request, answer, fault and recovery.
@@ -158,6 +162,9 @@ pub struct SeedRun {
     pub flips_corrupt: u64,
     pub flips_torn: u64,
     pub idempotent_retries: u64,
+    /// Snapshots written, and failed (a fault hit their writes).
+    pub snapshots: u64,
+    pub snapshots_failed: u64,
 }
 
 /// Options of a DST run.
@@ -546,8 +553,34 @@ impl World {
         Ok(())
     }
 
-    /// Flips a bit of a log segment behind the log's back, checks that recovery detects it,
-    /// and flips it back.
+    /// Writes a snapshot of the live state beside the log, as the server's snapshotter does:
+    /// only once the log holds every write in it (a sync first). A fault armed on the medium
+    /// may hit its writes; the snapshot then fails, the engine goes on, and the log meets the
+    /// fault on its next write.
+    fn snapshot(&mut self) -> Step<()> {
+        self.sync()?;
+        if self.writer.is_none() || self.machine.front.seq > self.acked {
+            return Ok(());
+        }
+        let image = self.machine.image();
+        match depot_wal::write_snapshot(&self.fdir, &image) {
+            Ok(name) => {
+                self.run.snapshots += 1;
+                self.trace(&format!("snapshot {name}"));
+            }
+            Err(e) => {
+                if self.armed.is_none() {
+                    return Err(format!("a snapshot failed with no fault armed: {e}"));
+                }
+                self.run.snapshots_failed += 1;
+                self.trace(&format!("snapshot failed: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Flips a bit of a log segment behind the log's back, checks that recovery from the log
+    /// alone detects it, and flips it back.
     fn bit_flip(&mut self) -> Step<()> {
         let segments: Vec<String> = self
             .mem
@@ -569,7 +602,7 @@ impl World {
         let bit = self.rng.gen_range(0..8u8);
         let last = segments.last() == Some(&name);
         depot_wal::flip_bit(&self.mem, &name, offset, bit).map_err(|e| e.to_string())?;
-        let result = recover(&self.mem, Limits::default(), 1);
+        let result = recover(&log_only(&self.mem), Limits::default(), 1);
         depot_wal::flip_bit(&self.mem, &name, offset, bit).map_err(|e| e.to_string())?;
         *self.run.injected.entry("bitflip").or_default() += 1;
         let outcome = match result {
@@ -948,12 +981,28 @@ impl World {
                 _ => {}
             }
         }
+        if self.rng.gen_range(0..100) < 2 {
+            self.snapshot()?;
+        }
         self.command()?;
         if self.rng.gen_range(0..3) == 0 {
             self.sync()?;
         }
         Ok(())
     }
+}
+
+/// The log segments of `mem` without its snapshots (recovery then replays the whole log).
+fn log_only(mem: &MemDir) -> MemDir {
+    let copy = MemDir::new();
+    for name in mem.names() {
+        if name.starts_with("wal-") {
+            if let Some(bytes) = mem.bytes(&name) {
+                copy.insert(&name, bytes);
+            }
+        }
+    }
+    copy
 }
 
 fn all_skus() -> BTreeSet<Sku> {
@@ -1051,17 +1100,22 @@ pub fn run_seed_with(
     }
     w.sync().map_err(|m| fail(end, m))?;
     let live = w.machine.digest();
-    let shards = w.rng.gen_range(1..=4);
-    let (replayed, tail) = recover(&w.mem, Limits::default(), shards)
-        .map_err(|e| fail(end, format!("the final replay failed: {e}")))?;
-    if tail != Tail::Clean || replayed.digest() != live {
-        return Err(fail(
-            end,
-            format!(
-                "the log replayed into a fresh engine ({shards} shards, tail {tail:?}) does not give \
-                 the live engine's digest"
-            ),
-        ));
+    for (what, dir) in [
+        ("the log", log_only(&w.mem)),
+        ("the newest snapshot and the log after it", w.mem.clone()),
+    ] {
+        let shards = w.rng.gen_range(1..=4);
+        let (replayed, tail) = recover(&dir, Limits::default(), shards)
+            .map_err(|e| fail(end, format!("the final replay of {what} failed: {e}")))?;
+        if tail != Tail::Clean || replayed.digest() != live {
+            return Err(fail(
+                end,
+                format!(
+                    "{what} loaded into a fresh engine ({shards} shards, tail {tail:?}) does not \
+                     give the live engine's digest"
+                ),
+            ));
+        }
     }
     w.trace(&format!("final {}", depot_engine::digest::hex(&live)));
     w.run.steps = steps;
@@ -1194,6 +1248,14 @@ pub fn report(opts: &DstOptions, runs: &[SeedRun], failure: Option<&DstFailure>)
         (
             "idempotent retries after recovery".into(),
             total(|r| r.idempotent_retries).to_string(),
+        ),
+        (
+            "snapshots written / failed under a fault".into(),
+            format!(
+                "{} / {}",
+                total(|r| r.snapshots),
+                total(|r| r.snapshots_failed)
+            ),
         ),
         (
             "oversells (must be 0)".into(),

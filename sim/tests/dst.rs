@@ -1,5 +1,5 @@
-//! Deterministic simulation testing: a fixed set of seeds with every fault passes, the same
-//! seed gives the same run byte for byte, and a medium that lies about fsync is caught.
+//! Deterministic simulation testing: a fixed set of seeds with every fault (and snapshots) passes,
+//! the same seed gives the same run byte for byte, and a medium that lies about fsync is caught.
 
 use depot_sim::dst::{run_seed, run_seed_with, DstOptions, Faults, Sabotage};
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ fn thirty_seeds_with_every_fault_pass_and_exercise_every_fault() {
     let faults = Faults::default();
     let mut injected: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut recoveries, mut torn, mut flips, mut retries, mut kept) = (0, 0, 0, 0, 0);
+    let (mut snapshots, mut snapshots_failed) = (0, 0);
     for seed in 1..=30 {
         let run = run_seed(seed, STEPS, &faults).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(run.steps, STEPS);
@@ -27,6 +28,8 @@ fn thirty_seeds_with_every_fault_pass_and_exercise_every_fault() {
         flips += run.flips_corrupt + run.flips_torn;
         retries += run.idempotent_retries;
         kept += run.unacked_kept;
+        snapshots += run.snapshots;
+        snapshots_failed += run.snapshots_failed;
     }
     for f in ["crash", "torn", "fsync", "full", "bitflip", "clock"] {
         assert!(
@@ -36,6 +39,11 @@ fn thirty_seeds_with_every_fault_pass_and_exercise_every_fault() {
     }
     assert!(recoveries > 30, "{recoveries} recoveries");
     assert!(torn > 0 && flips > 0 && retries > 0 && kept > 0);
+    // Recoveries started from snapshots, and faults hit snapshots' own writes.
+    assert!(
+        snapshots > 30 && snapshots_failed > 0,
+        "{snapshots} / {snapshots_failed}"
+    );
 }
 
 #[test]
