@@ -215,15 +215,34 @@ fn lifecycle_of(code: u8) -> Result<Lifecycle, ImageError> {
     })
 }
 
-const STATES: [ReservationState; 7] = [
-    ReservationState::Held,
-    ReservationState::Committed,
-    ReservationState::Fulfilled,
-    ReservationState::PartiallyFulfilled,
-    ReservationState::Released,
-    ReservationState::Expired,
-    ReservationState::Cancelled,
-];
+fn state_code(s: ReservationState) -> u8 {
+    match s {
+        ReservationState::Held => 0,
+        ReservationState::Committed => 1,
+        ReservationState::Fulfilled => 2,
+        ReservationState::PartiallyFulfilled => 3,
+        ReservationState::Released => 4,
+        ReservationState::Expired => 5,
+        ReservationState::Cancelled => 6,
+    }
+}
+
+fn state_of(code: u8) -> Result<ReservationState, ImageError> {
+    Ok(match code {
+        0 => ReservationState::Held,
+        1 => ReservationState::Committed,
+        2 => ReservationState::Fulfilled,
+        3 => ReservationState::PartiallyFulfilled,
+        4 => ReservationState::Released,
+        5 => ReservationState::Expired,
+        6 => ReservationState::Cancelled,
+        x => {
+            return Err(ImageError::Inconsistent(format!(
+                "idempotent response: unknown reservation state {x}"
+            )))
+        }
+    })
+}
 
 fn allocation_images(allocations: &[AllocationView]) -> Vec<AllocationViewImage> {
     allocations
@@ -247,7 +266,7 @@ fn response_image(r: &Response) -> ResponseImage {
         replayed: r.replayed,
         id: v.id.0,
         channel: v.channel.to_string(),
-        state: STATES.iter().position(|s| *s == v.state).unwrap_or(0) as u8,
+        state: state_code(v.state),
         created_at: v.created_at,
         expires_at: v.expires_at,
         order_ref: v.order_ref.clone(),
@@ -299,12 +318,7 @@ fn response_of(image: &ResponseImage) -> Result<Response, ImageError> {
         ResponseImage::Json(text) => return from_json("idempotent response", text),
         ResponseImage::Reservation(r) => r,
     };
-    let state = *STATES.get(usize::from(r.state)).ok_or_else(|| {
-        ImageError::Inconsistent(format!(
-            "idempotent response: unknown reservation state {}",
-            r.state
-        ))
-    })?;
+    let state = state_of(r.state)?;
     let mut lines = Vec::with_capacity(r.lines.len());
     for l in &r.lines {
         let mut components = Vec::with_capacity(l.components.len());
@@ -495,7 +509,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
     let aligned = if bytes.as_ptr().align_offset(16) == 0 {
         bytes
     } else {
-        let mut v = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        let mut v = AlignedBytes::with_capacity(bytes.len());
         v.extend_from_slice(bytes);
         copy = v;
         &copy[..]

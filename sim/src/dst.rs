@@ -996,7 +996,7 @@ impl World {
 fn log_only(mem: &MemDir) -> MemDir {
     let copy = MemDir::new();
     for name in mem.names() {
-        if name.starts_with("wal-") {
+        if depot_wal::format::parse_segment_name(&name).is_some() {
             if let Some(bytes) = mem.bytes(&name) {
                 copy.insert(&name, bytes);
             }

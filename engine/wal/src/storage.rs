@@ -49,14 +49,7 @@ pub trait Directory: Send + Sync + fmt::Debug {
 /// Reads a whole file, refusing files longer than `len_max` (so a hostile or runaway file
 /// never becomes an allocation of its size).
 pub fn read_all(file: &dyn Storage, len_max: u64) -> io::Result<Vec<u8>> {
-    let len = file.len()?;
-    if len > len_max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("file is {len} bytes, the limit is {len_max}"),
-        ));
-    }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = vec![0u8; checked_len(file, len_max)?];
     file.read_at(0, &mut buf)?;
     Ok(buf)
 }
@@ -66,6 +59,15 @@ pub fn read_all_aligned(
     file: &dyn Storage,
     len_max: u64,
 ) -> io::Result<depot_engine::snapshot::AlignedBytes> {
+    let len = checked_len(file, len_max)?;
+    let mut buf = depot_engine::snapshot::AlignedBytes::with_capacity(len);
+    buf.resize(len, 0);
+    file.read_at(0, &mut buf)?;
+    Ok(buf)
+}
+
+/// The file's length, refused above `len_max`.
+fn checked_len(file: &dyn Storage, len_max: u64) -> io::Result<usize> {
     let len = file.len()?;
     if len > len_max {
         return Err(io::Error::new(
@@ -73,10 +75,12 @@ pub fn read_all_aligned(
             format!("file is {len} bytes, the limit is {len_max}"),
         ));
     }
-    let mut buf = depot_engine::snapshot::AlignedBytes::with_capacity(len as usize);
-    buf.resize(len as usize, 0);
-    file.read_at(0, &mut buf)?;
-    Ok(buf)
+    usize::try_from(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, more than this machine can address"),
+        )
+    })
 }
 
 /// True when an I/O error means the medium is full (`ENOSPC`, or `EDQUOT` for a quota).
