@@ -43,7 +43,9 @@ pub use journal::{
     SyncObserver, WalJournal,
 };
 pub use mem::{MemDir, MemFile};
-pub use reader::{read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX};
+pub use reader::{
+    log_bytes_after, read_log, valid_record_after, Tail, WalReader, SEGMENT_FILE_MAX,
+};
 pub use retention::{apply_retention, RetentionAction, RetentionPolicy, RetentionReport};
 pub use snapshot_file::{
     decode_snapshot, encode_snapshot, load_newest_snapshot, parse_snapshot_name, snapshot_name,

@@ -323,3 +323,38 @@ pub(crate) fn scan_end(dir: &dyn Directory) -> Result<LogEnd, WalError> {
         last,
     })
 }
+
+/// The bytes of the records after `seq` in the log of `dir` (headers included, as
+/// [`crate::WalWriter::appended_bytes`] counts them): the whole of every segment that starts
+/// after `seq`, and the records after `seq` of the one holding it, found by walking its
+/// frames. A damaged frame ends the count of its segment. Used to count the log already on
+/// disk after a snapshot towards the next one.
+pub fn log_bytes_after(dir: &dyn Directory, seq: Seq) -> Result<u64, WalError> {
+    let segments = list_segments(dir)?;
+    let mut total = 0u64;
+    for (i, (first, name)) in segments.iter().enumerate() {
+        let next_first = segments.get(i + 1).map(|(s, _)| *s);
+        if next_first.is_some_and(|n| n <= seq.saturating_add(1)) {
+            continue; // wholly at or before `seq`
+        }
+        let file = dir.open(name).map_err(|e| WalError::io(name, e))?;
+        let len = file.len().map_err(|e| WalError::io(name, e))?;
+        if *first > seq {
+            total += len.saturating_sub(SEGMENT_HEADER_LEN);
+            continue;
+        }
+        let bytes = read_all(&*file, SEGMENT_FILE_MAX).map_err(|e| WalError::io(name, e))?;
+        let mut at = SEGMENT_HEADER_LEN as usize;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            let Ok(record) = decode_record(rest) else {
+                break;
+            };
+            if record.seq > seq {
+                total += rest.len() as u64;
+                break;
+            }
+            at += record.encoded_len() as usize;
+        }
+    }
+    Ok(total)
+}

@@ -15,6 +15,7 @@
 
 use crate::error::WalError;
 use crate::journal::WalJournal;
+use crate::reader::log_bytes_after;
 use crate::retention::{apply_retention, RetentionPolicy, RetentionReport};
 use crate::snapshot_file::{list_snapshots, write_snapshot_body};
 use crate::storage::Directory;
@@ -189,8 +190,11 @@ struct Worker {
     shared: Arc<Shared>,
     /// The seq of the last snapshot written (or found in the directory at start).
     last_seq: Seq,
-    /// The journal's durable bytes when the last snapshot was taken (0 at start).
+    /// The log's bytes ([`Worker::log_bytes`]) when the last snapshot was taken (0 at start).
     last_bytes: u64,
+    /// The log already on disk after the newest snapshot when the snapshotter started: it
+    /// counts towards the next snapshot as much as the log written since.
+    carried: u64,
     /// The size of the last snapshot (the newest found at start), in bytes.
     last_len: u64,
     last_at: Instant,
@@ -225,6 +229,7 @@ impl Snapshotter {
             shared: shared.clone(),
             last_seq,
             last_bytes: 0,
+            carried: 0,
             last_len,
             last_at: Instant::now(),
             failed_at: None,
@@ -276,6 +281,17 @@ impl Drop for Snapshotter {
 
 impl Worker {
     fn run(mut self) {
+        if self.last_len > 0 {
+            // What the journal made durable since it opened is on disk too, and counted by it.
+            let since_open = self.journal.stats().bytes;
+            self.carried = match log_bytes_after(&*self.dir, self.last_seq) {
+                Ok(bytes) => bytes.saturating_sub(since_open),
+                Err(e) => {
+                    tracing::warn!(error = %e, "snapshotter: cannot measure the log after the last snapshot");
+                    0
+                }
+            };
+        }
         loop {
             let requested = {
                 let mut st = self.shared.lock();
@@ -327,7 +343,7 @@ impl Worker {
         }
         let stats = self.journal.stats();
         let new_writes = stats.durable_seq.saturating_sub(self.last_seq);
-        let grown = stats.bytes.saturating_sub(self.last_bytes);
+        let grown = (stats.bytes + self.carried).saturating_sub(self.last_bytes);
         let log_grown = self
             .config
             .min_log_growth_percent
@@ -343,7 +359,7 @@ impl Worker {
     fn take_one(&mut self) -> Result<TakenSnapshot, String> {
         // The log written from here on counts towards the next snapshot (a little of it may
         // be in this one: the next one comes that much earlier).
-        let bytes = self.journal.stats().bytes;
+        let bytes = self.journal.stats().bytes + self.carried;
         let result = self.write_one();
         self.last_at = Instant::now();
         match &result {

@@ -339,3 +339,43 @@ fn an_engine_recovered_from_a_snapshot_alone_snapshots_without_new_writes() {
     let taken = snapshotter.snapshot_now().unwrap();
     assert_eq!((taken.seq, taken.file), (image.seq, name));
 }
+
+#[test]
+fn the_log_on_disk_after_the_last_snapshot_counts_after_a_restart() {
+    let mem = MemDir::new();
+    let (engine, journal) = start(mem.clone());
+    setup(&engine);
+    writes(&engine, 0, 300);
+    let base = snapshots(&engine, &journal, &mem, manual())
+        .snapshot_now()
+        .unwrap();
+    // The log after the snapshot, written with no snapshotter running: as large as the
+    // snapshot, over several segments.
+    let from = journal.stats().bytes;
+    let mut written = 0;
+    while journal.stats().bytes - from < base.bytes {
+        writes(&engine, 1_000 + written, 5);
+        written += 5;
+    }
+    let after = journal.stats().bytes - from;
+    assert_eq!(depot_wal::log_bytes_after(&mem, base.seq).unwrap(), after);
+    assert_eq!(depot_wal::log_bytes_after(&mem, u64::MAX - 1).unwrap(), 0);
+    drop(engine);
+    drop(journal);
+
+    // After a restart the log on disk counts: one more write is enough for the count and the
+    // growth (100 %).
+    let (engine, journal) = start(mem.clone());
+    let config = SnapshotterConfig {
+        every_writes: Some(written / 2),
+        min_log_growth_percent: Some(100),
+        ..manual()
+    };
+    let snapshotter = snapshots(&engine, &journal, &mem, config);
+    writes(&engine, 5_000, 1);
+    let seq = journal.stats().durable_seq;
+    let stats = eventually(&snapshotter, |s| {
+        s.last.as_ref().is_some_and(|l| l.seq == seq)
+    });
+    assert_eq!(stats.taken, 1);
+}
