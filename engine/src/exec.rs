@@ -7,8 +7,8 @@ use crate::command::{Bucket, FillPolicy};
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
 use crate::job::{
-    loc_id, Decision, Finished, Granted, ItemPlan, ItemPrep, Job, JobKind, PartData, PartOut,
-    PartPrep, Prep,
+    loc_id, Decision, Finished, Granted, ItemPlan, ItemPrep, ItemReq, Job, JobKind, LineHeader,
+    PartData, PartOut, PartPrep, Prep,
 };
 use crate::limits::LEVEL_MAX;
 use crate::outcome::{
@@ -339,6 +339,17 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
 }
 
 fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
+    let JobKind::Reserve { lines, items, .. } = &job.kind else {
+        unreachable!()
+    };
+    match (&lines[..], &items[..]) {
+        ([line], [item]) => decide_one_item(job, cfg, preps, line, item),
+        _ => decide_items(job, cfg, preps),
+    }
+}
+
+/// [`decide_reserve`] for any lines and items.
+fn decide_items(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     let JobKind::Reserve {
         lines,
         items,
@@ -465,21 +476,8 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
             ship_to_region.as_deref(),
             &full_counts,
         );
-        let mut left = want;
-        let mut allocations = smallvec::SmallVec::new();
-        for loc in order {
-            if left == 0 {
-                break;
-            }
-            let avail = work.get_mut(&(key[i], loc));
-            let take = left.min(*avail);
-            if take <= 0 {
-                continue;
-            }
-            *avail -= take;
-            left -= take;
-            allocations.push((loc, take));
-        }
+        let (allocations, left) =
+            allocate(order, want, &mut work, |w, loc| w.get_mut(&(key[i], loc)));
         if left > 0 {
             // ATS never exceeds the eligible pool, so this means the rules and the pool disagree.
             split_bad.push(it.line as usize);
@@ -503,6 +501,120 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     Decision::Reserve {
         granted: Granted::new(lines, &granted),
         plans,
+    }
+}
+
+/// Takes `want` units from the locations in `order`, as many as each has: the allocations and
+/// the units left untaken. `avail` gives a location's available units, which the taking
+/// reduces.
+fn allocate<M: ?Sized>(
+    order: smallvec::SmallVec<[LocIdx; 4]>,
+    want: i64,
+    work: &mut M,
+    avail: impl Fn(&mut M, LocIdx) -> &mut i64,
+) -> (smallvec::SmallVec<[(LocIdx, i64); 2]>, i64) {
+    let mut left = want;
+    let mut allocations = smallvec::SmallVec::new();
+    for loc in order {
+        if left == 0 {
+            break;
+        }
+        let avail = avail(work, loc);
+        let take = left.min(*avail);
+        if take <= 0 {
+            continue;
+        }
+        *avail -= take;
+        left -= take;
+        allocations.push((loc, take));
+    }
+    (allocations, left)
+}
+
+/// [`decide_reserve`] for one line of one item (a plain line, or a bundle of one component):
+/// nearly every reservation. The same decision without the per-SKU maps that several items
+/// need.
+fn decide_one_item(
+    job: &Job,
+    cfg: &TenantConfig,
+    preps: &[Prep],
+    line: &LineHeader,
+    item: &ItemReq,
+) -> Decision {
+    let JobKind::Reserve {
+        lines,
+        items,
+        fill,
+        ship_to_region,
+        ..
+    } = &job.kind
+    else {
+        unreachable!()
+    };
+    let empty = ItemPrep::default();
+    // The last preparation of the item, as the general path keeps it.
+    let prep = preps
+        .iter()
+        .rev()
+        .find_map(|p| match p {
+            Prep::Items(v) => v.iter().rfind(|ip| ip.item == 0),
+            _ => None,
+        })
+        .unwrap_or(&empty);
+    let refuse = || {
+        Decision::Refuse(Refusal::InsufficientStock {
+            shortages: vec![Shortage {
+                sku: line.sku.clone(),
+                requested: line.requested,
+                available_to_sell: prep.ats / item.per_unit,
+            }],
+        })
+    };
+    let granted = match fill {
+        FillPolicy::AllOrNothing | FillPolicy::Split { .. } => {
+            if item.per_unit * line.requested > prep.ats {
+                return refuse();
+            }
+            line.requested
+        }
+        FillPolicy::Partial => {
+            let fit = (prep.ats / item.per_unit).clamp(0, line.requested);
+            if fit == 0 {
+                return refuse();
+            }
+            fit
+        }
+    };
+    let want = granted * item.per_unit;
+    let full_counts = if matches!(prep.routing, Some(CompiledRouting::FewestSplits)) {
+        fewest_split_counts(items, &[granted], &[Some(prep)])
+    } else {
+        BTreeMap::new()
+    };
+    let order = order_locations(
+        cfg,
+        prep.routing.as_ref(),
+        &prep.locations,
+        ship_to_region.as_deref(),
+        &full_counts,
+    );
+    let mut work = prep.locations.clone();
+    let (allocations, left) = allocate(order, want, &mut work[..], |w, loc| {
+        let at = w.iter().position(|&(l, _)| l == loc);
+        &mut w[at.expect("ordered locations are eligible ones")].1
+    });
+    let too_many = matches!(fill, FillPolicy::Split { max_locations }
+        if allocations.len() > *max_locations as usize);
+    if left > 0 || too_many {
+        return refuse();
+    }
+    Decision::Reserve {
+        granted: Granted::new(lines, &[granted]),
+        plans: smallvec::smallvec![ItemPlan {
+            item: 0,
+            quantity: want,
+            allocations,
+        }],
     }
 }
 
@@ -1952,5 +2064,114 @@ fn bucket_name(b: Bucket) -> &'static str {
         Bucket::Damaged => "damaged",
         Bucket::QualityControl => "quality_control",
         Bucket::SafetyStock => "safety_stock",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Location, LocationKind};
+    use crate::ids::{LocationId, TenantId};
+    use crate::job::LineHeaders;
+    use proptest::prelude::*;
+
+    const REGIONS: [Option<&str>; 3] = [None, Some("eu"), Some("us")];
+
+    fn routing() -> impl Strategy<Value = Option<CompiledRouting>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(CompiledRouting::MostStock)),
+            Just(Some(CompiledRouting::FewestSplits)),
+            Just(Some(CompiledRouting::Priority(vec![2, 0]))),
+            Just(Some(CompiledRouting::Nearest(BTreeMap::from([
+                ("eu".to_string(), vec!["us".to_string()]),
+                ("us".to_string(), vec![]),
+            ])))),
+        ]
+    }
+
+    fn fill() -> impl Strategy<Value = FillPolicy> {
+        prop_oneof![
+            Just(FillPolicy::AllOrNothing),
+            Just(FillPolicy::Partial),
+            (1u16..3).prop_map(|max_locations| FillPolicy::Split { max_locations }),
+        ]
+    }
+
+    /// An item's preparation: its ATS and some of the three locations, in creation order.
+    fn item_prep() -> impl Strategy<Value = ItemPrep> {
+        (
+            -5i64..60,
+            proptest::collection::vec(proptest::option::of(-3i64..30), 3),
+            routing(),
+        )
+            .prop_map(|(ats, avail, routing)| ItemPrep {
+                item: 0,
+                ats,
+                locations: avail
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(l, a)| a.map(|a| (l as LocIdx, a)))
+                    .collect(),
+                routing,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// The one-item path decides exactly as the general one.
+        #[test]
+        fn one_item_decides_as_the_general_path(
+            requested in 1i64..40,
+            per_unit in 1i64..4,
+            is_bundle: bool,
+            fill in fill(),
+            ship_to in 0usize..3,
+            regions in proptest::collection::vec(0usize..3, 3),
+            preps in proptest::collection::vec(proptest::option::of(item_prep()), 1..3),
+        ) {
+            let cfg = TenantConfig {
+                locations: regions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| Location {
+                        id: LocationId::new(&format!("l{i}")).unwrap(),
+                        kind: LocationKind::Warehouse,
+                        name: String::new(),
+                        region: REGIONS[r].map(str::to_string),
+                        wms: None,
+                    })
+                    .collect(),
+                ..TenantConfig::default()
+            };
+            let sku = Sku::new("mug").unwrap();
+            let job = Job {
+                seq: 7,
+                now: 1_000,
+                tenant: 0,
+                tenant_id: TenantId::new("t").unwrap(),
+                key_id: Default::default(),
+                kind: JobKind::Reserve {
+                    channel: 0,
+                    lines: LineHeaders::One([LineHeader { sku: sku.clone(), requested, is_bundle }]),
+                    items: smallvec::smallvec![ItemReq { line: 0, slot: 0, sku, per_unit }],
+                    expires_at: 2_000,
+                    order_ref: None,
+                    ship_to_region: REGIONS[ship_to].map(str::to_string),
+                    fill,
+                },
+                shards: 1,
+                quiet: false,
+            };
+            let preps: Vec<Prep> = preps
+                .into_iter()
+                .map(|p| p.map_or(Prep::None, |p| Prep::Items(smallvec::smallvec![p])))
+                .collect();
+            let JobKind::Reserve { lines, items, .. } = &job.kind else { unreachable!() };
+            let one = decide_one_item(&job, &cfg, &preps, &lines[0], &items[0]);
+            let general = decide_items(&job, &cfg, &preps);
+            prop_assert_eq!(format!("{one:?}"), format!("{general:?}"));
+        }
     }
 }
