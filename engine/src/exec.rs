@@ -12,8 +12,8 @@ use crate::job::{
 };
 use crate::limits::LEVEL_MAX;
 use crate::outcome::{
-    AllocationView, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView, Outcome,
-    Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
+    AllocationView, Allocations, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView,
+    Outcome, Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
 };
 use crate::rules::{CompiledRouting, OversellPolicy};
 use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState};
@@ -1916,7 +1916,7 @@ fn held_view(
     else {
         unreachable!()
     };
-    let allocs = |p: &ItemPlan| -> Vec<AllocationView> {
+    let allocs = |p: &ItemPlan| -> Allocations {
         p.allocations
             .iter()
             .map(|&(loc, q)| AllocationView {
@@ -1940,7 +1940,7 @@ fn held_view(
                 } else {
                     0
                 },
-                allocations: Vec::new(),
+                allocations: Allocations::new(),
                 components: Vec::new(),
                 backordered: 0,
             };
@@ -1981,7 +1981,7 @@ pub fn reservation_view(
     let head = &parts[0];
     let mut items: Vec<&PartItem> = parts.iter().flat_map(|p| p.items.iter()).collect();
     items.sort_by_key(|i| i.item);
-    let allocs = |it: &PartItem| -> Vec<AllocationView> {
+    let allocs = |it: &PartItem| -> Allocations {
         it.allocs
             .iter()
             .map(|a| AllocationView {
@@ -2007,7 +2007,7 @@ pub fn reservation_view(
                 } else {
                     0
                 },
-                allocations: Vec::new(),
+                allocations: Allocations::new(),
                 components: Vec::new(),
                 backordered: 0,
             };

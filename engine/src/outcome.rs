@@ -166,6 +166,10 @@ pub struct AllocationView {
     pub returned: i64,
 }
 
+/// The allocations of a line or item: one location inline (nearly every line is served from
+/// one), more on the heap. Serialised as a list.
+pub type Allocations = smallvec::SmallVec<[AllocationView; 1]>;
+
 fn is_zero(v: &i64) -> bool {
     *v == 0
 }
@@ -176,7 +180,7 @@ pub struct ItemView {
     pub sku: Sku,
     /// Units of this SKU the line asked for.
     pub quantity: i64,
-    pub allocations: Vec<AllocationView>,
+    pub allocations: Allocations,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backordered: i64,
 }
@@ -189,7 +193,7 @@ pub struct LineView {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requested: i64,
     /// The line's own SKU: its allocations. A bundle line: empty, see `components`.
-    pub allocations: Vec<AllocationView>,
+    pub allocations: Allocations,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ItemView>,
     #[serde(default, skip_serializing_if = "is_zero")]

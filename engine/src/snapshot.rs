@@ -10,8 +10,8 @@ use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
 use crate::machine::Machine;
 use crate::outcome::{
-    AllocationView, ItemView, LineView, Lines, Outcome, Reply, ReservationState, ReservationView,
-    Response,
+    AllocationView, Allocations, ItemView, LineView, Lines, Outcome, Reply, ReservationState,
+    ReservationView, Response,
 };
 use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -298,7 +298,7 @@ fn id_of<T>(what: &str, made: Result<T, impl std::fmt::Display>) -> Result<T, Im
     made.map_err(|e| ImageError::Inconsistent(format!("idempotent response: {what}: {e}")))
 }
 
-fn allocations_of(images: &[AllocationViewImage]) -> Result<Vec<AllocationView>, ImageError> {
+fn allocations_of(images: &[AllocationViewImage]) -> Result<Allocations, ImageError> {
     images
         .iter()
         .map(|a| {

@@ -9,7 +9,7 @@
 //! The model assumes one tenant and valid rule documents (rule validation is not modelled).
 
 use depot_engine::outcome::{
-    AllocationView, ItemView, LineView, ReservationState, ReservationView,
+    AllocationView, Allocations, ItemView, LineView, ReservationState, ReservationView,
 };
 use depot_engine::outcome::{ChannelAts, LevelView, Shortage, StockView};
 use depot_engine::rules::{OversellPolicy, Routing, Rule, RuleDocument, RuleKind};
@@ -574,7 +574,7 @@ impl Model {
 
     pub fn reservation_view(&self, id: u64) -> Option<ReservationView> {
         let r = self.reservations.get(&id)?;
-        let allocs = |it: &Item| -> Vec<AllocationView> {
+        let allocs = |it: &Item| -> Allocations {
             it.allocs
                 .iter()
                 .map(|a| AllocationView {
@@ -599,7 +599,7 @@ impl Model {
                     } else {
                         0
                     },
-                    allocations: Vec::new(),
+                    allocations: Allocations::new(),
                     components: Vec::new(),
                     backordered: 0,
                 };
