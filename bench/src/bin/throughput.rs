@@ -135,7 +135,7 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
     }
     // With --wal, every write is in a fresh write-ahead log under DIR, acknowledged only once
     // it is durable (fdatasync with group commit); otherwise memory only.
-    let (engine, _journal) = match &o.wal {
+    let (engine, journal) = match &o.wal {
         None => (
             Engine::start(EngineConfig {
                 shards: o.shards,
@@ -155,7 +155,7 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
                 o.shards,
             )
             .expect("open the log");
-            (engine, Some(journal))
+            (engine, Some((journal, dir)))
         }
     };
     let t0 = Instant::now();
@@ -237,6 +237,11 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
     let check = workload.check_engine(&engine);
     let t_drop = Instant::now();
     drop(engine);
+    if let Some((journal, dir)) = journal {
+        // A run writes hundreds of MB of log: none is kept.
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     eprintln!("  ops per second of the run: {per_sec:?}");
     eprintln!("  engine dropped in {:.2?}", t_drop.elapsed());
     RunResult {
