@@ -339,11 +339,20 @@ fn decide_commit(head: &PartPrep, lines: Option<&[(Sku, Option<i64>)]>) -> Decis
 }
 
 fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
-    let JobKind::Reserve { lines, items, .. } = &job.kind else {
+    let JobKind::Reserve {
+        lines,
+        items,
+        fill,
+        ship_to_region,
+        ..
+    } = &job.kind
+    else {
         unreachable!()
     };
     match (&lines[..], &items[..]) {
-        ([line], [item]) => decide_one_item(job, cfg, preps, line, item),
+        ([line], [item]) => {
+            decide_one_item(cfg, preps, line, item, *fill, ship_to_region.as_deref())
+        }
         _ => decide_items(job, cfg, preps),
     }
 }
@@ -535,22 +544,13 @@ fn allocate<M: ?Sized>(
 /// nearly every reservation. The same decision without the per-SKU maps that several items
 /// need.
 fn decide_one_item(
-    job: &Job,
     cfg: &TenantConfig,
     preps: &[Prep],
     line: &LineHeader,
     item: &ItemReq,
+    fill: FillPolicy,
+    ship_to_region: Option<&str>,
 ) -> Decision {
-    let JobKind::Reserve {
-        lines,
-        items,
-        fill,
-        ship_to_region,
-        ..
-    } = &job.kind
-    else {
-        unreachable!()
-    };
     let empty = ItemPrep::default();
     // The last preparation of the item, as the general path keeps it.
     let prep = preps
@@ -587,7 +587,7 @@ fn decide_one_item(
     };
     let want = granted * item.per_unit;
     let full_counts = if matches!(prep.routing, Some(CompiledRouting::FewestSplits)) {
-        fewest_split_counts(items, &[granted], &[Some(prep)])
+        fewest_split_counts(std::slice::from_ref(item), &[granted], &[Some(prep)])
     } else {
         BTreeMap::new()
     };
@@ -595,7 +595,7 @@ fn decide_one_item(
         cfg,
         prep.routing.as_ref(),
         &prep.locations,
-        ship_to_region.as_deref(),
+        ship_to_region,
         &full_counts,
     );
     let mut work = prep.locations.clone();
@@ -604,12 +604,12 @@ fn decide_one_item(
         &mut w[at.expect("ordered locations are eligible ones")].1
     });
     let too_many = matches!(fill, FillPolicy::Split { max_locations }
-        if allocations.len() > *max_locations as usize);
+        if allocations.len() > max_locations as usize);
     if left > 0 || too_many {
         return refuse();
     }
     Decision::Reserve {
-        granted: Granted::new(lines, &[granted]),
+        granted: Granted::new(std::slice::from_ref(line), &[granted]),
         plans: smallvec::smallvec![ItemPlan {
             item: 0,
             quantity: want,
@@ -2169,7 +2169,7 @@ mod tests {
                 .map(|p| p.map_or(Prep::None, |p| Prep::Items(smallvec::smallvec![p])))
                 .collect();
             let JobKind::Reserve { lines, items, .. } = &job.kind else { unreachable!() };
-            let one = decide_one_item(&job, &cfg, &preps, &lines[0], &items[0]);
+            let one = decide_one_item(&cfg, &preps, &lines[0], &items[0], fill, REGIONS[ship_to]);
             let general = decide_items(&job, &cfg, &preps);
             prop_assert_eq!(format!("{one:?}"), format!("{general:?}"));
         }

@@ -270,33 +270,27 @@ fn main() {
         if want("depot") {
             // W3 in batches of 32 (it sells out fast); W1 and W2 at the best batch size.
             let sizes: Vec<usize> = if w3 { vec![32] } else { o.inproc_batch.clone() };
-            let mut best: Option<Cell> = None;
-            for &per in &sizes {
-                let cl = cell(
-                    &o,
-                    "depot-inproc-batch",
-                    w,
-                    "depot in-process",
-                    "WAL, fsync per group",
-                    &format!("2 threads x batch of {per}"),
-                    |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
-                );
-                eprintln!(
-                    "  {} depot in-process, batches of {per}: {} ops/s",
-                    w.name(),
-                    thousands(cl.ops())
-                );
-                if best.as_ref().is_none_or(|b| cl.ops() > b.ops()) {
-                    best = Some(cl);
-                }
-            }
-            if let Some(mut b) = best {
-                if sizes.len() > 1 {
-                    let list: Vec<String> = sizes.iter().map(|c| c.to_string()).collect();
-                    b.shape = format!("{} (best of {})", b.shape, list.join("/"));
-                }
-                cells.push(b);
-            }
+            let measured: Vec<Cell> = sizes
+                .iter()
+                .map(|&per| {
+                    let cl = cell(
+                        &o,
+                        "depot-inproc-batch",
+                        w,
+                        "depot in-process",
+                        "WAL, fsync per group",
+                        &format!("2 threads x batch of {per}"),
+                        |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
+                    );
+                    eprintln!(
+                        "  {} depot in-process, batches of {per}: {} ops/s",
+                        w.name(),
+                        thousands(cl.ops())
+                    );
+                    cl
+                })
+                .collect();
+            cells.extend(best_of(measured, &sizes));
             for &n in singles {
                 cells.push(cell(
                     &o,
@@ -375,32 +369,30 @@ fn main() {
             } else {
                 o.pg_clients.clone()
             };
-            let mut best: Option<Cell> = None;
-            for &c in &counts {
-                let cl = cell(
-                    &o,
-                    "pg-on",
-                    w,
-                    "PostgreSQL",
-                    "synchronous_commit on",
-                    &format!("{c}x1"),
-                    |r| pg_peer::measure(&rt, &o.pg, w, c, t, r),
-                );
-                eprintln!(
-                    "  {} PostgreSQL {c} clients: {} ops/s",
-                    w.name(),
-                    thousands(cl.ops())
-                );
-                if w3 {
-                    cells.push(cl);
-                } else if best.as_ref().is_none_or(|b| cl.ops() > b.ops()) {
-                    best = Some(cl);
-                }
-            }
-            if let Some(mut b) = best {
-                let list: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
-                b.shape = format!("{} (best of {})", b.shape, list.join("/"));
-                cells.push(b);
+            let measured: Vec<Cell> = counts
+                .iter()
+                .map(|&c| {
+                    let cl = cell(
+                        &o,
+                        "pg-on",
+                        w,
+                        "PostgreSQL",
+                        "synchronous_commit on",
+                        &format!("{c}x1"),
+                        |r| pg_peer::measure(&rt, &o.pg, w, c, t, r),
+                    );
+                    eprintln!(
+                        "  {} PostgreSQL {c} clients: {} ops/s",
+                        w.name(),
+                        thousands(cl.ops())
+                    );
+                    cl
+                })
+                .collect();
+            if w3 {
+                cells.extend(measured);
+            } else {
+                cells.extend(best_of(measured, &counts));
             }
         }
     }
@@ -463,4 +455,17 @@ fn main() {
         eprintln!("a check FAILED or a cell has no run");
         std::process::exit(1);
     }
+}
+
+/// The cell with the most operations per second of those measured for each of `tried` (batch
+/// sizes, client counts); its shape names what was tried when that was more than one.
+fn best_of(measured: Vec<Cell>, tried: &[usize]) -> Option<Cell> {
+    let mut best = measured
+        .into_iter()
+        .reduce(|b, c| if c.ops() > b.ops() { c } else { b })?;
+    if tried.len() > 1 {
+        let list: Vec<String> = tried.iter().map(|c| c.to_string()).collect();
+        best.shape = format!("{} (best of {})", best.shape, list.join("/"));
+    }
+    Some(best)
 }

@@ -333,6 +333,12 @@ impl Worker {
         }
     }
 
+    /// The log's bytes as the triggers count them: what was on disk after the newest snapshot
+    /// at start, and what the journal made durable since.
+    fn log_bytes(&self) -> u64 {
+        self.journal.stats().bytes + self.carried
+    }
+
     /// Whether a trigger fires: enough writes (and log), or enough time with at least one write.
     fn due(&self) -> bool {
         if self
@@ -343,7 +349,7 @@ impl Worker {
         }
         let stats = self.journal.stats();
         let new_writes = stats.durable_seq.saturating_sub(self.last_seq);
-        let grown = (stats.bytes + self.carried).saturating_sub(self.last_bytes);
+        let grown = self.log_bytes().saturating_sub(self.last_bytes);
         let log_grown = self
             .config
             .min_log_growth_percent
@@ -359,7 +365,7 @@ impl Worker {
     fn take_one(&mut self) -> Result<TakenSnapshot, String> {
         // The log written from here on counts towards the next snapshot (a little of it may
         // be in this one: the next one comes that much earlier).
-        let bytes = self.journal.stats().bytes + self.carried;
+        let bytes = self.log_bytes();
         let result = self.write_one();
         self.last_at = Instant::now();
         match &result {
