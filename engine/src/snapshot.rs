@@ -248,7 +248,7 @@ fn allocation_images(allocations: &[AllocationView]) -> Vec<AllocationViewImage>
     allocations
         .iter()
         .map(|a| AllocationViewImage {
-            location: a.location.to_string(),
+            location: a.location.as_str().to_owned(),
             quantity: a.quantity,
             shipped: a.shipped,
             returned: a.returned,
@@ -265,7 +265,7 @@ fn response_image(r: &Response) -> ResponseImage {
         seq: r.seq,
         replayed: r.replayed,
         id: v.id.0,
-        channel: v.channel.to_string(),
+        channel: v.channel.as_str().to_owned(),
         state: state_code(v.state),
         created_at: v.created_at,
         expires_at: v.expires_at,
@@ -274,7 +274,7 @@ fn response_image(r: &Response) -> ResponseImage {
             .lines
             .iter()
             .map(|l| LineViewImage {
-                sku: l.sku.to_string(),
+                sku: l.sku.as_str().to_owned(),
                 quantity: l.quantity,
                 requested: l.requested,
                 allocations: allocation_images(&l.allocations),
@@ -282,7 +282,7 @@ fn response_image(r: &Response) -> ResponseImage {
                     .components
                     .iter()
                     .map(|c| ItemViewImage {
-                        sku: c.sku.to_string(),
+                        sku: c.sku.as_str().to_owned(),
                         quantity: c.quantity,
                         allocations: allocation_images(&c.allocations),
                         backordered: c.backordered,
@@ -368,7 +368,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
         .tenants
         .iter()
         .map(|e| TenantImage {
-            id: e.id.to_string(),
+            id: e.id.as_str().to_owned(),
             locations_json: json(&e.config.locations),
             channels_json: json(&e.config.channels),
             bundles_json: json(&e.config.bundles),
@@ -380,7 +380,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
         .into_iter()
         .map(|(k, e)| IdemImage {
             tenant: k.tenant,
-            key: k.key.to_string(),
+            key: String::from(&*k.key),
             fingerprint: e.fingerprint,
             at: e.at,
             response: e.response.as_deref().map(response_image),
@@ -394,7 +394,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
         for (k, st) in &s.skus {
             skus.push(SkuImage {
                 tenant: k.tenant,
-                sku: k.sku.to_string(),
+                sku: String::from(&*k.sku),
                 levels: st.levels.iter().map(level_image).collect(),
                 held: st.held().to_vec(),
                 cost: st.cost.as_deref().map(|c| c.to_string()),
@@ -422,7 +422,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                     .lines
                     .iter()
                     .map(|l| LineImage {
-                        sku: l.sku.to_string(),
+                        sku: l.sku.as_str().to_owned(),
                         requested: l.requested,
                         is_bundle: l.is_bundle,
                     })
@@ -465,7 +465,7 @@ fn item_image(i: &PartItem) -> ItemImage {
         item: i.item,
         line: i.line,
         slot: i.slot,
-        sku: i.sku.to_string(),
+        sku: i.sku.as_str().to_owned(),
         per_unit: i.per_unit,
         quantity: i.quantity,
         allocs: i
