@@ -8,7 +8,8 @@
 //!   (the best of `--inproc-batch` logical clients each, 1,024 and 2,048 by default; W3: 32),
 //!   and `Engine::execute_one` from 64 threads (W3: also 16);
 //! - depot over HTTP (`depot serve --sync always`): single requests at 64x1 (W3: also 16x1), and
-//!   `/v1/batch` of 100 reservations on 2 connections (W3: 32 each);
+//!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4 and 8 by
+//!   default; W3: 2 connections of 32 each);
 //! - Redis 7 with the Lua script (`bench/peers/reserve.lua`), `appendfsync always` and
 //!   `everysec`, at 16 connections x 16 pipelined (W3: 256 clients) and 64x1 (W3: also 16x1);
 //! - PostgreSQL, one transaction per reservation, `synchronous_commit` on, the best of
@@ -24,7 +25,7 @@
 //! Usage: `compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3]
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
-//! [--inproc-batch 1024,2048] [--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
+//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
 //! [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]`
 
 #[global_allocator]
@@ -39,8 +40,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
-[--inproc-batch 1024,2048] [--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench] \
-[--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
+[--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg] [--out bench/results/compare.md] \
+[--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
 
 /// The reference row of the ratio column.
 const REFERENCE: &str = "depot-inproc-batch";
@@ -55,6 +56,8 @@ struct Opts {
     pg: String,
     pg_clients: Vec<usize>,
     inproc_batch: Vec<usize>,
+    /// Connections of depot's HTTP batch rows (W1, W2): the best is reported.
+    batch_conns: Vec<usize>,
     only: Vec<String>,
     out: PathBuf,
     client_threads: usize,
@@ -77,6 +80,7 @@ fn opts() -> Result<Opts, String> {
         pg: "host=127.0.0.1 port=5439 user=postgres dbname=postgres".into(),
         pg_clients: vec![8, 16, 32],
         inproc_batch: vec![1_024, 2_048],
+        batch_conns: vec![2, 4, 8],
         only: vec!["depot".into(), "redis".into(), "pg".into()],
         out: PathBuf::from("bench/results/compare.md"),
         client_threads: 1,
@@ -112,6 +116,12 @@ fn opts() -> Result<Opts, String> {
                 o.inproc_batch = cli::list(&f, &v)?;
                 if o.inproc_batch.contains(&0) {
                     return Err("--inproc-batch: sizes must be at least 1".into());
+                }
+            }
+            "--batch-conns" => {
+                o.batch_conns = cli::list(&f, &v)?;
+                if o.batch_conns.contains(&0) {
+                    return Err("--batch-conns: counts must be at least 1".into());
                 }
             }
             "--only" => {
@@ -318,20 +328,36 @@ fn main() {
                     |r| http::measure(&rt, &o.server, w, single, t, r),
                 ));
             }
-            let batch = HttpShape {
-                conns: 2,
-                per_conn: if w3 { 32 } else { 100 },
-                batch: true,
-            };
-            cells.push(cell(
-                &o,
-                "depot-http-batch",
-                w,
-                "depot HTTP",
-                "--sync always",
-                &batch.label(),
-                |r| http::measure(&rt, &o.server, w, batch, t, r),
-            ));
+            // W3 on 2 connections of 32 (it sells out fast); W1 and W2 at the best count of
+            // connections, as PostgreSQL at its best count of clients.
+            let conns: Vec<usize> = if w3 { vec![2] } else { o.batch_conns.clone() };
+            let measured: Vec<Cell> = conns
+                .iter()
+                .map(|&n| {
+                    let batch = HttpShape {
+                        conns: n,
+                        per_conn: if w3 { 32 } else { 100 },
+                        batch: true,
+                    };
+                    let cl = cell(
+                        &o,
+                        "depot-http-batch",
+                        w,
+                        "depot HTTP",
+                        "--sync always",
+                        &batch.label(),
+                        |r| http::measure(&rt, &o.server, w, batch, t, r),
+                    );
+                    eprintln!(
+                        "  {} depot HTTP, {}: {} ops/s",
+                        w.name(),
+                        batch.label(),
+                        thousands(cl.ops())
+                    );
+                    cl
+                })
+                .collect();
+            cells.extend(best_of(measured, &conns));
         }
         for (on, url, fsync) in [
             (r_always, &o.redis_always, "always"),

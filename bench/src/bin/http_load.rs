@@ -14,7 +14,7 @@
 //! failed). The client runs on `--client-threads` tokio workers on the same cores as the
 //! server: it takes part of the machine, and the report says how much (server, client, others).
 //!
-//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4] [--batch-size 100]
+//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
 //! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]`
 
@@ -27,7 +27,7 @@ use depot_bench::load::Wk;
 use depot_bench::report::{median, thousands, Run};
 use std::path::PathBuf;
 
-const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4] \
+const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
 [--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120]";
 
@@ -54,7 +54,7 @@ fn opts() -> Result<Opts, String> {
     let mut o = Opts {
         w: Wk::W1,
         conns: vec![16, 64],
-        batch_conns: vec![2],
+        batch_conns: vec![2, 4, 8],
         batch_size: 100,
         timing: Timing {
             secs: 10.0,
