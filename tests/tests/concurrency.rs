@@ -404,6 +404,55 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
 /// fed the same requests in the same order, for any shard count.
 #[test]
 fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
+    overtaking_case(0x9e37_79b9_7f4a_7c15, 80, depot_engine::Limits::default());
+}
+
+/// Nearly every job a reservation: long runs of carts overtaking pending ones, with few other
+/// jobs to make the shards finish what they set aside.
+#[test]
+fn long_runs_of_overtaking_carts_answer_as_the_machine_does() {
+    overtaking_case(0x2545_f491_4f6c_dd1d, 98, depot_engine::Limits::default());
+}
+
+/// A shard at its hold limit while carts are pending: every limit check reads as in sequence
+/// order (a cart that would not fit is refused exactly when the machine refuses it).
+#[test]
+fn carts_pending_at_the_hold_limit_answer_as_the_machine_does() {
+    let limits = depot_engine::Limits {
+        holds_per_shard_max: 40,
+        ..depot_engine::Limits::default()
+    };
+    let limited = overtaking_case(0x853c_49e6_748f_ea9b, 95, limits);
+    assert!(limited > 0, "the hold limit was never reached");
+}
+
+/// 12 batches of 200 requests, `reserve_pct` % of them reservations of 1 to 3 lines over 40
+/// skewed SKUs, run on 2, 3 and 4 shards and on a sequential machine with as many shards.
+/// Shards that wait for each other in a cycle would hang: a watchdog fails the test instead.
+/// Returns how many answers were refused by a limit.
+fn overtaking_case(seed: u64, reserve_pct: u64, limits: depot_engine::Limits) -> usize {
+    let (done, finished) = std::sync::mpsc::channel();
+    let case = std::thread::spawn(move || {
+        let limited = overtaking_run(seed, reserve_pct, limits);
+        let _ = done.send(());
+        limited
+    });
+    match finished.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(()) => case.join().expect("the case ran"),
+        // A panic in the case drops the sender: report the panic itself.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match case.join() {
+            Ok(limited) => limited,
+            Err(p) => std::panic::resume_unwind(p),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the engine did not answer within 120 s: shards wait for each other")
+        }
+    }
+}
+
+/// Returns how many answers were refused by a limit.
+fn overtaking_run(seed: u64, reserve_pct: u64, limits: depot_engine::Limits) -> usize {
+    let mut limited = 0;
     let skus: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
     let mut setup = vec![
         req(Command::CreateTenant),
@@ -431,7 +480,7 @@ fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
         }));
     }
     // A seeded xorshift: reproducible without a dependency.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x: u64 = seed;
     let mut next = move |n: u64| {
         x ^= x << 13;
         x ^= x >> 7;
@@ -443,7 +492,7 @@ fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
         let mut batch = Vec::new();
         for _ in 0..200 {
             let roll = next(100);
-            let request = if roll < 80 {
+            let request = if roll < reserve_pct {
                 // Skewed picks: low indices are hot, so carts often share SKUs.
                 let lines = 1 + next(3) as usize;
                 let mut picked: Vec<usize> = Vec::new();
@@ -458,15 +507,15 @@ fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
                     .map(|&i| (skus[i].as_str(), 1 + next(2) as i64))
                     .collect();
                 reserve(&lines)
-            } else if roll < 88 {
+            } else if roll < reserve_pct + (100 - reserve_pct) * 2 / 5 {
                 // Lifecycle commands on earlier ids (some exist, some do not).
                 let id = depot_engine::ReservationId(44 + next(200 * (b + 1)));
-                if roll < 84 {
+                if roll % 2 == 0 {
                     req(Command::Release { id })
                 } else {
                     req(Command::Commit { id, lines: None })
                 }
-            } else if roll < 94 {
+            } else if roll < reserve_pct + (100 - reserve_pct) * 7 / 10 {
                 req(Command::GetStock {
                     sku: sku(&skus[next(40) as usize]),
                 })
@@ -486,9 +535,9 @@ fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
     for shards in [2, 3, 4] {
         let engine = Engine::start(EngineConfig {
             shards,
-            ..EngineConfig::default()
+            limits: limits.clone(),
         });
-        let mut machine = depot_engine::Machine::new(depot_engine::Limits::default(), 1);
+        let mut machine = depot_engine::Machine::new(limits.clone(), shards);
         for r in &setup {
             let (a, _) = engine.execute_one(r.clone(), 1_000);
             let (m, _, _) = machine.execute(r, 1_000);
@@ -502,8 +551,15 @@ fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
                 let (resp, events, _) = machine.execute(r, now);
                 assert_eq!(got.0, resp, "{shards} shards, batch {b}: {r:?}");
                 assert_eq!(got.1, events, "{shards} shards, batch {b}: {r:?}");
+                if matches!(
+                    resp.outcome,
+                    Outcome::Refused(depot_engine::Refusal::LimitExceeded { .. })
+                ) {
+                    limited += 1;
+                }
             }
         }
         assert_eq!(engine.digest(), machine.digest(), "{shards} shards");
     }
+    limited
 }
