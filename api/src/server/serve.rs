@@ -21,6 +21,15 @@ const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every accepted connection sends at once (`TCP_NODELAY`): an answer that spans several
+/// segments (a `/v1/batch` answer, an event page) must not wait for the client's delayed
+/// acknowledgement before its last segment leaves.
+fn accepted(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+    }
+}
+
 /// Runs the server until a stop signal. `Err` when it cannot start (the address is taken, the
 /// log is corrupt: the message names the file and offset).
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -49,6 +58,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, accepted);
     tracing::info!(%addr, sync = ?config.sync, shards = config.shards, "listening");
     println!("depot listening on http://{addr}");
 
@@ -296,5 +306,24 @@ async fn finish(state: &AppState) {
     .await;
     if done.is_err() {
         tracing::error!("stopping the engine failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr);
+        let ((mut server, _), _client) = tokio::try_join!(listener.accept(), client).unwrap();
+        assert!(
+            !server.nodelay().unwrap(),
+            "a fresh socket uses Nagle's algorithm"
+        );
+        accepted(&mut server);
+        assert!(server.nodelay().unwrap());
     }
 }
