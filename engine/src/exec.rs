@@ -349,26 +349,22 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     else {
         unreachable!()
     };
+    let region = ship_to_region.as_deref();
     match (&lines[..], &items[..]) {
-        ([line], [item]) => {
-            decide_one_item(cfg, preps, line, item, *fill, ship_to_region.as_deref())
-        }
-        _ => decide_items(job, cfg, preps),
+        ([line], [item]) => decide_one_item(cfg, preps, line, item, *fill, region),
+        _ => decide_items(cfg, preps, lines, items, *fill, region),
     }
 }
 
 /// [`decide_reserve`] for any lines and items.
-fn decide_items(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
-    let JobKind::Reserve {
-        lines,
-        items,
-        fill,
-        ship_to_region,
-        ..
-    } = &job.kind
-    else {
-        unreachable!()
-    };
+fn decide_items(
+    cfg: &TenantConfig,
+    preps: &[Prep],
+    lines: &[LineHeader],
+    items: &[ItemReq],
+    fill: FillPolicy,
+    ship_to_region: Option<&str>,
+) -> Decision {
     let mut by_item: smallvec::SmallVec<[Option<&ItemPrep>; 4]> =
         smallvec::smallvec![None; items.len()];
     for p in preps {
@@ -482,7 +478,7 @@ fn decide_items(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
             cfg,
             p.routing.as_ref(),
             &p.locations,
-            ship_to_region.as_deref(),
+            ship_to_region,
             &full_counts,
         );
         let (allocations, left) =
@@ -492,7 +488,7 @@ fn decide_items(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
             split_bad.push(it.line as usize);
         }
         if let FillPolicy::Split { max_locations } = fill {
-            if allocations.len() > *max_locations as usize {
+            if allocations.len() > max_locations as usize {
                 split_bad.push(it.line as usize);
             }
         }
@@ -2170,7 +2166,7 @@ mod tests {
                 .collect();
             let JobKind::Reserve { lines, items, .. } = &job.kind else { unreachable!() };
             let one = decide_one_item(&cfg, &preps, &lines[0], &items[0], fill, REGIONS[ship_to]);
-            let general = decide_items(&job, &cfg, &preps);
+            let general = decide_items(&cfg, &preps, lines, items, fill, REGIONS[ship_to]);
             prop_assert_eq!(format!("{one:?}"), format!("{general:?}"));
         }
     }

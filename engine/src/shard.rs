@@ -360,14 +360,7 @@ impl IdIndex {
             self.live.push_back(0);
         }
         let chunk = self.chunks[at].get_or_insert_with(|| Arc::from(vec![NO_SLOT; ID_CHUNK]));
-        let chunk = match Arc::get_mut(chunk) {
-            Some(ch) => ch,
-            None => {
-                *chunk = Arc::from(&chunk[..]);
-                Arc::get_mut(chunk).expect("the chunk was just made unique")
-            }
-        };
-        chunk[(id.0 % ID_CHUNK as u64) as usize] = slot;
+        Arc::make_mut(chunk)[(id.0 % ID_CHUNK as u64) as usize] = slot;
         self.live[at] += 1;
         self.len += 1;
         while self.chunks.len() > ID_WINDOW_CHUNKS && (self.live[0] as usize) * 4 < ID_CHUNK {
@@ -377,6 +370,8 @@ impl IdIndex {
 
     fn remove(&mut self, id: &ReservationId) -> Option<u32> {
         let Some((c, i)) = self.dense_at(id.0) else {
+            // Looked up first: the map is not copied away from a snapshot for an id it lacks.
+            self.sparse.get(&id.0)?;
             let slot = Arc::make_mut(&mut self.sparse).remove(&id.0)?;
             self.len -= 1;
             return Some(slot);
@@ -385,24 +380,13 @@ impl IdIndex {
         if chunk[i] == NO_SLOT {
             return None;
         }
-        let chunk = match Arc::get_mut(chunk) {
-            Some(ch) => ch,
-            None => {
-                *chunk = Arc::from(&chunk[..]);
-                Arc::get_mut(chunk).expect("the chunk was just made unique")
-            }
-        };
-        let slot = std::mem::replace(&mut chunk[i], NO_SLOT);
+        let slot = std::mem::replace(&mut Arc::make_mut(chunk)[i], NO_SLOT);
         self.live[c] -= 1;
         self.len -= 1;
         if self.live[c] == 0 {
             self.chunks[c] = None;
         }
-        while self.live.front() == Some(&0) {
-            self.chunks.pop_front();
-            self.live.pop_front();
-            self.first += 1;
-        }
+        self.drop_empty_front();
         Some(slot)
     }
 
@@ -423,6 +407,11 @@ impl IdIndex {
             }
             self.first += 1;
         }
+        self.drop_empty_front();
+    }
+
+    /// Drops the chunks with no entry at the front of the dense part.
+    fn drop_empty_front(&mut self) {
         while self.live.front() == Some(&0) {
             self.chunks.pop_front();
             self.live.pop_front();

@@ -280,26 +280,17 @@ fn main() {
         if want("depot") {
             // W3 in batches of 32 (it sells out fast); W1 and W2 at the best batch size.
             let sizes: Vec<usize> = if w3 { vec![32] } else { o.inproc_batch.clone() };
-            let measured: Vec<Cell> = sizes
-                .iter()
-                .map(|&per| {
-                    let cl = cell(
-                        &o,
-                        "depot-inproc-batch",
-                        w,
-                        "depot in-process",
-                        "WAL, fsync per group",
-                        &format!("2 threads x batch of {per}"),
-                        |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
-                    );
-                    eprintln!(
-                        "  {} depot in-process, batches of {per}: {} ops/s",
-                        w.name(),
-                        thousands(cl.ops())
-                    );
-                    cl
-                })
-                .collect();
+            let measured = each(&sizes, |per| {
+                cell(
+                    &o,
+                    "depot-inproc-batch",
+                    w,
+                    "depot in-process",
+                    "WAL, fsync per group",
+                    &format!("2 threads x batch of {per}"),
+                    |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
+                )
+            });
             cells.extend(best_of(measured, &sizes));
             for &n in singles {
                 cells.push(cell(
@@ -331,32 +322,22 @@ fn main() {
             // W3 on 2 connections of 32 (it sells out fast); W1 and W2 at the best count of
             // connections, as PostgreSQL at its best count of clients.
             let conns: Vec<usize> = if w3 { vec![2] } else { o.batch_conns.clone() };
-            let measured: Vec<Cell> = conns
-                .iter()
-                .map(|&n| {
-                    let batch = HttpShape {
-                        conns: n,
-                        per_conn: if w3 { 32 } else { 100 },
-                        batch: true,
-                    };
-                    let cl = cell(
-                        &o,
-                        "depot-http-batch",
-                        w,
-                        "depot HTTP",
-                        "--sync always",
-                        &batch.label(),
-                        |r| http::measure(&rt, &o.server, w, batch, t, r),
-                    );
-                    eprintln!(
-                        "  {} depot HTTP, {}: {} ops/s",
-                        w.name(),
-                        batch.label(),
-                        thousands(cl.ops())
-                    );
-                    cl
-                })
-                .collect();
+            let measured = each(&conns, |n| {
+                let batch = HttpShape {
+                    conns: n,
+                    per_conn: if w3 { 32 } else { 100 },
+                    batch: true,
+                };
+                cell(
+                    &o,
+                    "depot-http-batch",
+                    w,
+                    "depot HTTP",
+                    "--sync always",
+                    &batch.label(),
+                    |r| http::measure(&rt, &o.server, w, batch, t, r),
+                )
+            });
             cells.extend(best_of(measured, &conns));
         }
         for (on, url, fsync) in [
@@ -395,26 +376,17 @@ fn main() {
             } else {
                 o.pg_clients.clone()
             };
-            let measured: Vec<Cell> = counts
-                .iter()
-                .map(|&c| {
-                    let cl = cell(
-                        &o,
-                        "pg-on",
-                        w,
-                        "PostgreSQL",
-                        "synchronous_commit on",
-                        &format!("{c}x1"),
-                        |r| pg_peer::measure(&rt, &o.pg, w, c, t, r),
-                    );
-                    eprintln!(
-                        "  {} PostgreSQL {c} clients: {} ops/s",
-                        w.name(),
-                        thousands(cl.ops())
-                    );
-                    cl
-                })
-                .collect();
+            let measured = each(&counts, |c| {
+                cell(
+                    &o,
+                    "pg-on",
+                    w,
+                    "PostgreSQL",
+                    "synchronous_commit on",
+                    &format!("{c}x1"),
+                    |r| pg_peer::measure(&rt, &o.pg, w, c, t, r),
+                )
+            });
             if w3 {
                 cells.extend(measured);
             } else {
@@ -481,6 +453,25 @@ fn main() {
         eprintln!("a check FAILED or a cell has no run");
         std::process::exit(1);
     }
+}
+
+/// The cells of `measure` for each of `tried` (batch sizes, client or connection counts), each
+/// announced on stderr as it is done.
+fn each(tried: &[usize], mut measure: impl FnMut(usize) -> Cell) -> Vec<Cell> {
+    tried
+        .iter()
+        .map(|&n| {
+            let cl = measure(n);
+            eprintln!(
+                "  {} {}, {}: {} ops/s",
+                cl.w.name(),
+                cl.system,
+                cl.shape,
+                thousands(cl.ops())
+            );
+            cl
+        })
+        .collect()
 }
 
 /// The cell with the most operations per second of those measured for each of `tried` (batch
