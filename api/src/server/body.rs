@@ -24,14 +24,14 @@ pub enum Body {
     Raw(Box<RawValue>),
 }
 
-/// The body as bytes, with the size limit of the router applied (413 above it).
+/// The body as bytes, at most [`BodyLimit`] of them (413 above it).
 #[derive(Debug)]
 pub struct RawBody(pub Body);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -42,13 +42,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .extensions()
             .get::<BodyLimit>()
             .map_or(usize::MAX, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(limit)
-            } else {
-                ApiError::invalid("body", format!("could not read the body: {e}"))
+        let limited = http_body_util::Limited::new(req.into_body(), limit);
+        let bytes = match http_body_util::BodyExt::collect(limited).await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ApiError::payload_too_large(limit));
             }
-        })?;
+            Err(e) => {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("could not read the body: {e}"),
+                ))
+            }
+        };
         if bytes.is_empty() {
             return Ok(RawBody(Body::None));
         }
@@ -66,7 +72,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// The body size limit, put in the request's extensions for error messages.
+/// The body size limit, put in the request's extensions by the edge layer
+/// ([`EdgeLayer`](super::layers::EdgeLayer)).
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
 

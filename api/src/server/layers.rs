@@ -1,25 +1,39 @@
-//! The middleware around the router, outermost first: a panic guard (a bug answers 500 with
-//! the error body, never a dropped connection), request ids, tracing spans, header limits
-//! (431), the request timeout (503 `timeout`), and per-route metrics.
+//! The middleware around the router: one layer, [`EdgeLayer`], that does in one future what a
+//! stack of tower layers did in seven (each with its own boxed service, cloned per request):
+//!
+//! - a panic guard: a bug answers 500 with the error body, never a dropped connection;
+//! - the request id: a client's `x-request-id` is kept, otherwise one is made
+//!   ([`ProcessRequestIds`]); either way it comes back on the answer;
+//! - a tracing span per request (`request`, with method, path and request id);
+//! - header limits (431 `headers_too_large`);
+//! - the body limit, for [`RawBody`](super::body::RawBody) (413);
+//! - the request timeout (503 `timeout`);
+//! - per-route metrics, under the route template (`/v1/reservations/{id}`; `unmatched` for a
+//!   path no route has).
+//!
+//! The layer goes on the router with `Router::layer`, so it runs after routing and sees the
+//! route's template (`MatchedPath`).
 
 use super::body::BodyLimit;
 use super::config::HttpLimits;
 use super::error::ApiError;
 use super::AppState;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::http::{HeaderName, Response, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::IntoResponse;
-use axum::{Extension, Router};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures_util::FutureExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -34,32 +48,159 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Wraps the router in every layer. See the module docs.
+/// Wraps the router in the [`EdgeLayer`]. See the module docs.
 pub fn wrap(router: Router, state: AppState, limits: &HttpLimits) -> Router {
-    let timeout = limits.request_timeout;
-    let header_limits = (limits.headers_max, limits.header_bytes_max);
-    router
-        .route_layer(middleware::from_fn_with_state(state, observe))
-        .layer(middleware::from_fn(move |req, next| {
-            with_timeout(timeout, req, next)
-        }))
-        .layer(Extension(BodyLimit(limits.body_bytes_max)))
-        .layer(middleware::from_fn(move |req, next| {
-            check_headers(header_limits, req, next)
-        }))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+    router.layer(EdgeLayer::new(state, limits))
+}
+
+/// The one layer of the module docs.
+#[derive(Clone, Debug)]
+pub struct EdgeLayer {
+    state: AppState,
+    edge: Arc<EdgeLimits>,
+}
+
+#[derive(Debug)]
+struct EdgeLimits {
+    timeout: Duration,
+    headers_max: usize,
+    header_bytes_max: usize,
+    body_bytes_max: usize,
+    ids: ProcessRequestIds,
+}
+
+impl EdgeLayer {
+    pub fn new(state: AppState, limits: &HttpLimits) -> EdgeLayer {
+        EdgeLayer {
+            state,
+            edge: Arc::new(EdgeLimits {
+                timeout: limits.request_timeout,
+                headers_max: limits.headers_max,
+                header_bytes_max: limits.header_bytes_max,
+                body_bytes_max: limits.body_bytes_max,
+                ids: ProcessRequestIds::new(),
             }),
+        }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            state: self.state.clone(),
+            edge: self.edge.clone(),
+        }
+    }
+}
+
+/// The service of [`EdgeLayer`].
+#[derive(Clone, Debug)]
+pub struct Edge<S> {
+    inner: S,
+    state: AppState,
+    edge: Arc<EdgeLimits>,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is driven with `oneshot`, which waits for its readiness.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        let edge = self.edge.clone();
+        let state = self.state.clone();
+        let inner = self.inner.clone();
+        let id = match req.headers().get(REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = edge.ids.next_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            uri = %req.uri().path(),
+            request_id = %String::from_utf8_lossy(id.as_bytes()),
+        );
+        let refused = check_headers(&edge, &req);
+        req.extensions_mut().insert(BodyLimit(edge.body_bytes_max));
+        Box::pin(
+            async move {
+                let mut res = match refused {
+                    Some(e) => e.into_response(),
+                    None => {
+                        let run = tokio::time::timeout(edge.timeout, inner.oneshot(req));
+                        match AssertUnwindSafe(run).catch_unwind().await {
+                            Ok(Ok(Ok(res))) => res.into_response(),
+                            Ok(Ok(Err(never))) => match never {},
+                            Ok(Err(_)) => ApiError::timeout().into_response(),
+                            Err(_) => panicked(),
+                        }
+                    }
+                };
+                let status = res.status();
+                let seconds = start.elapsed().as_secs_f64();
+                if status.is_server_error() {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        seconds,
+                        "answered with a server error"
+                    );
+                } else {
+                    tracing::debug!(status = status.as_u16(), seconds, "answered");
+                }
+                res.headers_mut().insert(REQUEST_ID, id);
+                state.metrics().observe_request(
+                    route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                    method.as_str(),
+                    status.as_u16(),
+                    seconds,
+                );
+                Ok(res)
+            }
+            .instrument(span),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, ProcessRequestIds::new()))
-        .layer(CatchPanicLayer::custom(panicked))
+    }
+}
+
+/// 431 when the request has too many headers or too many header bytes.
+fn check_headers(edge: &EdgeLimits, req: &Request) -> Option<ApiError> {
+    let headers = req.headers();
+    if headers.len() > edge.headers_max {
+        return Some(ApiError::headers_too_large(format!(
+            "{} headers, at most {} are allowed",
+            headers.len(),
+            edge.headers_max
+        )));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    (bytes > edge.header_bytes_max).then(|| {
+        ApiError::headers_too_large(format!(
+            "{bytes} bytes of headers, at most {} are allowed",
+            edge.header_bytes_max
+        ))
+    })
 }
 
 /// Request ids for requests that come without an `x-request-id`: 32 hex digits, a random
@@ -78,6 +219,19 @@ impl ProcessRequestIds {
             next: Arc::new(AtomicU64::new(1)),
         }
     }
+
+    /// The next id: the prefix and the counter as 32 hex digits.
+    pub fn next_id(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut out = [0u8; 32];
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for j in 0..16 {
+                out[i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
 }
 
 impl Default for ProcessRequestIds {
@@ -86,16 +240,7 @@ impl Default for ProcessRequestIds {
     }
 }
 
-impl MakeRequestId for ProcessRequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{n:016x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::body::Body> {
+fn panicked() -> Response {
     tracing::error!("a handler panicked");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,56 +250,117 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::body::
     .into_response()
 }
 
-/// Counts the request under its route template (`/v1/reservations/{id}`).
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> impl IntoResponse {
-    let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
-    let res = next.run(req).await;
-    state.metrics().observe_request(
-        &route,
-        &method,
-        res.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    res
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyStore;
+    use axum::body::Body;
+    use axum::routing::get;
 
-/// 503 `timeout` when the answer's head is not ready in time. (A stream's body is not
-/// bounded: the event stream answers its head at once.)
-async fn with_timeout(timeout: Duration, req: Request, next: Next) -> axum::response::Response {
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => ApiError::timeout().into_response(),
+    fn edge_around(limits: HttpLimits, router: Router<AppState>) -> (Router, AppState) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (keys, _) = KeyStore::open(dir.path(), Some("m".repeat(32))).expect("keys open");
+        let state = AppState::new(keys, limits.clone());
+        (
+            wrap(router.with_state(state.clone()), state.clone(), &limits),
+            state,
+        )
     }
-}
 
-/// 431 when the request has too many headers or too many header bytes.
-async fn check_headers(
-    (count_max, bytes_max): (usize, usize),
-    req: Request,
-    next: Next,
-) -> axum::response::Response {
-    let headers = req.headers();
-    if headers.len() > count_max {
-        return ApiError::headers_too_large(format!(
-            "{} headers, at most {count_max} are allowed",
-            headers.len()
-        ))
-        .into_response();
+    async fn call(app: &Router, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::builder().uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::empty()).expect("a request");
+        app.clone().oneshot(req).await.expect("infallible")
     }
-    let bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if bytes > bytes_max {
-        return ApiError::headers_too_large(format!(
-            "{bytes} bytes of headers, at most {bytes_max} are allowed"
-        ))
-        .into_response();
+
+    async fn error_code(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        v["error"]["code"].as_str().unwrap_or("").to_string()
     }
-    next.run(req).await
+
+    #[test]
+    fn request_ids_are_32_hex_digits_with_the_process_prefix() {
+        let ids = ProcessRequestIds::new();
+        let (a, b) = (ids.next_id(), ids.next_id());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(a[..16], b[..16]);
+        assert_eq!(&a[16..], "0000000000000001");
+        assert_eq!(&b[16..], "0000000000000002");
+        assert_eq!(a[..16], format!("{:016x}", ids.prefix));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_error_body_and_its_request_id() {
+        async fn boom() -> &'static str {
+            panic!("a bug in a handler")
+        }
+        let (app, state) = edge_around(
+            HttpLimits::default(),
+            Router::new().route("/boom", get(boom)),
+        );
+        let res = call(&app, "/boom", &[("x-request-id", "r-1")]).await;
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()[REQUEST_ID], "r-1");
+        assert_eq!(error_code(res).await, "internal");
+        // Counted under its route, and the server goes on answering.
+        let text = state.metrics().render();
+        assert!(
+            text.contains(
+                r#"depot_http_requests_total{method="GET",route="/boom",status="500"} 1"#
+            ),
+            "{text}"
+        );
+        let res = call(&app, "/nowhere", &[]).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(res.headers()[REQUEST_ID].len(), 32);
+    }
+
+    #[tokio::test]
+    async fn slow_handlers_time_out_and_big_headers_are_refused_before_the_handler() {
+        use std::sync::atomic::AtomicBool;
+        static RAN: AtomicBool = AtomicBool::new(false);
+        async fn slow() -> &'static str {
+            RAN.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(20),
+            headers_max: 3,
+            ..HttpLimits::default()
+        };
+        let (app, state) = edge_around(limits, Router::new().route("/slow", get(slow)));
+        let many = [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")];
+        let res = call(&app, "/slow", &many).await;
+        assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(error_code(res).await, "headers_too_large");
+        assert!(
+            !RAN.load(Ordering::SeqCst),
+            "refused before the handler ran"
+        );
+        let res = call(&app, "/slow", &[]).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_code(res).await, "timeout");
+        let text = state.metrics().render();
+        for status in ["431", "503"] {
+            let line = format!(
+                r#"depot_http_requests_total{{method="GET",route="/slow",status="{status}"}} 1"#
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        // A path no route has is counted too.
+        let _ = call(&app, "/nowhere", &[]).await;
+        assert!(state
+            .metrics()
+            .render()
+            .contains(r#"route="unmatched",status="404"} 1"#));
+    }
 }

@@ -24,7 +24,6 @@ use crate::events::EventLog;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use config::HttpLimits;
@@ -243,5 +242,5 @@ pub fn app(state: AppState) -> Router {
         .fallback(layers::not_found)
         .method_not_allowed_fallback(layers::method_not_allowed)
         .with_state(state.clone());
-    layers::wrap(router, state, &limits).layer(DefaultBodyLimit::max(limits.body_bytes_max))
+    layers::wrap(router, state, &limits)
 }
