@@ -49,6 +49,15 @@ pub struct Limits {
     pub idempotency_key_len_max: usize,
     /// Longest free-text field (reasons, names, order references), in bytes.
     pub text_len_max: usize,
+    /// Most tasks of a batch the submitting thread runs itself, under the shards' locks,
+    /// when the shards it touches have nothing queued (0: always hand them to the shard
+    /// threads). A small batch then costs no wake-up of a shard thread and no rendezvous.
+    #[serde(default = "inline_tasks_max_default")]
+    pub inline_tasks_max: usize,
+}
+
+fn inline_tasks_max_default() -> usize {
+    Limits::default().inline_tasks_max
 }
 
 impl Default for Limits {
@@ -70,6 +79,7 @@ impl Default for Limits {
             idempotency_keys_max: 16 * 1024 * 1024,
             idempotency_key_len_max: 255,
             text_len_max: 1_024,
+            inline_tasks_max: 32,
         }
     }
 }

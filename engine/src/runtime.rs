@@ -203,6 +203,8 @@ struct Inner {
     next_due: Vec<AtomicU64>,
     queue_depth_max: usize,
     batch_len_max: usize,
+    /// See [`Limits::inline_tasks_max`].
+    inline_tasks_max: usize,
     /// The same journal as the front's, for waiting on durability outside the front lock.
     journal: Option<Arc<dyn Journal>>,
 }
@@ -271,6 +273,7 @@ impl Engine {
             next_due,
             queue_depth_max: config.limits.queue_depth_max,
             batch_len_max: config.limits.batch_len_max,
+            inline_tasks_max: config.limits.inline_tasks_max,
             journal,
         });
         let threads = receivers
@@ -456,6 +459,16 @@ impl Engine {
                 len - slot,
                 admission,
             );
+        }
+        let tasks: usize = per_shard.iter().map(Vec::len).sum();
+        let idle = per_shard
+            .iter()
+            .zip(&self.inner.depth)
+            .all(|(t, d)| t.is_empty() || d.load(Ordering::Acquire) == 0);
+        if tasks <= self.inner.inline_tasks_max && idle {
+            run_inline(&self.inner, &mut side, batch, &per_shard);
+            drop(side);
+            return (last_write, Vec::new());
         }
         let sent = self.send(batch, per_shard);
         drop(side);
@@ -902,15 +915,27 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
 
 /// Answers a finished job: records its idempotent response and wakes the requests waiting
 /// for it when needed.
-fn deliver(inner: &Inner, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
+fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
+    if !needs_front(task, &fin) {
+        let answer = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
+        batch.complete(task.slot, answer);
+        return;
+    }
+    deliver_front(&mut inner.lock_front(), batch, task, fin);
+}
+
+fn needs_front(task: &Task, fin: &crate::job::Finished) -> bool {
+    task.idem.is_some() || !fin.dropped.is_empty() || !fin.foreign.is_empty()
+}
+
+/// [`deliver`] with the front lock held.
+fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
     let job = &*task.job;
-    let needs_front = task.idem.is_some() || !fin.dropped.is_empty() || !fin.foreign.is_empty();
-    if !needs_front {
+    if !needs_front(task, &fin) {
         let answer = respond(job, fin, |_| unreachable!("no foreign-tenant events"));
         batch.complete(task.slot, answer);
         return;
     }
-    let mut side = inner.lock_front();
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
     side.front
@@ -929,8 +954,71 @@ fn deliver(inner: &Inner, batch: &Batch, task: &Task, mut fin: crate::job::Finis
             );
         }
     }
-    drop(side);
     batch.complete(task.slot, (response, events));
+}
+
+/// Runs the task lists of a batch on the calling thread, which holds the front lock (so no
+/// other batch is sequenced meanwhile) and has seen every shard they touch with an empty
+/// queue (so nothing sequenced earlier is still to run there). Tasks run in slot order, which
+/// is sequence order; a job spanning shards is prepared on each of its shards, decided and
+/// applied at once, without a rendezvous. The answers are those the shard threads would give:
+/// a shard thread only ever runs a later job before an earlier one when the result is the
+/// same.
+fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[Vec<Task>]) {
+    // Lock order as in `Engine::inspect`: the front, then the shards by index.
+    let mut states: Vec<Option<MutexGuard<'_, ShardState>>> = per_shard
+        .iter()
+        .zip(&inner.states)
+        .map(|(tasks, state)| (!tasks.is_empty()).then(|| state.lock().expect("shard lock")))
+        .collect();
+    let mut next = vec![0usize; per_shard.len()];
+    loop {
+        // The shard whose next task comes first.
+        let first = per_shard
+            .iter()
+            .enumerate()
+            .filter_map(|(s, tasks)| tasks.get(next[s]).map(|t| (t.slot, s)))
+            .min();
+        let Some((_, s)) = first else { break };
+        let task = &per_shard[s][next[s]];
+        let job = &*task.job;
+        let fin = if task.rendezvous.is_none() {
+            next[s] += 1;
+            run_single(states[s].as_mut().expect("locked"), job)
+        } else {
+            let targets: Vec<usize> = (0..per_shard.len())
+                .filter(|&t| job.shards & (1 << t) != 0)
+                .collect();
+            let preps: Vec<Prep> = targets
+                .iter()
+                .map(|&t| states[t].as_ref().expect("locked").prepare(job))
+                .collect();
+            let d = decide(
+                job,
+                cfg_of(states[s].as_ref().expect("locked"), job.tenant),
+                &preps,
+            );
+            let outs: Vec<PartOut> = targets
+                .iter()
+                .map(|&t| {
+                    next[t] += 1;
+                    states[t].as_mut().expect("locked").apply(job, &d)
+                })
+                .collect();
+            merge(
+                job,
+                cfg_of(states[s].as_ref().expect("locked"), job.tenant),
+                &d,
+                outs,
+            )
+        };
+        deliver_front(side, batch, task, fin);
+    }
+    for (s, state) in states.iter().enumerate() {
+        if let Some(state) = state {
+            inner.next_due[s].store(state.next_due(), Ordering::Release);
+        }
+    }
 }
 
 /// Waits for the decision of a rendezvous: spins briefly (the other shards are usually about

@@ -1258,11 +1258,9 @@ proptest! {
         steps in prop::collection::vec(step(), 1..60),
     ) {
         let requests = plan(&start, &steps);
-        let journal = MemoryJournal::default();
-        let engine = Engine::start_with(EngineConfig { shards: 3, limits: Limits::default() }, Some(std::sync::Arc::new(journal.clone())));
-        let mut machine = Machine::new(Limits::default(), 1);
-
-        // The threaded engine, in batches, answers exactly as the single-threaded machine.
+        // The threaded engine, in batches, answers exactly as the single-threaded machine:
+        // with every batch on the shard threads, with small batches run by the submitting
+        // thread, and with all of them run so.
         let mut batches: Vec<(u64, Vec<Request>)> = Vec::new();
         for (now, r, brk) in &requests {
             match batches.last_mut() {
@@ -1271,25 +1269,39 @@ proptest! {
             }
         }
         let mut by_seq = BTreeMap::new();
-        let mut i = 0;
-        for (now, batch) in batches {
-            let answers = engine.execute(batch.clone(), now);
-            prop_assert_eq!(answers.len(), batch.len());
-            for (r, (resp, events)) in batch.iter().zip(answers) {
-                let (want, want_events, _) = machine.execute(r, now);
-                prop_assert_eq!(&resp, &want, "request {}: {:?}", i, r);
-                prop_assert_eq!(&events, &want_events, "request {}: events of {:?}", i, r);
-                if let (Some(seq), false) = (resp.seq, resp.replayed) {
-                    by_seq.insert(seq, resp.clone());
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut machine = Machine::new(Limits::default(), 1);
+        let mut digest = [0u8; 32];
+        for inline in [0, 4, usize::MAX] {
+            let journal = MemoryJournal::default();
+            let limits = Limits { inline_tasks_max: inline, ..Limits::default() };
+            let engine = Engine::start_with(EngineConfig { shards: 3, limits }, Some(std::sync::Arc::new(journal.clone())));
+            machine = Machine::new(Limits::default(), 1);
+            let mut i = 0;
+            for (now, batch) in &batches {
+                let answers = engine.execute(batch.clone(), *now);
+                prop_assert_eq!(answers.len(), batch.len());
+                for (r, (resp, events)) in batch.iter().zip(answers) {
+                    let (want, want_events, _) = machine.execute(r, *now);
+                    prop_assert_eq!(&resp, &want, "request {} (inline up to {}): {:?}", i, inline, r);
+                    prop_assert_eq!(&events, &want_events, "request {} (inline up to {}): events of {:?}", i, inline, r);
+                    if let (Some(seq), false, 0) = (resp.seq, resp.replayed, inline) {
+                        by_seq.insert(seq, resp.clone());
+                    }
+                    i += 1;
                 }
-                i += 1;
+            }
+            digest = engine.digest();
+            prop_assert!(machine.digest() == digest, "engine (inline up to {}) and machine differ: {}", inline, first_difference(&engine.canonical(), &machine.canonical()));
+            let logged = journal.entries.lock().unwrap().clone();
+            if inline == 0 {
+                entries = logged;
+            } else {
+                prop_assert!(logged == entries, "the same log with inline up to {}", inline);
             }
         }
-        let digest = engine.digest();
-        prop_assert!(machine.digest() == digest, "engine and machine differ: {}", first_difference(&engine.canonical(), &machine.canonical()));
 
         // Replaying the journal rebuilds the same state on any number of shards.
-        let entries = journal.entries.lock().unwrap().clone();
         prop_assert_eq!(entries.len(), by_seq.len(), "one journal entry per sequenced write");
         for shards in [1, 4] {
             let mut fresh = Machine::new(Limits::default(), shards);
