@@ -138,6 +138,9 @@ impl Storage for UnsyncedFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.0.read_at(offset, buf)
     }
+    fn read_into(&self, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+        self.0.read_into(buf, len)
+    }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.0.write_at(offset, data)
     }

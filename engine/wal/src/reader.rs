@@ -8,7 +8,7 @@ use crate::format::{
     decode_entry, decode_record, decode_segment_header, is_record_version, parse_segment_name,
     Record, RECORD_MAGIC, SEGMENT_HEADER_LEN,
 };
-use crate::storage::{read_all, Directory};
+use crate::storage::{read_all, read_all_into, Directory};
 use depot_engine::{LogEntry, Seq};
 use std::ops::Range;
 
@@ -87,6 +87,8 @@ pub struct WalReader<'d> {
     /// The length of the valid part of the last segment, once its end is reached.
     last_len: Option<u64>,
     failed: Option<WalError>,
+    /// The buffer of the last segment read, reused for the next one.
+    spare: Vec<u8>,
 }
 
 impl<'d> WalReader<'d> {
@@ -122,6 +124,7 @@ impl<'d> WalReader<'d> {
             tail: None,
             last_len: None,
             failed: None,
+            spare: Vec::new(),
         }
     }
 
@@ -184,7 +187,9 @@ impl<'d> WalReader<'d> {
                 if cur.last {
                     self.last_len = Some(cur.offset as u64);
                 }
-                self.current = None;
+                if let Some(done) = self.current.take() {
+                    self.spare = done.bytes;
+                }
                 continue;
             }
             let expected = self.expected.expect("set when the segment was loaded");
@@ -251,7 +256,8 @@ impl<'d> WalReader<'d> {
             }
         }
         let file = self.dir.open(&name).map_err(|e| WalError::io(&name, e))?;
-        let bytes = read_all(&*file, SEGMENT_FILE_MAX).map_err(|e| WalError::io(&name, e))?;
+        let mut bytes = std::mem::take(&mut self.spare);
+        read_all_into(&*file, SEGMENT_FILE_MAX, &mut bytes).map_err(|e| WalError::io(&name, e))?;
         self.expected = Some(name_seq);
         match decode_segment_header(&bytes) {
             Ok(h) if h.first_seq == name_seq => {}

@@ -19,6 +19,13 @@ pub trait Storage: Send + fmt::Debug {
     }
     /// Fills `buf` from `offset`; `UnexpectedEof` when the file ends first.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Replaces the content of `buf` with the file's first `len` bytes (a whole segment), in
+    /// its existing allocation. Override it to read without zero-filling the buffer first.
+    fn read_into(&self, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+        buf.clear();
+        buf.resize(len, 0);
+        self.read_at(0, buf)
+    }
     /// Writes all of `data` at `offset`, extending the file if needed. Not durable until
     /// [`Storage::sync_data`] returns `Ok`. On error, any prefix of `data` may have been written.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
@@ -52,6 +59,13 @@ pub fn read_all(file: &dyn Storage, len_max: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; checked_len(file, len_max)?];
     file.read_at(0, &mut buf)?;
     Ok(buf)
+}
+
+/// [`read_all`] into `buf`, reusing its allocation: a reader going through many segments
+/// allocates (and the kernel zeroes) the memory once, not once per segment.
+pub fn read_all_into(file: &dyn Storage, len_max: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    let len = checked_len(file, len_max)?;
+    file.read_into(buf, len)
 }
 
 /// [`read_all`] into a buffer aligned to 16 bytes (a snapshot's image is read in place).
@@ -179,6 +193,24 @@ impl Storage for FsFile {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn read_into(&self, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        // `read_to_end` fills the spare capacity without zeroing it first. Reads and writes
+        // elsewhere are positioned (`pread`/`pwrite`): moving the file offset affects nothing.
+        buf.clear();
+        buf.reserve(len);
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.take(len as u64).read_to_end(buf)?;
+        if buf.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read {} of {len} bytes", buf.len()),
+            ));
+        }
+        Ok(())
+    }
+
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
     }
@@ -190,5 +222,41 @@ impl Storage for FsFile {
     fn sync_data(&mut self) -> io::Result<()> {
         // fdatasync: the data and the metadata needed to read it back (the length), not times.
         self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reused buffer, longer or shorter than the file, ends up holding exactly the file; a
+    /// file shorter than asked is an error, never a short or zero-padded buffer.
+    #[test]
+    fn read_into_reuses_the_buffer_and_reads_exactly_the_file() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let dir = FsDir::open(tmp.path()).expect("the directory opens");
+        let mut long = dir.create("long").expect("created");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        long.write_at(0, &data).expect("written");
+        let mut short = dir.create("short").expect("created");
+        short.write_at(0, b"abc").expect("written");
+
+        let mut buf = vec![7u8; 10];
+        read_all_into(&*dir.open("long").expect("opens"), 1 << 20, &mut buf).expect("read");
+        assert_eq!(buf, data);
+        let capacity = buf.capacity();
+        read_all_into(&*dir.open("short").expect("opens"), 1 << 20, &mut buf).expect("read");
+        assert_eq!(buf, b"abc");
+        assert_eq!(buf.capacity(), capacity, "the allocation is kept");
+
+        let e = dir
+            .open("short")
+            .expect("opens")
+            .read_into(&mut buf, 10)
+            .expect_err("the file has 3 bytes, not 10");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = read_all_into(&*dir.open("long").expect("opens"), 1_000, &mut buf)
+            .expect_err("longer than the limit");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }
