@@ -178,27 +178,32 @@ impl Metrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let route = self.bounded_route(route);
         let method = bounded_method(method);
-        let status = status.to_string();
+        // The three digits of a valid status without formatting them (every request passes).
+        let code = axum::http::StatusCode::from_u16(status).ok();
+        let status: std::borrow::Cow<'_, str> = match &code {
+            Some(s) => s.as_str().into(),
+            None => status.to_string().into(),
+        };
         self.requests
-            .with_label_values(&[route.as_str(), method, status.as_str()])
+            .with_label_values(&[route, method, &status])
             .inc();
         if seconds.is_finite() && seconds >= 0.0 {
             self.request_seconds
-                .with_label_values(&[route.as_str(), method])
+                .with_label_values(&[route, method])
                 .observe(seconds);
         }
     }
 
-    fn bounded_route(&self, route: &str) -> String {
+    fn bounded_route<'a>(&self, route: &'a str) -> &'a str {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.contains(route) {
-            return route.to_string();
+            return route;
         }
         if routes.len() >= ROUTES_MAX || route.len() > 256 {
-            return "other".to_string();
+            return "other";
         }
         routes.insert(route.to_string());
-        route.to_string()
+        route
     }
 
     /// The depth of each engine queue (label `queue` = its index); replaces the previous set.

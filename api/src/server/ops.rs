@@ -718,10 +718,18 @@ pub async fn perform(
     if let Caller::Key(key) = caller {
         check_owners(&runner, key, &mut planned).await;
     }
-    let requests: Vec<Request> = planned
-        .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .flat_map(|p| p.requests.iter().cloned())
+    // The requests move to the engine; each operation keeps how many answers are its own.
+    let mut requests: Vec<Request> = Vec::with_capacity(planned.len());
+    let counts: Vec<usize> = planned
+        .iter_mut()
+        .map(|p| match p {
+            Ok(p) => {
+                let n = p.requests.len();
+                requests.append(&mut p.requests);
+                n
+            }
+            Err(_) => 0,
+        })
         .collect();
     let answers = match runner.run(requests).await {
         Ok(a) => a,
@@ -736,9 +744,10 @@ pub async fn perform(
     let mut answers = answers.as_slice();
     planned
         .into_iter()
-        .map(|p| {
+        .zip(counts)
+        .map(|(p, n)| {
             let p = p?;
-            let (mine, rest) = answers.split_at(p.requests.len().min(answers.len()));
+            let (mine, rest) = answers.split_at(n.min(answers.len()));
             answers = rest;
             render(&p.render, mine)
         })
