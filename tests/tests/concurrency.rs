@@ -208,19 +208,20 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
     );
 }
 
-#[test]
-fn journal_replay_gives_the_threaded_engines_digest() {
+/// A 3-shard engine with a journal, tenant `acme`, location `wh`, channel `web`, and
+/// `quantity` units of each of `skus` received at `wh`.
+fn journaled_warehouse(skus: &[&str], quantity: i64) -> (Engine, depot_engine::MemoryJournal) {
     let journal = depot_engine::MemoryJournal::default();
-    let recorded = Engine::start_with(
+    let engine = Engine::start_with(
         EngineConfig {
             shards: 3,
             ..EngineConfig::default()
         },
         Some(std::sync::Arc::new(journal.clone())),
     );
-    ok(&recorded, Command::CreateTenant);
+    ok(&engine, Command::CreateTenant);
     ok(
-        &recorded,
+        &engine,
         Command::PutLocation {
             location: depot_engine::LocationId::new("wh").unwrap(),
             kind: LocationKind::Warehouse,
@@ -230,25 +231,31 @@ fn journal_replay_gives_the_threaded_engines_digest() {
         },
     );
     ok(
-        &recorded,
+        &engine,
         Command::PutChannel {
             channel: depot_engine::ChannelId::new("web").unwrap(),
             kind: ChannelKind::Shopify,
             priority: 0,
         },
     );
-    for s in ["a", "b", "c"] {
+    for s in skus {
         ok(
-            &recorded,
+            &engine,
             Command::Receive {
                 sku: sku(s),
                 location: depot_engine::LocationId::new("wh").unwrap(),
-                quantity: 20,
+                quantity,
                 unit_cost: None,
                 reason: "r".into(),
             },
         );
     }
+    (engine, journal)
+}
+
+#[test]
+fn journal_replay_gives_the_threaded_engines_digest() {
+    let (recorded, journal) = journaled_warehouse(&["a", "b", "c"], 20);
     let batch: Vec<Request> = (0..60)
         .map(|i| reserve(&[("a", 1 + i % 3), ("b", 1), ("c", i % 2 + 1)]))
         .collect();
@@ -399,6 +406,77 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
     );
 }
 
+/// Threads sending single requests (small batches, run by the submitting thread when the
+/// shards are idle) race threads sending batches of 100 (run by the shard threads), on hot
+/// SKUs with little stock. Whatever ran where, the state must be the one the journal's order
+/// gives on the sequential machine, and never a unit more than the stock is held.
+#[test]
+fn small_inline_batches_racing_queued_ones_keep_sequence_order() {
+    with_watchdog(small_inline_batches_race);
+}
+
+fn small_inline_batches_race() {
+    let skus: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    let names: Vec<&str> = skus.iter().map(String::as_str).collect();
+    let (engine, journal) = journaled_warehouse(&names, 400);
+    let engine = std::sync::Arc::new(engine);
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (engine, skus) = (engine.clone(), skus.clone());
+            std::thread::spawn(move || {
+                let cart = |i: u64| {
+                    let a = ((i * 7 + t) % 8) as usize;
+                    let b = ((i * 3 + t + 1) % 8) as usize;
+                    if i % 3 == 0 || a == b {
+                        reserve(&[(skus[a].as_str(), 1)])
+                    } else {
+                        reserve(&[(skus[a].as_str(), 1), (skus[b].as_str(), 1)])
+                    }
+                };
+                let mut granted = 0u64;
+                if t < 3 {
+                    for i in 0..600 {
+                        let (r, _) = engine.execute_one(cart(i), 3_000);
+                        granted += u64::from(r.outcome.is_ok());
+                    }
+                } else {
+                    for b in 0..10 {
+                        let batch = (0..100).map(|i| cart(b * 100 + i)).collect();
+                        let answers = engine.execute(batch, 3_000);
+                        granted += answers.iter().filter(|(r, _)| r.outcome.is_ok()).count() as u64;
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let granted: u64 = threads
+        .into_iter()
+        .map(|t| t.join().expect("a client"))
+        .sum();
+    assert!(granted > 0, "some carts were held");
+    let mut held = 0;
+    for s in &skus {
+        let (on_hand, reserved) = stock(&engine, s);
+        assert_eq!(on_hand, 400);
+        assert!(reserved <= 400, "{s}: {reserved} held of 400");
+        held += reserved;
+    }
+    assert_eq!(held, 400 * 8, "the hot SKUs sell out");
+    let entries = journal.entries.lock().unwrap().clone();
+    for shards in [1, 3] {
+        let mut machine = depot_engine::Machine::new(depot_engine::Limits::default(), shards);
+        for e in &entries {
+            machine.replay(e);
+        }
+        assert_eq!(
+            machine.digest(),
+            engine.digest(),
+            "the journal replayed on {shards} shard(s)"
+        );
+    }
+}
+
 /// Shards run later reservations while an earlier one spanning shards waits for its decision;
 /// every answer, event and the final state must still be those of the single-threaded machine
 /// fed the same requests in the same order, for any shard count.
@@ -431,21 +509,27 @@ fn carts_pending_at_the_hold_limit_answer_as_the_machine_does() {
 /// Shards that wait for each other in a cycle would hang: a watchdog fails the test instead.
 /// Returns how many answers were refused by a limit.
 fn overtaking_case(seed: u64, reserve_pct: u64, limits: depot_engine::Limits) -> usize {
+    with_watchdog(move || overtaking_run(seed, reserve_pct, limits))
+}
+
+/// Runs `case` on its own thread and fails the test if it has not finished within 120 s
+/// (threads waiting for each other in a cycle would otherwise hang the test run).
+fn with_watchdog<T: Send + 'static>(case: impl FnOnce() -> T + Send + 'static) -> T {
     let (done, finished) = std::sync::mpsc::channel();
     let case = std::thread::spawn(move || {
-        let limited = overtaking_run(seed, reserve_pct, limits);
+        let out = case();
         let _ = done.send(());
-        limited
+        out
     });
     match finished.recv_timeout(std::time::Duration::from_secs(120)) {
         Ok(()) => case.join().expect("the case ran"),
         // A panic in the case drops the sender: report the panic itself.
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match case.join() {
-            Ok(limited) => limited,
+            Ok(out) => out,
             Err(p) => std::panic::resume_unwind(p),
         },
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("the engine did not answer within 120 s: shards wait for each other")
+            panic!("the engine did not answer within 120 s: threads wait for each other")
         }
     }
 }
