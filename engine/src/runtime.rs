@@ -916,26 +916,29 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
 /// Answers a finished job: records its idempotent response and wakes the requests waiting
 /// for it when needed.
 fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
-    if !needs_front(task, &fin) {
-        let answer = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
-        batch.complete(task.slot, answer);
-        return;
+    if let Some(fin) = deliver_plain(batch, task, fin) {
+        deliver_front(&mut inner.lock_front(), batch, task, fin);
     }
-    deliver_front(&mut inner.lock_front(), batch, task, fin);
 }
 
-fn needs_front(task: &Task, fin: &crate::job::Finished) -> bool {
-    task.idem.is_some() || !fin.dropped.is_empty() || !fin.foreign.is_empty()
+/// Answers a job that needs nothing of the front (no idempotency key to record, nothing
+/// dropped, no event of another tenant); hands back the others.
+fn deliver_plain(
+    batch: &Batch,
+    task: &Task,
+    fin: crate::job::Finished,
+) -> Option<crate::job::Finished> {
+    if task.idem.is_some() || !fin.dropped.is_empty() || !fin.foreign.is_empty() {
+        return Some(fin);
+    }
+    let answer = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
+    batch.complete(task.slot, answer);
+    None
 }
 
-/// [`deliver`] with the front lock held.
+/// [`deliver`] of a job [`deliver_plain`] handed back, with the front lock held.
 fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
     let job = &*task.job;
-    if !needs_front(task, &fin) {
-        let answer = respond(job, fin, |_| unreachable!("no foreign-tenant events"));
-        batch.complete(task.slot, answer);
-        return;
-    }
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
     side.front
@@ -1012,7 +1015,9 @@ fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[V
                 outs,
             )
         };
-        deliver_front(side, batch, task, fin);
+        if let Some(fin) = deliver_plain(batch, task, fin) {
+            deliver_front(side, batch, task, fin);
+        }
     }
     for (s, state) in states.iter().enumerate() {
         if let Some(state) = state {

@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
@@ -48,38 +48,23 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Wraps the router in the [`EdgeLayer`]. See the module docs.
-pub fn wrap(router: Router, state: AppState, limits: &HttpLimits) -> Router {
-    router.layer(EdgeLayer::new(state, limits))
+/// Wraps the router in the [`EdgeLayer`], with the limits of `state`. See the module docs.
+pub fn wrap(router: Router, state: AppState) -> Router {
+    router.layer(EdgeLayer::new(state))
 }
 
-/// The one layer of the module docs.
+/// The one layer of the module docs; its limits are the state's [`HttpLimits`].
 #[derive(Clone, Debug)]
 pub struct EdgeLayer {
     state: AppState,
-    edge: Arc<EdgeLimits>,
-}
-
-#[derive(Debug)]
-struct EdgeLimits {
-    timeout: Duration,
-    headers_max: usize,
-    header_bytes_max: usize,
-    body_bytes_max: usize,
     ids: ProcessRequestIds,
 }
 
 impl EdgeLayer {
-    pub fn new(state: AppState, limits: &HttpLimits) -> EdgeLayer {
+    pub fn new(state: AppState) -> EdgeLayer {
         EdgeLayer {
             state,
-            edge: Arc::new(EdgeLimits {
-                timeout: limits.request_timeout,
-                headers_max: limits.headers_max,
-                header_bytes_max: limits.header_bytes_max,
-                body_bytes_max: limits.body_bytes_max,
-                ids: ProcessRequestIds::new(),
-            }),
+            ids: ProcessRequestIds::new(),
         }
     }
 }
@@ -91,7 +76,7 @@ impl<S> Layer<S> for EdgeLayer {
         Edge {
             inner,
             state: self.state.clone(),
-            edge: self.edge.clone(),
+            ids: self.ids.clone(),
         }
     }
 }
@@ -101,7 +86,7 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     state: AppState,
-    edge: Arc<EdgeLimits>,
+    ids: ProcessRequestIds,
 }
 
 impl<S> Service<Request> for Edge<S>
@@ -121,13 +106,12 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let start = Instant::now();
-        let edge = self.edge.clone();
         let state = self.state.clone();
         let inner = self.inner.clone();
         let id = match req.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = edge.ids.next_id();
+                let id = self.ids.next_id();
                 req.headers_mut().insert(REQUEST_ID, id.clone());
                 id
             }
@@ -140,14 +124,17 @@ where
             uri = %req.uri().path(),
             request_id = %String::from_utf8_lossy(id.as_bytes()),
         );
-        let refused = check_headers(&edge, &req);
-        req.extensions_mut().insert(BodyLimit(edge.body_bytes_max));
+        let limits = state.limits();
+        let refused = check_headers(limits, &req);
+        req.extensions_mut()
+            .insert(BodyLimit(limits.body_bytes_max));
+        let timeout = limits.request_timeout;
         Box::pin(
             async move {
                 let mut res = match refused {
                     Some(e) => e.into_response(),
                     None => {
-                        let run = tokio::time::timeout(edge.timeout, inner.oneshot(req));
+                        let run = tokio::time::timeout(timeout, inner.oneshot(req));
                         match AssertUnwindSafe(run).catch_unwind().await {
                             Ok(Ok(Ok(res))) => res.into_response(),
                             Ok(Ok(Err(never))) => match never {},
@@ -182,23 +169,23 @@ where
 }
 
 /// 431 when the request has too many headers or too many header bytes.
-fn check_headers(edge: &EdgeLimits, req: &Request) -> Option<ApiError> {
+fn check_headers(limits: &HttpLimits, req: &Request) -> Option<ApiError> {
     let headers = req.headers();
-    if headers.len() > edge.headers_max {
+    if headers.len() > limits.headers_max {
         return Some(ApiError::headers_too_large(format!(
             "{} headers, at most {} are allowed",
             headers.len(),
-            edge.headers_max
+            limits.headers_max
         )));
     }
     let bytes: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    (bytes > edge.header_bytes_max).then(|| {
+    (bytes > limits.header_bytes_max).then(|| {
         ApiError::headers_too_large(format!(
             "{bytes} bytes of headers, at most {} are allowed",
-            edge.header_bytes_max
+            limits.header_bytes_max
         ))
     })
 }
@@ -256,15 +243,13 @@ mod tests {
     use crate::keys::KeyStore;
     use axum::body::Body;
     use axum::routing::get;
+    use std::time::Duration;
 
     fn edge_around(limits: HttpLimits, router: Router<AppState>) -> (Router, AppState) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (keys, _) = KeyStore::open(dir.path(), Some("m".repeat(32))).expect("keys open");
-        let state = AppState::new(keys, limits.clone());
-        (
-            wrap(router.with_state(state.clone()), state.clone(), &limits),
-            state,
-        )
+        let state = AppState::new(keys, limits);
+        (wrap(router.with_state(state.clone()), state.clone()), state)
     }
 
     async fn call(app: &Router, path: &str, headers: &[(&str, &str)]) -> Response {

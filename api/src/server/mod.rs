@@ -233,7 +233,6 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 
 /// The whole HTTP API. See `API.md`.
 pub fn app(state: AppState) -> Router {
-    let limits = state.limits().clone();
     let router = table()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
@@ -242,5 +241,5 @@ pub fn app(state: AppState) -> Router {
         .fallback(layers::not_found)
         .method_not_allowed_fallback(layers::method_not_allowed)
         .with_state(state.clone());
-    layers::wrap(router, state, &limits)
+    layers::wrap(router, state)
 }

@@ -56,8 +56,8 @@ pub trait Directory: Send + Sync + fmt::Debug {
 /// Reads a whole file, refusing files longer than `len_max` (so a hostile or runaway file
 /// never becomes an allocation of its size).
 pub fn read_all(file: &dyn Storage, len_max: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; checked_len(file, len_max)?];
-    file.read_at(0, &mut buf)?;
+    let mut buf = Vec::new();
+    read_all_into(file, len_max, &mut buf)?;
     Ok(buf)
 }
 
