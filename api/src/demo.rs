@@ -58,7 +58,7 @@ pub fn demo_requests(tenant: &TenantId) -> Vec<Request> {
         .into_iter()
         .map(|command| Request {
             tenant: tenant.clone(),
-            key_id: DEMO_KEY_ID.to_string(),
+            key_id: DEMO_KEY_ID.into(),
             idempotency_key: None,
             command,
         })

@@ -139,7 +139,7 @@ impl Workload {
     pub fn request(&self, command: Command) -> Request {
         Request {
             tenant: self.tenant.clone(),
-            key_id: KEY_ID.to_string(),
+            key_id: KEY_ID.into(),
             idempotency_key: None,
             command,
         }

@@ -13,7 +13,7 @@ pub struct Request {
     pub tenant: TenantId,
     /// The API key (or other actor) that asked; recorded in events.
     #[serde(default)]
-    pub key_id: String,
+    pub key_id: compact_str::CompactString,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub command: Command,

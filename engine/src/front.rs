@@ -355,7 +355,7 @@ impl Front {
             now: self.now,
             tenant,
             tenant_id,
-            key_id: compact_str::CompactString::new(&req.key_id),
+            key_id: req.key_id.clone(),
             kind,
             shards,
             quiet: false,

@@ -94,12 +94,14 @@ pub struct Unacked {
 pub struct Replaying {
     batch: Arc<Batch>,
     sent: Vec<Arc<Vec<Task>>>,
+    quiet: bool,
 }
 
 impl std::fmt::Debug for Replaying {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replaying")
-            .field("entries", &self.batch.slots.len())
+            .field("outstanding", &self.batch.remaining.load(Ordering::Relaxed))
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
@@ -115,6 +117,7 @@ pub struct ReservationCounts {
 
 /// The answers of one `execute` call and who waits for them.
 struct Batch {
+    /// One per request; empty for a batch whose answers are dropped ([`Batch::discarding`]).
     slots: Vec<OnceLock<Answer>>,
     remaining: AtomicUsize,
     waiter: Thread,
@@ -130,8 +133,25 @@ impl Batch {
         })
     }
 
+    /// A batch of `len` requests whose answers nobody reads: each is dropped where it is
+    /// made, only the count of those outstanding is kept.
+    fn discarding(len: usize) -> Arc<Batch> {
+        Arc::new(Batch {
+            slots: Vec::new(),
+            remaining: AtomicUsize::new(len),
+            waiter: std::thread::current(),
+        })
+    }
+
     fn complete(&self, i: usize, a: Answer) {
-        if self.slots[i].set(a).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let first = match self.slots.get(i) {
+            Some(slot) => slot.set(a).is_ok(),
+            None => {
+                debug_assert!(self.slots.is_empty(), "slot {i} out of range");
+                true
+            }
+        };
+        if first && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waiter.unpark();
         }
     }
@@ -503,11 +523,16 @@ impl Engine {
     /// caller bounds what it has in flight. The state after the last entry is the state a
     /// [`Machine`] replaying the same entries one by one reaches (`tests/tests/model.rs`).
     ///
-    /// With `quiet`, the answers of reservations without an idempotency key are not built:
-    /// their answer is a bare `Done` without events (recovery that keeps no events uses it;
-    /// keyed requests are always answered in full, their answers are stored).
+    /// With `quiet`, nobody reads the answers: [`Engine::replay_wait`] returns none, and the
+    /// answers and events of reservations without an idempotency key are not even built
+    /// (recovery that keeps no events uses it). Keyed requests are still answered in full,
+    /// as their answers are stored for repeats.
     pub fn replay_submit(&self, entries: &[LogEntry], quiet: bool) -> Replaying {
-        let batch = Batch::new(entries.len());
+        let batch = if quiet {
+            Batch::discarding(entries.len())
+        } else {
+            Batch::new(entries.len())
+        };
         let n = self.inner.queues.len();
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut side = self.inner.lock_front();
@@ -527,17 +552,26 @@ impl Engine {
         }
         let sent = self.send(&batch, per_shard);
         drop(side);
-        Replaying { batch, sent }
+        Replaying { batch, sent, quiet }
     }
 
-    /// The answers of replayed entries, in order, once the shards have run them. Must be
-    /// called on the thread that called [`Engine::replay_submit`] (it is the one woken).
+    /// The answers of replayed entries, in order, once the shards have run them; none for a
+    /// quiet replay. Must be called on the thread that called [`Engine::replay_submit`] (it
+    /// is the one woken).
     pub fn replay_wait(&self, replaying: Replaying) -> Vec<Answer> {
         debug_assert_eq!(
             replaying.batch.waiter.id(),
             std::thread::current().id(),
             "replay_wait runs on the submitting thread"
         );
+        if replaying.quiet {
+            while replaying.batch.remaining.load(Ordering::Acquire) != 0 {
+                std::thread::park();
+            }
+            // The task lists are freed by whichever of this thread and the shards lets go of
+            // them last.
+            return Vec::new();
+        }
         collect(replaying.batch, replaying.sent)
     }
 

@@ -206,7 +206,7 @@ pub fn replay_in_process(
     for (tenant, skus) in &all {
         let tick = Request {
             tenant: tenant.clone(),
-            key_id: String::new(),
+            key_id: Default::default(),
             idempotency_key: None,
             command: Command::Tick,
         };

@@ -491,7 +491,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
     };
     let request = |command, idempotency_key| Request {
         tenant: key.tenant.clone(),
-        key_id: key.id.clone(),
+        key_id: key.id.as_str().into(),
         idempotency_key,
         command,
     };
@@ -772,7 +772,7 @@ async fn check_owners(
         .iter()
         .map(|&(_, id)| Request {
             tenant: key.tenant.clone(),
-            key_id: key.id.clone(),
+            key_id: key.id.as_str().into(),
             idempotency_key: None,
             command: Command::GetReservation { id },
         })

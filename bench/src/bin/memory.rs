@@ -107,7 +107,7 @@ fn ids(shape: Shape) -> Ids {
 fn req(ids: &Ids, command: Command) -> Request {
     Request {
         tenant: ids.tenant.clone(),
-        key_id: String::new(),
+        key_id: Default::default(),
         idempotency_key: None,
         command,
     }

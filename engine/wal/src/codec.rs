@@ -227,10 +227,36 @@ pub fn encode(entry: &LogEntry, out: &mut Vec<u8>) {
 
 /// Decodes a binary body into the entry with sequence number `seq` (the frame's).
 pub fn decode(seq: Seq, body: &[u8]) -> Result<LogEntry, BodyError> {
+    decode_with(seq, body, &mut Recent::default())
+}
+
+/// The tenant, key and channel of the last entry decoded. A log's entries mostly repeat them,
+/// and a repeat is taken as a copy of the value already checked: the same bytes give the same
+/// value, so the result is exactly [`decode`]'s.
+#[derive(Debug, Default)]
+pub struct Recent {
+    tenant: Option<TenantId>,
+    key_id: compact_str::CompactString,
+    channel: Option<ChannelId>,
+}
+
+/// [`decode`], taking repeated names from (and keeping new ones in) `recent`.
+pub fn decode_with(seq: Seq, body: &[u8], recent: &mut Recent) -> Result<LogEntry, BodyError> {
     let mut r = Reader { bytes: body, at: 0 };
     let now = r.u64("time")?;
-    let tenant = r.id("tenant", TenantId::new)?;
-    let key_id = r.string("key id")?;
+    let tenant = r.repeated_id(
+        "tenant",
+        &mut recent.tenant,
+        TenantId::new,
+        TenantId::as_str,
+    )?;
+    let key_id = match r.raw("key id")? {
+        k if k == recent.key_id.as_bytes() => recent.key_id.clone(),
+        k => {
+            recent.key_id = r.utf8("key id", k)?.into();
+            recent.key_id.clone()
+        }
+    };
     let idempotency_key = r.opt("idempotency key", |r| r.string("idempotency key"))?;
     let command = match r.u8("operation")? {
         op::RECEIVE => Command::Receive {
@@ -282,7 +308,12 @@ pub fn decode(seq: Seq, body: &[u8]) -> Result<LogEntry, BodyError> {
             reason: r.string("reason")?,
         },
         op::RESERVE => {
-            let channel = r.id("channel", ChannelId::new)?;
+            let channel = r.repeated_id(
+                "channel",
+                &mut recent.channel,
+                ChannelId::new,
+                ChannelId::as_str,
+            )?;
             let lines = r.list("lines", |r| {
                 Ok(LineRequest {
                     sku: r.id("sku", Sku::new)?,
@@ -462,6 +493,13 @@ impl<'a> Reader<'a> {
     /// A LEB128 length. It can never exceed the bytes left, since every counted item takes at
     /// least one byte: so no hostile count becomes a large allocation.
     fn len(&mut self, what: &'static str) -> Result<usize, BodyError> {
+        // The usual case, one byte: a length below 128 that fits.
+        if let Some(&b) = self.bytes.get(self.at) {
+            if b < 0x80 && usize::from(b) < self.bytes.len() - self.at {
+                self.at += 1;
+                return Ok(usize::from(b));
+            }
+        }
         let start = self.at;
         let mut n: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -481,6 +519,16 @@ impl<'a> Reader<'a> {
         }
         Err(self.fail_at(what, start, "length has more than 64 bits".into()))
     }
+    /// A length-prefixed byte string, not yet checked to be UTF-8 (see [`Reader::utf8`]).
+    fn raw(&mut self, what: &'static str) -> Result<&'a [u8], BodyError> {
+        let n = self.len(what)?;
+        self.take(what, n)
+    }
+    /// `bytes`, just read with [`Reader::raw`], as text.
+    fn utf8(&self, what: &'static str, bytes: &'a [u8]) -> Result<&'a str, BodyError> {
+        std::str::from_utf8(bytes)
+            .map_err(|e| self.fail_at(what, self.at - bytes.len(), e.to_string()))
+    }
     fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
         let n = self.len(what)?;
         let at = self.at;
@@ -498,6 +546,25 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let s = self.str(what)?;
         new(s).map_err(|e| self.fail_at(what, at, e.to_string()))
+    }
+    /// As [`Reader::id`], but a value equal to `last` is cloned instead of checked again; a
+    /// new one replaces `last`.
+    fn repeated_id<T: Clone, E: std::fmt::Display>(
+        &mut self,
+        what: &'static str,
+        last: &mut Option<T>,
+        new: impl FnOnce(&str) -> Result<T, E>,
+        as_str: impl Fn(&T) -> &str,
+    ) -> Result<T, BodyError> {
+        let at = self.at;
+        let bytes = self.raw(what)?;
+        if let Some(v) = last.as_ref().filter(|v| as_str(v).as_bytes() == bytes) {
+            return Ok(v.clone());
+        }
+        let s = self.utf8(what, bytes)?;
+        let v = new(s).map_err(|e| self.fail_at(what, at, e.to_string()))?;
+        *last = Some(v.clone());
+        Ok(v)
     }
     fn opt<T>(
         &mut self,

@@ -198,8 +198,17 @@ pub fn encode_entry_json(entry: &LogEntry, out: &mut Vec<u8>) {
 /// Parses a record's body back into its log entry, by the record's version. A JSON body carries
 /// its own seq, which must equal the frame's.
 pub fn decode_entry(record: &Record<'_>) -> Result<LogEntry, BodyError> {
+    decode_entry_with(record, &mut crate::codec::Recent::default())
+}
+
+/// [`decode_entry`] for a reader going through many records: names repeated from the last
+/// binary body are copied from `recent` instead of checked again (see [`crate::codec::Recent`]).
+pub fn decode_entry_with(
+    record: &Record<'_>,
+    recent: &mut crate::codec::Recent,
+) -> Result<LogEntry, BodyError> {
     match record.version {
-        RECORD_VERSION_BINARY => crate::codec::decode(record.seq, record.body),
+        RECORD_VERSION_BINARY => crate::codec::decode_with(record.seq, record.body, recent),
         RECORD_VERSION_JSON => {
             let entry: LogEntry = serde_json::from_slice(record.body).map_err(|e| BodyError {
                 what: "JSON body",

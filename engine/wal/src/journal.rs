@@ -7,7 +7,7 @@
 use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
 use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Response, Seq};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -357,12 +357,17 @@ fn replay_after(
                 Ok(reader)
             })
             .map_err(|e| WalError::io("", e))?;
+        // A quiet batch comes back without answers: its entries are reported without events.
         let mut report = |entries: Vec<LogEntry>, answers: Vec<(Response, Vec<Event>)>| {
-            for (entry, (_, events)) in entries.iter().zip(answers) {
-                on_entry(entry, events);
+            let mut answers = answers.into_iter();
+            for entry in &entries {
+                on_entry(entry, answers.next().map(|(_, e)| e).unwrap_or_default());
             }
         };
-        let mut in_flight: Option<(Vec<LogEntry>, depot_engine::Replaying)> = None;
+        // Batches submitted whose answers are not collected yet: a few, so that a shard with
+        // more of one batch's work than the others does not leave them idle meanwhile.
+        let mut in_flight: VecDeque<(Vec<LogEntry>, depot_engine::Replaying)> =
+            VecDeque::with_capacity(REPLAY_IN_FLIGHT + 1);
         // Quiet batches only ever come first, so the events reported are those of a contiguous
         // run of entries up to the end of the log (an event cursor never skips one).
         let mut loud = false;
@@ -373,11 +378,14 @@ fn replay_after(
                 !loud && decoded.load(Ordering::Acquire) >= last.saturating_add(events_of_last);
             loud |= !quiet;
             let next = engine.replay_submit(&batch, quiet);
-            if let Some((entries, running)) = in_flight.replace((batch, next)) {
-                report(entries, engine.replay_wait(running));
+            in_flight.push_back((batch, next));
+            if in_flight.len() > REPLAY_IN_FLIGHT {
+                if let Some((entries, running)) = in_flight.pop_front() {
+                    report(entries, engine.replay_wait(running));
+                }
             }
         }
-        if let Some((entries, running)) = in_flight.take() {
+        while let Some((entries, running)) = in_flight.pop_front() {
             report(entries, engine.replay_wait(running));
         }
         decoder
@@ -397,6 +405,8 @@ fn replay_after(
 /// Entries per batch handed from the decoding thread to the replay, and batches in flight.
 const REPLAY_BATCH: usize = 4_096;
 const REPLAY_AHEAD: usize = 8;
+/// Batches on the shards at once during a replay.
+const REPLAY_IN_FLIGHT: usize = 4;
 /// At most this many batches decoded ahead, whatever the events wanted (about 400 MB).
 const REPLAY_AHEAD_MAX: usize = 1_024;
 

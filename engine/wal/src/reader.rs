@@ -5,7 +5,7 @@
 
 use crate::error::WalError;
 use crate::format::{
-    decode_entry, decode_record, decode_segment_header, is_record_version, parse_segment_name,
+    decode_entry_with, decode_record, decode_segment_header, is_record_version, parse_segment_name,
     Record, RECORD_MAGIC, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{read_all, read_all_into, Directory};
@@ -89,6 +89,8 @@ pub struct WalReader<'d> {
     failed: Option<WalError>,
     /// The buffer of the last segment read, reused for the next one.
     spare: Vec<u8>,
+    /// Names of the last entry decoded, copied when the next one repeats them.
+    recent: crate::codec::Recent,
 }
 
 impl<'d> WalReader<'d> {
@@ -125,6 +127,7 @@ impl<'d> WalReader<'d> {
             last_len: None,
             failed: None,
             spare: Vec::new(),
+            recent: Default::default(),
         }
     }
 
@@ -147,7 +150,7 @@ impl<'d> WalReader<'d> {
                 version,
                 body: &cur.bytes[body],
             };
-            let entry = decode_entry(&record).map_err(|e| {
+            let entry = decode_entry_with(&record, &mut self.recent).map_err(|e| {
                 WalError::corrupt(&cur.name, offset, format!("body does not parse: {e}"))
             })?;
             Ok(Some(entry))

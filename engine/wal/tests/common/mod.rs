@@ -96,7 +96,7 @@ pub fn entry(seq: u64) -> LogEntry {
         now: 1_700_000_000_000 + seq * 7,
         request: Request {
             tenant: TenantId::new("acme").unwrap(),
-            key_id: format!("key-{}", seq % 5),
+            key_id: format!("key-{}", seq % 5).into(),
             idempotency_key: (seq % 3 == 0).then(|| format!("idem-{seq}")),
             command: command(seq),
         },
