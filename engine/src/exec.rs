@@ -78,7 +78,7 @@ impl ShardState {
         let cfg = self.config(job.tenant);
         let mut out = smallvec::SmallVec::new();
         for (i, item) in items.iter().enumerate() {
-            if !self.owns(job.tenant, item.sku.as_str()) {
+            if !self.owns_item(job.tenant, item) {
                 continue;
             }
             let mut prep = ItemPrep {
@@ -1161,7 +1161,7 @@ impl ShardState {
         let mut part_items = smallvec::SmallVec::new();
         for plan in plans.iter() {
             let it = &items[plan.item];
-            if !self.owns(t, it.sku.as_str()) {
+            if !self.owns_item(t, it) {
                 continue;
             }
             let (cfg, st) = self.sku_entry(t, it.sku.as_str());
@@ -2151,7 +2151,13 @@ mod tests {
                 kind: JobKind::Reserve {
                     channel: 0,
                     lines: LineHeaders::One([LineHeader { sku: sku.clone(), requested, is_bundle }]),
-                    items: smallvec::smallvec![ItemReq { line: 0, slot: 0, sku, per_unit }],
+                    items: smallvec::smallvec![ItemReq {
+                        line: 0,
+                        slot: 0,
+                        shard: 0,
+                        sku,
+                        per_unit
+                    }],
                     expires_at: 2_000,
                     order_ref: None,
                     ship_to_region: REGIONS[ship_to].map(str::to_string),

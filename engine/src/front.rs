@@ -219,6 +219,11 @@ impl Front {
         }
     }
 
+    /// The shard owning `sku` of the tenant `cfg` configures.
+    fn shard_index(&self, cfg: &TenantConfig, sku: &crate::ids::Sku) -> u16 {
+        shard_of(cfg.tenant_idx, sku.as_str(), self.shards) as u16
+    }
+
     fn shard_bit(&self, tenant: u32, sku: &str) -> u64 {
         1u64 << shard_of(tenant, sku, self.shards)
     }
@@ -734,9 +739,7 @@ impl Front {
                     return Err(Refusal::invalid("fill.max_locations", "must be at least 1"));
                 }
                 let (headers, items) = self.expand_lines(&cfg, lines)?;
-                let mask = items
-                    .iter()
-                    .fold(0u64, |m, it| m | self.shard_bit(t, it.sku.as_str()));
+                let mask = items.iter().fold(0u64, |m, it| m | 1u64 << it.shard);
                 let kind = JobKind::Reserve {
                     channel: c,
                     lines: headers,
@@ -964,6 +967,7 @@ impl Front {
                     slot: 0,
                     sku: l.sku.clone(),
                     per_unit: 1,
+                    shard: self.shard_index(cfg, &l.sku),
                 })
                 .collect();
             return Ok((headers, items));
@@ -979,6 +983,7 @@ impl Front {
                             slot: slot as u16,
                             sku: c.sku.clone(),
                             per_unit: c.quantity,
+                            shard: self.shard_index(cfg, &c.sku),
                         });
                     }
                 }
@@ -987,6 +992,7 @@ impl Front {
                     slot: 0,
                     sku: l.sku.clone(),
                     per_unit: 1,
+                    shard: self.shard_index(cfg, &l.sku),
                 }),
             }
         }

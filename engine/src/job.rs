@@ -115,6 +115,8 @@ pub struct ItemReq {
     pub sku: Sku,
     /// Units of this SKU per unit of the line (1 for plain lines).
     pub per_unit: i64,
+    /// The shard that owns the SKU (`shard_of`), found once by the front.
+    pub shard: u16,
 }
 
 #[derive(Clone, Debug)]

@@ -742,6 +742,17 @@ impl ShardState {
         shard_of(tenant, sku, self.shards) == self.index
     }
 
+    /// [`ShardState::owns`] for an item of a reservation, by the shard the front found.
+    pub fn owns_item(&self, tenant: u32, item: &crate::job::ItemReq) -> bool {
+        debug_assert_eq!(
+            usize::from(item.shard) == self.index,
+            self.owns(tenant, item.sku.as_str()),
+            "the front and the shard agree on the owner of {}",
+            item.sku
+        );
+        usize::from(item.shard) == self.index
+    }
+
     pub fn config(&self, tenant: u32) -> &Arc<TenantConfig> {
         &self.tenants[tenant as usize]
     }
