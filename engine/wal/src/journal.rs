@@ -335,6 +335,9 @@ fn replay_after(
             .unwrap_or(usize::MAX)
             .min(REPLAY_AHEAD_MAX);
     let (batches, received) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(ahead);
+    // Replayed batches go back to the decoding thread, which frees their entries (cheaper on
+    // the thread that allocated them) and refills the emptied list.
+    let (give_back, returned) = std::sync::mpsc::channel::<Vec<LogEntry>>();
     // The seq of the last entry decoded: the log ends at it or later.
     let decoded = AtomicU64::new(0);
     let reader = std::thread::scope(|scope| {
@@ -342,12 +345,19 @@ fn replay_after(
         let decoder = std::thread::Builder::new()
             .name("depot-wal-decode".into())
             .spawn_scoped(scope, move || -> Result<WalReader<'_>, WalError> {
-                let mut batch = Vec::with_capacity(REPLAY_BATCH);
+                let fresh = || match returned.try_recv() {
+                    Ok(mut done) => {
+                        done.clear();
+                        done
+                    }
+                    Err(_) => Vec::with_capacity(REPLAY_BATCH),
+                };
+                let mut batch = fresh();
                 while let Some(entry) = reader.next_entry()? {
                     decoded_by.store(entry.seq, Ordering::Release);
                     batch.push(entry);
                     if batch.len() == REPLAY_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
+                        let full = std::mem::replace(&mut batch, fresh());
                         if batches.send(full).is_err() {
                             break;
                         }
@@ -363,6 +373,8 @@ fn replay_after(
             for entry in &entries {
                 on_entry(entry, answers.next().map(|(_, e)| e).unwrap_or_default());
             }
+            // Once the decoder is done, nobody takes them: they are freed here.
+            let _ = give_back.send(entries);
         };
         // Batches submitted whose answers are not collected yet: a few, so that a shard with
         // more of one batch's work than the others does not leave them idle meanwhile.
