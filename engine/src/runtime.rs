@@ -94,14 +94,13 @@ pub struct Unacked {
 pub struct Replaying {
     batch: Arc<Batch>,
     sent: Vec<Arc<Vec<Task>>>,
-    quiet: bool,
 }
 
 impl std::fmt::Debug for Replaying {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replaying")
             .field("outstanding", &self.batch.remaining.load(Ordering::Relaxed))
-            .field("quiet", &self.quiet)
+            .field("quiet", &self.batch.discards())
             .finish()
     }
 }
@@ -143,9 +142,21 @@ impl Batch {
         })
     }
 
+    /// True for a batch made by [`Batch::discarding`] (or one of no requests).
+    fn discards(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Parks the waiter until every request is answered.
+    fn wait(&self) {
+        while self.remaining.load(Ordering::Acquire) != 0 {
+            std::thread::park();
+        }
+    }
+
     fn complete(&self, i: usize, a: Answer) {
         // A discarding batch drops the answer here; it counts it all the same.
-        let first = self.slots.is_empty() || self.slots[i].set(a).is_ok();
+        let first = self.discards() || self.slots[i].set(a).is_ok();
         if first && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waiter.unpark();
         }
@@ -547,7 +558,7 @@ impl Engine {
         }
         let sent = self.send(&batch, per_shard);
         drop(side);
-        Replaying { batch, sent, quiet }
+        Replaying { batch, sent }
     }
 
     /// The answers of replayed entries, in order, once the shards have run them; none for a
@@ -559,10 +570,8 @@ impl Engine {
             std::thread::current().id(),
             "replay_wait runs on the submitting thread"
         );
-        if replaying.quiet {
-            while replaying.batch.remaining.load(Ordering::Acquire) != 0 {
-                std::thread::park();
-            }
+        if replaying.batch.discards() {
+            replaying.batch.wait();
             // The task lists are freed by whichever of this thread and the shards lets go of
             // them last.
             return Vec::new();
@@ -727,9 +736,7 @@ fn route(
 
 /// Waits (parked) until every slot of a batch is answered and returns the answers in order.
 fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
-    while batch.remaining.load(Ordering::Acquire) != 0 {
-        std::thread::park();
-    }
+    batch.wait();
     // A shard drops its reference right after the message's last task: wait for that
     // instead of copying every answer.
     let mut batch = batch;

@@ -236,7 +236,7 @@ pub fn decode(seq: Seq, body: &[u8]) -> Result<LogEntry, BodyError> {
 #[derive(Debug, Default)]
 pub struct Recent {
     tenant: Option<TenantId>,
-    key_id: compact_str::CompactString,
+    key_id: Option<compact_str::CompactString>,
     channel: Option<ChannelId>,
 }
 
@@ -250,13 +250,12 @@ pub fn decode_with(seq: Seq, body: &[u8], recent: &mut Recent) -> Result<LogEntr
         TenantId::new,
         TenantId::as_str,
     )?;
-    let key_id = match r.raw("key id")? {
-        k if k == recent.key_id.as_bytes() => recent.key_id.clone(),
-        k => {
-            recent.key_id = r.utf8("key id", k)?.into();
-            recent.key_id.clone()
-        }
-    };
+    let key_id = r.repeated_id(
+        "key id",
+        &mut recent.key_id,
+        |k| Ok::<_, std::convert::Infallible>(k.into()),
+        compact_str::CompactString::as_str,
+    )?;
     let idempotency_key = r.opt("idempotency key", |r| r.string("idempotency key"))?;
     let command = match r.u8("operation")? {
         op::RECEIVE => Command::Receive {
@@ -530,10 +529,8 @@ impl<'a> Reader<'a> {
             .map_err(|e| self.fail_at(what, self.at - bytes.len(), e.to_string()))
     }
     fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
-        let n = self.len(what)?;
-        let at = self.at;
-        let bytes = self.take(what, n)?;
-        std::str::from_utf8(bytes).map_err(|e| self.fail_at(what, at, e.to_string()))
+        let bytes = self.raw(what)?;
+        self.utf8(what, bytes)
     }
     fn string(&mut self, what: &'static str) -> Result<String, BodyError> {
         self.str(what).map(str::to_string)
