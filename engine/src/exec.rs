@@ -16,7 +16,7 @@ use crate::outcome::{
     Outcome, Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
 };
 use crate::rules::{CompiledRouting, OversellPolicy};
-use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState};
+use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState, SkuRef};
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------
@@ -85,7 +85,12 @@ impl ShardState {
                 item: i,
                 ..ItemPrep::default()
             };
-            if let Some(st) = self.sku(job.tenant, item.sku.as_str()) {
+            let found = self.skus.slot(&SkuRef {
+                tenant: job.tenant,
+                sku: item.sku.as_str(),
+            });
+            if let Some((slot, st)) = found {
+                prep.sku_slot = Some(slot);
                 prep.ats = st.ats(channel);
                 if cfg.rules.is_empty() {
                     prep.locations = st.levels.iter().map(|l| (l.loc, l.available())).collect();
@@ -496,6 +501,7 @@ fn decide_items(
             item: i,
             quantity: want,
             allocations,
+            sku_slot: p.sku_slot,
         });
     }
     if !split_bad.is_empty() {
@@ -610,6 +616,7 @@ fn decide_one_item(
             item: 0,
             quantity: want,
             allocations,
+            sku_slot: prep.sku_slot,
         }],
     }
 }
@@ -1164,7 +1171,7 @@ impl ShardState {
             if !self.owns_item(t, it) {
                 continue;
             }
-            let (cfg, st) = self.sku_entry(t, it.sku.as_str());
+            let (cfg, st) = self.sku_entry_at(t, it.sku.as_str(), plan.sku_slot);
             for &(loc, q) in &plan.allocations {
                 st.level_mut(loc).reserved += q;
             }
@@ -1198,7 +1205,7 @@ impl ShardState {
             created_at: job.now,
             expires_at: *expires_at,
             ended_at: 0,
-            order_ref: order_ref.as_deref().map(Box::from),
+            order_ref: order_ref.clone().map(Box::new),
             lines: lines.clone(),
             granted: granted.clone(),
             items: part_items,
@@ -2049,7 +2056,7 @@ pub fn reservation_view(
         state,
         created_at: head.created_at,
         expires_at: head.expires_at,
-        order_ref: head.order_ref.as_deref().map(str::to_string),
+        order_ref: head.order_ref.as_deref().cloned(),
         lines,
     }
 }
@@ -2110,6 +2117,7 @@ mod tests {
                     .filter_map(|(l, a)| a.map(|a| (l as LocIdx, a)))
                     .collect(),
                 routing,
+                sku_slot: None,
             })
     }
 

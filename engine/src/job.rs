@@ -79,16 +79,17 @@ impl std::fmt::Debug for LineHeaders {
 
 /// Units granted per line of a reservation. Stored only when some line is not granted in full
 /// (a partial fill, a partial commit): the usual full grant is `None` and costs no allocation.
-/// Always normalised by [`Granted::new`], so equal grants compare equal.
+/// Always normalised by [`Granted::new`], so equal grants compare equal. A thin pointer (the
+/// list's length is behind it) keeps every part 8 bytes smaller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Granted(Option<Arc<[i64]>>);
+pub struct Granted(Option<Arc<Vec<i64>>>);
 
 impl Granted {
     /// The grant of `units` per line of `lines`.
     pub fn new(lines: &[LineHeader], units: &[i64]) -> Granted {
         debug_assert_eq!(lines.len(), units.len());
         let full = lines.iter().zip(units).all(|(l, &u)| l.requested == u);
-        Granted((!full).then(|| Arc::from(units)))
+        Granted((!full).then(|| Arc::new(units.to_vec())))
     }
     /// Units granted on line `li` of `lines`.
     pub fn get(&self, lines: &[LineHeader], li: usize) -> i64 {
@@ -251,6 +252,9 @@ pub struct ItemPrep {
     /// Eligible locations with their available units, in creation order.
     pub locations: SmallVec<[(LocIdx, i64); 4]>,
     pub routing: Option<crate::rules::CompiledRouting>,
+    /// Where the preparing shard found the SKU's state ([`crate::shard::SkuTable::slot`]), so
+    /// applying the decision does not look it up again.
+    pub sku_slot: Option<u32>,
 }
 
 /// A reservation part's summary, for lifecycle decisions.
@@ -285,6 +289,8 @@ pub struct ItemPlan {
     pub item: usize,
     pub quantity: i64,
     pub allocations: SmallVec<[(LocIdx, i64); 2]>,
+    /// The item's [`ItemPrep::sku_slot`], for the shard that owns the item.
+    pub sku_slot: Option<u32>,
 }
 
 /// The decision every participant applies.

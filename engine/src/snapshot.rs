@@ -417,7 +417,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                 created_at: p.created_at,
                 expires_at: p.expires_at,
                 ended_at: p.ended_at,
-                order_ref: p.order_ref.as_deref().map(str::to_string),
+                order_ref: p.order_ref.as_deref().cloned(),
                 lines: p
                     .lines
                     .iter()
@@ -718,7 +718,7 @@ pub fn load(
         shard.skus.insert(
             SkuKey {
                 tenant: s.tenant,
-                sku: Box::from(s.sku.as_str()),
+                sku: s.sku.as_str().into(),
             },
             st,
         );
@@ -834,7 +834,7 @@ fn load_reservation(
             created_at: r.created_at,
             expires_at: r.expires_at,
             ended_at: r.ended_at,
-            order_ref: r.order_ref.as_deref().map(Box::from),
+            order_ref: r.order_ref.clone().map(Box::new),
             lines: lines.clone(),
             granted: granted.clone(),
             items: items.into_iter().collect(),
