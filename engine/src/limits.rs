@@ -54,10 +54,20 @@ pub struct Limits {
     /// threads). A small batch then costs no wake-up of a shard thread and no rendezvous.
     #[serde(default = "inline_tasks_max_default")]
     pub inline_tasks_max: usize,
+    /// A batch the submitting thread does not run itself, touching several shards, of whose
+    /// tasks at least this percentage belong to jobs spanning shards, runs on one shard thread
+    /// under the locks of every shard it touches, with no rendezvous (0: every batch touching
+    /// several shards; above 100: never).
+    #[serde(default = "combine_percent_default")]
+    pub combine_percent: u32,
 }
 
 fn inline_tasks_max_default() -> usize {
     Limits::default().inline_tasks_max
+}
+
+fn combine_percent_default() -> u32 {
+    Limits::default().combine_percent
 }
 
 impl Default for Limits {
@@ -80,6 +90,7 @@ impl Default for Limits {
             idempotency_key_len_max: 255,
             text_len_max: 1_024,
             inline_tasks_max: 32,
+            combine_percent: 50,
         }
     }
 }

@@ -207,7 +207,73 @@ enum Msg {
         batch: Arc<Batch>,
         tasks: Arc<Vec<Task>>,
     },
+    /// A whole batch, every shard's tasks (`lists`, by shard index; empty for the shards it
+    /// does not touch), run by this shard's thread alone once every other shard it touches has
+    /// reached its [`Msg::Lend`] of the same batch: see [`Engine::combines`].
+    Combined {
+        batch: Arc<Batch>,
+        lists: Vec<Arc<Vec<Task>>>,
+        loan: Arc<Loan>,
+    },
+    /// This shard's state is lent to the shard running a combined batch: wait until it is
+    /// done with it.
+    Lend {
+        loan: Arc<Loan>,
+    },
     Stop,
+}
+
+/// The hand-over of a combined batch: `lent` counts down as the other shards reach their
+/// [`Msg::Lend`], `done` once the batch has run.
+struct Loan {
+    lent: Signal,
+    done: Signal,
+}
+
+/// A count down to zero that threads can wait for: they spin briefly, yield, then park
+/// until the last [`Signal::arrive`] wakes them (as [`wait_for`] does for a decision).
+struct Signal {
+    left: AtomicUsize,
+    sleepers: Mutex<Vec<Thread>>,
+}
+
+impl Signal {
+    fn new(count: usize) -> Signal {
+        Signal {
+            left: AtomicUsize::new(count),
+            sleepers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn arrive(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for t in self.sleepers.lock().expect("signal lock").drain(..) {
+                t.unpark();
+            }
+        }
+    }
+
+    fn wait(&self) {
+        let reached = || self.left.load(Ordering::Acquire) == 0;
+        for i in 0..200u32 {
+            if reached() {
+                return;
+            }
+            if i < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.sleepers
+            .lock()
+            .expect("signal lock")
+            .push(std::thread::current());
+        // Registered before this check: the last arrival, after it, unparks this thread.
+        while !reached() {
+            std::thread::park();
+        }
+    }
 }
 
 /// A request waiting for another's response: its batch and slot.
@@ -231,6 +297,8 @@ struct Inner {
     batch_len_max: usize,
     /// See [`Limits::inline_tasks_max`].
     inline_tasks_max: usize,
+    /// See [`Limits::combine_percent`].
+    combine_percent: u32,
     /// The same journal as the front's, for waiting on durability outside the front lock.
     journal: Option<Arc<dyn Journal>>,
 }
@@ -300,6 +368,7 @@ impl Engine {
             queue_depth_max: config.limits.queue_depth_max,
             batch_len_max: config.limits.batch_len_max,
             inline_tasks_max: config.limits.inline_tasks_max,
+            combine_percent: config.limits.combine_percent,
             journal,
         });
         let threads = receivers
@@ -496,9 +565,67 @@ impl Engine {
             drop(side);
             return (last_write, Vec::new());
         }
-        let sent = self.send(batch, per_shard);
+        let sent = self.dispatch(batch, per_shard);
         drop(side);
         (last_write, sent)
+    }
+
+    /// True when a batch's tasks, `per_shard`, should run as one combined batch on one shard
+    /// thread instead of on each shard's thread: it touches several shards, and at least
+    /// [`Limits::combine_percent`] of its tasks belong to jobs spanning shards. Each of those
+    /// jobs would otherwise meet at a rendezvous, and on a hot SKU every later job on it waits
+    /// for that decision: on two cores, carts of three lines went faster on one shard than on
+    /// two (ARCHITECTURE.md, "Sharding and multi-shard atomicity").
+    fn combines(&self, per_shard: &[Vec<Task>]) -> bool {
+        let touched = per_shard.iter().filter(|t| !t.is_empty()).count();
+        if touched < 2 || self.inner.combine_percent > 100 {
+            return false;
+        }
+        let tasks: usize = per_shard.iter().map(Vec::len).sum();
+        let spanning: usize = per_shard
+            .iter()
+            .flatten()
+            .filter(|t| t.rendezvous.is_some())
+            .count();
+        spanning * 100 >= tasks * self.inner.combine_percent as usize
+    }
+
+    /// Queues a batch's tasks: on each shard's thread, or combined on one (see
+    /// [`Engine::combines`]). Called under the front lock, so every queue gets its messages
+    /// in sequence order.
+    fn dispatch(&self, batch: &Arc<Batch>, per_shard: Vec<Vec<Task>>) -> Vec<Arc<Vec<Task>>> {
+        if !self.combines(&per_shard) {
+            return self.send(batch, per_shard);
+        }
+        // The shard with the most tasks runs them all; the others lend it their state.
+        let leader = (0..per_shard.len())
+            .max_by_key(|&s| (per_shard[s].len(), std::cmp::Reverse(s)))
+            .expect("a batch touching several shards");
+        let lenders = per_shard.iter().filter(|t| !t.is_empty()).count() - 1;
+        let loan = Arc::new(Loan {
+            lent: Signal::new(lenders),
+            done: Signal::new(1),
+        });
+        let lists: Vec<Arc<Vec<Task>>> = per_shard.into_iter().map(Arc::new).collect();
+        for (s, tasks) in lists.iter().enumerate() {
+            if tasks.is_empty() {
+                continue;
+            }
+            self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
+            let msg = if s == leader {
+                Msg::Combined {
+                    batch: batch.clone(),
+                    lists: lists.clone(),
+                    loan: loan.clone(),
+                }
+            } else {
+                Msg::Lend { loan: loan.clone() }
+            };
+            self.inner.queues[s]
+                .send(msg)
+                .expect("shard threads outlive the engine handle");
+        }
+        lists
     }
 
     /// Queues every task list of a batch on its shard.
@@ -556,7 +683,7 @@ impl Engine {
                 admission,
             );
         }
-        let sent = self.send(&batch, per_shard);
+        let sent = self.dispatch(&batch, per_shard);
         drop(side);
         Replaying { batch, sent }
     }
@@ -787,6 +914,19 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
     while let Ok(msg) = rx.recv() {
         let (batch, tasks) = match msg {
             Msg::Tasks { batch, tasks } => (batch, tasks),
+            Msg::Combined { batch, lists, loan } => {
+                run_combined(&inner, &batch, &lists, &loan);
+                // As for `Tasks`: the lists first, then the batch its submitter waits for.
+                drop(lists);
+                drop(batch);
+                continue;
+            }
+            Msg::Lend { loan } => {
+                // Nothing of this shard is locked or pending between messages.
+                loan.lent.arrive();
+                loan.done.wait();
+                continue;
+            }
             Msg::Stop => return,
         };
         let mut state = inner.states[index].lock().expect("shard lock");
@@ -1005,55 +1145,86 @@ fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crat
 /// same.
 fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[Vec<Task>]) {
     // Lock order as in `Engine::inspect`: the front, then the shards by index.
-    let mut states: Vec<Option<MutexGuard<'_, ShardState>>> = per_shard
+    let lists: Vec<&[Task]> = per_shard.iter().map(Vec::as_slice).collect();
+    run_in_order(inner, &lists, |task, fin, _| {
+        if let Some(fin) = deliver_plain(batch, task, fin) {
+            deliver_front(side, batch, task, fin);
+        }
+    });
+}
+
+/// Runs a combined batch on this shard's thread (see [`Engine::combines`]): once every other
+/// shard it touches has reached its [`Msg::Lend`] (so it has run everything sequenced
+/// before, and holds no lock and nothing pending), the tasks run as [`run_inline`] runs
+/// them, under the locks of every shard they touch; each is answered as a shard thread
+/// answers it, and counted off its shards' queue depths after its answer (a thread holding a
+/// shard lock may take the front lock only while that shard's depth counts its task, as in
+/// [`shard_main`]). Then the lenders go on.
+fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &Loan) {
+    loan.lent.wait();
+    let lists: Vec<&[Task]> = lists.iter().map(|l| l.as_slice()).collect();
+    run_in_order(inner, &lists, |task, fin, shards| {
+        deliver(inner, batch, task, fin);
+        for s in shards {
+            inner.depth[s].fetch_sub(1, Ordering::Release);
+        }
+    });
+    loan.done.arrive();
+}
+
+/// Runs the tasks of `lists` (by shard) in sequence order on the calling thread, under the
+/// locks of the shards that have tasks (taken in index order): a job spanning shards is
+/// prepared on each, decided and applied at once. `finished` gets each task with its result
+/// and the shards it ran on.
+fn run_in_order(
+    inner: &Inner,
+    lists: &[&[Task]],
+    mut finished: impl FnMut(&Task, crate::job::Finished, &mut dyn Iterator<Item = usize>),
+) {
+    let mut states: Vec<Option<MutexGuard<'_, ShardState>>> = lists
         .iter()
         .zip(&inner.states)
         .map(|(tasks, state)| (!tasks.is_empty()).then(|| state.lock().expect("shard lock")))
         .collect();
-    let mut next = vec![0usize; per_shard.len()];
+    let mut next = vec![0usize; lists.len()];
     loop {
         // The shard whose next task comes first.
-        let first = per_shard
+        let first = lists
             .iter()
             .enumerate()
             .filter_map(|(s, tasks)| tasks.get(next[s]).map(|t| (t.slot, s)))
             .min();
         let Some((_, s)) = first else { break };
-        let task = &per_shard[s][next[s]];
+        let task = &lists[s][next[s]];
         let job = &*task.job;
-        let fin = if task.rendezvous.is_none() {
+        if task.rendezvous.is_none() {
             next[s] += 1;
-            run_single(states[s].as_mut().expect("locked"), job)
-        } else {
-            let targets: Vec<usize> = (0..per_shard.len())
-                .filter(|&t| job.shards & (1 << t) != 0)
-                .collect();
-            let preps: Vec<Prep> = targets
-                .iter()
-                .map(|&t| states[t].as_ref().expect("locked").prepare(job))
-                .collect();
-            let d = decide(
-                job,
-                cfg_of(states[s].as_ref().expect("locked"), job.tenant),
-                &preps,
-            );
-            let outs: Vec<PartOut> = targets
-                .iter()
-                .map(|&t| {
-                    next[t] += 1;
-                    states[t].as_mut().expect("locked").apply(job, &d)
-                })
-                .collect();
-            merge(
-                job,
-                cfg_of(states[s].as_ref().expect("locked"), job.tenant),
-                &d,
-                outs,
-            )
-        };
-        if let Some(fin) = deliver_plain(batch, task, fin) {
-            deliver_front(side, batch, task, fin);
+            let fin = run_single(states[s].as_mut().expect("locked"), job);
+            finished(task, fin, &mut std::iter::once(s));
+            continue;
         }
+        let targets = || (0..lists.len()).filter(|&t| job.shards & (1 << t) != 0);
+        let preps: Vec<Prep> = targets()
+            .map(|t| states[t].as_ref().expect("locked").prepare(job))
+            .collect();
+        let d = decide(
+            job,
+            cfg_of(states[s].as_ref().expect("locked"), job.tenant),
+            &preps,
+        );
+        let outs: Vec<PartOut> = targets()
+            .map(|t| {
+                next[t] += 1;
+                states[t].as_mut().expect("locked").apply(job, &d)
+            })
+            .collect();
+        let fin = merge(
+            job,
+            cfg_of(states[s].as_ref().expect("locked"), job.tenant),
+            &d,
+            outs,
+        );
+        finished(task, fin, &mut targets());
     }
     for (s, state) in states.iter().enumerate() {
         if let Some(state) = state {

@@ -211,12 +211,18 @@ fn hot_sku_grants_exactly_the_stock_and_carts_stay_atomic() {
 /// A 3-shard engine with a journal, tenant `acme`, location `wh`, channel `web`, and
 /// `quantity` units of each of `skus` received at `wh`.
 fn journaled_warehouse(skus: &[&str], quantity: i64) -> (Engine, depot_engine::MemoryJournal) {
+    journaled_warehouse_with(skus, quantity, depot_engine::Limits::default())
+}
+
+/// [`journaled_warehouse`] with `limits`.
+fn journaled_warehouse_with(
+    skus: &[&str],
+    quantity: i64,
+    limits: depot_engine::Limits,
+) -> (Engine, depot_engine::MemoryJournal) {
     let journal = depot_engine::MemoryJournal::default();
     let engine = Engine::start_with(
-        EngineConfig {
-            shards: 3,
-            ..EngineConfig::default()
-        },
+        EngineConfig { shards: 3, limits },
         Some(std::sync::Arc::new(journal.clone())),
     );
     ok(&engine, Command::CreateTenant);
@@ -412,13 +418,29 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
 /// gives on the sequential machine, and never a unit more than the stock is held.
 #[test]
 fn small_inline_batches_racing_queued_ones_keep_sequence_order() {
-    with_watchdog(small_inline_batches_race);
+    with_watchdog(|| small_inline_batches_race(NEVER));
 }
 
-fn small_inline_batches_race() {
+/// The same race with every batch of 100 that touches several shards run combined on one
+/// shard thread, the other shards lending it their state: combined batches, small batches
+/// run inline and single-shard batches interleave in every order, and none may run out of
+/// sequence on any shard.
+#[test]
+fn small_inline_batches_racing_combined_ones_keep_sequence_order() {
+    with_watchdog(|| small_inline_batches_race(0));
+}
+
+/// `Limits::combine_percent` that never combines a batch.
+const NEVER: u32 = 101;
+
+fn small_inline_batches_race(combine_percent: u32) {
     let skus: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
     let names: Vec<&str> = skus.iter().map(String::as_str).collect();
-    let (engine, journal) = journaled_warehouse(&names, 400);
+    let limits = depot_engine::Limits {
+        combine_percent,
+        ..depot_engine::Limits::default()
+    };
+    let (engine, journal) = journaled_warehouse_with(&names, 400, limits);
     let engine = std::sync::Arc::new(engine);
     let threads: Vec<_> = (0..6u64)
         .map(|t| {
@@ -482,14 +504,37 @@ fn small_inline_batches_race() {
 /// fed the same requests in the same order, for any shard count.
 #[test]
 fn reservations_overtaking_pending_carts_answer_as_the_machine_does() {
-    overtaking_case(0x9e37_79b9_7f4a_7c15, 80, depot_engine::Limits::default());
+    overtaking_case(0x9e37_79b9_7f4a_7c15, 80, on_shard_threads());
+}
+
+/// The same batches, each touching several shards run combined on one shard thread
+/// (`combine_percent` 0), or only those mostly of carts spanning shards (the default 50).
+#[test]
+fn combined_batches_answer_as_the_machine_does() {
+    for combine_percent in [0, 50] {
+        let limits = depot_engine::Limits {
+            combine_percent,
+            ..depot_engine::Limits::default()
+        };
+        overtaking_case(0x9e37_79b9_7f4a_7c15, 80, limits.clone());
+        overtaking_case(0x2545_f491_4f6c_dd1d, 98, limits);
+    }
+}
+
+/// Limits under which every batch runs on the shard threads, each its own tasks: the path
+/// where reservations overtake pending ones.
+fn on_shard_threads() -> depot_engine::Limits {
+    depot_engine::Limits {
+        combine_percent: NEVER,
+        ..depot_engine::Limits::default()
+    }
 }
 
 /// Nearly every job a reservation: long runs of carts overtaking pending ones, with few other
 /// jobs to make the shards finish what they set aside.
 #[test]
 fn long_runs_of_overtaking_carts_answer_as_the_machine_does() {
-    overtaking_case(0x2545_f491_4f6c_dd1d, 98, depot_engine::Limits::default());
+    overtaking_case(0x2545_f491_4f6c_dd1d, 98, on_shard_threads());
 }
 
 /// A shard at its hold limit while carts are pending: every limit check reads as in sequence
@@ -498,10 +543,16 @@ fn long_runs_of_overtaking_carts_answer_as_the_machine_does() {
 fn carts_pending_at_the_hold_limit_answer_as_the_machine_does() {
     let limits = depot_engine::Limits {
         holds_per_shard_max: 40,
-        ..depot_engine::Limits::default()
+        ..on_shard_threads()
     };
-    let limited = overtaking_case(0x853c_49e6_748f_ea9b, 95, limits);
+    let limited = overtaking_case(0x853c_49e6_748f_ea9b, 95, limits.clone());
     assert!(limited > 0, "the hold limit was never reached");
+    // And with every batch combined.
+    let combined = depot_engine::Limits {
+        combine_percent: 0,
+        ..limits
+    };
+    assert!(overtaking_case(0x853c_49e6_748f_ea9b, 95, combined) > 0);
 }
 
 /// 12 batches of 200 requests, `reserve_pct` % of them reservations of 1 to 3 lines over 40

@@ -1240,6 +1240,9 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // the replay test
 
+/// `Limits::combine_percent` that never combines a batch.
+const NEVER: u32 = 101;
+
 fn first_difference(a: &[String], b: &[String]) -> String {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         if x != y {
@@ -1260,7 +1263,9 @@ proptest! {
         let requests = plan(&start, &steps);
         // The threaded engine, in batches, answers exactly as the single-threaded machine:
         // with every batch on the shard threads, with small batches run by the submitting
-        // thread, and with all of them run so.
+        // thread, with all of them run so, and with every batch touching several shards run
+        // combined on one shard thread (alone, or mixed with batches of one shard and small
+        // batches run inline).
         let mut batches: Vec<(u64, Vec<Request>)> = Vec::new();
         for (now, r, brk) in &requests {
             match batches.last_mut() {
@@ -1272,9 +1277,9 @@ proptest! {
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut machine = Machine::new(Limits::default(), 1);
         let mut digest = [0u8; 32];
-        for inline in [0, 4, usize::MAX] {
+        for (inline, combine) in [(0, NEVER), (4, NEVER), (usize::MAX, NEVER), (0, 0), (2, 30)] {
             let journal = MemoryJournal::default();
-            let limits = Limits { inline_tasks_max: inline, ..Limits::default() };
+            let limits = Limits { inline_tasks_max: inline, combine_percent: combine, ..Limits::default() };
             let engine = Engine::start_with(EngineConfig { shards: 3, limits }, Some(std::sync::Arc::new(journal.clone())));
             machine = Machine::new(Limits::default(), 1);
             let mut i = 0;
@@ -1283,21 +1288,21 @@ proptest! {
                 prop_assert_eq!(answers.len(), batch.len());
                 for (r, (resp, events)) in batch.iter().zip(answers) {
                     let (want, want_events, _) = machine.execute(r, *now);
-                    prop_assert_eq!(&resp, &want, "request {} (inline up to {}): {:?}", i, inline, r);
-                    prop_assert_eq!(&events, &want_events, "request {} (inline up to {}): events of {:?}", i, inline, r);
-                    if let (Some(seq), false, 0) = (resp.seq, resp.replayed, inline) {
+                    prop_assert_eq!(&resp, &want, "request {} (inline up to {}, combined from {}%): {:?}", i, inline, combine, r);
+                    prop_assert_eq!(&events, &want_events, "request {} (inline up to {}, combined from {}%): events of {:?}", i, inline, combine, r);
+                    if let (Some(seq), false, 0, NEVER) = (resp.seq, resp.replayed, inline, combine) {
                         by_seq.insert(seq, resp.clone());
                     }
                     i += 1;
                 }
             }
             digest = engine.digest();
-            prop_assert!(machine.digest() == digest, "engine (inline up to {}) and machine differ: {}", inline, first_difference(&engine.canonical(), &machine.canonical()));
+            prop_assert!(machine.digest() == digest, "engine (inline up to {}, combined from {}%) and machine differ: {}", inline, combine, first_difference(&engine.canonical(), &machine.canonical()));
             let logged = journal.entries.lock().unwrap().clone();
-            if inline == 0 {
+            if (inline, combine) == (0, NEVER) {
                 entries = logged;
             } else {
-                prop_assert!(logged == entries, "the same log with inline up to {}", inline);
+                prop_assert!(logged == entries, "the same log with inline up to {}, combined from {}%", inline, combine);
             }
         }
 
@@ -1320,8 +1325,10 @@ proptest! {
         // And on the shard threads, as recovery replays: batches of several sizes, the next
         // one submitted before the last one's answers are collected.
         // Quietly (answers of unkeyed reservations not built), the state is the same.
-        for (shards, size, quiet) in [(1, 1, false), (2, 3, false), (3, 7, true), (4, 4096, false), (2, 4096, true)] {
-            let engine = Engine::from_machine(Machine::new(Limits::default(), shards), Limits::default(), None);
+        // Batches combined on one shard thread (`combine` 0) too.
+        for (shards, size, quiet, combine) in [(1, 1, false, NEVER), (2, 3, false, NEVER), (3, 7, true, NEVER), (4, 4096, false, NEVER), (2, 4096, true, NEVER), (3, 5, false, 0), (2, 4096, true, 0)] {
+            let limits = Limits { combine_percent: combine, ..Limits::default() };
+            let engine = Engine::from_machine(Machine::new(limits.clone(), shards), limits, None);
             let mut in_flight: Option<(&[LogEntry], depot_engine::Replaying)> = None;
             let mut answers = Vec::new();
             for chunk in entries.chunks(size) {
