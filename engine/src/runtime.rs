@@ -230,8 +230,8 @@ struct Loan {
     done: Signal,
 }
 
-/// A count down to zero that threads can wait for: they spin briefly, yield, then park
-/// until the last [`Signal::arrive`] wakes them (as [`wait_for`] does for a decision).
+/// A count down to zero that threads can wait for ([`spin_then_park`], as for a decision):
+/// the last [`Signal::arrive`] wakes them.
 struct Signal {
     left: AtomicUsize,
     sleepers: Mutex<Vec<Thread>>,
@@ -254,25 +254,9 @@ impl Signal {
     }
 
     fn wait(&self) {
-        let reached = || self.left.load(Ordering::Acquire) == 0;
-        for i in 0..200u32 {
-            if reached() {
-                return;
-            }
-            if i < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        self.sleepers
-            .lock()
-            .expect("signal lock")
-            .push(std::thread::current());
-        // Registered before this check: the last arrival, after it, unparks this thread.
-        while !reached() {
-            std::thread::park();
-        }
+        spin_then_park(&self.sleepers, || {
+            (self.left.load(Ordering::Acquire) == 0).then_some(())
+        });
     }
 }
 
@@ -1233,13 +1217,20 @@ fn run_in_order(
     }
 }
 
-/// Waits for the decision of a rendezvous: spins briefly (the other shards are usually about
-/// to arrive), then yields the core a few times, then parks until the decider wakes it, so a
-/// waiting shard never burns a core an oversubscribed machine needs for the others.
+/// Waits for the decision of a rendezvous (the decider wakes the sleepers).
 fn wait_for(rv: &Rendezvous) -> &Decision {
+    spin_then_park(&rv.sleepers, || rv.decision.get())
+}
+
+/// Waits until `ready` gives a value: spins briefly (what is awaited is usually about to
+/// happen), then yields the core a few times, then registers in `sleepers` and parks until
+/// woken, so a waiting thread never burns a core an oversubscribed machine needs for the
+/// others. Whoever makes `ready` give a value then unparks every thread in `sleepers`; this
+/// thread registers before its last check, so it cannot miss that.
+fn spin_then_park<T>(sleepers: &Mutex<Vec<Thread>>, ready: impl Fn() -> Option<T>) -> T {
     for i in 0..200u32 {
-        if let Some(d) = rv.decision.get() {
-            return d;
+        if let Some(v) = ready() {
+            return v;
         }
         if i < 100 {
             std::hint::spin_loop();
@@ -1247,13 +1238,13 @@ fn wait_for(rv: &Rendezvous) -> &Decision {
             std::thread::yield_now();
         }
     }
-    rv.sleepers
+    sleepers
         .lock()
-        .expect("rendezvous lock")
+        .expect("sleepers lock")
         .push(std::thread::current());
     loop {
-        if let Some(d) = rv.decision.get() {
-            return d;
+        if let Some(v) = ready() {
+            return v;
         }
         std::thread::park();
     }
