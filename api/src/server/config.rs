@@ -65,6 +65,12 @@ pub struct ServeArgs {
     /// Shard threads of the engine (default: one per core).
     #[arg(long, env = "DEPOT_SHARDS")]
     pub shards: Option<usize>,
+    /// A batch of writes touching several shards, of whose tasks at least this percentage
+    /// belong to reservations spanning shards, runs whole on one shard thread instead of
+    /// meeting at a rendezvous per reservation (above 100: never). Pays on few cores; on
+    /// many, where one thread running a whole batch leaves cores idle, turn it off.
+    #[arg(long, env = "DEPOT_COMBINE_PERCENT", default_value_t = depot_engine::Limits::default().combine_percent)]
+    pub combine_percent: u32,
     /// Threads serving HTTP connections (default: one per two cores, at least one: they share
     /// the cores with the shard threads and the log's threads).
     #[arg(long, env = "DEPOT_HTTP_THREADS")]
@@ -188,6 +194,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub master_key: Option<String>,
     pub shards: usize,
+    /// See `--combine-percent` ([`depot_engine::Limits::combine_percent`]).
+    pub combine_percent: u32,
     pub http_threads: usize,
     pub sync: SyncMode,
     pub log_format: LogFormat,
@@ -277,6 +285,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             master_key: self.master_key,
             shards,
+            combine_percent: self.combine_percent,
             http_threads,
             sync,
             log_format: self.log_format,
@@ -334,6 +343,29 @@ mod tests {
             assert_eq!(
                 e.to_string(),
                 format!("--http-threads {bad}: expected 1 to 256")
+            );
+        }
+    }
+
+    #[test]
+    fn combine_percent_defaults_to_the_engines_and_may_turn_combining_off() {
+        let default = depot_engine::Limits::default().combine_percent;
+        assert_eq!(config(&[]).unwrap().combine_percent, default);
+        assert_eq!(
+            config(&["--combine-percent", "101"])
+                .unwrap()
+                .combine_percent,
+            101
+        );
+        assert_eq!(
+            config(&["--combine-percent", "0"]).unwrap().combine_percent,
+            0
+        );
+        use clap::Parser;
+        for bad in ["-1", "half", ""] {
+            assert!(
+                Cli::try_parse_from(["depot", "--combine-percent", bad]).is_err(),
+                "{bad:?}"
             );
         }
     }

@@ -150,10 +150,14 @@ async fn start_engine(
     };
     let wal_dir = config.data_dir.join("wal");
     let (sync, shards) = (config.sync, config.shards);
+    let limits = Limits {
+        combine_percent: config.combine_percent,
+        ..Limits::default()
+    };
     let events_kept = state.limits().events_kept;
     let opened = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        durable::open(&wal_dir, sync, Limits::default(), shards, events_kept)
+        durable::open(&wal_dir, sync, limits, shards, events_kept)
             .with_context(|| format!("recovering from {}", wal_dir.display()))
             .map(|d| (d, started.elapsed()))
     })
