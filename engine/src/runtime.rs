@@ -819,12 +819,14 @@ fn route(
                     rendezvous: None,
                 });
             } else {
+                // Its lists allocate on first use: a batch run inline or combined never meets
+                // at the rendezvous, and the batch is routed before that is known.
                 let rendezvous = Arc::new(Rendezvous {
                     participants: count,
-                    preps: Mutex::new(Vec::with_capacity(count)),
+                    preps: Mutex::new(Vec::new()),
                     decision: OnceLock::new(),
                     sleepers: Mutex::new(Vec::new()),
-                    outs: Mutex::new(Vec::with_capacity(count)),
+                    outs: Mutex::new(Vec::new()),
                 });
                 let job = Arc::new(job);
                 for (s, tasks) in per_shard.iter_mut().enumerate() {
