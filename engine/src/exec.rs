@@ -812,6 +812,7 @@ impl ShardState {
                     unreachable!("commit decides Commit")
                 };
                 self.apply_commit(*id, keep);
+                self.cover_commit(job, *id, &mut ev);
                 PartData::Reservation(Box::new(PartSnapshot {
                     part: self.parts[id].clone(),
                 }))
@@ -1081,16 +1082,57 @@ impl ShardState {
 
     /// A count left available negative: backorder committed allocations by policy.
     fn oversell_incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
-        let t = job.tenant;
         let avail = self
-            .sku(t, sku.as_str())
+            .sku(job.tenant, sku.as_str())
             .and_then(|s| s.level(loc))
             .map_or(0, |l| l.available());
-        if avail >= 0 {
-            return;
+        if avail < 0 {
+            self.backorder_committed(job, sku, loc, -avail, ev);
         }
+    }
+
+    /// After a commit: a hold committed at a level that a count left short (holds are not
+    /// backordered by the count) may commit units that are not on hand. What on hand does not
+    /// cover (committed, damaged and in quality control against on hand) is an oversell
+    /// incident like a count's: committed allocations are backordered by policy, so no order
+    /// waits to be shipped from units that are not there.
+    fn cover_commit(&mut self, job: &Job, id: ReservationId, ev: &mut Events) {
+        let Some(part) = self.parts.get(&id) else {
+            return;
+        };
+        let mut spots: Vec<(Sku, LocIdx)> = Vec::new();
+        for i in &part.items {
+            for a in i.allocs.iter().filter(|a| a.open > 0) {
+                if !spots.iter().any(|(s, l)| s == &i.sku && *l == a.loc) {
+                    spots.push((i.sku.clone(), a.loc));
+                }
+            }
+        }
+        for (sku, loc) in spots {
+            let uncovered = self
+                .sku(job.tenant, sku.as_str())
+                .and_then(|s| s.level(loc))
+                .map_or(0, |l| {
+                    l.committed + l.damaged + l.quality_control - l.on_hand
+                });
+            if uncovered > 0 {
+                self.backorder_committed(job, &sku, loc, uncovered, ev);
+            }
+        }
+    }
+
+    /// An oversell incident of `deficit` units at (sku, loc): backorders committed allocations
+    /// there, victims chosen by the tenant's oversell policy.
+    fn backorder_committed(
+        &mut self,
+        job: &Job,
+        sku: &Sku,
+        loc: LocIdx,
+        mut deficit: i64,
+        ev: &mut Events,
+    ) {
+        let t = job.tenant;
         let cfg = self.config(t).clone();
-        let mut deficit = -avail;
         ev.push(
             0,
             EventKind::OversellIncident {

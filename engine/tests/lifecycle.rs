@@ -971,6 +971,59 @@ fn ats_is_zero_everywhere_while_a_level_is_negative() {
     assert_eq!(fx.ats3("A"), [9, 9, 9]);
 }
 
+#[test]
+fn committing_a_hold_a_count_left_short_backorders_what_is_not_on_hand() {
+    // A at east 1, held by web; a count finds none. The hold stays (holds are not orders).
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 1));
+    let id = fx.res(reserve("web", &[("A", 1)])).id;
+    fx.ok(set("A", "east", 0, None));
+    assert_eq!(lvl(&mut fx, "A", "east"), (0, 1, 0, -1));
+    // Committing it commits no unit that is not there: the unit is backordered at once.
+    let v = fx.res(commit(id));
+    assert_eq!(v.state, ReservationState::Committed);
+    assert_eq!(line(&v, "A").backordered, 1);
+    assert_eq!(line(&v, "A").allocations[0].quantity, 0);
+    assert_eq!(
+        fx.event_kinds(),
+        ["reservation_committed", "oversell_incident", "backordered"]
+    );
+    assert!(matches!(
+        &fx.events[1].kind,
+        EventKind::OversellIncident { deficit: 1, .. }
+    ));
+    assert!(
+        matches!(&fx.events[2].kind, EventKind::Backordered { id: b, quantity: 1, cause, .. } if *b == id && cause == "oversell_incident")
+    );
+    assert_eq!(lvl(&mut fx, "A", "east"), (0, 0, 0, 0));
+    // The warehouse cannot ship it from east, and on hand never goes below zero.
+    fx.check(vec![(
+        "ship a backordered unit",
+        fulfil(id, &[("A", "east", 1, 0)]),
+        "invalid_request:lines[0]",
+    )]);
+    assert_eq!(lvl(&mut fx, "A", "east"), (0, 0, 0, 0));
+
+    // Only what on hand does not cover: 10 held by two holds of 4 and a third of 2, counted
+    // at 5. Committing one hold of 4 commits 4 (on hand covers it; the other holds wait).
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 10));
+    let h1 = fx.res(reserve("web", &[("A", 4)])).id;
+    let h2 = fx.res(reserve("amazon", &[("A", 4)])).id;
+    fx.res(reserve("b2b", &[("A", 2)]));
+    fx.ok(set("A", "east", 5, None));
+    assert_eq!(lvl(&mut fx, "A", "east"), (5, 10, 0, -5));
+    assert_eq!(line(&fx.res(commit(h1)), "A").backordered, 0);
+    assert_eq!(lvl(&mut fx, "A", "east"), (5, 6, 4, -5));
+    // The second: 8 committed against 5 on hand; the newest order gives up 3.
+    let v = fx.res(commit(h2));
+    assert_eq!(line(&v, "A").backordered, 3);
+    assert_eq!(lvl(&mut fx, "A", "east"), (5, 2, 5, -2));
+    fx.ok(fulfil(h1, &[("A", "east", 4, 0)]));
+    fx.ok(fulfil(h2, &[("A", "east", 1, 0)]));
+    assert_eq!(lvl(&mut fx, "A", "east"), (0, 2, 0, -2));
+}
+
 // ---------------------------------------------------------------------------------------------
 // idempotency
 

@@ -1024,6 +1024,7 @@ impl Model {
                     Err(r) => Obs::Refused(r),
                     Ok(keep) => {
                         self.commit(id.0, &keep);
+                        self.cover_commit(id.0);
                         Obs::Reservation(self.reservation_view(id.0).expect("exists"))
                     }
                 };
@@ -1265,10 +1266,33 @@ impl Model {
     /// A count left available negative at (sku, loc): backorder committed allocations.
     fn oversell(&mut self, sku: &Sku, loc: usize) {
         let avail = self.level(sku, loc).available();
-        if avail >= 0 {
-            return;
+        if avail < 0 {
+            self.backorder(sku, loc, -avail);
         }
-        let mut deficit = -avail;
+    }
+
+    /// After a commit: what on hand does not cover at a level the reservation committed at
+    /// (committed, damaged, quality control) is backordered as in an oversell incident.
+    fn cover_commit(&mut self, id: u64) {
+        let mut spots: Vec<(Sku, usize)> = Vec::new();
+        for i in &self.reservations[&id].items {
+            for a in i.allocs.iter().filter(|a| a.open > 0) {
+                if !spots.contains(&(i.sku.clone(), a.loc)) {
+                    spots.push((i.sku.clone(), a.loc));
+                }
+            }
+        }
+        for (sku, loc) in spots {
+            let l = self.level(&sku, loc);
+            let uncovered = l.committed + l.damaged + l.quality_control - l.on_hand;
+            if uncovered > 0 {
+                self.backorder(&sku, loc, uncovered);
+            }
+        }
+    }
+
+    /// Backorders `deficit` committed units at (sku, loc), victims by the oversell policy.
+    fn backorder(&mut self, sku: &Sku, loc: usize, mut deficit: i64) {
         let mut victims: Vec<(i32, u64)> = self
             .reservations
             .iter()

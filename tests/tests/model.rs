@@ -646,6 +646,23 @@ impl Planner {
                     reason: reason(),
                 }
             }
+            Op::Set { q, compare: 4, .. } if model.levels.values().any(|v| v.reserved > 0) => {
+                // A count below what is held: the holds stay (they are not orders), and
+                // committing one of them later must not commit units that are not there.
+                let hit: Vec<(&(Sku, usize), _)> = model
+                    .levels
+                    .iter()
+                    .filter(|(_, v)| v.reserved > 0)
+                    .collect();
+                let ((s, l), v) = hit[*q as usize % hit.len()];
+                Command::Set {
+                    sku: s.clone(),
+                    location: model.locations[*l].0.clone(),
+                    quantity: (v.on_hand - v.available() - 1 - q % 3).max(0),
+                    compare_quantity: None,
+                    reason: reason(),
+                }
+            }
             Op::Set {
                 sku: k,
                 loc: l,
@@ -1063,6 +1080,23 @@ impl Check {
                         - lv.damaged
                         - lv.quality_control
                         - lv.safety_stock
+                );
+                // Nothing ships units that are not there: on hand never goes below zero, and
+                // committed units (orders awaiting pick) are always physically on hand, after a
+                // count too (what a count leaves uncovered is backordered).
+                prop_assert!(
+                    lv.on_hand >= 0
+                        && (lv.committed == 0
+                            || lv.committed + lv.damaged + lv.quality_control <= lv.on_hand),
+                    "step {}: {} at {}: on_hand {}, committed {}, damaged {}, quality_control {} after {:?}",
+                    self.step,
+                    s,
+                    lv.location,
+                    lv.on_hand,
+                    lv.committed,
+                    lv.damaged,
+                    lv.quality_control,
+                    r
                 );
                 any_negative |= lv.available < 0;
                 held += lv.reserved + lv.committed;
