@@ -487,18 +487,16 @@ pub type AlignedBytes = rkyv::util::AlignedVec<16>;
 
 /// Serializes an image (rkyv).
 pub fn to_bytes(image: &Image) -> AlignedBytes {
-    to_bytes_sized(image, 0)
+    serialize_into(image, AlignedBytes::new()).expect("images serialize")
 }
 
-/// [`to_bytes`] into a buffer of `capacity` bytes to begin with (the size of the previous
-/// image, say): an image of hundreds of megabytes is not copied over and over as its buffer
-/// grows.
-pub fn to_bytes_sized(image: &Image, capacity: usize) -> AlignedBytes {
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
-        image,
-        AlignedBytes::with_capacity(capacity),
-    )
-    .expect("images serialize")
+/// Serializes an image into `writer`, byte for byte as [`to_bytes`] does: a file can take the
+/// image as it is serialized, without a buffer of the whole image in memory.
+pub fn serialize_into<W>(image: &Image, writer: W) -> Result<W, rkyv::rancor::Error>
+where
+    W: rkyv::ser::Writer<rkyv::rancor::Error>,
+{
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(image, writer)
 }
 
 /// Validates (bytecheck) and reads an image. Never panics on arbitrary bytes.

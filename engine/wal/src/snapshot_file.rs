@@ -5,7 +5,7 @@
 //! `docs/wal_format.md` has the layout and the crash-safety argument.
 
 use crate::error::WalError;
-use crate::storage::{is_disk_full, read_all_aligned, Directory};
+use crate::storage::{is_disk_full, read_all_aligned, Directory, Storage};
 use depot_engine::snapshot::{self, Image};
 use depot_engine::Seq;
 
@@ -48,12 +48,18 @@ pub fn encode_snapshot(seq: Seq, body: &[u8]) -> Vec<u8> {
 
 /// The file's header for `body`.
 fn snapshot_header(seq: Seq, body: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN as usize] {
+    header_for(seq, body.len() as u64, crc32c::crc32c(body))
+}
+
+/// The header of a body of `len` bytes whose CRC32C is `body_crc`. The checksum covers the
+/// header's first 28 bytes, then the body.
+fn header_for(seq: Seq, len: u64, body_crc: u32) -> [u8; SNAPSHOT_HEADER_LEN as usize] {
     let mut h = [0u8; SNAPSHOT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
-    h[20..28].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..28]), body);
+    h[20..28].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[0..28]), body_crc, len as usize);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -115,29 +121,87 @@ fn write_error(file: &str, e: std::io::Error) -> WalError {
 /// Every entry up to `image.seq` must be durable in the log first (for the engine:
 /// `journal.wait_durable(image.seq)`); recovery skips a snapshot that is ahead of the log.
 pub fn write_snapshot(dir: &dyn Directory, image: &Image) -> Result<String, WalError> {
-    write_snapshot_body(dir, image.seq, &snapshot::to_bytes(image))
+    write_snapshot_sized(dir, image).map(|(name, _)| name)
 }
 
-/// [`write_snapshot`] of an image already serialized with `snapshot::to_bytes`.
-pub(crate) fn write_snapshot_body(
+/// How much of the serialized image [`FileSink`] gathers before it writes it to the file.
+const SINK_CHUNK: usize = 1 << 20;
+
+/// An rkyv writer into a snapshot file being written: the body goes to the file in chunks of
+/// [`SINK_CHUNK`] bytes as it is serialized (after the header's room), its checksum computed on
+/// the way. The whole image is never in memory as bytes.
+struct FileSink<'a> {
+    file: &'a mut dyn Storage,
+    buf: Vec<u8>,
+    /// Bytes of the body serialized so far (rkyv's position).
+    pos: u64,
+    /// Bytes of the body already written to the file.
+    flushed: u64,
+    /// CRC32C of the flushed bytes.
+    crc: u32,
+    /// The first write error (disk full, say): kept for the caller, which maps it.
+    error: Option<std::io::Error>,
+}
+
+impl FileSink<'_> {
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_at(SNAPSHOT_HEADER_LEN + self.flushed, &self.buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.flushed += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl rkyv::ser::Positional for FileSink<'_> {
+    fn pos(&self) -> usize {
+        self.pos as usize
+    }
+}
+
+impl rkyv::ser::Writer<rkyv::rancor::Error> for FileSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), rkyv::rancor::Error> {
+        use rkyv::rancor::Source;
+        let failed = |e: &std::io::Error| {
+            rkyv::rancor::Error::new(std::io::Error::new(e.kind(), e.to_string()))
+        };
+        if let Some(e) = &self.error {
+            return Err(failed(e));
+        }
+        self.pos += bytes.len() as u64;
+        if self.pos > SNAPSHOT_BODY_MAX {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the image is more than the maximum {SNAPSHOT_BODY_MAX} bytes"),
+            );
+            let out = failed(&e);
+            self.error = Some(e);
+            return Err(out);
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= SINK_CHUNK {
+            if let Err(e) = self.flush() {
+                let out = failed(&e);
+                self.error = Some(e);
+                return Err(out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`write_snapshot`], also returning the length of the image (the body).
+pub(crate) fn write_snapshot_sized(
     dir: &dyn Directory,
-    seq: Seq,
-    body: &[u8],
-) -> Result<String, WalError> {
+    image: &Image,
+) -> Result<(String, u64), WalError> {
+    let seq = image.seq;
     let name = snapshot_name(seq);
     let tmp = format!("{name}{TMP_SUFFIX}");
-    if body.len() as u64 > SNAPSHOT_BODY_MAX {
-        let message = format!(
-            "the image is {} bytes, more than the maximum {SNAPSHOT_BODY_MAX}",
-            body.len()
-        );
-        return Err(WalError::io(
-            &name,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, message),
-        ));
-    }
-    // Header and body are written in place: a body of gigabytes is not copied once more.
-    let header = snapshot_header(seq, body);
     // The remains of an earlier attempt that crashed.
     match dir.remove(&tmp) {
         Ok(()) => {}
@@ -146,26 +210,52 @@ pub(crate) fn write_snapshot_body(
     }
     let written = (|| {
         let mut file = dir.create(&tmp).map_err(|e| write_error(&tmp, e))?;
-        file.write_at(0, &header)
-            .map_err(|e| write_error(&tmp, e))?;
-        file.write_at(SNAPSHOT_HEADER_LEN, body)
+        // The body first, as it is serialized; then the header, which names its length and
+        // checksum; then the sync. Until the rename the file has no snapshot's name.
+        let mut sink = FileSink {
+            file: &mut *file,
+            buf: Vec::with_capacity(SINK_CHUNK + 4096),
+            pos: 0,
+            flushed: 0,
+            crc: 0,
+            error: None,
+        };
+        let serialized = snapshot::serialize_into(image, &mut sink).map(|_| ());
+        let flushed = match (sink.error.take(), serialized) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(std::io::Error::other(e.to_string())),
+            (None, Ok(())) => sink.flush(),
+        };
+        flushed.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                WalError::io(&name, e)
+            } else {
+                write_error(&tmp, e)
+            }
+        })?;
+        let (len, crc) = (sink.flushed, sink.crc);
+        file.write_at(0, &header_for(seq, len, crc))
             .map_err(|e| write_error(&tmp, e))?;
         file.sync_data().map_err(|e| WalError::SyncFailed {
             file: tmp.clone(),
             message: e.to_string(),
-        })
+        })?;
+        Ok(len)
     })();
-    if let Err(e) = written {
-        let _ = dir.remove(&tmp);
-        return Err(e);
-    }
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            let _ = dir.remove(&tmp);
+            return Err(e);
+        }
+    };
     dir.rename(&tmp, &name)
         .map_err(|e| WalError::io(&name, e))?;
     dir.sync().map_err(|e| WalError::SyncFailed {
         file: String::new(),
         message: e.to_string(),
     })?;
-    Ok(name)
+    Ok((name, len))
 }
 
 /// The snapshot files of `dir`, newest (highest seq) first.
@@ -231,6 +321,79 @@ mod tests {
         );
         assert_eq!(parse_snapshot_name("snapshot-42.rkyv"), None);
         assert_eq!(parse_snapshot_name("wal-00000000000000000001.log"), None);
+    }
+
+    /// An image of `skus` SKUs with two levels each: about 150 bytes a SKU.
+    fn big_image(skus: usize) -> Image {
+        use depot_engine::snapshot::{LevelImage, SkuImage, IMAGE_VERSION};
+        let level = |loc| LevelImage {
+            loc,
+            on_hand: 7,
+            reserved: 1,
+            committed: 2,
+            damaged: 0,
+            quality_control: 0,
+            safety_stock: 0,
+            incoming: 3,
+            incoming_at: 1_700_000_000_000,
+        };
+        Image {
+            version: IMAGE_VERSION,
+            seq: 4242,
+            now: 1_700_000_000_000,
+            tenants: Vec::new(),
+            idempotency: Vec::new(),
+            skus: (0..skus)
+                .map(|i| SkuImage {
+                    tenant: 0,
+                    sku: format!("SKU-WITH-A-LONGER-NAME-{i:08}"),
+                    levels: vec![level(0), level(1)],
+                    held: vec![1, 2],
+                    cost: (i % 7 == 0).then(|| "12.50".to_string()),
+                })
+                .collect(),
+            reservations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_streamed_snapshot_is_the_buffered_encoding_byte_for_byte() {
+        for skus in [0, 1, 30_000] {
+            let image = big_image(skus);
+            let mem = crate::mem::MemDir::new();
+            let (name, len) = write_snapshot_sized(&mem, &image).unwrap();
+            let body = snapshot::to_bytes(&image);
+            assert_eq!(len, body.len() as u64);
+            if skus == 30_000 {
+                assert!(len > 3 * SINK_CHUNK as u64, "several chunks: {len}");
+            }
+            let file = mem.bytes(&name).unwrap();
+            assert!(file == encode_snapshot(image.seq, &body), "{skus} SKUs");
+            assert_eq!(mem.names(), std::slice::from_ref(&name), "no temporary file left");
+            let (read, read_name) = load_newest_snapshot(&mem).unwrap().unwrap();
+            assert_eq!((read, read_name), (image, name));
+        }
+    }
+
+    #[test]
+    fn a_disk_full_while_streaming_leaves_no_snapshot() {
+        let image = big_image(30_000);
+        let len = snapshot::to_bytes(&image).len() as u64;
+        // Full in the first chunk, in a later one, and with no room for the header's rewrite.
+        for space in [
+            1_000,
+            2 * SINK_CHUNK as u64 + 5,
+            len + SNAPSHOT_HEADER_LEN - 1,
+        ] {
+            let faulty = crate::fault::FaultDir::new(crate::mem::MemDir::new());
+            faulty.set_space_left(Some(space));
+            let err = write_snapshot(&faulty, &image).unwrap_err();
+            assert!(matches!(err, WalError::DiskFull { .. }), "{space}: {err}");
+            assert!(faulty.list().unwrap().is_empty(), "{space}: nothing left");
+            faulty.set_space_left(None);
+            write_snapshot(&faulty, &image).unwrap();
+            assert_eq!(load_newest_snapshot(&faulty).unwrap().unwrap().0, image);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::error::WalError;
 use crate::journal::WalJournal;
 use crate::reader::log_bytes_after;
 use crate::retention::{apply_retention, RetentionPolicy, RetentionReport};
-use crate::snapshot_file::{list_snapshots, write_snapshot_body};
+use crate::snapshot_file::{list_snapshots, write_snapshot_sized};
 use crate::storage::Directory;
 use depot_engine::snapshot::{self, Image};
 use depot_engine::{Engine, Journal, Seq, TimeMs};
@@ -402,14 +402,9 @@ impl Worker {
                 file: String::new(),
                 message: format!("the log did not make seq {seq} durable: {}", e.message),
             })?;
-        // Room for the last snapshot and an eighth more: the image rarely shrinks fast.
-        let hint = usize::try_from(self.last_len + self.last_len / 8).unwrap_or(0);
-        let body = snapshot::to_bytes_sized(&captured.image, hint);
+        let (file, bytes) = write_snapshot_sized(&*self.dir, &captured.image)?;
         drop(captured.image);
-        let file = write_snapshot_body(&*self.dir, seq, &body)?;
         let write = started.elapsed();
-        let bytes = body.len() as u64;
-        drop(body);
         let retention = self.config.retention.as_ref().and_then(|policy| {
             match apply_retention(&*self.dir, policy, (self.config.clock)()) {
                 Ok(report) => {
