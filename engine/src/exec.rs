@@ -1080,22 +1080,20 @@ impl ShardState {
         );
     }
 
-    /// A count left available negative: backorder committed allocations by policy.
+    /// After a count (`set`): when available is negative, an oversell incident.
     fn oversell_incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
         let avail = self
             .sku(job.tenant, sku.as_str())
             .and_then(|s| s.level(loc))
             .map_or(0, |l| l.available());
         if avail < 0 {
-            self.backorder_committed(job, sku, loc, -avail, ev);
+            self.incident(job, sku, loc, ev);
         }
     }
 
     /// After a commit: a hold committed at a level that a count left short (holds are not
-    /// backordered by the count) may commit units that are not on hand. What on hand does not
-    /// cover (committed, damaged and in quality control against on hand) is an oversell
-    /// incident like a count's: committed allocations are backordered by policy, so no order
-    /// waits to be shipped from units that are not there.
+    /// backordered by the count) may commit units that are not on hand; then an oversell
+    /// incident, so no order waits to be shipped from units that are not there.
     fn cover_commit(&mut self, job: &Job, id: ReservationId, ev: &mut Events) {
         let Some(part) = self.parts.get(&id) else {
             return;
@@ -1112,35 +1110,40 @@ impl ShardState {
             let uncovered = self
                 .sku(job.tenant, sku.as_str())
                 .and_then(|s| s.level(loc))
-                .map_or(0, |l| {
-                    l.committed + l.damaged + l.quality_control - l.on_hand
-                });
+                .map_or(0, uncovered);
             if uncovered > 0 {
-                self.backorder_committed(job, &sku, loc, uncovered, ev);
+                self.incident(job, &sku, loc, ev);
             }
         }
     }
 
-    /// An oversell incident of `deficit` units at (sku, loc): backorders committed allocations
-    /// there, victims chosen by the tenant's oversell policy.
-    fn backorder_committed(
-        &mut self,
-        job: &Job,
-        sku: &Sku,
-        loc: LocIdx,
-        mut deficit: i64,
-        ev: &mut Events,
-    ) {
+    /// An oversell incident at (sku, loc): the event (with how far available is below zero),
+    /// then the committed units that on hand does not cover ([`uncovered`]) are backordered,
+    /// victims chosen by the tenant's oversell policy. Holds are left as they are: they keep
+    /// the level's available below zero (every channel's ATS at zero) until they are
+    /// committed, released or expire.
+    fn incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
         let t = job.tenant;
         let cfg = self.config(t).clone();
+        let level = self
+            .sku(t, sku.as_str())
+            .and_then(|s| s.level(loc))
+            .copied();
+        let Some(level) = level else {
+            return;
+        };
         ev.push(
             0,
             EventKind::OversellIncident {
                 sku: sku.clone(),
                 location: loc_id(&cfg, loc),
-                deficit,
+                deficit: (-level.available()).max(0),
             },
         );
+        let mut deficit = uncovered(&level);
+        if deficit <= 0 {
+            return;
+        }
         // Rare: a scan of this shard's parts, sorted so the choice never depends on hashing.
         let mut victims: Vec<(i32, ReservationId)> = self
             .parts
@@ -2101,6 +2104,13 @@ pub fn reservation_view(
         order_ref: head.order_ref.as_deref().cloned(),
         lines,
     }
+}
+
+/// Committed units (with damaged and quality-control units) that on hand does not cover: what
+/// an oversell incident backorders. Holds and safety stock are not counted: a paid order is not
+/// given up for a cart's hold or for a buffer.
+fn uncovered(l: &Level) -> i64 {
+    l.committed + l.damaged + l.quality_control - l.on_hand
 }
 
 fn bucket_name(b: Bucket) -> &'static str {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use depot_engine::outcome::{ReservationView, Shortage};
 use depot_engine::{
-    Command, EventKind, FillPolicy, Limits, Outcome, Refusal, Reply, ReservationId,
+    Bucket, Command, EventKind, FillPolicy, Limits, Outcome, Refusal, Reply, ReservationId,
     ReservationState,
 };
 
@@ -969,6 +969,41 @@ fn ats_is_zero_everywhere_while_a_level_is_negative() {
     assert_eq!(fx.ats3("A"), [0, 0, 0]);
     fx.ok(set("A", "east", 8, None));
     assert_eq!(fx.ats3("A"), [9, 9, 9]);
+}
+
+#[test]
+fn a_count_backorders_only_the_orders_on_hand_cannot_cover() {
+    // 10 at east: an order of 4 committed, a cart holding 6. A count finds 8: short by 2, but
+    // the 8 cover the order. The order keeps its units; the hold keeps available below zero.
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 10));
+    let order = fx.res(reserve("web", &[("A", 4)])).id;
+    fx.ok(commit(order));
+    let cart = fx.res(reserve("amazon", &[("A", 6)])).id;
+    fx.ok(set("A", "east", 8, None));
+    assert_eq!(fx.event_kinds(), ["stock_changed", "oversell_incident"]);
+    assert!(matches!(
+        &fx.events[1].kind,
+        EventKind::OversellIncident { deficit: 2, .. }
+    ));
+    assert_eq!(backordered(&mut fx, order), 0);
+    assert_eq!(lvl(&mut fx, "A", "east"), (8, 6, 4, -2));
+    assert_eq!(fx.ats3("A"), [0, 0, 0]);
+    fx.ok(fulfil(order, &[("A", "east", 4, 0)]));
+    // Committing the cart then commits 4 and backorders the 2 that are not there.
+    assert_eq!(line(&fx.res(commit(cart)), "A").backordered, 2);
+    assert_eq!(lvl(&mut fx, "A", "east"), (4, 0, 4, 0));
+
+    // Safety stock is a buffer, not a shortage: no order is given up for it.
+    let mut fx = Fx::new();
+    fx.ok(receive("A", "east", 10));
+    let order = fx.res(reserve("web", &[("A", 4)])).id;
+    fx.ok(commit(order));
+    fx.ok(mv("A", "east", Bucket::Available, Bucket::SafetyStock, 3));
+    fx.ok(set("A", "east", 5, None));
+    assert_eq!(fx.event_kinds(), ["stock_changed", "oversell_incident"]);
+    assert_eq!(backordered(&mut fx, order), 0);
+    assert_eq!(lvl(&mut fx, "A", "east"), (5, 0, 4, -2));
 }
 
 #[test]

@@ -1263,11 +1263,16 @@ impl Model {
         }
     }
 
-    /// A count left available negative at (sku, loc): backorder committed allocations.
+    /// A count left available negative at (sku, loc): backorder the committed units on hand
+    /// does not cover.
     fn oversell(&mut self, sku: &Sku, loc: usize) {
-        let avail = self.level(sku, loc).available();
-        if avail < 0 {
-            self.backorder(sku, loc, -avail);
+        let l = self.level(sku, loc);
+        if l.available() < 0 {
+            // Only what on hand does not cover: holds and safety stock do not count.
+            let uncovered = l.committed + l.damaged + l.quality_control - l.on_hand;
+            if uncovered > 0 {
+                self.backorder(sku, loc, uncovered);
+            }
         }
     }
 

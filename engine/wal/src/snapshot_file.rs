@@ -369,7 +369,11 @@ mod tests {
             }
             let file = mem.bytes(&name).unwrap();
             assert!(file == encode_snapshot(image.seq, &body), "{skus} SKUs");
-            assert_eq!(mem.names(), std::slice::from_ref(&name), "no temporary file left");
+            assert_eq!(
+                mem.names(),
+                std::slice::from_ref(&name),
+                "no temporary file left"
+            );
             let (read, read_name) = load_newest_snapshot(&mem).unwrap().unwrap();
             assert_eq!((read, read_name), (image, name));
         }
