@@ -471,6 +471,24 @@ fn ttl_of(t: u8) -> Option<u64> {
     }
 }
 
+/// A count of one of the levels `pick` selects (the `q`-th), 1 to 3 units below what its
+/// stock is committed to, held and set aside: an oversell incident.
+fn count_short(
+    model: &Model,
+    q: i64,
+    pick: impl Fn(&(Sku, usize), &depot_tests::model::Level) -> bool,
+) -> Command {
+    let hit: Vec<_> = model.levels.iter().filter(|(k, v)| pick(k, v)).collect();
+    let ((s, l), v) = hit[q as usize % hit.len()];
+    Command::Set {
+        sku: s.clone(),
+        location: model.locations[*l].0.clone(),
+        quantity: (v.on_hand - v.available() - 1 - q % 3).max(0),
+        compare_quantity: None,
+        reason: "model".to_string(),
+    }
+}
+
 fn bucket(b: u8) -> Bucket {
     [
         Bucket::Available,
@@ -632,36 +650,14 @@ impl Planner {
                     .map(|(s, l)| orders(s, *l))
                     .max()
                     .unwrap_or(0);
-                let hit: Vec<(&(Sku, usize), _)> = model
-                    .levels
-                    .iter()
-                    .filter(|((s, l), v)| v.committed > 0 && orders(s, *l) == most)
-                    .collect();
-                let ((s, l), v) = hit[*q as usize % hit.len()];
-                Command::Set {
-                    sku: s.clone(),
-                    location: model.locations[*l].0.clone(),
-                    quantity: (v.on_hand - v.available() - 1 - q % 3).max(0),
-                    compare_quantity: None,
-                    reason: reason(),
-                }
+                count_short(model, *q, |(s, l), v| {
+                    v.committed > 0 && orders(s, *l) == most
+                })
             }
             Op::Set { q, compare: 4, .. } if model.levels.values().any(|v| v.reserved > 0) => {
                 // A count below what is held: the holds stay (they are not orders), and
                 // committing one of them later must not commit units that are not there.
-                let hit: Vec<(&(Sku, usize), _)> = model
-                    .levels
-                    .iter()
-                    .filter(|(_, v)| v.reserved > 0)
-                    .collect();
-                let ((s, l), v) = hit[*q as usize % hit.len()];
-                Command::Set {
-                    sku: s.clone(),
-                    location: model.locations[*l].0.clone(),
-                    quantity: (v.on_hand - v.available() - 1 - q % 3).max(0),
-                    compare_quantity: None,
-                    reason: reason(),
-                }
+                count_short(model, *q, |_, v| v.reserved > 0)
             }
             Op::Set {
                 sku: k,
