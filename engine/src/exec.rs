@@ -354,7 +354,7 @@ fn decide_reserve(job: &Job, cfg: &TenantConfig, preps: &[Prep]) -> Decision {
     else {
         unreachable!()
     };
-    let region = ship_to_region.as_deref();
+    let region = ship_to_region.as_deref().map(String::as_str);
     match (&lines[..], &items[..]) {
         ([line], [item]) => decide_one_item(cfg, preps, line, item, *fill, region),
         _ => decide_items(cfg, preps, lines, items, *fill, region),
@@ -1250,7 +1250,7 @@ impl ShardState {
             created_at: job.now,
             expires_at: *expires_at,
             ended_at: 0,
-            order_ref: order_ref.clone().map(Box::new),
+            order_ref: order_ref.clone(),
             lines: lines.clone(),
             granted: granted.clone(),
             items: part_items,
@@ -2014,7 +2014,7 @@ fn held_view(
         state: ReservationState::Held,
         created_at: job.now,
         expires_at: *expires_at,
-        order_ref: order_ref.clone(),
+        order_ref: order_ref.as_deref().cloned(),
         lines,
     }
 }
@@ -2220,7 +2220,7 @@ mod tests {
                     }],
                     expires_at: 2_000,
                     order_ref: None,
-                    ship_to_region: REGIONS[ship_to].map(str::to_string),
+                    ship_to_region: REGIONS[ship_to].map(|r| Box::new(r.to_string())),
                     fill,
                 },
                 shards: 1,

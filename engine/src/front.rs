@@ -745,8 +745,8 @@ impl Front {
                     lines: headers,
                     items,
                     expires_at: self.now.saturating_add(ttl),
-                    order_ref: order_ref.clone(),
-                    ship_to_region: ship_to_region.clone(),
+                    order_ref: order_ref.clone().map(Box::new),
+                    ship_to_region: ship_to_region.clone().map(Box::new),
                     fill: *fill,
                 };
                 let job = self.job(t, tid, req, kind, mask, forced);

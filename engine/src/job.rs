@@ -177,8 +177,10 @@ pub enum JobKind {
         /// `lines`, not the items).
         items: SmallVec<[ItemReq; 1]>,
         expires_at: TimeMs,
-        order_ref: Option<String>,
-        ship_to_region: Option<String>,
+        /// Rare, so behind thin pointers: a job is moved several times on its way to the
+        /// shards, and most reservations have neither.
+        order_ref: Option<Box<String>>,
+        ship_to_region: Option<Box<String>>,
         fill: FillPolicy,
     },
     Extend {
