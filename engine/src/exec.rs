@@ -1098,22 +1098,22 @@ impl ShardState {
         let Some(part) = self.parts.get(&id) else {
             return;
         };
-        let mut spots: Vec<(Sku, LocIdx)> = Vec::new();
+        // Every commit checks its levels; only a short one (rare) is collected.
+        let mut short: Vec<(Sku, LocIdx)> = Vec::new();
         for i in &part.items {
             for a in i.allocs.iter().filter(|a| a.open > 0) {
-                if !spots.iter().any(|(s, l)| s == &i.sku && *l == a.loc) {
-                    spots.push((i.sku.clone(), a.loc));
+                let level = self
+                    .sku(job.tenant, i.sku.as_str())
+                    .and_then(|s| s.level(a.loc));
+                if level.is_some_and(|l| uncovered(l) > 0)
+                    && !short.iter().any(|(s, l)| s == &i.sku && *l == a.loc)
+                {
+                    short.push((i.sku.clone(), a.loc));
                 }
             }
         }
-        for (sku, loc) in spots {
-            let uncovered = self
-                .sku(job.tenant, sku.as_str())
-                .and_then(|s| s.level(loc))
-                .map_or(0, uncovered);
-            if uncovered > 0 {
-                self.incident(job, &sku, loc, ev);
-            }
+        for (sku, loc) in short {
+            self.incident(job, &sku, loc, ev);
         }
     }
 

@@ -616,7 +616,7 @@ impl SkuTable {
             .map(|&i| i as usize)
     }
     pub fn get(&self, r: &SkuRef<'_>) -> Option<&SkuState> {
-        self.find(r).map(|i| &self.entry(i).1)
+        self.slot(r).map(|(_, st)| st)
     }
     /// The state of `r` and its slot. A slot stays the SKU's for the life of the table (SKUs
     /// are never removed), so [`SkuTable::at_mut`] can reach it again without a lookup.

@@ -144,6 +144,14 @@ struct FileSink<'a> {
 }
 
 impl FileSink<'_> {
+    /// Keeps `e` for the caller and gives rkyv an error that stops the serialization.
+    fn fail(&mut self, e: std::io::Error) -> rkyv::rancor::Error {
+        use rkyv::rancor::Source;
+        let out = rkyv::rancor::Error::new(std::io::Error::new(e.kind(), e.to_string()));
+        self.error = Some(e);
+        out
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -165,29 +173,18 @@ impl rkyv::ser::Positional for FileSink<'_> {
 
 impl rkyv::ser::Writer<rkyv::rancor::Error> for FileSink<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), rkyv::rancor::Error> {
-        use rkyv::rancor::Source;
-        let failed = |e: &std::io::Error| {
-            rkyv::rancor::Error::new(std::io::Error::new(e.kind(), e.to_string()))
-        };
-        if let Some(e) = &self.error {
-            return Err(failed(e));
-        }
+        // rkyv stops at the first error, so nothing is written after one.
         self.pos += bytes.len() as u64;
         if self.pos > SNAPSHOT_BODY_MAX {
-            let e = std::io::Error::new(
+            return Err(self.fail(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("the image is more than the maximum {SNAPSHOT_BODY_MAX} bytes"),
-            );
-            let out = failed(&e);
-            self.error = Some(e);
-            return Err(out);
+            )));
         }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= SINK_CHUNK {
             if let Err(e) = self.flush() {
-                let out = failed(&e);
-                self.error = Some(e);
-                return Err(out);
+                return Err(self.fail(e));
             }
         }
         Ok(())
