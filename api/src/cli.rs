@@ -223,16 +223,19 @@ pub fn snapshot(
             replayed += 1;
             on_entry(e);
         })?;
-    let image = machine.image();
+    // Serialized straight from the recovered tables: no second copy of the state in memory.
+    let state = machine.state_image();
+    let seq = state.seq();
+    let file = depot_wal::write_state_snapshot(&fs, &state)?;
+    drop(state);
     drop(machine);
-    let file = depot_wal::write_snapshot(&fs, &image)?;
     let bytes = std::fs::metadata(dir.join(&file))
         .map_or(0, |m| m.len())
         .saturating_sub(depot_wal::SNAPSHOT_HEADER_LEN);
-    tracing::info!(%file, seq = image.seq, replayed, "snapshot written");
+    tracing::info!(%file, seq, replayed, "snapshot written");
     Ok(SnapshotWritten {
         file,
-        seq: image.seq,
+        seq,
         bytes,
         replayed,
         tail,

@@ -17,6 +17,9 @@ use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKe
 use rkyv::{Archive, Deserialize, Serialize};
 use std::sync::Arc;
 
+mod view;
+pub use view::{serialize_state_into, StateImage};
+
 /// The largest stock quantity (any term of a level, units held per channel, units of an item
 /// of a reservation) an image may carry: twice [`LEVEL_MAX`](crate::limits::LEVEL_MAX), which
 /// stock operations keep to (returns are not refused, so a level may pass it slightly). Low
@@ -363,8 +366,9 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, I
 }
 
 /// Takes the image of a front and its shards. Call it at a quiet point (nothing in flight).
-pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> Image {
-    let tenants = front
+/// The tenants of an image: few, and kept as their configuration's JSON.
+fn tenant_images(front: &Front) -> Vec<TenantImage> {
+    front
         .tenants
         .iter()
         .map(|e| TenantImage {
@@ -374,7 +378,13 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             bundles_json: json(&e.config.bundles),
             rules_json: json(&e.config.rule_document),
         })
-        .collect();
+        .collect()
+}
+
+/// The state's image as an owned [`Image`]. A snapshot of a large state is better written with
+/// [`StateImage`] and [`serialize_state_into`]: the same bytes, without the copy.
+pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> Image {
+    let tenants = tenant_images(front);
     let idempotency = front
         .idempotency_sorted()
         .into_iter()
@@ -855,5 +865,11 @@ impl Machine {
     /// The image of this machine's state.
     pub fn image(&self) -> Image {
         take(&self.front, self.shards.iter())
+    }
+
+    /// The same image as references into this machine's tables, ready to be serialized with
+    /// [`serialize_state_into`].
+    pub fn state_image(&self) -> StateImage<'_> {
+        StateImage::new(&self.front, self.shards.iter())
     }
 }

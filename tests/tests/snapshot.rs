@@ -413,3 +413,29 @@ fn images_with_quantities_out_of_range_are_refused() {
     let m = load(&image, Limits::default(), 2).expect("in range");
     let _ = m.digest();
 }
+
+#[test]
+fn the_image_serialized_from_the_tables_is_the_owned_image_byte_for_byte() {
+    use depot_engine::snapshot::{serialize_state_into, AlignedBytes};
+    let busy = busy_machine();
+    let empty = Machine::new(Limits::default(), 1);
+    for m in [&busy, &empty] {
+        let bytes = to_bytes(&m.image());
+        let streamed = serialize_state_into(&m.state_image(), AlignedBytes::new()).unwrap();
+        assert_eq!(&streamed[..], &bytes[..]);
+    }
+    // Reservations in parts on several shards, SKUs spread over them.
+    for shards in [1, 3, 5] {
+        let m = load(&busy.image(), Limits::default(), shards).unwrap();
+        let streamed = serialize_state_into(&m.state_image(), AlignedBytes::new()).unwrap();
+        assert_eq!(
+            &streamed[..],
+            &to_bytes(&busy.image())[..],
+            "{shards} shards"
+        );
+        assert_eq!(from_bytes(&streamed).unwrap(), busy.image());
+    }
+    let state = busy.state_image();
+    assert_eq!(state.seq(), busy.image().seq);
+    assert!(format!("{state:?}").contains("reservations"));
+}

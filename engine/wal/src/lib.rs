@@ -49,11 +49,12 @@ pub use reader::{
 pub use retention::{apply_retention, RetentionAction, RetentionPolicy, RetentionReport};
 pub use snapshot_file::{
     decode_snapshot, encode_snapshot, load_newest_snapshot, parse_snapshot_name, snapshot_name,
-    write_snapshot, SNAPSHOT_BODY_MAX, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+    write_snapshot, write_state_snapshot, SNAPSHOT_BODY_MAX, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
 };
 pub use snapshotter::{
-    capture_image, wall_clock_ms, CapturedImage, SnapshotStats, Snapshotter, SnapshotterConfig,
-    TakenSnapshot,
+    capture_image, capture_state, wall_clock_ms, CapturedImage, CapturedState, SnapshotStats,
+    Snapshotter, SnapshotterConfig, TakenSnapshot,
 };
 pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};
 pub use writer::{WalOptions, WalWriter};

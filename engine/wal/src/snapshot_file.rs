@@ -6,7 +6,7 @@
 
 use crate::error::WalError;
 use crate::storage::{is_disk_full, read_all_aligned, Directory, Storage};
-use depot_engine::snapshot::{self, Image};
+use depot_engine::snapshot::{self, Image, StateImage};
 use depot_engine::Seq;
 
 /// The file's magic: ASCII `DEPOTSNP`.
@@ -121,7 +121,42 @@ fn write_error(file: &str, e: std::io::Error) -> WalError {
 /// Every entry up to `image.seq` must be durable in the log first (for the engine:
 /// `journal.wait_durable(image.seq)`); recovery skips a snapshot that is ahead of the log.
 pub fn write_snapshot(dir: &dyn Directory, image: &Image) -> Result<String, WalError> {
-    write_snapshot_sized(dir, image).map(|(name, _)| name)
+    write_snapshot_sized(dir, ImageSource::Image(image)).map(|(name, _)| name)
+}
+
+/// [`write_snapshot`] of a state serialized straight from its tables (the same file, without
+/// building the owned image first: [`StateImage`]).
+pub fn write_state_snapshot(
+    dir: &dyn Directory,
+    state: &StateImage<'_>,
+) -> Result<String, WalError> {
+    write_snapshot_sized(dir, ImageSource::State(state)).map(|(name, _)| name)
+}
+
+/// What a snapshot file is written from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ImageSource<'a> {
+    Image(&'a Image),
+    State(&'a StateImage<'a>),
+}
+
+impl ImageSource<'_> {
+    fn seq(&self) -> Seq {
+        match self {
+            ImageSource::Image(i) => i.seq,
+            ImageSource::State(s) => s.seq(),
+        }
+    }
+
+    fn serialize_into<W>(&self, writer: W) -> Result<W, rkyv::rancor::Error>
+    where
+        W: rkyv::ser::Writer<rkyv::rancor::Error>,
+    {
+        match self {
+            ImageSource::Image(i) => snapshot::serialize_into(i, writer),
+            ImageSource::State(s) => snapshot::serialize_state_into(s, writer),
+        }
+    }
 }
 
 /// How much of the serialized image [`FileSink`] gathers before it writes it to the file.
@@ -194,9 +229,9 @@ impl rkyv::ser::Writer<rkyv::rancor::Error> for FileSink<'_> {
 /// [`write_snapshot`], also returning the length of the image (the body).
 pub(crate) fn write_snapshot_sized(
     dir: &dyn Directory,
-    image: &Image,
+    image: ImageSource<'_>,
 ) -> Result<(String, u64), WalError> {
-    let seq = image.seq;
+    let seq = image.seq();
     let name = snapshot_name(seq);
     let tmp = format!("{name}{TMP_SUFFIX}");
     // The remains of an earlier attempt that crashed.
@@ -217,7 +252,7 @@ pub(crate) fn write_snapshot_sized(
             crc: 0,
             error: None,
         };
-        let serialized = snapshot::serialize_into(image, &mut sink).map(|_| ());
+        let serialized = image.serialize_into(&mut sink).map(|_| ());
         let flushed = match (sink.error.take(), serialized) {
             (Some(e), _) => Err(e),
             (None, Err(e)) => Err(std::io::Error::other(e.to_string())),
@@ -358,7 +393,7 @@ mod tests {
         for skus in [0, 1, 30_000] {
             let image = big_image(skus);
             let mem = crate::mem::MemDir::new();
-            let (name, len) = write_snapshot_sized(&mem, &image).unwrap();
+            let (name, len) = write_snapshot_sized(&mem, ImageSource::Image(&image)).unwrap();
             let body = snapshot::to_bytes(&image);
             assert_eq!(len, body.len() as u64);
             if skus == 30_000 {

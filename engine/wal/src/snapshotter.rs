@@ -1,13 +1,13 @@
 //! Background snapshots of a running engine. A thread checks its triggers (every N writes once
 //! the log has grown by a share of the last snapshot's size, every T) and, when one fires:
 //!
-//! 1. captures the state image ([`capture_image`]): [`Engine::inspect`] stops the writes at a
-//!    quiet point and `snapshot::take` copies the state into an [`Image`]; this is the only
-//!    pause the writers see, and it is measured;
-//! 2. waits until the log holds every entry up to the image's seq (a snapshot never outruns
+//! 1. captures the state ([`capture_state`]): [`Engine::inspect`] stops the writes at a quiet
+//!    point while the front and the shards are copied (shared pointers, mostly); this is the
+//!    only pause the writers see, and it is measured;
+//! 2. waits until the log holds every entry up to the copy's seq (a snapshot never outruns
 //!    the log);
-//! 3. serializes the image and writes the snapshot file ([`crate::write_snapshot`]'s
-//!    crash-safe steps) while the writes go on;
+//! 3. serializes the copy as the image straight from its tables ([`StateImage`]) into the
+//!    snapshot file ([`crate::write_snapshot`]'s crash-safe steps) while the writes go on;
 //! 4. applies the [`RetentionPolicy`], if any, to log segments and old snapshots.
 //!
 //! A failure is logged, counted in [`SnapshotStats`] and retried at the next trigger (after a
@@ -17,9 +17,11 @@ use crate::error::WalError;
 use crate::journal::WalJournal;
 use crate::reader::log_bytes_after;
 use crate::retention::{apply_retention, RetentionPolicy, RetentionReport};
-use crate::snapshot_file::{list_snapshots, write_snapshot_sized};
+use crate::snapshot_file::{list_snapshots, write_snapshot_sized, ImageSource};
 use crate::storage::Directory;
-use depot_engine::snapshot::{self, Image};
+use depot_engine::front::Front;
+use depot_engine::shard::ShardState;
+use depot_engine::snapshot::{self, Image, StateImage};
 use depot_engine::{Engine, Journal, Seq, TimeMs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -77,39 +79,70 @@ pub fn wall_clock_ms() -> TimeMs {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A copy of a running engine's state, taken at a quiet point, and what taking it cost the
+/// writers. The copy is mostly shared pointers (`ShardState::image_copy`, `Front::image_copy`):
+/// whoever writes to a piece the copy still shares copies that piece first.
+#[derive(Debug)]
+pub struct CapturedState {
+    pub front: Front,
+    pub shards: Vec<ShardState>,
+    /// How long writes were stopped: from the moment the engine was quiet and locked until it
+    /// was released (the copy was made in between).
+    pub pause: Duration,
+    /// How long it took to reach a quiet point before that (writes go on meanwhile).
+    pub wait: Duration,
+}
+
+impl CapturedState {
+    /// The copy as an image ready to be serialized ([`StateImage`]: sorted references into it).
+    pub fn state_image(&self) -> StateImage<'_> {
+        StateImage::new(&self.front, self.shards.iter())
+    }
+}
+
+/// Copies the engine's state under [`Engine::inspect`] and measures the pause.
+pub fn capture_state(engine: &Engine) -> CapturedState {
+    let asked = Instant::now();
+    let mut locked = asked;
+    let (front, shards) = engine.inspect(|front, shards| {
+        locked = Instant::now();
+        let copy: Vec<ShardState> = shards.iter().map(|s| s.image_copy()).collect();
+        (front.image_copy(), copy)
+    });
+    let released = Instant::now();
+    CapturedState {
+        front,
+        shards,
+        pause: released - locked,
+        wait: locked - asked,
+    }
+}
+
 /// An image captured from a running engine, and what capturing it cost the writers.
 #[derive(Debug)]
 pub struct CapturedImage {
     pub image: Image,
-    /// How long writes were stopped: from the moment the engine was quiet and locked until it
-    /// was released (the image was built in between).
+    /// See [`CapturedState::pause`].
     pub pause: Duration,
-    /// How long it took to reach a quiet point before that (writes go on meanwhile).
+    /// See [`CapturedState::wait`].
     pub wait: Duration,
-    /// Building the canonical image from the copy, after the pause (writes go on).
+    /// Building the owned image from the copy, after the pause (writes go on).
     pub build: Duration,
 }
 
-/// Captures the engine's state image under [`Engine::inspect`] and measures the pause.
+/// Captures the engine's state ([`capture_state`]) and builds the owned [`Image`] from the copy.
+/// The snapshotter itself serializes the copy without building it ([`StateImage`]).
 pub fn capture_image(engine: &Engine) -> CapturedImage {
-    let asked = Instant::now();
-    let mut locked = asked;
-    // Under the pause only a plain copy of the tables; the canonical image (sorting, ids as
-    // text, responses as JSON) is built from the copy while the writes go on.
-    let (front, shards) = engine.inspect(|front, shards| {
-        locked = Instant::now();
-        let copy: Vec<depot_engine::shard::ShardState> =
-            shards.iter().map(|s| s.image_copy()).collect();
-        (front.image_copy(), copy)
-    });
-    let released = Instant::now();
-    let image = snapshot::take(&front, shards.iter());
-    drop((front, shards));
+    let captured = capture_state(engine);
+    let started = Instant::now();
+    let image = snapshot::take(&captured.front, captured.shards.iter());
+    drop(captured.front);
+    drop(captured.shards);
     CapturedImage {
         image,
-        pause: released - locked,
-        wait: locked - asked,
-        build: released.elapsed(),
+        pause: captured.pause,
+        wait: captured.wait,
+        build: started.elapsed(),
     }
 }
 
@@ -125,7 +158,7 @@ pub struct TakenSnapshot {
     pub pause: Duration,
     /// Time to reach a quiet point before the pause.
     pub wait: Duration,
-    /// Building the image after the pause (see [`CapturedImage::build`]).
+    /// Sorting the copy into the image's order after the pause ([`StateImage::new`]; writes go on).
     pub build: Duration,
     /// Waiting for the log, serializing and writing the file, outside the pause.
     pub write: Duration,
@@ -393,8 +426,11 @@ impl Worker {
     }
 
     fn write_one(&mut self) -> Result<TakenSnapshot, WalError> {
-        let captured = capture_image(&self.engine);
-        let seq = captured.image.seq;
+        let captured = capture_state(&self.engine);
+        let built = Instant::now();
+        let state = captured.state_image();
+        let build = built.elapsed();
+        let seq = state.seq();
         let started = Instant::now();
         self.journal
             .wait_durable(seq)
@@ -402,8 +438,10 @@ impl Worker {
                 file: String::new(),
                 message: format!("the log did not make seq {seq} durable: {}", e.message),
             })?;
-        let (file, bytes) = write_snapshot_sized(&*self.dir, &captured.image)?;
-        drop(captured.image);
+        let (file, bytes) = write_snapshot_sized(&*self.dir, ImageSource::State(&state))?;
+        drop(state);
+        drop(captured.front);
+        drop(captured.shards);
         let write = started.elapsed();
         let retention = self.config.retention.as_ref().and_then(|policy| {
             match apply_retention(&*self.dir, policy, (self.config.clock)()) {
@@ -427,7 +465,7 @@ impl Worker {
             bytes,
             pause: captured.pause,
             wait: captured.wait,
-            build: captured.build,
+            build,
             write,
             retention,
         })

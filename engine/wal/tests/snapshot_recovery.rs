@@ -8,8 +8,8 @@ use depot_engine::{
     Request, ReservationId, Sku,
 };
 use depot_wal::{
-    load_newest_snapshot, open_engine, read_log, recover, snapshot_name, write_snapshot, Directory,
-    MemDir, Storage, Tail, WalError, WalJournal, WalOptions,
+    load_newest_snapshot, open_engine, read_log, recover, snapshot_name, write_snapshot,
+    write_state_snapshot, Directory, MemDir, Storage, Tail, WalError, WalJournal, WalOptions,
 };
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -551,4 +551,28 @@ fn recovery_reports_the_events_of_the_last_entries() {
             assert_eq!(got, want);
         }
     }
+}
+
+#[test]
+fn a_snapshot_written_from_the_tables_is_the_file_of_the_owned_image() {
+    let dir = MemDir::new();
+    let (engine, journal) = start(&dir);
+    setup(&engine);
+    // Multi-shard carts, committed and expiring holds, costs: over a mebibyte of image, so
+    // the file is written in several chunks.
+    writes(&engine, 0, 6_000);
+    let image = snapshot(&engine, &journal, &dir);
+    let owned = dir.bytes(&snapshot_name(image.seq)).unwrap();
+    assert!(owned.len() > 1 << 20, "{} bytes", owned.len());
+    let other = MemDir::new();
+    let name = engine.inspect(|front, shards| {
+        let state = depot_engine::snapshot::StateImage::new(front, shards.iter().copied());
+        write_state_snapshot(&other, &state).unwrap()
+    });
+    assert_eq!(name, snapshot_name(image.seq));
+    assert!(
+        other.bytes(&name).unwrap() == owned,
+        "the same file, byte for byte"
+    );
+    assert_eq!(other.names(), vec![name], "no temporary file left");
 }

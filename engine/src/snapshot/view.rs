@@ -1,0 +1,594 @@
+//! A state's image serialized straight from its tables.
+//!
+//! [`take`](super::take) builds an owned [`Image`](super::Image): every SKU, reservation and
+//! stored answer copied into strings and vectors of its own, about a dozen allocations per
+//! held reservation with an idempotency key, and as many frees after. For a million such holds
+//! that was 1.2 to 1.4 s of the snapshot thread and a second copy of the state in memory, on a
+//! server that takes snapshots while it works. [`StateImage`] holds only references into the
+//! tables, sorted as the image is, and [`serialize_state_into`] writes the archived image from
+//! them: the types below archive as the image's own archived types (`#[rkyv(as = ...)]`), so the
+//! bytes are the same as those of [`to_bytes`](super::to_bytes) of [`take`](super::take)
+//! (`tests/tests/snapshot.rs` and the model test compare them), and loading knows no difference.
+//! Reading the tables in the image's order still costs most of what building did (a stored
+//! answer is a few cache misses away from its key); what goes is the allocation and the copy.
+
+use super::{
+    json, level_image, lifecycle_code, state_code, AllocImage, ArchivedAllocationViewImage,
+    ArchivedIdemImage, ArchivedImage, ArchivedItemImage, ArchivedItemViewImage, ArchivedLineImage,
+    ArchivedLineViewImage, ArchivedReservationImage, ArchivedReservationReplyImage,
+    ArchivedResponseImage, ArchivedSkuImage, LevelImage, TenantImage, IMAGE_VERSION,
+};
+use crate::front::{Front, IdemEntry, IdemKey};
+use crate::job::LineHeader;
+use crate::outcome::{AllocationView, ItemView, LineView, Outcome, Reply, Response};
+use crate::shard::{Alloc, Part, PartItem, ShardState, SkuKey, SkuState};
+use rkyv::rancor::{Fallible, Source};
+use rkyv::ser::{Allocator, Writer};
+use rkyv::string::{ArchivedString, StringResolver};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::with::{ArchiveWith, Inline, Map, SerializeWith};
+use rkyv::{Archive, Place, Serialize, SerializeUnsized};
+use smallvec::SmallVec;
+
+/// A state ready to be serialized as its image: references into a front and its shards,
+/// sorted as [`take`](super::take) sorts them. The few things an image keeps as text of their
+/// own (tenant configurations, answers that are not a reservation's, unit costs) are made
+/// here, once.
+pub struct StateImage<'a> {
+    seq: u64,
+    now: u64,
+    tenants: Vec<TenantImage>,
+    idempotency: Vec<IdemItem<'a>>,
+    skus: Vec<SkuItem<'a>>,
+    /// Every part of every shard by reservation id (a reservation's parts in shard order).
+    parts: Vec<(u64, &'a Part)>,
+    /// Where each reservation's parts start in `parts`, and `parts.len()` last.
+    starts: Vec<u32>,
+}
+
+impl std::fmt::Debug for StateImage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateImage")
+            .field("seq", &self.seq)
+            .field("tenants", &self.tenants.len())
+            .field("idempotency_keys", &self.idempotency.len())
+            .field("skus", &self.skus.len())
+            .field("reservations", &self.reservations())
+            .finish()
+    }
+}
+
+struct IdemItem<'a> {
+    key: &'a IdemKey,
+    entry: &'a IdemEntry,
+    /// The answer as JSON when it is not a reservation's.
+    json: Option<String>,
+}
+
+struct SkuItem<'a> {
+    key: &'a SkuKey,
+    state: &'a SkuState,
+    cost: Option<String>,
+}
+
+impl<'a> StateImage<'a> {
+    /// The image of `front` and `shards` (a quiet state, or a copy of one).
+    pub fn new(front: &'a Front, shards: impl Iterator<Item = &'a ShardState>) -> Self {
+        let tenants = super::tenant_images(front);
+        let idempotency = front
+            .idempotency_sorted()
+            .into_iter()
+            .map(|(key, entry)| IdemItem {
+                key,
+                entry,
+                json: entry
+                    .response
+                    .as_deref()
+                    .filter(|r| reservation_of(r).is_none())
+                    .map(json),
+            })
+            .collect();
+        let mut skus = Vec::new();
+        let mut parts: Vec<(u64, &Part)> = Vec::new();
+        for s in shards {
+            skus.extend(s.skus.iter().map(|(key, state)| SkuItem {
+                key,
+                state,
+                cost: state.cost.as_deref().map(|c| c.to_string()),
+            }));
+            parts.extend(s.parts.iter().map(|(id, p)| (id.0, p)));
+        }
+        skus.sort_unstable_by(|a, b| {
+            (a.key.tenant, a.key.sku.as_str()).cmp(&(b.key.tenant, b.key.sku.as_str()))
+        });
+        // Stable: a reservation's parts stay in shard order, and the first gives its header.
+        parts.sort_by_key(|(id, _)| *id);
+        let mut starts = Vec::with_capacity(parts.len() + 1);
+        for (i, (id, _)) in parts.iter().enumerate() {
+            if i == 0 || parts[i - 1].0 != *id {
+                starts.push(i as u32);
+            }
+        }
+        starts.push(parts.len() as u32);
+        StateImage {
+            seq: front.seq,
+            now: front.now,
+            tenants,
+            idempotency,
+            skus,
+            parts,
+            starts,
+        }
+    }
+
+    /// The last seq the image holds.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn reservations(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    fn reservation(&self, i: usize) -> ReservationRef<'_> {
+        let group = &self.parts[self.starts[i] as usize..self.starts[i + 1] as usize];
+        let (id, p) = group[0];
+        let mut items: SmallVec<[&PartItem; 4]> =
+            group.iter().flat_map(|(_, p)| p.items.iter()).collect();
+        items.sort_by_key(|i| i.item);
+        ReservationRef {
+            id,
+            tenant: p.tenant,
+            channel: p.channel,
+            lifecycle: lifecycle_code(p.lifecycle),
+            created_at: p.created_at,
+            expires_at: p.expires_at,
+            ended_at: p.ended_at,
+            order_ref: p.order_ref.as_deref().map(String::as_str),
+            lines: ListOf::new(&p.lines[..], |l, i| LineRef::of(&l[i])),
+            granted: ListOf {
+                ctx: p,
+                len: p.lines.len(),
+                item: |p, i| p.granted.get(&p.lines, i),
+            },
+            items: ListOf {
+                len: items.len(),
+                ctx: items,
+                item: |items, i| ItemRef::of(items[i]),
+            },
+        }
+    }
+}
+
+/// Serializes `state` as its image into `writer`: byte for byte what
+/// [`serialize_into`](super::serialize_into) writes for [`take`](super::take) of the same
+/// state.
+pub fn serialize_state_into<W>(state: &StateImage<'_>, writer: W) -> Result<W, rkyv::rancor::Error>
+where
+    W: Writer<rkyv::rancor::Error>,
+{
+    let image = ImageRef {
+        version: IMAGE_VERSION,
+        seq: state.seq,
+        now: state.now,
+        tenants: &state.tenants,
+        idempotency: Listed(state.idempotency.iter().map(IdemRef::of).collect()),
+        skus: Listed(state.skus.iter().map(SkuRef::of).collect()),
+        reservations: Listed(
+            (0..state.reservations())
+                .map(|i| state.reservation(i))
+                .collect(),
+        ),
+    };
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&image, writer)
+}
+
+fn reservation_of(r: &Response) -> Option<&crate::outcome::ReservationView> {
+    match &r.outcome {
+        Outcome::Ok(Reply::Reservation(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// Archives a `&str` as an owned string would be.
+struct Str;
+
+impl<'s> ArchiveWith<&'s str> for Str {
+    type Archived = ArchivedString;
+    type Resolver = StringResolver;
+    fn resolve_with(field: &&'s str, resolver: StringResolver, out: Place<ArchivedString>) {
+        ArchivedString::resolve_from_str(field, resolver, out);
+    }
+}
+
+impl<'s, S> SerializeWith<&'s str, S> for Str
+where
+    S: Fallible + ?Sized,
+    S::Error: Source,
+    str: SerializeUnsized<S>,
+{
+    fn serialize_with(field: &&'s str, serializer: &mut S) -> Result<StringResolver, S::Error> {
+        ArchivedString::serialize_from_str(field, serializer)
+    }
+}
+
+/// A list archived as a vector, its items made one at a time from `ctx` (twice each: once to
+/// write what they point to, once to write them), never collected.
+struct ListOf<C, R> {
+    ctx: C,
+    len: usize,
+    item: fn(&C, usize) -> R,
+}
+
+impl<'a, T, R> ListOf<&'a [T], R> {
+    fn new(items: &'a [T], item: fn(&&'a [T], usize) -> R) -> Self {
+        ListOf {
+            ctx: items,
+            len: items.len(),
+            item,
+        }
+    }
+}
+
+impl<C, R: Archive> Archive for ListOf<C, R> {
+    type Archived = ArchivedVec<R::Archived>;
+    type Resolver = VecResolver;
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.len, resolver, out);
+    }
+}
+
+impl<C, R, S> Serialize<S> for ListOf<C, R>
+where
+    R: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
+        let (ctx, item) = (&self.ctx, self.item);
+        ArchivedVec::serialize_from_iter::<R, _, _>(
+            (0..self.len).map(move |i| item(ctx, i)),
+            serializer,
+        )
+    }
+}
+
+/// A long list archived as a vector from its items made once, in order. rkyv writes a vector
+/// in two passes over its items (what each points to, then the items themselves); made from
+/// the tables twice, every item of a million was looked up twice, each time a few cache misses
+/// away (the stored answer behind its key, say), and that cost as much as building the owned
+/// image. Collected, the second pass reads them in order.
+struct Listed<R>(Vec<R>);
+
+impl<R: Archive> Archive for Listed<R> {
+    type Archived = ArchivedVec<R::Archived>;
+    type Resolver = VecResolver;
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<R, S> Serialize<S> for Listed<R>
+where
+    R: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(&self.0, serializer)
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedImage,
+    archive_bounds(
+        Inline: ArchiveWith<&'a Vec<TenantImage>, Archived = ArchivedVec<super::ArchivedTenantImage>>,
+        Listed<IdemRef<'a>>: Archive<Archived = ArchivedVec<ArchivedIdemImage>>,
+        Listed<SkuRef<'a>>: Archive<Archived = ArchivedVec<ArchivedSkuImage>>,
+        Listed<ReservationRef<'a>>: Archive<Archived = ArchivedVec<ArchivedReservationImage>>
+    )
+)]
+struct ImageRef<'a> {
+    version: u32,
+    seq: u64,
+    now: u64,
+    #[rkyv(with = Inline)]
+    tenants: &'a Vec<TenantImage>,
+    idempotency: Listed<IdemRef<'a>>,
+    skus: Listed<SkuRef<'a>>,
+    reservations: Listed<ReservationRef<'a>>,
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedIdemImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        Option<ResponseRef<'a>>: Archive<Archived = rkyv::option::ArchivedOption<ArchivedResponseImage>>
+    )
+)]
+struct IdemRef<'a> {
+    tenant: u32,
+    #[rkyv(with = Str)]
+    key: &'a str,
+    fingerprint: [u8; 32],
+    at: u64,
+    response: Option<ResponseRef<'a>>,
+}
+
+impl<'a> IdemRef<'a> {
+    fn of(i: &'a IdemItem<'a>) -> Self {
+        IdemRef {
+            tenant: i.key.tenant,
+            key: &i.key.key,
+            fingerprint: i.entry.fingerprint,
+            at: i.entry.at,
+            response: i.entry.response.as_deref().map(|r| match &i.json {
+                Some(json) => ResponseRef::Json(json),
+                None => ResponseRef::Reservation(ReplyRef::of(r)),
+            }),
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedResponseImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        ReplyRef<'a>: Archive<Archived = ArchivedReservationReplyImage>
+    )
+)]
+enum ResponseRef<'a> {
+    Reservation(ReplyRef<'a>),
+    Json(#[rkyv(with = Str)] &'a str),
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedReservationReplyImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        Map<Str>: ArchiveWith<Option<&'a str>, Archived = rkyv::option::ArchivedOption<ArchivedString>>,
+        ListOf<&'a [LineView], LineViewRef<'a>>: Archive<Archived = ArchivedVec<ArchivedLineViewImage>>
+    )
+)]
+struct ReplyRef<'a> {
+    seq: Option<u64>,
+    replayed: bool,
+    id: u64,
+    #[rkyv(with = Str)]
+    channel: &'a str,
+    state: u8,
+    created_at: u64,
+    expires_at: u64,
+    #[rkyv(with = Map<Str>)]
+    order_ref: Option<&'a str>,
+    lines: ListOf<&'a [LineView], LineViewRef<'a>>,
+}
+
+impl<'a> ReplyRef<'a> {
+    /// `r` must be a reservation's answer (`IdemItem::json` is `None`).
+    fn of(r: &'a Response) -> Self {
+        let v = reservation_of(r).expect("an answer without JSON is a reservation's");
+        ReplyRef {
+            seq: r.seq,
+            replayed: r.replayed,
+            id: v.id.0,
+            channel: v.channel.as_str(),
+            state: state_code(v.state),
+            created_at: v.created_at,
+            expires_at: v.expires_at,
+            order_ref: v.order_ref.as_deref(),
+            lines: ListOf::new(&v.lines[..], |l, i| LineViewRef::of(&l[i])),
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedLineViewImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        ListOf<&'a [AllocationView], AllocationViewRef<'a>>: Archive<Archived = ArchivedVec<ArchivedAllocationViewImage>>,
+        ListOf<&'a [ItemView], ItemViewRef<'a>>: Archive<Archived = ArchivedVec<ArchivedItemViewImage>>
+    )
+)]
+struct LineViewRef<'a> {
+    #[rkyv(with = Str)]
+    sku: &'a str,
+    quantity: i64,
+    requested: i64,
+    allocations: ListOf<&'a [AllocationView], AllocationViewRef<'a>>,
+    components: ListOf<&'a [ItemView], ItemViewRef<'a>>,
+    backordered: i64,
+}
+
+impl<'a> LineViewRef<'a> {
+    fn of(l: &'a LineView) -> Self {
+        LineViewRef {
+            sku: l.sku.as_str(),
+            quantity: l.quantity,
+            requested: l.requested,
+            allocations: ListOf::new(&l.allocations[..], |a, i| AllocationViewRef::of(&a[i])),
+            components: ListOf::new(&l.components[..], |c, i| ItemViewRef::of(&c[i])),
+            backordered: l.backordered,
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedItemViewImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        ListOf<&'a [AllocationView], AllocationViewRef<'a>>: Archive<Archived = ArchivedVec<ArchivedAllocationViewImage>>
+    )
+)]
+struct ItemViewRef<'a> {
+    #[rkyv(with = Str)]
+    sku: &'a str,
+    quantity: i64,
+    allocations: ListOf<&'a [AllocationView], AllocationViewRef<'a>>,
+    backordered: i64,
+}
+
+impl<'a> ItemViewRef<'a> {
+    fn of(c: &'a ItemView) -> Self {
+        ItemViewRef {
+            sku: c.sku.as_str(),
+            quantity: c.quantity,
+            allocations: ListOf::new(&c.allocations[..], |a, i| AllocationViewRef::of(&a[i])),
+            backordered: c.backordered,
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedAllocationViewImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>
+    )
+)]
+struct AllocationViewRef<'a> {
+    #[rkyv(with = Str)]
+    location: &'a str,
+    quantity: i64,
+    shipped: i64,
+    returned: i64,
+}
+
+impl<'a> AllocationViewRef<'a> {
+    fn of(a: &'a AllocationView) -> Self {
+        AllocationViewRef {
+            location: a.location.as_str(),
+            quantity: a.quantity,
+            shipped: a.shipped,
+            returned: a.returned,
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedSkuImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        Map<Str>: ArchiveWith<Option<&'a str>, Archived = rkyv::option::ArchivedOption<ArchivedString>>,
+        ListOf<&'a [crate::ats::Level], LevelImage>: Archive<Archived = ArchivedVec<super::ArchivedLevelImage>>,
+        ListOf<&'a [i64], i64>: Archive<Archived = ArchivedVec<rkyv::Archived<i64>>>
+    )
+)]
+struct SkuRef<'a> {
+    tenant: u32,
+    #[rkyv(with = Str)]
+    sku: &'a str,
+    levels: ListOf<&'a [crate::ats::Level], LevelImage>,
+    held: ListOf<&'a [i64], i64>,
+    #[rkyv(with = Map<Str>)]
+    cost: Option<&'a str>,
+}
+
+impl<'a> SkuRef<'a> {
+    fn of(s: &'a SkuItem<'a>) -> Self {
+        SkuRef {
+            tenant: s.key.tenant,
+            sku: s.key.sku.as_str(),
+            levels: ListOf::new(&s.state.levels[..], |l, i| level_image(&l[i])),
+            held: ListOf::new(s.state.held(), |h, i| h[i]),
+            cost: s.cost.as_deref(),
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedReservationImage,
+    archive_bounds(
+        Map<Str>: ArchiveWith<Option<&'a str>, Archived = rkyv::option::ArchivedOption<ArchivedString>>,
+        ListOf<&'a [LineHeader], LineRef<'a>>: Archive<Archived = ArchivedVec<ArchivedLineImage>>,
+        ListOf<&'a Part, i64>: Archive<Archived = ArchivedVec<rkyv::Archived<i64>>>,
+        ListOf<SmallVec<[&'a PartItem; 4]>, ItemRef<'a>>: Archive<Archived = ArchivedVec<ArchivedItemImage>>
+    )
+)]
+struct ReservationRef<'a> {
+    id: u64,
+    tenant: u32,
+    channel: u16,
+    lifecycle: u8,
+    created_at: u64,
+    expires_at: u64,
+    ended_at: u64,
+    #[rkyv(with = Map<Str>)]
+    order_ref: Option<&'a str>,
+    lines: ListOf<&'a [LineHeader], LineRef<'a>>,
+    granted: ListOf<&'a Part, i64>,
+    items: ListOf<SmallVec<[&'a PartItem; 4]>, ItemRef<'a>>,
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedLineImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>
+    )
+)]
+struct LineRef<'a> {
+    #[rkyv(with = Str)]
+    sku: &'a str,
+    requested: i64,
+    is_bundle: bool,
+}
+
+impl<'a> LineRef<'a> {
+    fn of(l: &'a LineHeader) -> Self {
+        LineRef {
+            sku: l.sku.as_str(),
+            requested: l.requested,
+            is_bundle: l.is_bundle,
+        }
+    }
+}
+
+#[derive(Archive, Serialize)]
+#[rkyv(
+    as = ArchivedItemImage,
+    archive_bounds(
+        Str: ArchiveWith<&'a str, Archived = ArchivedString>,
+        ListOf<&'a [Alloc], AllocImage>: Archive<Archived = ArchivedVec<super::ArchivedAllocImage>>
+    )
+)]
+struct ItemRef<'a> {
+    item: u16,
+    line: u16,
+    slot: u16,
+    #[rkyv(with = Str)]
+    sku: &'a str,
+    per_unit: i64,
+    quantity: i64,
+    allocs: ListOf<&'a [Alloc], AllocImage>,
+    backordered: i64,
+}
+
+impl<'a> ItemRef<'a> {
+    fn of(i: &'a PartItem) -> Self {
+        ItemRef {
+            item: i.item,
+            line: i.line,
+            slot: i.slot,
+            sku: i.sku.as_str(),
+            per_unit: i.per_unit,
+            quantity: i.quantity,
+            allocs: ListOf::new(&i.allocs[..], |a, j| {
+                let a = &a[j];
+                AllocImage {
+                    loc: a.loc,
+                    open: a.open,
+                    shipped: a.shipped,
+                    returned: a.returned,
+                }
+            }),
+            backordered: i.backordered,
+        }
+    }
+}
