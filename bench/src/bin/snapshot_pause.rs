@@ -8,8 +8,8 @@
 //!
 //! 1. Quiet engine: `--runs` snapshots on request. For each: the pause (writes stopped while
 //!    copies the tables under `Engine::inspect`), the wait for a quiet point, then outside the
-//!    pause the build of the canonical image and the write (serialize, write, fdatasync,
-//!    rename), the file's size.
+//!    pause the sort of the copy into the image's order and the write (serialize from the
+//!    tables, write, fdatasync, rename), the file's size.
 //! 2. Under load: `--clients` closed-loop clients send durable W1 reservations (one outstanding
 //!    each) while a snapshot is taken every `--every` seconds for `--secs` seconds; the pauses,
 //!    and the clients' latency (HDR histogram) over the same window, show what a writer sees.
@@ -195,7 +195,7 @@ fn main() {
         let total = asked.elapsed();
         println!(
             "run {run}: pause {:.1} ms (wait for a quiet point {:.2} ms), then outside the pause \
-             {:.0} ms to build the image and {:.0} ms to serialize and write {} MB; {:.0} ms \
+             {:.0} ms to sort the copy and {:.0} ms to serialize and write {} MB; {:.0} ms \
              from the request to the snapshot on disk",
             ms(s.pause),
             ms(s.wait),

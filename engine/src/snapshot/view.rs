@@ -43,7 +43,7 @@ pub struct StateImage<'a> {
     /// Every part of every shard by reservation id (a reservation's parts in shard order).
     parts: Vec<(u64, &'a Part)>,
     /// Where each reservation's parts start in `parts`, and `parts.len()` last.
-    starts: Vec<u32>,
+    starts: Vec<usize>,
 }
 
 impl std::fmt::Debug for StateImage<'_> {
@@ -106,10 +106,10 @@ impl<'a> StateImage<'a> {
         let mut starts = Vec::with_capacity(parts.len() + 1);
         for (i, (id, _)) in parts.iter().enumerate() {
             if i == 0 || parts[i - 1].0 != *id {
-                starts.push(i as u32);
+                starts.push(i);
             }
         }
-        starts.push(parts.len() as u32);
+        starts.push(parts.len());
         StateImage {
             seq: front.seq,
             now: front.now,
@@ -131,7 +131,7 @@ impl<'a> StateImage<'a> {
     }
 
     fn reservation(&self, i: usize) -> ReservationRef<'_> {
-        let group = &self.parts[self.starts[i] as usize..self.starts[i + 1] as usize];
+        let group = &self.parts[self.starts[i]..self.starts[i + 1]];
         let (id, p) = group[0];
         let mut items: SmallVec<[&PartItem; 4]> =
             group.iter().flat_map(|(_, p)| p.items.iter()).collect();
