@@ -365,7 +365,6 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, I
     serde_json::from_str(s).map_err(|e| ImageError::Inconsistent(format!("{what}: {e}")))
 }
 
-/// Takes the image of a front and its shards. Call it at a quiet point (nothing in flight).
 /// The tenants of an image: few, and kept as their configuration's JSON.
 fn tenant_images(front: &Front) -> Vec<TenantImage> {
     front
@@ -381,7 +380,8 @@ fn tenant_images(front: &Front) -> Vec<TenantImage> {
         .collect()
 }
 
-/// The state's image as an owned [`Image`]. A snapshot of a large state is better written with
+/// Takes the image of a front and its shards as an owned [`Image`]. Call it at a quiet point
+/// (nothing in flight). A snapshot of a large state is better written with
 /// [`StateImage`] and [`serialize_state_into`]: the same bytes, without the copy.
 pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> Image {
     let tenants = tenant_images(front);

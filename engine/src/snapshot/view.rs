@@ -20,7 +20,9 @@ use super::{
 };
 use crate::front::{Front, IdemEntry, IdemKey};
 use crate::job::LineHeader;
-use crate::outcome::{AllocationView, ItemView, LineView, Outcome, Reply, Response};
+use crate::outcome::{
+    AllocationView, ItemView, LineView, Outcome, Reply, ReservationView, Response,
+};
 use crate::shard::{Alloc, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
@@ -61,8 +63,17 @@ impl std::fmt::Debug for StateImage<'_> {
 struct IdemItem<'a> {
     key: &'a IdemKey,
     entry: &'a IdemEntry,
-    /// The answer as JSON when it is not a reservation's.
-    json: Option<String>,
+    stored: Stored<'a>,
+}
+
+/// A stored answer as the image keeps it.
+enum Stored<'a> {
+    /// The request is still executing (never at a quiet point).
+    None,
+    /// A reservation's answer, field by field.
+    Reservation(&'a Response, &'a ReservationView),
+    /// Any other answer, as its JSON.
+    Json(String),
 }
 
 struct SkuItem<'a> {
@@ -81,11 +92,13 @@ impl<'a> StateImage<'a> {
             .map(|(key, entry)| IdemItem {
                 key,
                 entry,
-                json: entry
-                    .response
-                    .as_deref()
-                    .filter(|r| reservation_of(r).is_none())
-                    .map(json),
+                stored: match entry.response.as_deref() {
+                    None => Stored::None,
+                    Some(r) => match &r.outcome {
+                        Outcome::Ok(Reply::Reservation(v)) => Stored::Reservation(r, v),
+                        _ => Stored::Json(json(r)),
+                    },
+                },
             })
             .collect();
         let mut skus = Vec::new();
@@ -181,13 +194,6 @@ where
         ),
     };
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&image, writer)
-}
-
-fn reservation_of(r: &Response) -> Option<&crate::outcome::ReservationView> {
-    match &r.outcome {
-        Outcome::Ok(Reply::Reservation(v)) => Some(v),
-        _ => None,
-    }
 }
 
 /// Archives a `&str` as an owned string would be.
@@ -322,10 +328,11 @@ impl<'a> IdemRef<'a> {
             key: &i.key.key,
             fingerprint: i.entry.fingerprint,
             at: i.entry.at,
-            response: i.entry.response.as_deref().map(|r| match &i.json {
-                Some(json) => ResponseRef::Json(json),
-                None => ResponseRef::Reservation(ReplyRef::of(r)),
-            }),
+            response: match &i.stored {
+                Stored::None => None,
+                Stored::Reservation(r, v) => Some(ResponseRef::Reservation(ReplyRef::of(r, v))),
+                Stored::Json(json) => Some(ResponseRef::Json(json)),
+            },
         }
     }
 }
@@ -367,9 +374,8 @@ struct ReplyRef<'a> {
 }
 
 impl<'a> ReplyRef<'a> {
-    /// `r` must be a reservation's answer (`IdemItem::json` is `None`).
-    fn of(r: &'a Response) -> Self {
-        let v = reservation_of(r).expect("an answer without JSON is a reservation's");
+    /// `v` is the reservation `r` answers with.
+    fn of(r: &'a Response, v: &'a ReservationView) -> Self {
         ReplyRef {
             seq: r.seq,
             replayed: r.replayed,

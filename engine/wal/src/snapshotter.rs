@@ -136,8 +136,6 @@ pub fn capture_image(engine: &Engine) -> CapturedImage {
     let captured = capture_state(engine);
     let started = Instant::now();
     let image = snapshot::take(&captured.front, captured.shards.iter());
-    drop(captured.front);
-    drop(captured.shards);
     CapturedImage {
         image,
         pause: captured.pause,
