@@ -1087,33 +1087,35 @@ impl ShardState {
             .and_then(|s| s.level(loc))
             .map_or(0, |l| l.available());
         if avail < 0 {
-            self.incident(job, sku, loc, ev);
+            self.incident(job, sku, loc, 0, ev);
         }
     }
 
     /// After a commit: a hold committed at a level that a count left short (holds are not
     /// backordered by the count) may commit units that are not on hand; then an oversell
-    /// incident, so no order waits to be shipped from units that are not there.
+    /// incident, so no order waits to be shipped from units that are not there. The events of
+    /// each short level are ordered by the reservation's item that found it, so a commit whose
+    /// items are on several shards reports them in the same order as on one.
     fn cover_commit(&mut self, job: &Job, id: ReservationId, ev: &mut Events) {
         let Some(part) = self.parts.get(&id) else {
             return;
         };
         // Every commit checks its levels; only a short one (rare) is collected.
-        let mut short: Vec<(Sku, LocIdx)> = Vec::new();
+        let mut short: Vec<(Sku, LocIdx, u64)> = Vec::new();
         for i in &part.items {
             for a in i.allocs.iter().filter(|a| a.open > 0) {
                 let level = self
                     .sku(job.tenant, i.sku.as_str())
                     .and_then(|s| s.level(a.loc));
                 if level.is_some_and(|l| uncovered(l) > 0)
-                    && !short.iter().any(|(s, l)| s == &i.sku && *l == a.loc)
+                    && !short.iter().any(|(s, l, _)| s == &i.sku && *l == a.loc)
                 {
-                    short.push((i.sku.clone(), a.loc));
+                    short.push((i.sku.clone(), a.loc, u64::from(i.item)));
                 }
             }
         }
-        for (sku, loc) in short {
-            self.incident(job, &sku, loc, ev);
+        for (sku, loc, item) in short {
+            self.incident(job, &sku, loc, item, ev);
         }
     }
 
@@ -1121,8 +1123,8 @@ impl ShardState {
     /// then the committed units that on hand does not cover ([`uncovered`]) are backordered,
     /// victims chosen by the tenant's oversell policy. Holds are left as they are: they keep
     /// the level's available below zero (every channel's ATS at zero) until they are
-    /// committed, released or expire.
-    fn incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, ev: &mut Events) {
+    /// committed, released or expire. The events carry the sort `key`, the incident's first.
+    fn incident(&mut self, job: &Job, sku: &Sku, loc: LocIdx, key: u64, ev: &mut Events) {
         let t = job.tenant;
         let cfg = self.config(t).clone();
         let level = self
@@ -1133,7 +1135,7 @@ impl ShardState {
             return;
         };
         ev.push(
-            0,
+            key,
             EventKind::OversellIncident {
                 sku: sku.clone(),
                 location: loc_id(&cfg, loc),
@@ -1182,7 +1184,7 @@ impl ShardState {
             self.adjust_held(t, sku, channel, -took);
             self.refresh(t, sku);
             ev.push(
-                1,
+                key,
                 EventKind::Backordered {
                     id,
                     sku: sku.clone(),

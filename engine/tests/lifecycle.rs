@@ -1007,6 +1007,59 @@ fn a_count_backorders_only_the_orders_on_hand_cannot_cover() {
 }
 
 #[test]
+fn a_short_commit_across_shards_reports_its_incidents_in_line_order() {
+    // Four lines, each held at a level a count then left short. The SKUs are spread over the
+    // shards of every machine below but the first; the events must not depend on that spread.
+    let skus = ["S1", "S2", "S3", "S4"];
+    let run = |shards: usize| {
+        let mut fx = Fx {
+            m: depot_engine::Machine::new(Limits::default(), shards),
+            ..Fx::empty(Limits::default())
+        };
+        fx.setup_tenant(TENANT);
+        for s in skus {
+            fx.ok(receive(s, "east", 1));
+        }
+        let id = fx.res(reserve("web", &skus.map(|s| (s, 1)))).id;
+        // Counted in reverse order, so that the order of the counts is not the answer.
+        for s in skus.iter().rev() {
+            fx.ok(set(s, "east", 0, None));
+        }
+        let v = fx.res(commit(id));
+        assert!(skus.iter().all(|s| line(&v, s).backordered == 1));
+        fx.events.clone()
+    };
+    let one = run(1);
+    let t = Fx::new().m.front.tenant_index[&depot_engine::TenantId::new(TENANT).unwrap()];
+    for shards in [2, 3, 5] {
+        let spread: std::collections::BTreeSet<usize> = skus
+            .iter()
+            .map(|s| depot_engine::shard::shard_of(t, s, shards))
+            .collect();
+        assert!(spread.len() > 1, "the SKUs must span {shards} shards");
+    }
+    // On one shard: the commit, then per line, an incident and its backorder.
+    let kinds: Vec<(&str, String)> = one
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::ReservationCommitted { .. } => ("reservation_committed", String::new()),
+            EventKind::OversellIncident { sku, .. } => ("oversell_incident", sku.to_string()),
+            EventKind::Backordered { sku, .. } => ("backordered", sku.to_string()),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    let mut want = vec![("reservation_committed", String::new())];
+    for s in skus {
+        want.push(("oversell_incident", s.to_string()));
+        want.push(("backordered", s.to_string()));
+    }
+    assert_eq!(kinds, want);
+    for shards in [2, 3, 5] {
+        assert_eq!(run(shards), one, "events with {shards} shards");
+    }
+}
+
+#[test]
 fn committing_a_hold_a_count_left_short_backorders_what_is_not_on_hand() {
     // A at east 1, held by web; a count finds none. The hold stays (holds are not orders).
     let mut fx = Fx::new();
