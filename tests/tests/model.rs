@@ -1239,9 +1239,18 @@ impl Check {
     }
 }
 
+/// `default` cases per property, or `PROPTEST_CASES` when it is set: a soak runs the model
+/// tests with many more (`PROPTEST_CASES=20000 cargo test --release --test model`).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
     // About a second in the test profile: cheap enough for many cases.
-    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), max_shrink_iters: 4_000, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_agrees_with_the_reference_model(
@@ -1284,7 +1293,7 @@ fn first_difference(a: &[String], b: &[String]) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 1_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), max_shrink_iters: 1_000, ..ProptestConfig::default() })]
 
     #[test]
     fn recorded_sequences_replay_to_the_same_digest(
