@@ -705,6 +705,18 @@ pub fn load(
         let sku = Sku::new(&s.sku).map_err(|e| ImageError::Inconsistent(format!("SKU id: {e}")))?;
         let shard = &mut m.shards[shard_of(s.tenant, &s.sku, shards)];
         let cfg = shard.tenants[s.tenant as usize].clone();
+        if let Some(l) = s
+            .levels
+            .iter()
+            .find(|l| usize::from(l.loc) >= cfg.locations.len())
+        {
+            return Err(ImageError::Inconsistent(format!(
+                "SKU {}: a level names location {} of {}",
+                s.sku,
+                l.loc,
+                cfg.locations.len()
+            )));
+        }
         let mut st = SkuState {
             levels: s.levels.iter().map(level_of).collect(),
             ..SkuState::default()
@@ -804,6 +816,24 @@ fn load_reservation(
     let mut by_shard: std::collections::BTreeMap<usize, Vec<PartItem>> =
         std::collections::BTreeMap::new();
     for i in &r.items {
+        if usize::from(i.line) >= lines.len() {
+            return Err(bad(format!(
+                "an item names line {} of {}",
+                i.line,
+                lines.len()
+            )));
+        }
+        if let Some(a) = i
+            .allocs
+            .iter()
+            .find(|a| usize::from(a.loc) >= cfg.locations.len())
+        {
+            return Err(bad(format!(
+                "an allocation names location {} of {}",
+                a.loc,
+                cfg.locations.len()
+            )));
+        }
         let item = PartItem {
             item: i.item,
             line: i.line,

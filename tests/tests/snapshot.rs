@@ -415,6 +415,42 @@ fn images_with_quantities_out_of_range_are_refused() {
 }
 
 #[test]
+fn images_naming_locations_or_lines_that_do_not_exist_are_refused() {
+    let good = busy_machine().image();
+    assert!(!good.reservations.is_empty());
+    let locations = good.tenants[0].locations_json.matches("\"id\"").count() as u16;
+    type Edit = Box<dyn Fn(&mut depot_engine::snapshot::Image)>;
+    let edits: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |i| i.skus[0].levels[0].loc = locations),
+            "location",
+        ),
+        (Box::new(|i| i.skus[0].levels[0].loc = u16::MAX), "location"),
+        (
+            Box::new(move |i| i.reservations[0].items[0].allocs[0].loc = locations),
+            "location",
+        ),
+        (
+            Box::new(|i| {
+                let lines = i.reservations[0].lines.len() as u16;
+                i.reservations[0].items[0].line = lines;
+            }),
+            "line",
+        ),
+    ];
+    for (n, (edit, what)) in edits.iter().enumerate() {
+        let mut image = good.clone();
+        edit(&mut image);
+        let err = load(&image, Limits::default(), 2).expect_err("a reference out of range");
+        assert!(err.to_string().contains(what), "edit {n}: {err}");
+    }
+    // The largest location index there is still loads.
+    let mut image = good.clone();
+    image.skus[0].levels[0].loc = locations - 1;
+    load(&image, Limits::default(), 2).expect("in range");
+}
+
+#[test]
 fn the_image_serialized_from_the_tables_is_the_owned_image_byte_for_byte() {
     use depot_engine::snapshot::{serialize_state_into, AlignedBytes};
     let busy = busy_machine();
