@@ -78,12 +78,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default: `info` for the server, `warn` for the tools);
-/// the server's as text or JSON lines (`--log-format`).
+/// Logs to stderr, filtered by RUST_LOG (default: `info` for the server, `warn` for the tools;
+/// for `sim dst`, whose storage faults are injected on purpose, without the log's own warnings
+/// about them); the server's as text or JSON lines (`--log-format`).
 fn init_logs(args: &Args) {
     use depot_api::server::config::LogFormat;
+    use depot_sim::cli::SimCommand;
     let (default, format) = match &args.command {
         Top::Serve(s) => ("info", s.log_format),
+        Top::Sim(s) if matches!(s.command, SimCommand::Dst { .. }) => {
+            (DST_LOG_FILTER, LogFormat::Pretty)
+        }
         _ => ("warn", LogFormat::Pretty),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -96,6 +101,11 @@ fn init_logs(args: &Args) {
         LogFormat::Pretty => logs.init(),
     }
 }
+
+/// `sim dst`'s default log filter: every torn write, failed fsync and full disk it injects
+/// makes the log warn or stop with an error, thousands of lines per minute that say nothing
+/// the simulation's own verdict does not (`RUST_LOG=warn` shows them).
+const DST_LOG_FILTER: &str = "warn,depot_wal=off";
 
 /// Corruption is reported as the log's own error (file and byte offset) with exit code 1.
 fn tool_error(e: ToolError) -> anyhow::Error {

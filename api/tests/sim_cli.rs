@@ -120,6 +120,36 @@ fn generate_replay_what_if_and_dst_through_the_binary() {
         .contains("every seed passed"));
 }
 
+/// The faults `sim dst` injects make the log warn and stop; those lines are expected, so the
+/// default filter leaves them out, and `RUST_LOG=warn` brings them back.
+#[test]
+fn dst_keeps_the_logs_own_warnings_about_injected_faults_quiet_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_depot"));
+        cmd.args([
+            "sim", "dst", "--seed", "1", "--seeds", "2", "--steps", "300",
+        ])
+        .args(["--faults", "torn,fsync,full", "--out"])
+        .arg(tmp.path().join("dst"));
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let o = cmd.output().expect("the depot binary runs");
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(text(&o.stdout).contains("2 seeds passed"));
+        text(&o.stderr)
+    };
+    let loud = run(Some("warn"));
+    assert!(
+        loud.contains("write-ahead log"),
+        "these seeds inject faults the log reports: {loud}"
+    );
+    let quiet = run(None);
+    assert!(!quiet.contains("write-ahead log"), "{quiet}");
+}
+
 #[test]
 fn bad_input_is_refused_with_the_field_named() {
     let tmp = tempfile::tempdir().unwrap();
