@@ -51,6 +51,7 @@ pub struct Metrics {
     wal_batch_entries: Histogram,
     holds: IntGaugeVec,
     ats_pushes_pending: IntGauge,
+    http_connections: IntGauge,
     snapshot_pause_seconds: Gauge,
     snapshot_seq: IntGauge,
 }
@@ -132,6 +133,10 @@ impl Metrics {
             )
             .expect("a valid metric"),
             holds,
+            http_connections: int_gauge(
+                "depot_http_connections",
+                "HTTP connections open (at most --max-connections).",
+            ),
             ats_pushes_pending: int_gauge(
                 "depot_ats_pushes_pending",
                 "ATS changes waiting to be pushed to channels.",
@@ -164,6 +169,7 @@ impl Metrics {
             Box::new(self.wal_batch_entries.clone()),
             Box::new(self.holds.clone()),
             Box::new(self.ats_pushes_pending.clone()),
+            Box::new(self.http_connections.clone()),
             Box::new(self.snapshot_pause_seconds.clone()),
             Box::new(self.snapshot_seq.clone()),
         ];
@@ -261,6 +267,11 @@ impl Metrics {
         ] {
             self.holds.with_label_values(&[state]).set(clamp_i64(n));
         }
+    }
+
+    /// One more (`1`) or one fewer (`-1`) HTTP connection open.
+    pub fn add_http_connections(&self, n: i64) {
+        self.http_connections.add(n);
     }
 
     pub fn set_ats_pushes_pending(&self, n: u64) {

@@ -111,7 +111,18 @@ pub struct ServeArgs {
     /// With --log-retention, move expired segments here instead of deleting them.
     #[arg(long, env = "DEPOT_LOG_ARCHIVE_DIR")]
     pub log_archive_dir: Option<PathBuf>,
+    /// Most HTTP connections open at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "DEPOT_MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers once its connection is ready for one
+    /// (`30s`, `500ms`): a slower client, or a keep-alive connection idle this long, is
+    /// disconnected.
+    #[arg(long, env = "DEPOT_HEADER_TIMEOUT", default_value = "30s")]
+    pub header_timeout: String,
 }
+
+/// Most connections `--max-connections` accepts.
+pub const MAX_CONNECTIONS_MAX: usize = 1_000_000;
 
 /// Largest `--snapshot-log-growth`, in percent (a log a hundred times the state's size).
 pub const LOG_GROWTH_MAX: u32 = 10_000;
@@ -202,6 +213,7 @@ pub struct ServeConfig {
     pub demo: bool,
     pub limits: HttpLimits,
     pub snapshots: SnapshotSettings,
+    pub connections: super::listen::ConnectionLimits,
 }
 
 /// Why the flags do not make a configuration.
@@ -225,6 +237,10 @@ pub enum ConfigError {
     LogGrowth(u32),
     #[error("--log-archive-dir needs --log-retention (nothing is archived while the log is kept forever)")]
     ArchiveWithoutRetention,
+    #[error("--max-connections {0}: expected 1 to {MAX_CONNECTIONS_MAX}")]
+    MaxConnections(usize),
+    #[error("--header-timeout {0:?}: expected a duration from 100ms to 1h, such as 30s")]
+    HeaderTimeout(String),
 }
 
 impl ServeArgs {
@@ -273,6 +289,13 @@ impl ServeArgs {
         if self.snapshot_log_growth > LOG_GROWTH_MAX {
             return Err(ConfigError::LogGrowth(self.snapshot_log_growth));
         }
+        if !(1..=MAX_CONNECTIONS_MAX).contains(&self.max_connections) {
+            return Err(ConfigError::MaxConnections(self.max_connections));
+        }
+        let header_timeout = humantime::parse_duration(&self.header_timeout)
+            .ok()
+            .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(d))
+            .ok_or_else(|| ConfigError::HeaderTimeout(self.header_timeout.clone()))?;
         let snapshots = SnapshotSettings {
             every_writes: (self.snapshot_every_writes > 0).then_some(self.snapshot_every_writes),
             log_growth_percent: (self.snapshot_log_growth > 0).then_some(self.snapshot_log_growth),
@@ -296,6 +319,10 @@ impl ServeArgs {
                 ..HttpLimits::default()
             },
             snapshots,
+            connections: super::listen::ConnectionLimits {
+                max_connections: self.max_connections,
+                header_timeout,
+            },
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod durable;
 pub mod error;
 pub mod handlers;
 pub mod layers;
+pub mod listen;
 pub mod openapi;
 pub mod ops;
 pub mod runner;

@@ -24,7 +24,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every accepted connection sends at once (`TCP_NODELAY`): an answer that spans several
 /// segments (a `/v1/batch` answer, an event page) must not wait for the client's delayed
 /// acknowledgement before its last segment leaves.
-fn accepted(stream: &mut tokio::net::TcpStream) {
+pub(super) fn accepted(stream: &mut tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
     }
@@ -58,7 +58,6 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, accepted);
     tracing::info!(%addr, sync = ?config.sync, shards = config.shards, "listening");
     println!("depot listening on http://{addr}");
 
@@ -74,15 +73,21 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
             tracing::error!(error = %format!("{e:#}"), "stopping: the engine could not start");
         }
     };
-    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+    let metrics = state.metrics().clone();
+    let server = super::listen::serve_connections(
+        listener,
+        app(state.clone()),
+        config.connections,
+        move |n| metrics.add_http_connections(n),
+        shutdown,
+    );
     let mut stop_rx2 = stop_rx.clone();
     let drained = async move {
         let _ = stop_rx2.wait_for(|s| *s).await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
     tokio::select! {
-        r = server => r.context("serving HTTP")?,
+        () = server => {}
         () = drained => tracing::warn!("requests still in flight after the drain timeout; stopping anyway"),
     }
     let started = recovery.await.ok().flatten();

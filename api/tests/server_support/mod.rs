@@ -15,7 +15,13 @@ pub struct Server {
 impl Server {
     /// Starts `depot serve` on `data_dir` with `master` as master key; its log lines go to
     /// `<data_dir>.log`. Returns once it prints its address.
+    #[allow(dead_code)] // not every test binary needs the default flags
     pub fn start(data_dir: &Path, master: &str) -> Server {
+        Server::start_with(data_dir, master, &[])
+    }
+
+    /// [`Server::start`] with more flags of `depot serve`.
+    pub fn start_with(data_dir: &Path, master: &str, flags: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -31,6 +37,7 @@ impl Server {
                 "--shards",
                 "2",
             ])
+            .args(flags)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
