@@ -405,6 +405,51 @@ async fn every_error_code_has_its_status_and_body() {
     );
 }
 
+/// A path parameter that is not UTF-8 once percent-decoded is 400 with the error body naming
+/// the parameter, on every route that has one, and changes nothing.
+#[tokio::test]
+async fn path_parameters_that_are_not_utf8_are_400_naming_the_parameter() {
+    let (f, k) = setup().await;
+    let before = f.digest();
+    let mut seen = 0;
+    for (method, template) in depot_api::server::routes() {
+        let Some((head, rest)) = template.split_once('{') else {
+            continue;
+        };
+        let (param, tail) = rest.split_once('}').expect("a closed parameter");
+        let path = format!("{head}%FF%FE{tail}");
+        let key = if template.starts_with("/v1/keys/") {
+            MASTER
+        } else {
+            k.admin.as_str()
+        };
+        let body = (method != "GET" && method != "DELETE").then(|| json!({}));
+        let a = f
+            .call(
+                method,
+                &path,
+                Some(key),
+                body,
+                &[("idempotency-key", "bad-path")],
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{method} {path}: {}",
+            a.body
+        );
+        a.assert_error_body();
+        assert_eq!(
+            a.body["error"]["details"]["field"], param,
+            "{method} {path}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 9, "routes with a parameter: {seen}");
+    assert_eq!(f.digest(), before);
+}
+
 #[tokio::test]
 async fn bodies_that_are_not_json_are_400_and_big_ones_413() {
     let (f, k) = setup().await;

@@ -6,9 +6,10 @@ use super::dto::*;
 use super::error::{raw, ApiError};
 use super::handlers::{idempotency_key, respond};
 use super::ops::{Caller, KeyScope, OpAnswer, Role};
+use super::path::PathParam;
 use super::AppState;
 use crate::keys::KeyError;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -219,7 +220,7 @@ fn admin_tenant(caller: &Caller) -> Result<Option<TenantId>, ApiError> {
 pub async fn revoke_key(
     State(s): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Response {
     let own = match admin_tenant(&caller) {
         Ok(t) => t,
@@ -291,7 +292,7 @@ pub struct ExposureQuery {
 pub async fn exposure(
     State(s): State<AppState>,
     caller: Caller,
-    Path(channel): Path<String>,
+    PathParam(channel): PathParam,
     query: Result<Query<ExposureQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match exposure_inner(&s, &caller, channel, query).await {

@@ -5,8 +5,9 @@ use super::body::{Body, RawBody};
 use super::dto::*;
 use super::error::ApiError;
 use super::ops::{self, Caller, OpAnswer, OpRequest, Route};
+use super::path::PathParam;
 use super::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -76,7 +77,7 @@ async fn single(
 pub async fn put_location(
     State(s): State<AppState>,
     caller: Caller,
-    Path(location): Path<String>,
+    PathParam(location): PathParam,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
@@ -93,7 +94,7 @@ pub async fn put_location(
 pub async fn put_channel(
     State(s): State<AppState>,
     caller: Caller,
-    Path(channel): Path<String>,
+    PathParam(channel): PathParam,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
@@ -110,7 +111,7 @@ pub async fn put_channel(
 pub async fn put_bundle(
     State(s): State<AppState>,
     caller: Caller,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
@@ -161,7 +162,7 @@ pub async fn adjust(
 pub async fn get_stock(
     State(s): State<AppState>,
     caller: Caller,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
 ) -> Response {
     single(
         &s,
@@ -190,7 +191,7 @@ pub struct ExplainQuery {
 pub async fn explain(
     State(s): State<AppState>,
     caller: Caller,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
     query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let channel = match query {
@@ -229,7 +230,7 @@ pub async fn reserve(
 pub async fn get_reservation(
     State(s): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Response {
     single(
         &s,
@@ -256,7 +257,7 @@ macro_rules! lifecycle {
         pub async fn $name(
             State(s): State<AppState>,
             caller: Caller,
-            Path(id): Path<String>,
+            PathParam(id): PathParam,
             headers: HeaderMap,
             RawBody(body): RawBody,
         ) -> Response {

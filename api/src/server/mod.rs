@@ -18,6 +18,7 @@ pub mod layers;
 pub mod listen;
 pub mod openapi;
 pub mod ops;
+pub mod path;
 pub mod runner;
 pub mod serve;
 
