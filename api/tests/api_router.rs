@@ -899,4 +899,55 @@ async fn every_answer_carries_a_request_id_and_a_given_one_is_kept() {
         )
         .await;
     assert_eq!(id(&c).as_deref(), Some("trace-42"));
+    // One too long to repeat in every log line, or with a tab in it, is replaced.
+    let long = "t".repeat(129);
+    for given in [long.as_str(), "trace\t42"] {
+        let d = f
+            .call("GET", "/healthz", None, None, &[("x-request-id", given)])
+            .await;
+        let d = id(&d).expect("an id");
+        assert_eq!(d.len(), 32, "{given:?} -> {d}");
+        assert!(d.bytes().all(|c| c.is_ascii_hexdigit()), "{d}");
+    }
+}
+
+/// `Idempotency-Key`: 1 to 255 printable ASCII characters (spaces allowed), else 400 naming
+/// the header, and nothing changes.
+#[tokio::test]
+async fn idempotency_keys_are_printable_ascii_of_at_most_255() {
+    let (f, k) = setup().await;
+    let before = f.digest();
+    let receive = json!({"sku": "MUG", "location": "wh-east", "kind": "receive", "quantity": 1, "reason": "po"});
+    let long = "k".repeat(256);
+    for bad in ["po\t1", long.as_str()] {
+        let a = f
+            .write(
+                "POST",
+                "/v1/stock/adjustments",
+                &k.admin,
+                bad,
+                receive.clone(),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{bad:?}: {}",
+            a.body
+        );
+        assert_eq!(a.body["error"]["details"]["field"], "Idempotency-Key");
+    }
+    assert_eq!(f.digest(), before);
+    for good in ["po 1", &"k".repeat(255)] {
+        let a = f
+            .write(
+                "POST",
+                "/v1/stock/adjustments",
+                &k.admin,
+                good,
+                receive.clone(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{good:?}: {}", a.body);
+    }
 }

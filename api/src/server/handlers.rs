@@ -13,6 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+/// Longest `Idempotency-Key` (the engine's limit on idempotency keys).
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
 /// The `Idempotency-Key` header, when given.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
@@ -20,10 +23,16 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         Some(v) => v
             .to_str()
             .ok()
-            .filter(|s| !s.is_empty())
+            .filter(|s| {
+                (1..=IDEMPOTENCY_KEY_MAX).contains(&s.len())
+                    && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+            })
             .map(|s| Some(s.to_string()))
             .ok_or_else(|| {
-                ApiError::invalid("Idempotency-Key", "must be non-empty printable ASCII")
+                ApiError::invalid(
+                    "Idempotency-Key",
+                    format!("must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"),
+                )
             }),
     }
 }

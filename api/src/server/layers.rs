@@ -108,7 +108,11 @@ where
         let start = Instant::now();
         let state = self.state.clone();
         let inner = self.inner.clone();
-        let id = match req.headers().get(REQUEST_ID) {
+        let id = match req
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|v| usable_request_id(v))
+        {
             Some(id) => id.clone(),
             None => {
                 let id = self.ids.next_id();
@@ -166,6 +170,16 @@ where
             .instrument(span),
         )
     }
+}
+
+/// Longest client-supplied `x-request-id` kept (it is repeated in every log line of the
+/// request); a longer one, or one with a byte that is not visible ASCII, is replaced by one
+/// made by depot.
+const REQUEST_ID_MAX: usize = 128;
+
+fn usable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=REQUEST_ID_MAX).contains(&b.len()) && b.iter().all(u8::is_ascii_graphic)
 }
 
 /// 431 when the request has too many headers or too many header bytes.
