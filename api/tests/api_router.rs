@@ -685,6 +685,35 @@ async fn keys_are_shown_once_revoked_and_scoped_by_cidr() {
         )
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+    // Scopes a role does not use are refused, naming the field; no key is made.
+    for (body, field) in [
+        (
+            json!({"role": "admin", "channels": ["shopify:acme"]}),
+            "channels",
+        ),
+        (
+            json!({"role": "reader", "locations": ["wh-east"]}),
+            "locations",
+        ),
+        (
+            json!({"role": "channel", "locations": ["wh-east"]}),
+            "locations",
+        ),
+        (
+            json!({"role": "wms", "channels": ["shopify:acme"]}),
+            "channels",
+        ),
+    ] {
+        let r = f
+            .call("POST", "/v1/keys", Some(&k.admin), Some(body.clone()), &[])
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{body}"
+        );
+        assert_eq!(r.body["error"]["details"]["field"], field, "{body}");
+    }
     let r = f
         .call(
             "POST",

@@ -167,13 +167,32 @@ async fn create_key_inner(
             .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
             .map_err(|_| "expected a CIDR such as 10.0.0.0/8".to_string())
     })?;
-    tenant_exists(s, &tenant).await?;
     let role = match b.role {
         RoleDto::Admin => Role::Admin,
         RoleDto::Channel => Role::Channel,
         RoleDto::Wms => Role::Wms,
         RoleDto::Reader => Role::Reader,
     };
+    // Scopes a role does not use would be stored and never applied: refused, not ignored.
+    if !channels.is_empty() && role != Role::Channel {
+        return Err(ApiError::invalid(
+            "channels",
+            format!(
+                "only a channel key acts for channels, not a {} key",
+                role.as_str()
+            ),
+        ));
+    }
+    if !locations.is_empty() && role != Role::Wms {
+        return Err(ApiError::invalid(
+            "locations",
+            format!(
+                "only a wms key acts for locations, not a {} key",
+                role.as_str()
+            ),
+        ));
+    }
+    tenant_exists(s, &tenant).await?;
     let keys = s.keys().clone();
     let now = super::runner::wall_ms() as i64;
     let t = tenant.clone();
