@@ -323,3 +323,100 @@ fn bad_snapshot_flags_stop_the_start_with_a_clear_error() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("--log-archive-dir"), "{err}");
 }
+
+/// Writes a log of a tenant, a location, a channel, 100 SKUs received and `reservations`
+/// single-line reservations straight through the log writer (no engine: quick to write, as
+/// slow to recover as any log of that length).
+fn write_log(wal: &std::path::Path, reservations: u64) {
+    use depot_engine::{
+        ChannelId, ChannelKind, Command as C, LineRequest, LocationId, LocationKind, LogEntry,
+        Request, Sku, TenantId,
+    };
+    let dir = depot_wal::FsDir::open(wal).unwrap();
+    let mut w = depot_wal::WalWriter::open(Box::new(dir), depot_wal::WalOptions::default())
+        .expect("a new log");
+    let location = LocationId::new("wh").unwrap();
+    let channel = ChannelId::new("web").unwrap();
+    let sku = |i: u64| Sku::new(&format!("sku-{}", i % 100)).unwrap();
+    let mut commands = vec![
+        C::CreateTenant,
+        C::PutLocation {
+            location: location.clone(),
+            kind: LocationKind::Warehouse,
+            name: "wh".into(),
+            region: None,
+            wms: None,
+        },
+        C::PutChannel {
+            channel: channel.clone(),
+            kind: ChannelKind::B2b,
+            priority: 0,
+        },
+    ];
+    commands.extend((0..100).map(|i| C::Receive {
+        sku: sku(i),
+        location: location.clone(),
+        quantity: 1_000_000,
+        unit_cost: None,
+        reason: "inbound".into(),
+    }));
+    let reserve = |i: u64| C::Reserve {
+        channel: channel.clone(),
+        lines: vec![LineRequest {
+            sku: sku(i),
+            quantity: 1,
+        }],
+        ttl_ms: None,
+        order_ref: None,
+        ship_to_region: None,
+        fill: Default::default(),
+    };
+    for (seq, command) in (1..).zip(commands.into_iter().chain((0..reservations).map(reserve))) {
+        let request = Request {
+            tenant: TenantId::new("acme").unwrap(),
+            key_id: "test".into(),
+            idempotency_key: None,
+            command,
+        };
+        w.append(&LogEntry {
+            seq,
+            now: 1_700_000_000_000,
+            request,
+        })
+        .unwrap();
+    }
+    w.sync().unwrap();
+}
+
+/// SIGTERM while the log is still being recovered: the server stops at once (recovery only
+/// reads, nothing was served) and exits 0; the next start recovers the whole log.
+#[test]
+fn sigterm_during_recovery_stops_at_once_and_the_next_start_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_log(&data.join("wal"), 300_000);
+    let log = data.with_extension("log");
+
+    // The address is printed before recovery starts: SIGTERM comes in the middle of it.
+    let server = Server::start(&data, MASTER);
+    let started = Instant::now();
+    assert_eq!(server.terminate().code(), Some(0));
+    let took = started.elapsed();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        lines.contains("stopped during recovery"),
+        "stopped after {took:?}: {lines}"
+    );
+    assert!(!lines.contains("recovered; ready"), "{lines}");
+
+    let server = Server::start(&data, MASTER);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("recovered; ready")
+    {
+        assert!(Instant::now() < deadline, "not recovered in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}

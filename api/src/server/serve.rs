@@ -39,7 +39,11 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .thread_name("depot-http")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
+    let result = runtime.block_on(run(config));
+    // Everything that must finish was awaited in `run`; a recovery cut short by a stop signal
+    // is still reading the log on a blocking thread, and is not waited for.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run(config: ServeConfig) -> anyhow::Result<()> {
@@ -65,8 +69,11 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let recovery = tokio::spawn(start_engine(config.clone(), state.clone(), failed_tx, addr));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
+    let start_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed_flag = start_failed.clone();
     let shutdown = async move {
         let failed = wait_for_stop(failed_rx).await;
+        failed_flag.store(failed.is_some(), std::sync::atomic::Ordering::Release);
         signal_state.begin_stopping();
         let _ = stop_tx.send(true);
         if let Some(e) = failed {
@@ -89,6 +96,14 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tokio::select! {
         () = server => {}
         () = drained => tracing::warn!("requests still in flight after the drain timeout; stopping anyway"),
+    }
+    if !state.is_ready() && !start_failed.load(std::sync::atomic::Ordering::Acquire) {
+        // Stopped by a signal while recovering: recovery only reads the log (and the engine
+        // has written nothing), so there is nothing to finish; the next start recovers again.
+        tracing::info!(
+            "stopped during recovery, before serving a request; the next start recovers again"
+        );
+        return Ok(());
     }
     let started = recovery.await.ok().flatten();
     finish(&state).await;
