@@ -52,6 +52,7 @@ pub struct Metrics {
     holds: IntGaugeVec,
     ats_pushes_pending: IntGauge,
     http_connections: IntGauge,
+    wal_writable: IntGauge,
     snapshot_pause_seconds: Gauge,
     snapshot_seq: IntGauge,
 }
@@ -133,6 +134,11 @@ impl Metrics {
             )
             .expect("a valid metric"),
             holds,
+            wal_writable: int_gauge(
+                "depot_wal_writable",
+                "1 while the log takes writes; 0 once it failed (a full disk: writes are refused \
+                 until a restart).",
+            ),
             http_connections: int_gauge(
                 "depot_http_connections",
                 "HTTP connections open (at most --max-connections).",
@@ -170,6 +176,7 @@ impl Metrics {
             Box::new(self.holds.clone()),
             Box::new(self.ats_pushes_pending.clone()),
             Box::new(self.http_connections.clone()),
+            Box::new(self.wal_writable.clone()),
             Box::new(self.snapshot_pause_seconds.clone()),
             Box::new(self.snapshot_seq.clone()),
         ];
@@ -267,6 +274,10 @@ impl Metrics {
         ] {
             self.holds.with_label_values(&[state]).set(clamp_i64(n));
         }
+    }
+
+    pub fn set_wal_writable(&self, writable: bool) {
+        self.wal_writable.set(i64::from(writable));
     }
 
     /// One more (`1`) or one fewer (`-1`) HTTP connection open.

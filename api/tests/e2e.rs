@@ -5,74 +5,13 @@
 mod server_support;
 
 use reqwest::{Client, StatusCode};
-use serde_json::{json, Value};
-use server_support::Server;
+use serde_json::json;
+use server_support::{Http, Server};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MASTER: &str = "e2e-master-key-0123456789abcdef";
-
-struct Http {
-    client: Client,
-    base: String,
-}
-
-impl Http {
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        key: &str,
-        idem: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut req = self
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(k) = idem {
-            req = req.header("Idempotency-Key", k);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("the server answers");
-        let (status, headers) = (res.status(), res.headers().clone());
-        let text = res.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, headers, body)
-    }
-
-    async fn ok(
-        &self,
-        method: &str,
-        path: &str,
-        key: &str,
-        idem: Option<&str>,
-        body: Option<Value>,
-    ) -> Value {
-        let (status, _, body) = self.send(method, path, key, idem, body).await;
-        assert!(status.is_success(), "{method} {path}: {status} {body}");
-        body
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self
-                .client
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not ready in time");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 #[tokio::test]
 async fn the_walk_through_survives_a_restart_and_sigterm_exits_0() {

@@ -37,9 +37,24 @@ pub fn open(
         file: wal_dir.display().to_string(),
         source,
     })?;
-    let dir: Box<dyn Directory> = match sync {
-        SyncMode::None => Box::new(UnsyncedDir(fs)),
-        _ => Box::new(fs),
+    let dir: Box<dyn Directory> = match (sync, injected_fault()?) {
+        (SyncMode::None, None) => Box::new(UnsyncedDir(fs)),
+        (_, None) => Box::new(fs),
+        (SyncMode::None, Some(_)) => {
+            return Err(fault_error("needs --sync always or interval=<ms>"))
+        }
+        (_, Some(fault)) => {
+            tracing::warn!(
+                ?fault,
+                "{INJECT_FAULT_ENV}: the log's medium will fail on purpose"
+            );
+            let dir = depot_wal::FaultDir::new(fs);
+            match fault {
+                Fault::SyncFailsAfter(n) => dir.fail_sync_after(n),
+                Fault::DiskFullAfter(bytes) => dir.set_space_left(Some(bytes)),
+            }
+            Box::new(dir)
+        }
     };
     // The newest events of the replayed log, so event cursors survive a restart (as far back
     // as the snapshot recovery starts from, at most `events_kept`; the replay builds the events
@@ -79,6 +94,43 @@ pub fn open(
         tail,
         recent_events: recent.into(),
     })
+}
+
+/// A test seam: `DEPOT_INJECT_FAULT=fsync-after=N` makes every sync of the log fail (`EIO`)
+/// once N more have succeeded, `disk-full-after=BYTES` makes its writes fail (`ENOSPC`) after
+/// that many bytes (depot-wal's `FaultDir` over the real directory), so that what the server
+/// does when its log fails is tested on the real binary (`tests/log_failure.rs`).
+pub const INJECT_FAULT_ENV: &str = "DEPOT_INJECT_FAULT";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    SyncFailsAfter(u64),
+    DiskFullAfter(u64),
+}
+
+fn injected_fault() -> Result<Option<Fault>, WalError> {
+    let Some(value) = std::env::var_os(INJECT_FAULT_ENV) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    let parsed = match value.split_once('=') {
+        Some(("fsync-after", n)) => n.parse().ok().map(Fault::SyncFailsAfter),
+        Some(("disk-full-after", n)) => n.parse().ok().map(Fault::DiskFullAfter),
+        _ => None,
+    };
+    parsed
+        .map(Some)
+        .ok_or_else(|| fault_error("expected fsync-after=<syncs> or disk-full-after=<bytes>"))
+}
+
+fn fault_error(message: &str) -> WalError {
+    WalError::Io {
+        file: String::new(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{INJECT_FAULT_ENV}: {message}"),
+        ),
+    }
 }
 
 /// Group commit whose answers may run ahead of the disk by at most `lag_max`.

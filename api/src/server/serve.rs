@@ -47,6 +47,9 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    // Registered before anything is printed: a signal sent as soon as the address appears
+    // must stop the server in order, not kill it with the default action.
+    let signals = Signals::register().context("installing the SIGINT and SIGTERM handlers")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (keys, generated) = KeyStore::open(&config.data_dir, config.master_key.clone())
@@ -69,16 +72,18 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let recovery = tokio::spawn(start_engine(config.clone(), state.clone(), failed_tx, addr));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
-    let start_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failed_flag = start_failed.clone();
+    // Why the server stops when it is not a signal: the engine could not start, or its log
+    // failed while it ran.
+    let stop_error: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
+    let error_slot = stop_error.clone();
     let shutdown = async move {
-        let failed = wait_for_stop(failed_rx).await;
-        failed_flag.store(failed.is_some(), std::sync::atomic::Ordering::Release);
+        let failed = wait_for_stop(signals, failed_rx).await;
+        if let Some(e) = failed {
+            tracing::error!(error = %format!("{e:#}"), "stopping");
+            *error_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
         signal_state.begin_stopping();
         let _ = stop_tx.send(true);
-        if let Some(e) = failed {
-            tracing::error!(error = %format!("{e:#}"), "stopping: the engine could not start");
-        }
     };
     let metrics = state.metrics().clone();
     let server = super::listen::serve_connections(
@@ -97,7 +102,8 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         () = server => {}
         () = drained => tracing::warn!("requests still in flight after the drain timeout; stopping anyway"),
     }
-    if !state.is_ready() && !start_failed.load(std::sync::atomic::Ordering::Acquire) {
+    let stop_error = stop_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if !state.is_ready() && stop_error.is_none() {
         // Stopped by a signal while recovering: recovery only reads the log (and the engine
         // has written nothing), so there is nothing to finish; the next start recovers again.
         tracing::info!(
@@ -107,31 +113,44 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     let started = recovery.await.ok().flatten();
     finish(&state).await;
-    match started {
-        Some(()) => {
+    match (started, stop_error) {
+        (Some(()), None) => {
             tracing::info!("stopped");
             Ok(())
         }
-        None => anyhow::bail!("the engine could not start (see the log above)"),
+        (Some(()), Some(fatal)) => Err(fatal),
+        (None, _) => anyhow::bail!("the engine could not start (see the log above)"),
     }
 }
 
-/// Waits for SIGINT, SIGTERM or a failed start (returned).
-async fn wait_for_stop(failed: oneshot::Receiver<anyhow::Error>) -> Option<anyhow::Error> {
+/// The stop signals, listened for from the moment they are registered.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Waits for SIGINT, SIGTERM, a failed start or a failed log (returned).
+async fn wait_for_stop(
+    mut signals: Signals,
+    failed: oneshot::Receiver<anyhow::Error>,
+) -> Option<anyhow::Error> {
     let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        signals.interrupt.recv().await;
     };
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+        signals.terminate.recv().await;
     };
-    // A start that succeeded drops the sender: that is no reason to stop.
+    // A dropped sender (the log watcher stopped) is no reason to stop.
     let failed = async {
         match failed.await {
             Ok(e) => e,
@@ -217,6 +236,8 @@ async fn start_engine(
         }
     }
     state.set_ready(runner.clone());
+    state.metrics().set_wal_writable(true);
+    tokio::spawn(watch_log(d.journal.clone(), state.clone(), failed));
     tokio::spawn(tick(runner.clone(), state.stopping()));
     if config.demo {
         if let Err(e) = load_demo(&state, &runner, addr).await {
@@ -249,6 +270,48 @@ fn snapshotter_config(config: &ServeConfig) -> std::io::Result<depot_wal::Snapsh
         retention,
         ..depot_wal::SnapshotterConfig::default()
     })
+}
+
+/// Watches the log while the server runs. A full disk: writes are refused (503
+/// `unavailable`), reads go on, the operator is told once. Any other failure, a failed
+/// `fdatasync` above all, leaves the medium in doubt (the kernel may have dropped the pages it
+/// could not write): the server stops with an error, to be restarted and recover from what
+/// the disk really holds, instead of answering reads from a state the disk may not have.
+async fn watch_log(
+    journal: Arc<depot_wal::WalJournal>,
+    state: AppState,
+    fatal: oneshot::Sender<anyhow::Error>,
+) {
+    let mut stopping = state.stopping();
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        match journal.failure() {
+            None => {}
+            Some(depot_wal::WalError::DiskFull { .. }) if told => {}
+            Some(depot_wal::WalError::DiskFull { file }) => {
+                told = true;
+                state.metrics().set_wal_writable(false);
+                tracing::error!(
+                    file,
+                    "the disk is full: writes are refused (503 unavailable), reads go on; \
+                     free space, then restart depot"
+                );
+            }
+            Some(e) => {
+                state.metrics().set_wal_writable(false);
+                let _ = fatal.send(anyhow::anyhow!(
+                    "the write-ahead log failed ({e}); restart depot to recover from what the \
+                     disk holds"
+                ));
+                return;
+            }
+        }
+    }
 }
 
 async fn tick(runner: Arc<Runner>, mut stopping: tokio::sync::watch::Receiver<bool>) {

@@ -1,6 +1,8 @@
 //! The real `depot serve` binary as a child process on a free port, for the tests that talk
 //! to it over a socket (shared by `e2e.rs` and `sim_cli.rs`).
 
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +23,18 @@ impl Server {
     }
 
     /// [`Server::start`] with more flags of `depot serve`.
+    #[allow(dead_code)] // not every test binary passes flags
     pub fn start_with(data_dir: &Path, master: &str, flags: &[&str]) -> Server {
+        Server::start_env(data_dir, master, flags, &[])
+    }
+
+    /// [`Server::start_with`] and environment variables.
+    pub fn start_env(
+        data_dir: &Path,
+        master: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -41,6 +54,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -84,9 +98,93 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits up to `limit` for the server to exit on its own; its exit status.
+    #[allow(dead_code)] // not every test binary waits for an exit it did not ask for
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client of one server, for the tests that drive it with requests.
+#[allow(dead_code)] // not every test binary sends requests
+pub struct Http {
+    pub client: Client,
+    pub base: String,
+}
+
+#[allow(dead_code)]
+impl Http {
+    /// `method path` with a key, an optional `Idempotency-Key` and an optional JSON body.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("the server answers");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    /// [`Http::send`], asserting a 2xx answer; its body.
+    pub async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let (status, _, body) = self.send(method, path, key, idem, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {body}");
+        body
+    }
+
+    /// Waits until `/readyz` answers 200 (recovery done).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 struct Faults {
     /// Every `sync_data` and directory `sync` fails with `EIO` while set.
     fail_sync: bool,
+    /// Every sync fails with `EIO` once this many have succeeded.
+    fail_sync_after: Option<u64>,
     /// Bytes that may still be written; a write past it writes the prefix that fits and fails
     /// with `ENOSPC`.
     space_left: Option<u64>,
@@ -60,6 +62,12 @@ impl FaultDir {
     /// While `fail` is true, every file and directory sync fails with `EIO`.
     pub fn set_fail_sync(&self, fail: bool) {
         self.lock().fail_sync = fail;
+    }
+
+    /// Once `syncs` more file or directory syncs have succeeded, every sync fails with `EIO`.
+    pub fn fail_sync_after(&self, syncs: u64) {
+        let mut f = self.lock();
+        f.fail_sync_after = Some(f.syncs.saturating_add(syncs));
     }
 
     /// After `bytes` more bytes, writes fail with `ENOSPC` (`None`: unlimited).
@@ -112,7 +120,7 @@ impl FaultDir {
         if f.crashed {
             return Err(crashed_error());
         }
-        if f.fail_sync {
+        if f.fail_sync || f.fail_sync_after.is_some_and(|n| f.syncs >= n) {
             return Err(io::Error::from_raw_os_error(EIO));
         }
         f.syncs += 1;

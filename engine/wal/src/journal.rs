@@ -18,6 +18,8 @@ struct State {
     /// Highest seq known durable (0 before any).
     durable: Seq,
     failed: Option<String>,
+    /// The error that stopped the log, for [`WalJournal::failure`].
+    failure: Option<WalError>,
     stop: bool,
     /// Syncs done and entries they covered, for metrics.
     syncs: u64,
@@ -98,6 +100,15 @@ impl WalJournal {
         let _ = self.shared.observer.set(observer);
     }
 
+    /// The error that stopped the log, if it failed: from then on every write is refused.
+    /// A full disk ([`WalError::DiskFull`]) leaves what was synced intact; any other failure
+    /// (a failed `fdatasync` above all) leaves the medium in doubt, and the process should
+    /// restart and recover from what it holds.
+    pub fn failure(&self) -> Option<WalError> {
+        let st = self.shared.state.lock().expect("journal lock");
+        st.failure.as_ref().map(WalError::duplicate)
+    }
+
     pub fn stats(&self) -> GroupCommitStats {
         let st = self.shared.state.lock().expect("journal lock");
         GroupCommitStats {
@@ -155,6 +166,7 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
                 // Never retried: the writer is stopped and so is every later write.
                 tracing::error!(error = %e, "the write-ahead log failed; writes are refused from now on");
                 st.failed = Some(e.to_string());
+                st.failure = Some(e.duplicate());
                 std::mem::take(&mut st.waiters)
             }
         };
