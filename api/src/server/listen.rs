@@ -33,6 +33,42 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
 }
 
+/// Descriptors kept for everything but connections: log segments, snapshots, the key store,
+/// the runtime's own.
+const FDS_RESERVED: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (every connection is a descriptor, and
+/// services often start with a soft limit of 1,024) and returns the connection limit that
+/// fits in it with [`FDS_RESERVED`] to spare: `requested`, or less with a warning. Beyond the
+/// limit connections wait in the backlog; beyond the descriptors, accepting would fail.
+pub fn fit_max_connections(requested: usize) -> usize {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let fits = connections_within(requested, soft);
+            if fits < requested {
+                tracing::warn!(
+                    requested,
+                    open_files = soft,
+                    max_connections = fits,
+                    "--max-connections is more than the open-file limit allows; lowered"
+                );
+            }
+            fits
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-file limit");
+            requested
+        }
+    }
+}
+
+/// The connections that fit in `open_files` descriptors with [`FDS_RESERVED`] to spare (at
+/// least one).
+fn connections_within(requested: usize, open_files: u64) -> usize {
+    let room = usize::try_from(open_files.saturating_sub(FDS_RESERVED)).unwrap_or(usize::MAX);
+    requested.min(room).max(1)
+}
+
 /// How long the loop waits after an accept error that is not about one connection (too many
 /// open files, out of memory) before it tries again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -106,4 +142,31 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_for_the_rest() {
+        assert_eq!(connections_within(4_096, 1_024), 768);
+        assert_eq!(connections_within(4_096, 1_048_576), 4_096);
+        assert_eq!(connections_within(100, 356), 100);
+        assert_eq!(connections_within(100, 300), 44);
+        assert_eq!(connections_within(100, 10), 1, "never zero");
+        assert_eq!(
+            connections_within(usize::MAX, u64::MAX) as u64,
+            u64::MAX - FDS_RESERVED
+        );
+    }
+
+    #[test]
+    fn raising_the_open_file_limit_keeps_what_was_asked_when_it_fits() {
+        let (soft_before, _) = rlimit::Resource::NOFILE.get().unwrap();
+        let fits = fit_max_connections(16);
+        let (soft_after, _) = rlimit::Resource::NOFILE.get().unwrap();
+        assert!(soft_after >= soft_before);
+        assert_eq!(fits, connections_within(16, soft_after));
+    }
 }

@@ -86,10 +86,14 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     let metrics = state.metrics().clone();
+    let connections = super::listen::ConnectionLimits {
+        max_connections: super::listen::fit_max_connections(config.connections.max_connections),
+        ..config.connections
+    };
     let server = super::listen::serve_connections(
         listener,
         app(state.clone()),
-        config.connections,
+        connections,
         move |n| metrics.add_http_connections(n),
         shutdown,
     );
