@@ -23,26 +23,7 @@ trait Load {
 impl Load for Http {
     /// A tenant, an admin key, a location, a channel and 1,000 units of `MUG`.
     async fn setup(&self) -> String {
-        self.ok(
-            "POST",
-            "/v1/tenants",
-            MASTER,
-            None,
-            Some(json!({"id": "acme"})),
-        )
-        .await;
-        let admin = self
-            .ok(
-                "POST",
-                "/v1/keys",
-                MASTER,
-                None,
-                Some(json!({"tenant": "acme", "role": "admin"})),
-            )
-            .await["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let admin = self.tenant_with_admin(MASTER, "acme").await;
         self.ok(
             "PUT",
             "/v1/locations/wh",

@@ -171,6 +171,28 @@ impl Http {
         body
     }
 
+    /// Creates `tenant` with the master key and an admin key for it; the key.
+    pub async fn tenant_with_admin(&self, master: &str, tenant: &str) -> String {
+        self.ok(
+            "POST",
+            "/v1/tenants",
+            master,
+            None,
+            Some(serde_json::json!({ "id": tenant })),
+        )
+        .await;
+        let key = self
+            .ok(
+                "POST",
+                "/v1/keys",
+                master,
+                None,
+                Some(serde_json::json!({"tenant": tenant, "role": "admin"})),
+            )
+            .await;
+        key["key"].as_str().expect("a key").to_string()
+    }
+
     /// Waits until `/readyz` answers 200 (recovery done).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
