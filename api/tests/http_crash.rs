@@ -12,11 +12,11 @@ mod server_support;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use server_support::Server;
+use server_support::{Http, Server};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MASTER: &str = "http-crash-master-key-0123456789";
 const SKUS: [&str; 4] = ["MUG", "TEA", "CUP", "POT"];
@@ -53,84 +53,30 @@ fn start(data: &Path) -> Server {
     )
 }
 
-async fn wait_ready(client: &Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = client.get(format!("{base}/readyz")).send().await;
-        if r.is_ok_and(|r| r.status() == StatusCode::OK) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn call(
-    client: &Client,
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    idem: Option<&str>,
-    body: Option<Value>,
-) -> reqwest::Result<(StatusCode, bool, Value)> {
-    let mut req = client
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(key);
-    if let Some(k) = idem {
-        req = req.header("Idempotency-Key", k);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await?;
-    let status = res.status();
-    let replayed = res
-        .headers()
-        .get("idempotent-replay")
-        .is_some_and(|v| v == "true");
-    let body = res.json::<Value>().await?;
-    Ok((status, replayed, body))
-}
-
-async fn ok(
-    client: &Client,
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Value,
-) -> Value {
-    let (status, _, body) = call(client, base, method, path, key, None, Some(body))
-        .await
-        .expect("the server answers");
-    assert!(status.is_success(), "{method} {path}: {status} {body}");
-    body
-}
-
-/// Sends `sent` with its idempotency key.
+/// Sends `sent` with its idempotency key: the status, whether it was a replay, the body.
 async fn reserve(
-    client: &Client,
-    base: &str,
+    http: &Http,
     key: &str,
     sent: &Sent,
 ) -> reqwest::Result<(StatusCode, bool, Value)> {
-    call(
-        client,
-        base,
-        "POST",
-        "/v1/reservations",
-        key,
-        Some(&sent.key),
-        Some(sent.body()),
-    )
-    .await
+    let (status, headers, body) = http
+        .try_send(
+            "POST",
+            "/v1/reservations",
+            key,
+            Some(&sent.key),
+            Some(sent.body()),
+        )
+        .await?;
+    let replayed = headers
+        .get("idempotent-replay")
+        .is_some_and(|v| v == "true");
+    Ok((status, replayed, body))
 }
 
 /// Reserves until the server stops answering, recording every outcome.
 async fn reserve_until_killed(
-    client: Client,
-    base: String,
+    http: Http,
     key: String,
     round: usize,
     c: usize,
@@ -142,7 +88,7 @@ async fn reserve_until_killed(
             sku: SKUS[(n + c) % SKUS.len()],
             quantity: 1 + (n % 3) as i64,
         };
-        let answer = reserve(&client, &base, &key, &sent).await;
+        let answer = reserve(&http, &key, &sent).await;
         match answer {
             Ok((StatusCode::CREATED, false, body)) => {
                 let id = body["id"].as_str().expect("an id").to_string();
@@ -170,53 +116,27 @@ async fn reservations_answered_over_http_survive_sigkill() {
         .build()
         .unwrap();
     let mut server = start(&data);
-    wait_ready(&client, &server.base).await;
-    let base = server.base.clone();
-    ok(
-        &client,
-        &base,
-        "POST",
-        "/v1/tenants",
-        MASTER,
-        json!({"id": "acme"}),
-    )
-    .await;
-    let admin = ok(
-        &client,
-        &base,
-        "POST",
-        "/v1/keys",
-        MASTER,
-        json!({"tenant": "acme", "role": "admin"}),
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    ok(
-        &client,
-        &base,
-        "PUT",
+    let http = Http {
+        client: client.clone(),
+        base: server.base.clone(),
+    };
+    http.wait_ready().await;
+    let admin = http.tenant_with_admin(MASTER, "acme").await;
+    let put = |path: &'static str, body: Value| http.ok("PUT", path, &admin, None, Some(body));
+    put(
         "/v1/locations/wh-east",
-        &admin,
         json!({"kind": "warehouse", "name": "East"}),
     )
     .await;
-    ok(
-        &client,
-        &base,
-        "PUT",
+    put(
         "/v1/channels/shopify:acme",
-        &admin,
         json!({"kind": "shopify", "priority": 1}),
     )
     .await;
     for sku in SKUS {
-        let (status, _, body) = call(&client, &base, "POST", "/v1/stock/adjustments", &admin, Some(&format!("po-{sku}")),
+        http.ok("POST", "/v1/stock/adjustments", &admin, Some(&format!("po-{sku}")),
             Some(json!({"sku": sku, "location": "wh-east", "kind": "receive", "quantity": STOCK, "reason": "setup"})))
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{body}");
+            .await;
     }
 
     // Every reservation known to exist (acknowledged, or settled by a retry), by id.
@@ -224,12 +144,14 @@ async fn reservations_answered_over_http_survive_sigkill() {
     let mut acked_total = 0;
     for round in 0..rounds {
         let out = Arc::new(Mutex::new(Outcomes::default()));
-        let base = server.base.clone();
+        let http = Http {
+            client: client.clone(),
+            base: server.base.clone(),
+        };
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 tokio::spawn(reserve_until_killed(
-                    client.clone(),
-                    base.clone(),
+                    http.clone(),
                     admin.clone(),
                     round,
                     c,
@@ -256,21 +178,16 @@ async fn reservations_answered_over_http_survive_sigkill() {
         );
 
         server = start(&data);
-        let base = server.base.clone();
-        wait_ready(&client, &base).await;
+        let http = Http {
+            client: client.clone(),
+            base: server.base.clone(),
+        };
+        http.wait_ready().await;
         // Every acknowledged reservation is there, held, with its line; its key replays it.
         for (sent, id) in &out.acked {
-            let (status, _, got) = call(
-                &client,
-                &base,
-                "GET",
-                &format!("/v1/reservations/{id}"),
-                &admin,
-                None,
-                None,
-            )
-            .await
-            .unwrap();
+            let (status, _, got) = http
+                .send("GET", &format!("/v1/reservations/{id}"), &admin, None, None)
+                .await;
             assert_eq!(
                 status,
                 StatusCode::OK,
@@ -283,14 +200,14 @@ async fn reservations_answered_over_http_survive_sigkill() {
             present.insert(id.clone(), sent.clone());
         }
         for (sent, id) in out.acked.iter().rev().take(20) {
-            let (status, replayed, again) = reserve(&client, &base, &admin, sent).await.unwrap();
+            let (status, replayed, again) = reserve(&http, &admin, sent).await.unwrap();
             assert_eq!((status, replayed), (StatusCode::CREATED, true), "{again}");
             assert_eq!(again["id"].as_str(), Some(id.as_str()));
         }
         // A request in flight at the kill: its retry either replays it (it was logged whole)
         // or makes it now (nothing of it was); either way it exists once afterwards.
         for sent in &out.unknown {
-            let (status, _, again) = reserve(&client, &base, &admin, sent).await.unwrap();
+            let (status, _, again) = reserve(&http, &admin, sent).await.unwrap();
             assert_eq!(status, StatusCode::CREATED, "{again}");
             let id = again["id"].as_str().unwrap().to_string();
             assert_eq!(again["lines"][0]["quantity"], sent.quantity, "{again}");
@@ -298,17 +215,9 @@ async fn reservations_answered_over_http_survive_sigkill() {
         }
         // The stock reserved is exactly what the reservations that exist hold.
         for sku in SKUS {
-            let (status, _, stock) = call(
-                &client,
-                &base,
-                "GET",
-                &format!("/v1/stock/{sku}"),
-                &admin,
-                None,
-                None,
-            )
-            .await
-            .unwrap();
+            let (status, _, stock) = http
+                .send("GET", &format!("/v1/stock/{sku}"), &admin, None, None)
+                .await;
             assert_eq!(status, StatusCode::OK);
             let level = &stock["locations"][0];
             let held: i64 = present

@@ -13,6 +13,8 @@ pub const LEVEL_MAX: i64 = 1 << 49;
 
 /// Most shards one engine runs (a reservation's shards are kept as a 64-bit mask).
 pub const SHARDS_MAX: usize = 64;
+/// The default longest idempotency key, in bytes ([`Limits::idempotency_key_len_max`]).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
 /// The engine's configurable limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +89,7 @@ impl Default for Limits {
             ended_retention_ms: 24 * 3_600_000,
             idempotency_retention_ms: 24 * 3_600_000,
             idempotency_keys_max: 16 * 1024 * 1024,
-            idempotency_key_len_max: 255,
+            idempotency_key_len_max: IDEMPOTENCY_KEY_LEN_MAX,
             text_len_max: 1_024,
             inline_tasks_max: 32,
             combine_percent: 50,

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-/// Longest `Idempotency-Key` (the engine's limit on idempotency keys).
-const IDEMPOTENCY_KEY_MAX: usize = 255;
+/// Longest `Idempotency-Key`: the engine's limit, checked here too so that the refusal names
+/// the header.
+const IDEMPOTENCY_KEY_MAX: usize = depot_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
 
 /// The `Idempotency-Key` header, when given.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

@@ -124,6 +124,7 @@ impl Drop for Server {
 
 /// An HTTP client of one server, for the tests that drive it with requests.
 #[allow(dead_code)] // not every test binary sends requests
+#[derive(Clone)]
 pub struct Http {
     pub client: Client,
     pub base: String,
@@ -140,6 +141,20 @@ impl Http {
         idem: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.try_send(method, path, key, idem, body)
+            .await
+            .expect("the server answers")
+    }
+
+    /// [`Http::send`], with the error when the server does not answer (it was killed).
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> reqwest::Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
         let mut req = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
@@ -150,11 +165,11 @@ impl Http {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.expect("the server answers");
+        let res = req.send().await?;
         let (status, headers) = (res.status(), res.headers().clone());
-        let text = res.text().await.unwrap();
+        let text = res.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, headers, body)
+        Ok((status, headers, body))
     }
 
     /// [`Http::send`], asserting a 2xx answer; its body.

@@ -17,8 +17,7 @@ struct State {
     queued: Vec<LogEntry>,
     /// Highest seq known durable (0 before any).
     durable: Seq,
-    failed: Option<String>,
-    /// The error that stopped the log, for [`WalJournal::failure`].
+    /// The error that stopped the log: every later write is refused with it.
     failure: Option<WalError>,
     stop: bool,
     /// Syncs done and entries they covered, for metrics.
@@ -165,7 +164,6 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             Err(e) => {
                 // Never retried: the writer is stopped and so is every later write.
                 tracing::error!(error = %e, "the write-ahead log failed; writes are refused from now on");
-                st.failed = Some(e.to_string());
                 st.failure = Some(e.duplicate());
                 std::mem::take(&mut st.waiters)
             }
@@ -192,9 +190,9 @@ impl Journal for WalJournal {
             if st.durable >= seq {
                 return Ok(());
             }
-            if let Some(message) = &st.failed {
+            if let Some(e) = &st.failure {
                 return Err(JournalError {
-                    message: message.clone(),
+                    message: e.to_string(),
                 });
             }
             // Once registered, the entry stays until the syncer wakes this thread for it (then
@@ -213,9 +211,9 @@ impl Journal for WalJournal {
     }
 
     fn writable(&self) -> Result<(), JournalError> {
-        match &self.shared.state.lock().expect("journal lock").failed {
-            Some(message) => Err(JournalError {
-                message: message.clone(),
+        match &self.shared.state.lock().expect("journal lock").failure {
+            Some(e) => Err(JournalError {
+                message: e.to_string(),
             }),
             None => Ok(()),
         }
