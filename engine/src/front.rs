@@ -1012,23 +1012,26 @@ impl Front {
     ) -> (Response, Vec<Event>) {
         let dropped = std::mem::take(&mut fin.dropped);
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
-        self.record(idem.as_ref(), job.seq, &response, &dropped);
+        let stored = idem.as_ref().map(|_| Arc::new(response.clone()));
+        self.record(idem.as_ref(), job.seq, stored, &dropped);
         (response, events)
     }
 
     /// Stores the response of write `seq` under its idempotency key (unless the key has since
     /// expired and been taken by a later write) and forgets routes of reservations that are
     /// gone.
+    /// `stored` is the response as kept for repeats (built by the caller, which may do it
+    /// outside the sequencer lock); it is only read when `idem` is given.
     pub fn record(
         &mut self,
         idem: Option<&IdemKey>,
         seq: Seq,
-        response: &Response,
+        stored: Option<Arc<Response>>,
         dropped: &[ReservationId],
     ) {
-        if let Some(key) = idem {
+        if let (Some(key), Some(response)) = (idem, stored) {
             if let Some(e) = self.idempotency.get_mut(key).filter(|e| e.seq == seq) {
-                e.response = Some(Arc::new(response.clone()));
+                e.response = Some(response);
             }
         }
         for id in dropped {

@@ -7,6 +7,7 @@
 use crate::command::Request;
 use crate::exec::{decide, merge};
 use crate::front::{respond, Admission, Front, IdemKey};
+use crate::ids::ReservationId;
 use crate::ids::{Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
@@ -16,7 +17,7 @@ use crate::shard::ShardState;
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
 
 /// Why a journal cannot make writes durable. Fatal: once returned, every later write is
@@ -216,18 +217,45 @@ enum Msg {
         loan: Arc<Loan>,
     },
     /// This shard's state is lent to the shard running a combined batch: wait until it is
-    /// done with it.
+    /// done with it before going on.
     Lend {
         loan: Arc<Loan>,
     },
     Stop,
 }
 
-/// The hand-over of a combined batch: `lent` counts down as the other shards reach their
-/// [`Msg::Lend`], `done` once the batch has run.
+/// The hand-over of a combined batch: the lenders, each with the number of its
+/// [`Msg::Lend`] in its queue (see [`Progress`]), and `done` once the batch has run.
 struct Loan {
-    lent: Signal,
+    lenders: Vec<(usize, u64)>,
     done: Signal,
+}
+
+/// How far a shard's thread has got through its queue: every message up to number
+/// `finished` (counted from 1 in the order sent) has run. A combined batch's leader may use a
+/// lender's state once every message before the lender's [`Msg::Lend`] has run: the lender
+/// then holds no lock, and will not run anything later before the batch is done. The lender
+/// thread need not be awake for that: when one combined batch follows another, the leader
+/// counts the first's `Lend` as run when it finishes the first, and starts the second while
+/// the lender is still being woken.
+struct Progress {
+    finished: AtomicU64,
+    sleepers: Mutex<Vec<Thread>>,
+}
+
+impl Progress {
+    fn advance(&self, upto: u64) {
+        self.finished.fetch_max(upto, Ordering::AcqRel);
+        for t in self.sleepers.lock().expect("progress lock").drain(..) {
+            t.unpark();
+        }
+    }
+
+    fn wait(&self, upto: u64) {
+        spin_then_park(&self.sleepers, || {
+            (self.finished.load(Ordering::Acquire) >= upto).then_some(())
+        });
+    }
 }
 
 /// A count down to zero that threads can wait for ([`spin_then_park`], as for a decision):
@@ -268,11 +296,57 @@ struct FrontSide {
     journal: Option<Arc<dyn Journal>>,
     /// Requests waiting for the first execution of their idempotency key.
     waiting: FxHashMap<IdemKey, Vec<Waiter>>,
+    /// The hand-offs being applied ([`Inner::take_handoffs`]), kept to reuse its buffer.
+    spare: Vec<Handoff>,
+}
+
+/// Front work of a finished job that a shard thread leaves behind instead of waiting for the
+/// front lock: the response to keep under the job's idempotency key, and the routes of
+/// reservations that are gone. Whoever holds the front lock next applies it
+/// ([`FrontGuard`]). Until then a repeat of the key waits for the response as it waits for a
+/// job still running, and a request for a gone reservation goes to its shards, which answer
+/// "not found" as the front's fallback shard would.
+struct Handoff {
+    seq: Seq,
+    idem: Option<(IdemKey, Arc<Response>)>,
+    dropped: Vec<ReservationId>,
+}
+
+/// The front lock, held. Taking it applies the hand-offs left so far; letting it go applies
+/// those left meanwhile (see [`Inner::settle`]).
+struct FrontGuard<'a> {
+    inner: &'a Inner,
+    side: Option<MutexGuard<'a, FrontSide>>,
+}
+
+impl std::ops::Deref for FrontGuard<'_> {
+    type Target = FrontSide;
+    fn deref(&self) -> &FrontSide {
+        self.side.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for FrontGuard<'_> {
+    fn deref_mut(&mut self) -> &mut FrontSide {
+        self.side.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for FrontGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.settle(self.side.take());
+    }
 }
 
 struct Inner {
     front: Mutex<FrontSide>,
+    /// Front work left by shard threads that found the front lock taken ([`Handoff`]).
+    handoffs: Mutex<Vec<Handoff>>,
     queues: Vec<Sender<Msg>>,
+    /// Per shard, the messages sent to its queue (under the front lock).
+    sent: Vec<AtomicU64>,
+    /// Per shard, the messages its thread has run.
+    progress: Vec<Progress>,
     depth: Vec<AtomicUsize>,
     states: Vec<Arc<Mutex<ShardState>>>,
     /// Per shard, [`ShardState::next_due`] as of its last batch (read without stopping it).
@@ -344,8 +418,17 @@ impl Engine {
                 front,
                 journal: journal.clone(),
                 waiting: FxHashMap::default(),
+                spare: Vec::new(),
             }),
+            handoffs: Mutex::new(Vec::new()),
             queues: senders,
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            progress: (0..n)
+                .map(|_| Progress {
+                    finished: AtomicU64::new(0),
+                    sleepers: Mutex::new(Vec::new()),
+                })
+                .collect(),
             depth: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             states,
             next_due,
@@ -585,9 +668,13 @@ impl Engine {
         let leader = (0..per_shard.len())
             .max_by_key(|&s| (per_shard[s].len(), std::cmp::Reverse(s)))
             .expect("a batch touching several shards");
-        let lenders = per_shard.iter().filter(|t| !t.is_empty()).count() - 1;
+        // The number each lender's `Lend` will have in its queue.
+        let lenders = (0..per_shard.len())
+            .filter(|&s| s != leader && !per_shard[s].is_empty())
+            .map(|s| (s, self.inner.sent[s].load(Ordering::Relaxed) + 1))
+            .collect();
         let loan = Arc::new(Loan {
-            lent: Signal::new(lenders),
+            lenders,
             done: Signal::new(1),
         });
         let lists: Vec<Arc<Vec<Task>>> = per_shard.into_iter().map(Arc::new).collect();
@@ -596,6 +683,7 @@ impl Engine {
                 continue;
             }
             self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
+            self.inner.sent[s].fetch_add(1, Ordering::Relaxed);
             let msg = if s == leader {
                 Msg::Combined {
                     batch: batch.clone(),
@@ -620,6 +708,7 @@ impl Engine {
                 continue;
             }
             self.inner.depth[s].fetch_add(tasks.len(), Ordering::Relaxed);
+            self.inner.sent[s].fetch_add(1, Ordering::Relaxed);
             let tasks = Arc::new(tasks);
             sent.push(tasks.clone());
             self.inner.queues[s]
@@ -706,10 +795,17 @@ impl Engine {
         let inner = Arc::try_unwrap(inner).unwrap_or_else(|_| {
             panic!("the shard threads have stopped: nothing else holds the engine")
         });
-        let side = inner
+        let mut side = inner
             .front
             .into_inner()
             .expect("front lock: a panic elsewhere poisoned it");
+        for h in inner
+            .handoffs
+            .into_inner()
+            .expect("handoff lock: a panic elsewhere poisoned it")
+        {
+            apply_handoff(&mut side, h);
+        }
         debug_assert!(side.waiting.is_empty(), "nothing in flight");
         let shards = inner
             .states
@@ -731,7 +827,7 @@ impl Engine {
     /// New requests wait meanwhile. Used for digests and snapshots.
     pub fn inspect<R>(&self, f: impl FnOnce(&Front, &[&ShardState]) -> R) -> R {
         // Shards may need the front lock to finish a job, so it is not held while waiting.
-        let side = loop {
+        let mut side = loop {
             let side = self.inner.lock_front();
             if self
                 .inner
@@ -744,6 +840,8 @@ impl Engine {
             drop(side);
             std::thread::yield_now();
         };
+        // Every job has run, and left its hand-off before it was counted off its queue.
+        self.inner.take_handoffs(&mut side);
         let guards: Vec<MutexGuard<'_, ShardState>> = self
             .inner
             .states
@@ -879,10 +977,75 @@ fn refused(r: Refusal) -> Response {
 }
 
 impl Inner {
-    fn lock_front(&self) -> MutexGuard<'_, FrontSide> {
-        self.front
+    fn lock_front(&self) -> FrontGuard<'_> {
+        let mut side = self
+            .front
             .lock()
-            .expect("front lock: a panic elsewhere poisoned it")
+            .expect("front lock: a panic elsewhere poisoned it");
+        self.take_handoffs(&mut side);
+        FrontGuard {
+            inner: self,
+            side: Some(side),
+        }
+    }
+
+    /// Applies the hand-offs left so far; the caller holds the front lock.
+    fn take_handoffs(&self, side: &mut FrontSide) {
+        {
+            let mut left = self.handoffs.lock().expect("handoff lock");
+            if left.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *left, &mut side.spare);
+        }
+        let mut taken = std::mem::take(&mut side.spare);
+        for h in taken.drain(..) {
+            apply_handoff(side, h);
+        }
+        side.spare = taken;
+    }
+
+    /// Releases the front lock (if `side` holds it), then, while hand-offs are left and the
+    /// lock is free, takes it and applies them. Never waits for the lock: a shard thread
+    /// (which may hold shard locks) goes on while a submitter sequences a batch. Nothing is
+    /// left behind for good: a hand-off is pushed before its thread calls this; if that thread finds the lock taken, the
+    /// holder calls this after releasing it and finds the hand-off.
+    fn settle<'a>(&'a self, mut side: Option<MutexGuard<'a, FrontSide>>) {
+        loop {
+            if let Some(mut held) = side.take() {
+                self.take_handoffs(&mut held);
+            }
+            if self.handoffs.lock().expect("handoff lock").is_empty() {
+                return;
+            }
+            match self.front.try_lock() {
+                Ok(held) => side = Some(held),
+                // The holder settles when it lets go; after a panic nobody goes on.
+                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return,
+            }
+        }
+    }
+}
+
+/// Applies a finished job's front work: stores its idempotent response, answers the requests
+/// waiting for it, forgets gone routes.
+fn apply_handoff(side: &mut FrontSide, h: Handoff) {
+    let (key, stored) = h.idem.unzip();
+    side.front
+        .record(key.as_ref(), h.seq, stored.clone(), &h.dropped);
+    if let (Some(key), Some(response)) = (key, stored) {
+        for (b, slot) in side.waiting.remove(&key).unwrap_or_default() {
+            b.complete(
+                slot,
+                (
+                    Response {
+                        replayed: true,
+                        ..(*response).clone()
+                    },
+                    Vec::new(),
+                ),
+            );
+        }
     }
 }
 
@@ -897,19 +1060,22 @@ struct Pending<'t> {
 }
 
 fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
+    let mut received = 0u64;
     while let Ok(msg) = rx.recv() {
+        received += 1;
         let (batch, tasks) = match msg {
             Msg::Tasks { batch, tasks } => (batch, tasks),
             Msg::Combined { batch, lists, loan } => {
                 run_combined(&inner, &batch, &lists, &loan);
+                inner.progress[index].advance(received);
                 // As for `Tasks`: the lists first, then the batch its submitter waits for.
                 drop(lists);
                 drop(batch);
                 continue;
             }
             Msg::Lend { loan } => {
-                // Nothing of this shard is locked or pending between messages.
-                loan.lent.arrive();
+                // Nothing of this shard is locked or pending between messages; the leader
+                // counted this message as run when it finished.
                 loan.done.wait();
                 continue;
             }
@@ -944,6 +1110,7 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
         drain(index, &mut state, &inner, &batch, &mut pending);
         inner.next_due[index].store(state.next_due(), Ordering::Release);
         drop(state);
+        inner.progress[index].advance(received);
         // The tasks before the batch: the submitter frees them once the batch is answered.
         drop(tasks);
         drop(batch);
@@ -1075,12 +1242,32 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
     inner.depth[index].fetch_sub(1, Ordering::Release);
 }
 
-/// Answers a finished job: records its idempotent response and wakes the requests waiting
-/// for it when needed.
+/// Answers a finished job; what the front must learn of it (its idempotent response, gone
+/// routes) is handed off ([`Handoff`]), without waiting for the front lock.
 fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
-    if let Some(fin) = deliver_plain(batch, task, fin) {
+    let Some(mut fin) = deliver_plain(batch, task, fin) else {
+        return;
+    };
+    if !fin.foreign.is_empty() {
+        // Events of other tenants (a tick's) are named from the front's tenant table.
         deliver_front(&mut inner.lock_front(), batch, task, fin);
+        return;
     }
+    let dropped = std::mem::take(&mut fin.dropped);
+    let (response, events) = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
+    let idem = task
+        .idem
+        .clone()
+        .map(|key| (key, Arc::new(response.clone())));
+    // Handed off before the answer, so that a repeat sent on seeing the answer usually finds
+    // the response stored.
+    inner.handoffs.lock().expect("handoff lock").push(Handoff {
+        seq: task.job.seq,
+        idem,
+        dropped,
+    });
+    batch.complete(task.slot, (response, events));
+    inner.settle(None);
 }
 
 /// Answers a job that needs nothing of the front (no idempotency key to record, nothing
@@ -1103,22 +1290,18 @@ fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crat
     let job = &*task.job;
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
-    side.front
-        .record(task.idem.as_ref(), job.seq, &response, &dropped);
-    if let Some(key) = &task.idem {
-        for (b, slot) in side.waiting.remove(key).unwrap_or_default() {
-            b.complete(
-                slot,
-                (
-                    Response {
-                        replayed: true,
-                        ..response.clone()
-                    },
-                    Vec::new(),
-                ),
-            );
-        }
-    }
+    let idem = task
+        .idem
+        .clone()
+        .map(|key| (key, Arc::new(response.clone())));
+    apply_handoff(
+        side,
+        Handoff {
+            seq: job.seq,
+            idem,
+            dropped,
+        },
+    );
     batch.complete(task.slot, (response, events));
 }
 
@@ -1140,14 +1323,16 @@ fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[V
 }
 
 /// Runs a combined batch on this shard's thread (see [`Engine::combines`]): once every other
-/// shard it touches has reached its [`Msg::Lend`] (so it has run everything sequenced
-/// before, and holds no lock and nothing pending), the tasks run as [`run_inline`] runs
-/// them, under the locks of every shard they touch; each is answered as a shard thread
-/// answers it, and counted off its shards' queue depths after its answer (a thread holding a
-/// shard lock may take the front lock only while that shard's depth counts its task, as in
-/// [`shard_main`]). Then the lenders go on.
+/// shard it touches has run everything before its [`Msg::Lend`] (so it holds no lock and
+/// nothing pending, and waits at the `Lend` before it runs anything later: see
+/// [`Progress`]), the tasks run as [`run_inline`] runs them, under the locks of every shard
+/// they touch; each is answered as a shard thread answers it, and counted off its shards'
+/// queue depths after its answer (a thread holding a shard lock may take the front lock only
+/// while that shard's depth counts its task, as in [`shard_main`]). Then the lenders go on.
 fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &Loan) {
-    loan.lent.wait();
+    for &(s, lend) in &loan.lenders {
+        inner.progress[s].wait(lend - 1);
+    }
     let lists: Vec<&[Task]> = lists.iter().map(|l| l.as_slice()).collect();
     run_in_order(inner, &lists, |task, fin, shards| {
         deliver(inner, batch, task, fin);
@@ -1155,6 +1340,9 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
             inner.depth[s].fetch_sub(1, Ordering::Release);
         }
     });
+    for &(s, lend) in &loan.lenders {
+        inner.progress[s].advance(lend);
+    }
     loan.done.arrive();
 }
 

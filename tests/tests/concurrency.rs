@@ -698,3 +698,117 @@ fn overtaking_run(seed: u64, reserve_pct: u64, limits: depot_engine::Limits) -> 
     }
     limited
 }
+
+/// Repeats of idempotency keys race their first execution. A shard thread that finishes a
+/// keyed request does not wait for the front lock to store its response: it leaves it for
+/// whoever holds the lock next (a thread sequencing another batch, usually). Four threads
+/// send batches of keyed carts, a key standing for one cart, so that most keys are sent
+/// several times, by several threads and within one batch, while the first execution may
+/// still run. Every sending of a key must get the first execution's answer, replayed for all
+/// but one; none may wait forever (a watchdog); the refused carts' routes are gone once the
+/// engine is inspected; and the journal replayed on the sequential machine gives the state.
+#[test]
+fn idempotent_repeats_racing_their_first_execution_get_its_answer() {
+    // Carts run combined on one shard thread, or each shard its own part.
+    for combine_percent in [0, 101] {
+        with_watchdog(move || idempotent_race(combine_percent));
+    }
+}
+
+fn idempotent_race(combine_percent: u32) {
+    let skus: Vec<String> = (0..9).map(|i| format!("i{i}")).collect();
+    let names: Vec<&str> = skus.iter().map(String::as_str).collect();
+    let limits = depot_engine::Limits {
+        combine_percent,
+        ..depot_engine::Limits::default()
+    };
+    // Little stock: about half the carts are refused.
+    let (engine, journal) = journaled_warehouse_with(&names, 60, limits);
+    let engine = Arc::new(engine);
+    const KEYS: u64 = 500;
+    let keyed = move |n: u64| {
+        let a = (n % 9) as usize;
+        let b = ((n / 9 + 1 + n % 9) % 9) as usize;
+        let lines: Vec<(&str, i64)> = if a == b {
+            vec![(names_of(a), 1)]
+        } else {
+            vec![(names_of(a), 1), (names_of(b), 1 + (n % 2) as i64)]
+        };
+        let mut r = reserve(&lines);
+        r.idempotency_key = Some(format!("cart-{n}"));
+        r
+    };
+    fn names_of(i: usize) -> &'static str {
+        ["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"][i]
+    }
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                let mut answers = Vec::new();
+                for _ in 0..25 {
+                    let keys: Vec<u64> = (0..40)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x % KEYS
+                        })
+                        .collect();
+                    let got = engine.execute(keys.iter().map(|&n| keyed(n)).collect(), 3_000);
+                    answers.extend(keys.into_iter().zip(got.into_iter().map(|(r, _)| r)));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut by_key: std::collections::BTreeMap<u64, Vec<depot_engine::Response>> =
+        Default::default();
+    for t in threads {
+        for (n, r) in t.join().expect("a client") {
+            by_key.entry(n).or_default().push(r);
+        }
+    }
+    let mut refused = Vec::new();
+    let mut repeats = 0;
+    for (n, answers) in &by_key {
+        let first: Vec<_> = answers.iter().filter(|r| !r.replayed).collect();
+        assert_eq!(first.len(), 1, "cart-{n}: one first execution: {answers:?}");
+        let first = first[0];
+        for r in answers {
+            assert_eq!(
+                depot_engine::Response {
+                    replayed: false,
+                    ..r.clone()
+                },
+                *first,
+                "cart-{n}: every sending gets the first answer"
+            );
+        }
+        repeats += answers.len() - 1;
+        if let (Outcome::Refused(_), Some(seq)) = (&first.outcome, first.seq) {
+            refused.push(seq);
+        }
+    }
+    assert!(repeats > 500, "keys are repeated ({repeats})");
+    assert!(!refused.is_empty(), "some carts are refused");
+    // A refused cart of two lines on two shards was routed to both; once its hand-off is
+    // applied the front answers for it with its one fallback shard.
+    engine.inspect(|front, _| {
+        for seq in &refused {
+            let route = front.route_of(depot_engine::ReservationId(*seq));
+            assert_eq!(
+                route.count_ones(),
+                1,
+                "the route of refused cart {seq} is gone"
+            );
+        }
+    });
+    let entries = journal.entries.lock().unwrap().clone();
+    let mut machine = depot_engine::Machine::new(depot_engine::Limits::default(), 2);
+    for e in &entries {
+        machine.replay(e);
+    }
+    assert_eq!(machine.digest(), engine.digest(), "the journal replayed");
+}
