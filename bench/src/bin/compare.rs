@@ -4,8 +4,8 @@
 //! Rows (every one acknowledges a reservation only once it is on stable storage, except Redis
 //! `everysec`):
 //! - depot in process, write-ahead log with group commit and `fdatasync` before every answer
-//!   (`--sync always`'s setting), on `--data-dir`: `Engine::execute` batches from 2 threads
-//!   (the best of `--inproc-batch` logical clients each, 1,024 and 2,048 by default; W3: 32),
+//!   (`--sync always`'s setting), on `--data-dir`: `Engine::execute` batches from two threads
+//!   per shard (the best of `--inproc-batch` logical clients each, 1,024 and 2,048 by default; W3: 32),
 //!   and `Engine::execute_one` from 64 threads (W3: also 16);
 //! - depot over HTTP (`depot serve --sync always`): single requests at 64x1 (W3: also 16x1), and
 //!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4 and 8 by
@@ -280,6 +280,9 @@ fn main() {
         if want("depot") {
             // W3 in batches of 32 (it sells out fast); W1 and W2 at the best batch size.
             let sizes: Vec<usize> = if w3 { vec![32] } else { o.inproc_batch.clone() };
+            // Two client threads per shard, as `throughput`: with one, each thread's next
+            // batch is not always queued when the shards finish the last.
+            let threads = 2 * o.shards;
             let measured = each(&sizes, |per| {
                 cell(
                     &o,
@@ -287,8 +290,8 @@ fn main() {
                     w,
                     "depot in-process",
                     "WAL, fsync per group",
-                    &format!("2 threads x batch of {per}"),
-                    |r| inproc::measure(&o.server.data_root, o.shards, w, 2, per, t, r),
+                    &format!("{threads} threads x batch of {per}"),
+                    |r| inproc::measure(&o.server.data_root, o.shards, w, threads, per, t, r),
                 )
             });
             cells.extend(best_of(measured, &sizes));
