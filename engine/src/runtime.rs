@@ -7,8 +7,7 @@
 use crate::command::Request;
 use crate::exec::{decide, merge};
 use crate::front::{respond, Admission, Front, IdemKey};
-use crate::ids::ReservationId;
-use crate::ids::{Seq, TimeMs};
+use crate::ids::{ReservationId, Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
 use crate::machine::{LogEntry, Machine};
@@ -310,6 +309,20 @@ struct Handoff {
     seq: Seq,
     idem: Option<(IdemKey, Arc<Response>)>,
     dropped: Vec<ReservationId>,
+}
+
+impl Handoff {
+    /// The front work of `task`, answered `response`, after which `dropped` are gone.
+    fn of(task: &Task, response: &Response, dropped: Vec<ReservationId>) -> Handoff {
+        Handoff {
+            seq: task.job.seq,
+            idem: task
+                .idem
+                .clone()
+                .map(|key| (key, Arc::new(response.clone()))),
+            dropped,
+        }
+    }
 }
 
 /// The front lock, held. Taking it applies the hand-offs left so far; letting it go applies
@@ -1008,8 +1021,9 @@ impl Inner {
     /// Releases the front lock (if `side` holds it), then, while hand-offs are left and the
     /// lock is free, takes it and applies them. Never waits for the lock: a shard thread
     /// (which may hold shard locks) goes on while a submitter sequences a batch. Nothing is
-    /// left behind for good: a hand-off is pushed before its thread calls this; if that thread finds the lock taken, the
-    /// holder calls this after releasing it and finds the hand-off.
+    /// left behind for good: a hand-off is pushed before its thread calls this; if that
+    /// thread finds the lock taken, the holder calls this after releasing it and finds the
+    /// hand-off.
     fn settle<'a>(&'a self, mut side: Option<MutexGuard<'a, FrontSide>>) {
         loop {
             if let Some(mut held) = side.take() {
@@ -1255,17 +1269,10 @@ fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished)
     }
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
-    let idem = task
-        .idem
-        .clone()
-        .map(|key| (key, Arc::new(response.clone())));
     // Handed off before the answer, so that a repeat sent on seeing the answer usually finds
     // the response stored.
-    inner.handoffs.lock().expect("handoff lock").push(Handoff {
-        seq: task.job.seq,
-        idem,
-        dropped,
-    });
+    let h = Handoff::of(task, &response, dropped);
+    inner.handoffs.lock().expect("handoff lock").push(h);
     batch.complete(task.slot, (response, events));
     inner.settle(None);
 }
@@ -1290,18 +1297,7 @@ fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crat
     let job = &*task.job;
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
-    let idem = task
-        .idem
-        .clone()
-        .map(|key| (key, Arc::new(response.clone())));
-    apply_handoff(
-        side,
-        Handoff {
-            seq: job.seq,
-            idem,
-            dropped,
-        },
-    );
+    apply_handoff(side, Handoff::of(task, &response, dropped));
     batch.complete(task.slot, (response, events));
 }
 

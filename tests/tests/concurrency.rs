@@ -716,31 +716,29 @@ fn idempotent_repeats_racing_their_first_execution_get_its_answer() {
 }
 
 fn idempotent_race(combine_percent: u32) {
-    let skus: Vec<String> = (0..9).map(|i| format!("i{i}")).collect();
-    let names: Vec<&str> = skus.iter().map(String::as_str).collect();
+    /// The SKUs, `i0` to `i8`.
+    const SKUS: [&str; 9] = ["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"];
     let limits = depot_engine::Limits {
         combine_percent,
         ..depot_engine::Limits::default()
     };
     // Little stock: about half the carts are refused.
-    let (engine, journal) = journaled_warehouse_with(&names, 60, limits);
+    let (engine, journal) = journaled_warehouse_with(&SKUS, 60, limits);
     let engine = Arc::new(engine);
     const KEYS: u64 = 500;
-    let keyed = move |n: u64| {
+    // The cart a key stands for: the same body whoever sends it.
+    let keyed = |n: u64| {
         let a = (n % 9) as usize;
         let b = ((n / 9 + 1 + n % 9) % 9) as usize;
         let lines: Vec<(&str, i64)> = if a == b {
-            vec![(names_of(a), 1)]
+            vec![(SKUS[a], 1)]
         } else {
-            vec![(names_of(a), 1), (names_of(b), 1 + (n % 2) as i64)]
+            vec![(SKUS[a], 1), (SKUS[b], 1 + (n % 2) as i64)]
         };
         let mut r = reserve(&lines);
         r.idempotency_key = Some(format!("cart-{n}"));
         r
     };
-    fn names_of(i: usize) -> &'static str {
-        ["i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"][i]
-    }
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let engine = engine.clone();
