@@ -30,8 +30,9 @@ type Expanded = (LineHeaders, smallvec::SmallVec<[ItemReq; 1]>);
 pub enum Admission {
     /// Answered without the shards: refused, or a stored idempotent response.
     Immediate(Response),
-    /// The same idempotency key is executing right now; wait for its response.
-    Wait(IdemKey),
+    /// The same idempotency key is executing right now (as the write `Seq`); wait for its
+    /// response.
+    Wait(IdemKey, Seq),
     /// Run on the shards. `idem` names the key to record the response under.
     Run { job: Job, idem: Option<IdemKey> },
 }
@@ -297,7 +298,7 @@ impl Front {
                         replayed: true,
                         ..(**r).clone()
                     }),
-                    None => Admission::Wait(IdemKey::new(t, key)),
+                    None => Admission::Wait(IdemKey::new(t, key), e.seq),
                 };
             }
             let forgotten = self.idempotency.expired(now, retention);

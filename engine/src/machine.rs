@@ -104,7 +104,7 @@ impl Machine {
     ) -> (Response, Vec<Event>) {
         match self.front.admit(request, now, forced) {
             Admission::Immediate(r) => (r, Vec::new()),
-            Admission::Wait(_) => {
+            Admission::Wait(..) => {
                 unreachable!("one command at a time: nothing is ever in flight")
             }
             Admission::Run { job, idem } => {

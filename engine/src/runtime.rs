@@ -85,7 +85,8 @@ type Answer = (Response, Vec<Event>);
 #[must_use = "answers are acknowledged with Engine::acknowledge"]
 pub struct Unacked {
     answers: Vec<Answer>,
-    /// The sequence number of the batch's last write, if it wrote.
+    /// What the answers wait for: the batch's last write, or the first request of a repeat
+    /// answered in it if that is later (`None`: nothing to wait for).
     last_write: Option<Seq>,
 }
 
@@ -558,12 +559,13 @@ impl Engine {
         };
         match durable {
             Ok(()) => ran.answers,
-            // Not durable, so not acknowledged: the writes are refused (the server stops).
+            // Not durable, so not acknowledged: the writes are refused, and so are repeats,
+            // whose first request may be among them.
             Err(e) => ran
                 .answers
                 .into_iter()
                 .map(|(r, events)| match r.seq {
-                    Some(_) if !r.replayed => (
+                    Some(_) => (
                         refused(Refusal::Unavailable {
                             message: e.message.clone(),
                         }),
@@ -614,8 +616,8 @@ impl Engine {
                 continue;
             }
             let admission = side.front.admit(&req, now, None);
-            if let Admission::Run { job, .. } = &admission {
-                if !req.command.is_read() {
+            match &admission {
+                Admission::Run { job, .. } if !req.command.is_read() => {
                     last_write = Some(job.seq);
                     if let Some(j) = side.journal.as_ref() {
                         j.append(&LogEntry {
@@ -625,6 +627,12 @@ impl Engine {
                         });
                     }
                 }
+                // A repeat answers with the first request's outcome, which is acknowledged
+                // only once that request is durable: the repeat waits for it too (it may be
+                // in a batch still syncing, or in one whose sync failed).
+                Admission::Immediate(r) if r.replayed => last_write = last_write.max(r.seq),
+                Admission::Wait(_, seq) => last_write = last_write.max(Some(*seq)),
+                _ => {}
             }
             route(
                 &mut side,
@@ -909,7 +917,7 @@ fn route(
 ) {
     match admission {
         Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
-        Admission::Wait(key) => side
+        Admission::Wait(key, _) => side
             .waiting
             .entry(key)
             .or_default()

@@ -94,6 +94,17 @@ fn one_warehouse(engine: &Engine) {
     );
 }
 
+/// Receives `quantity` units of `s` at `wh`.
+fn receive(s: &str, quantity: i64) -> Command {
+    Command::Receive {
+        sku: sku(s),
+        location: depot_engine::LocationId::new("wh").unwrap(),
+        quantity,
+        unit_cost: None,
+        reason: "r".into(),
+    }
+}
+
 fn reserve(lines: &[(&str, i64)]) -> Request {
     req(Command::Reserve {
         channel: depot_engine::ChannelId::new("web").unwrap(),
@@ -245,16 +256,7 @@ fn journaled_warehouse_with(
         },
     );
     for s in skus {
-        ok(
-            &engine,
-            Command::Receive {
-                sku: sku(s),
-                location: depot_engine::LocationId::new("wh").unwrap(),
-                quantity,
-                unit_cost: None,
-                reason: "r".into(),
-            },
-        );
+        ok(&engine, receive(s, quantity));
     }
     (engine, journal)
 }
@@ -299,16 +301,7 @@ fn a_full_shard_queue_refuses_with_overloaded_and_changes_nothing() {
     };
     let engine = Engine::start(EngineConfig { shards: 2, limits });
     one_warehouse(&engine);
-    ok(
-        &engine,
-        Command::Receive {
-            sku: sku("a"),
-            location: depot_engine::LocationId::new("wh").unwrap(),
-            quantity: 1_000,
-            unit_cost: None,
-            reason: "r".into(),
-        },
-    );
+    ok(&engine, receive("a", 1_000));
     // One batch of 40 holds: the queue takes 8 at a time, so the rest are refused up front.
     let answers = engine.execute((0..40).map(|_| reserve(&[("a", 1)])).collect(), 2_000);
     let granted = answers.iter().filter(|(r, _)| r.outcome.is_ok()).count();
@@ -379,14 +372,7 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
         Some(journal.clone()),
     );
     one_warehouse(&engine);
-    let receive = || Command::Receive {
-        sku: sku("a"),
-        location: depot_engine::LocationId::new("wh").unwrap(),
-        quantity: 10,
-        unit_cost: None,
-        reason: "r".into(),
-    };
-    ok(&engine, receive());
+    ok(&engine, receive("a", 10));
     journal
         .fail_next_sync
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -397,7 +383,7 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
         )
     };
     // The write in flight when the sync fails is not acknowledged...
-    let (r, events) = engine.execute_one(req(receive()), 2_000);
+    let (r, events) = engine.execute_one(req(receive("a", 10)), 2_000);
     assert!(unavailable(&r) && events.is_empty(), "{r:?}");
     // ...later writes are refused before they run, so nothing more changes...
     let before = engine.digest();
@@ -408,8 +394,116 @@ fn after_a_failed_sync_writes_are_refused_and_reads_go_on() {
     assert_eq!(
         stock(&engine, "a").0,
         20,
-        "the unacknowledged receive ran in memory only"
+        "the unacknowledged receive ran in memory only (a server reloads its state from the \
+         log after a full disk, and stops after a failed sync)"
     );
+}
+
+/// A journal whose writes become durable only when the test says so, or never (`fail`).
+#[derive(Default)]
+struct GateJournal {
+    /// (durable up to, failed)
+    state: std::sync::Mutex<(depot_engine::Seq, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl GateJournal {
+    fn release(&self, upto: depot_engine::Seq) {
+        self.state.lock().unwrap().0 = upto;
+        self.changed.notify_all();
+    }
+    fn fail(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl depot_engine::Journal for GateJournal {
+    fn append(&self, _entry: &depot_engine::LogEntry) {}
+    fn wait_durable(&self, seq: depot_engine::Seq) -> Result<(), depot_engine::JournalError> {
+        let mut st = self.state.lock().unwrap();
+        loop {
+            if st.0 >= seq {
+                return Ok(());
+            }
+            if st.1 {
+                return Err(depot_engine::JournalError {
+                    message: "disk full".into(),
+                });
+            }
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+    fn writable(&self) -> Result<(), depot_engine::JournalError> {
+        Ok(())
+    }
+}
+
+fn keyed(key: &str, request: Request) -> Request {
+    Request {
+        idempotency_key: Some(key.into()),
+        ..request
+    }
+}
+
+/// A repeat of an idempotency key answers with the first request's outcome, so it must not be
+/// acknowledged before that request is durable, nor at all if its sync fails: the client
+/// would hold a success the log does not have.
+#[test]
+fn a_repeat_is_acknowledged_only_once_its_first_request_is_durable() {
+    for fails in [false, true] {
+        let journal = Arc::new(GateJournal::default());
+        let engine = Arc::new(Engine::start_with(
+            EngineConfig {
+                shards: 2,
+                ..EngineConfig::default()
+            },
+            Some(journal.clone()),
+        ));
+        // The setup is durable at once; from here on, nothing is until the test says so.
+        journal.release(u64::MAX / 2);
+        one_warehouse(&engine);
+        ok(&engine, receive("a", 10));
+        journal.release(0);
+        let first = engine.execute_unacked(vec![keyed("order-1", reserve(&[("a", 2)]))], 2_000);
+        // The repeat comes in its own batch, which writes nothing else.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let repeat = std::thread::spawn({
+            let engine = engine.clone();
+            move || {
+                let answer = engine.execute_one(keyed("order-1", reserve(&[("a", 2)])), 2_100);
+                tx.send(answer).unwrap();
+            }
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the repeat was answered before its first request was durable"
+        );
+        if fails {
+            journal.fail();
+        } else {
+            journal.release(u64::MAX / 2);
+        }
+        let (r, _) = rx.recv().unwrap();
+        repeat.join().unwrap();
+        let first = engine.acknowledge(first).pop().unwrap().0;
+        if fails {
+            for r in [&r, &first] {
+                assert!(
+                    matches!(
+                        r.outcome,
+                        Outcome::Refused(depot_engine::Refusal::Unavailable { .. })
+                    ),
+                    "{r:?}"
+                );
+            }
+        } else {
+            assert!(first.outcome.is_ok() && !first.replayed, "{first:?}");
+            assert!(r.replayed, "{r:?}");
+            assert_eq!(r.outcome, first.outcome);
+        }
+    }
 }
 
 /// Threads sending single requests (small batches, run by the submitting thread when the
