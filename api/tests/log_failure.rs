@@ -157,37 +157,7 @@ async fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     let (acked, refused) = http.reserve_until_refused(&admin).await;
     assert!(!acked.is_empty());
 
-    // Writes stay refused; reads go on; the server keeps running and says why.
-    let (status, _, body) = http
-        .send(
-            "POST",
-            "/v1/reservations",
-            &admin,
-            Some("after-full"),
-            Some(order()),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
-        "{body}"
-    );
-    let (status, _, stock) = http.send("GET", "/v1/stock/MUG", &admin, None, None).await;
-    assert_eq!(status, StatusCode::OK, "{stock}");
-    let (status, _, got) = http
-        .send(
-            "GET",
-            &format!("/v1/reservations/{}", acked[0]),
-            &admin,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, got["state"].as_str()),
-        (StatusCode::OK, Some("held"))
-    );
-    assert!(server.wait_exit(Duration::from_millis(500)).is_none());
+    // The server says the log is not writable, and reloads the state from the log...
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = http
@@ -205,8 +175,39 @@ async fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
         assert!(Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    http.wait_ready().await;
+    // ...then writes stay refused, with the same key too; reads go on, from what the disk
+    // holds: the refused reservation ran in memory before its write failed, and is not there.
+    for key in ["after-full", refused.as_str()] {
+        let (status, _, body) = http
+            .send("POST", "/v1/reservations", &admin, Some(key), Some(order()))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+            "{key}: {body}"
+        );
+    }
+    let (status, _, stock) = http.send("GET", "/v1/stock/MUG", &admin, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{stock}");
+    assert_eq!(
+        stock["locations"][0]["reserved"],
+        acked.len() as i64,
+        "only acknowledged reservations: {stock}"
+    );
+    for id in [&acked[0], acked.last().unwrap()] {
+        let (status, _, got) = http
+            .send("GET", &format!("/v1/reservations/{id}"), &admin, None, None)
+            .await;
+        assert_eq!(
+            (status, got["state"].as_str()),
+            (StatusCode::OK, Some("held"))
+        );
+    }
+    assert!(server.wait_exit(Duration::from_millis(500)).is_none());
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(log.contains("the disk is full"), "{log}");
+    assert!(log.contains("reloaded the state from the log"), "{log}");
     assert_eq!(server.terminate().code(), Some(0));
     check_after_restart(&data, &admin, &acked, &refused).await;
 }

@@ -96,6 +96,25 @@ pub fn open(
     })
 }
 
+/// The state the disk holds, for a server whose log has stopped for good (a full disk): the
+/// log is recovered again, read only, and made durable as it is ([`depot_wal::sync_log`]: the
+/// stopped writer may have written records it never synced). The engine gets `journal`, the
+/// stopped log, so it refuses every write with the log's error, as before.
+pub fn reload(
+    wal_dir: &Path,
+    limits: Limits,
+    shards: usize,
+    journal: Arc<WalJournal>,
+) -> Result<Engine, WalError> {
+    let dir = FsDir::open(wal_dir).map_err(|source| WalError::Io {
+        file: wal_dir.display().to_string(),
+        source,
+    })?;
+    let (machine, _) = depot_wal::recover(&dir, limits.clone(), shards)?;
+    depot_wal::sync_log(&dir)?;
+    Ok(Engine::from_machine(machine, limits, Some(journal)))
+}
+
 /// A test seam: `DEPOT_INJECT_FAULT=fsync-after=N` makes every sync of the log fail (`EIO`)
 /// once N more have succeeded, `disk-full-after=BYTES` makes its writes fail (`ENOSPC`) after
 /// that many bytes (depot-wal's `FaultDir` over the real directory), so that what the server

@@ -31,7 +31,7 @@ use axum::Router;
 use config::HttpLimits;
 use error::ApiError;
 use runner::{RunError, Runner};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 pub use serve::serve;
@@ -42,8 +42,9 @@ pub struct AppState(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    /// Set once recovery is done; until then `/v1` answers 503 `not_ready`.
-    runner: OnceLock<Arc<Runner>>,
+    /// Set once recovery is done; until then `/v1` answers 503 `not_ready`. Taken again while
+    /// the state is reloaded from the log after a full disk (see `serve::watch_log`).
+    runner: RwLock<Option<Arc<Runner>>>,
     /// The background snapshotter of a durable server (taken and stopped at shutdown).
     snapshotter: std::sync::Mutex<Option<depot_wal::Snapshotter>>,
     keys: Arc<KeyStore>,
@@ -59,7 +60,7 @@ impl AppState {
     /// A state without an engine yet (see [`AppState::set_ready`]).
     pub fn new(keys: KeyStore, limits: HttpLimits) -> AppState {
         AppState(Arc::new(Shared {
-            runner: OnceLock::new(),
+            runner: RwLock::new(None),
             snapshotter: std::sync::Mutex::new(None),
             keys: Arc::new(keys),
             events: Arc::new(EventLog::new(limits.events_kept)),
@@ -72,7 +73,16 @@ impl AppState {
 
     /// Recovery is done: serve `/v1` with this engine.
     pub fn set_ready(&self, runner: Arc<Runner>) {
-        let _ = self.0.runner.set(runner);
+        *self.0.runner.write().unwrap_or_else(|e| e.into_inner()) = Some(runner);
+    }
+
+    /// Stops serving `/v1` (503 `not_ready`, as while recovering) and returns the engine.
+    pub fn take_runner(&self) -> Option<Arc<Runner>> {
+        self.0
+            .runner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Starts the engine's threads on `engine` and marks the state ready (tests, in memory).
@@ -111,11 +121,16 @@ impl AppState {
 
     /// The engine, or 503 `not_ready` while recovering.
     pub fn runner(&self) -> Result<Arc<Runner>, ApiError> {
-        self.0.runner.get().cloned().ok_or_else(ApiError::not_ready)
+        let runner = self.0.runner.read().unwrap_or_else(|e| e.into_inner());
+        runner.clone().ok_or_else(ApiError::not_ready)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.runner.get().is_some()
+        self.0
+            .runner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {

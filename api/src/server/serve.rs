@@ -198,6 +198,7 @@ async fn start_engine(
         ..Limits::default()
     };
     let events_kept = state.limits().events_kept;
+    let limits_for_reload = limits.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         durable::open(&wal_dir, sync, limits, shards, events_kept)
@@ -241,8 +242,14 @@ async fn start_engine(
     }
     state.set_ready(runner.clone());
     state.metrics().set_wal_writable(true);
-    tokio::spawn(watch_log(d.journal.clone(), state.clone(), failed));
-    tokio::spawn(tick(runner.clone(), state.stopping()));
+    let reload = Reload {
+        wal_dir: config.data_dir.join("wal"),
+        limits: limits_for_reload,
+        shards,
+        journal: d.journal.clone(),
+    };
+    tokio::spawn(watch_log(reload, state.clone(), failed));
+    tokio::spawn(tick(state.clone()));
     if config.demo {
         if let Err(e) = load_demo(&state, &runner, addr).await {
             tracing::error!(error = %format!("{e:#}"), "the demo tenant could not be loaded");
@@ -276,16 +283,23 @@ fn snapshotter_config(config: &ServeConfig) -> std::io::Result<depot_wal::Snapsh
     })
 }
 
-/// Watches the log while the server runs. A full disk: writes are refused (503
-/// `unavailable`), reads go on, the operator is told once. Any other failure, a failed
-/// `fdatasync` above all, leaves the medium in doubt (the kernel may have dropped the pages it
-/// could not write): the server stops with an error, to be restarted and recover from what
-/// the disk really holds, instead of answering reads from a state the disk may not have.
-async fn watch_log(
+/// What reloading the state from the log needs (see [`watch_log`]).
+struct Reload {
+    wal_dir: std::path::PathBuf,
+    limits: Limits,
+    shards: usize,
+    /// The server's log, which refuses writes once it has failed.
     journal: Arc<depot_wal::WalJournal>,
-    state: AppState,
-    fatal: oneshot::Sender<anyhow::Error>,
-) {
+}
+
+/// Watches the log while the server runs. A full disk: writes are refused (503
+/// `unavailable`), the operator is told once, and the state is reloaded from the log
+/// ([`reload_after_disk_full`]) so that reads answer from what the disk holds. Any other
+/// failure, a failed `fdatasync` above all, leaves the medium in doubt (the kernel may have
+/// dropped the pages it could not write): the server stops with an error, to be restarted and
+/// recover from what the disk really holds, instead of answering reads from a state the disk
+/// may not have.
+async fn watch_log(reload: Reload, state: AppState, fatal: oneshot::Sender<anyhow::Error>) {
     let mut stopping = state.stopping();
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     let mut told = false;
@@ -294,17 +308,24 @@ async fn watch_log(
             _ = interval.tick() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        match journal.failure() {
+        match reload.journal.failure() {
             None => {}
             Some(depot_wal::WalError::DiskFull { .. }) if told => {}
             Some(depot_wal::WalError::DiskFull { file }) => {
                 told = true;
+                // Taken before anyone can see the log as failed: from then on, no read shows
+                // the engine in memory.
+                let old = state.take_runner();
                 state.metrics().set_wal_writable(false);
                 tracing::error!(
                     file,
-                    "the disk is full: writes are refused (503 unavailable), reads go on; \
-                     free space, then restart depot"
+                    "the disk is full: writes are refused (503 unavailable); reloading the \
+                     state from the log, then reads go on; free space, then restart depot"
                 );
+                if let Err(e) = reload_after_disk_full(&reload, &state, old).await {
+                    let _ = fatal.send(e);
+                    return;
+                }
             }
             Some(e) => {
                 state.metrics().set_wal_writable(false);
@@ -318,7 +339,59 @@ async fn watch_log(
     }
 }
 
-async fn tick(runner: Arc<Runner>, mut stopping: tokio::sync::watch::Receiver<bool>) {
+/// After a full disk, the engine in memory holds the writes of the batches whose log write
+/// failed (and of those run behind them before the failure was seen): all answered
+/// `unavailable`, none on the disk. Reads must not show them, now or later. So the server
+/// stops serving `/v1` (503 `not_ready`, `/readyz` too; `old` is the engine taken from the
+/// state), stops it and the
+/// snapshotter, recovers the state from the log again (read only), and serves reads from that;
+/// writes stay refused with the log's error. A failure here stops the server.
+async fn reload_after_disk_full(
+    reload: &Reload,
+    state: &AppState,
+    old: Option<Arc<Runner>>,
+) -> anyhow::Result<()> {
+    let (st, wal_dir, limits, shards, journal) = (
+        state.clone(),
+        reload.wal_dir.clone(),
+        reload.limits.clone(),
+        reload.shards,
+        reload.journal.clone(),
+    );
+    let started = std::time::Instant::now();
+    let engine = tokio::task::spawn_blocking(move || {
+        st.stop_snapshotter();
+        if let Some(old) = old {
+            old.stop();
+        }
+        durable::reload(&wal_dir, limits, shards, journal)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("reloading the state panicked: {e}"))?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the disk is full and reloading the state from the log failed ({e}); restart depot \
+             to recover from what the disk holds"
+        )
+    })?;
+    let runner = Runner::start(
+        engine,
+        Some(reload.journal.clone()),
+        state.events().clone(),
+        state.limits().engine_queue_max,
+    );
+    state.set_ready(Arc::new(runner));
+    tracing::warn!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "reloaded the state from the log after the full disk: reads answer from what the disk \
+         holds; writes stay refused until a restart"
+    );
+    Ok(())
+}
+
+/// Sends a tick when a hold or record may be due, to whichever engine serves.
+async fn tick(state: AppState) {
+    let mut stopping = state.stopping();
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -326,6 +399,7 @@ async fn tick(runner: Arc<Runner>, mut stopping: tokio::sync::watch::Receiver<bo
             _ = interval.tick() => {
                 // Only when a hold or record may be due: an idle server writes nothing. A full
                 // queue skips a tick; the next one expires the same holds.
+                let Ok(runner) = state.runner() else { continue };
                 let due = runner.engine().next_due();
                 if due.is_some_and(|t| t <= super::runner::wall_ms()) {
                     let _ = runner.tick();
@@ -387,7 +461,8 @@ async fn finish(state: &AppState) {
     let done = tokio::task::spawn_blocking(move || {
         st.stop_snapshotter();
         runner.stop();
-        if let Some(j) = runner.journal() {
+        // A log that failed (a full disk) was reported when it did: nothing more to sync.
+        if let Some(j) = runner.journal().filter(|j| j.failure().is_none()) {
             let last = runner.engine().inspect(|front, _| front.seq);
             if let Err(e) = depot_engine::Journal::wait_durable(&**j, last) {
                 tracing::error!(error = %e, "the log could not be made durable");

@@ -57,4 +57,4 @@ pub use snapshotter::{
     Snapshotter, SnapshotterConfig, TakenSnapshot,
 };
 pub use storage::{is_disk_full, read_all, Directory, FsDir, FsFile, Storage};
-pub use writer::{WalOptions, WalWriter};
+pub use writer::{sync_log, WalOptions, WalWriter};

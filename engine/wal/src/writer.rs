@@ -306,6 +306,19 @@ impl WalWriter {
     }
 }
 
+/// Makes durable what a recovery may have read from the page cache, writing nothing: syncs the
+/// last log segment and the directory. `WalWriter::open` does this (and more) before it
+/// appends; a server whose writer has stopped for good (a full disk) calls this before it
+/// serves a state it recovered again, since the records its writer wrote but never synced
+/// are in that state.
+pub fn sync_log(dir: &dyn Directory) -> Result<(), WalError> {
+    if let Some((_, name)) = crate::reader::list_segments(dir)?.last() {
+        let mut file = dir.open(name).map_err(|e| WalError::io(name, e))?;
+        file.sync_data().map_err(|e| sync_failed(name, &e))?;
+    }
+    dir.sync().map_err(|e| sync_failed("", &e))
+}
+
 fn sync_failed(file: &str, e: &io::Error) -> WalError {
     WalError::SyncFailed {
         file: file.to_string(),
