@@ -428,6 +428,8 @@ fn crash_setup() -> Vec<Request> {
 /// (so durable), every acknowledged write is printed to stdout and flushed:
 ///
 /// - `R <id> <sku>:<qty>,...` a reservation created (held);
+/// - `P <id> <sku>:<qty>,...` the stored answer to a repeat of a reservation's key (some
+///   reservations are sent again, by any thread, while the first may still run or sync);
 /// - `C <id>` a reservation committed; `X <id>` a reservation released.
 ///
 /// Returns only on an error; the process is meant to be SIGKILLed.
@@ -464,10 +466,13 @@ pub fn crash_child(dir: &Path, seed: u64) -> Result<(), ToolError> {
     }
     println!("READY");
     io::stdout().flush().map_err(ToolError::Output)?;
+    let recent = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let handles: Vec<_> = (0..CRASH_THREADS)
         .map(|t| {
-            let engine = engine.clone();
-            std::thread::spawn(move || crash_load(&engine, seed.wrapping_mul(31).wrapping_add(t)))
+            let (engine, recent) = (engine.clone(), recent.clone());
+            std::thread::spawn(move || {
+                crash_load(&engine, &recent, seed.wrapping_mul(31).wrapping_add(t))
+            })
         })
         .collect();
     for h in handles {
@@ -476,15 +481,47 @@ pub fn crash_child(dir: &Path, seed: u64) -> Result<(), ToolError> {
     Ok(())
 }
 
-fn crash_load(engine: &Engine, seed: u64) -> Result<(), ToolError> {
+/// Keyed reservations the load threads sent lately, for repeats from any thread.
+type Recent = std::sync::Mutex<std::collections::VecDeque<Request>>;
+/// How many of them are kept.
+const RECENT_MAX: usize = 64;
+
+fn crash_load(engine: &Engine, recent: &Recent, seed: u64) -> Result<(), ToolError> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let web = ChannelId::new("web").expect("valid id");
     // This thread's held reservations: only it commits or releases them.
     let mut held: Vec<ReservationId> = Vec::new();
+    let mut keys = 0u64;
     loop {
         let mut batch = Vec::new();
-        for _ in 0..rng.gen_range(1..8) {
-            if !held.is_empty() && rng.gen_bool(0.4) {
+        let mut sent = Vec::new();
+        // Some batches are a repeat alone: a batch with writes of its own waits for them, and
+        // so for everything sequenced before, which would hide a repeat answered too early.
+        let items = if rng.gen_bool(0.2) {
+            1
+        } else {
+            rng.gen_range(1..8)
+        };
+        for _ in 0..items {
+            let lock = || recent.lock().unwrap_or_else(|e| e.into_inner());
+            let repeat = rng
+                .gen_bool(if items == 1 { 0.5 } else { 0.15 })
+                .then(|| {
+                    let r = lock();
+                    // Mostly the newest: those may still be running or syncing.
+                    let from = if rng.gen_bool(0.8) {
+                        r.len().saturating_sub(4)
+                    } else {
+                        0
+                    };
+                    (!r.is_empty()).then(|| r[rng.gen_range(from..r.len())].clone())
+                })
+                .flatten();
+            if let Some(req) = repeat {
+                // A repeat of a reservation sent by any thread, perhaps still running or
+                // syncing: its answer must not come before the first one is durable.
+                batch.push(req);
+            } else if !held.is_empty() && rng.gen_bool(0.4) {
                 let id = held.swap_remove(rng.gen_range(0..held.len()));
                 let command = if rng.gen_bool(0.25) {
                     Command::Commit { id, lines: None }
@@ -503,7 +540,8 @@ fn crash_load(engine: &Engine, seed: u64) -> Result<(), ToolError> {
                         });
                     }
                 }
-                batch.push(crash_req(
+                keys += 1;
+                let req = crash_req(
                     Command::Reserve {
                         channel: web.clone(),
                         lines,
@@ -512,8 +550,17 @@ fn crash_load(engine: &Engine, seed: u64) -> Result<(), ToolError> {
                         ship_to_region: None,
                         fill: Default::default(),
                     },
-                    None,
-                ));
+                    Some(format!("r-{seed}-{keys}")),
+                );
+                sent.push(req.clone());
+                batch.push(req);
+            }
+        }
+        {
+            let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
+            r.extend(sent);
+            while r.len() > RECENT_MAX {
+                r.pop_front();
             }
         }
         let answers = engine.execute(batch.clone(), wall_ms());
@@ -521,12 +568,16 @@ fn crash_load(engine: &Engine, seed: u64) -> Result<(), ToolError> {
         for (req, (resp, _)) in batch.iter().zip(answers) {
             match (&req.command, &resp.outcome) {
                 (Command::Reserve { lines, .. }, Outcome::Ok(Reply::Reservation(v))) => {
-                    held.push(v.id);
                     let lines: Vec<String> = lines
                         .iter()
                         .map(|l| format!("{}:{}", l.sku.as_str(), l.quantity))
                         .collect();
-                    acked.push_str(&format!("R {} {}\n", v.id.0, lines.join(",")));
+                    // The first execution of a key holds it; a repeat only reports it.
+                    let kind = if resp.replayed { "P" } else { "R" };
+                    if !resp.replayed {
+                        held.push(v.id);
+                    }
+                    acked.push_str(&format!("{kind} {} {}\n", v.id.0, lines.join(",")));
                 }
                 (Command::Commit { id, .. }, Outcome::Ok(_)) => {
                     acked.push_str(&format!("C {}\n", id.0));

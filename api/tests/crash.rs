@@ -38,6 +38,30 @@ fn read(machine: &mut Machine, command: Command, now: u64) -> Outcome {
     machine.execute(&req, now).0.outcome
 }
 
+/// A recovered reservation's state and lines (SKU, units), if it exists.
+fn recovered(
+    machine: &mut Machine,
+    id: u64,
+    now: u64,
+) -> Option<(ReservationState, Vec<(String, i64)>)> {
+    let outcome = read(
+        machine,
+        Command::GetReservation {
+            id: ReservationId(id),
+        },
+        now,
+    );
+    let Outcome::Ok(Reply::Reservation(v)) = outcome else {
+        return None;
+    };
+    let lines = v
+        .lines
+        .iter()
+        .map(|l| (l.sku.as_str().to_string(), l.quantity))
+        .collect();
+    Some((v.state, lines))
+}
+
 /// Runs the child for `run_for`, kills it, and returns the complete lines it printed.
 fn run_child(dir: &Path, seed: u64, run_for: Duration) -> Vec<String> {
     let mut child = Process::new(env!("CARGO_BIN_EXE_depot"))
@@ -101,6 +125,8 @@ fn acknowledged_writes_survive_sigkill() {
     let started = Instant::now();
 
     let mut acked: BTreeMap<u64, Acked> = BTreeMap::new();
+    // Reservations answered to a repeat of their key (`P` lines), with their lines.
+    let mut repeated: Vec<(u64, Vec<(String, i64)>)> = Vec::new();
     let mut ready = false;
     let mut torn_tails = 0;
     for round in 0..rounds {
@@ -111,7 +137,7 @@ fn acknowledged_writes_survive_sigkill() {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("READY"), None, None) => ready = true,
-                (Some("R"), Some(id), Some(items)) => {
+                (Some(kind @ ("R" | "P")), Some(id), Some(items)) => {
                     let id: u64 = id.parse().expect("reservation id");
                     let lines = items
                         .split(',')
@@ -120,6 +146,10 @@ fn acknowledged_writes_survive_sigkill() {
                             (sku.to_string(), q.parse().expect("quantity"))
                         })
                         .collect();
+                    if kind == "P" {
+                        repeated.push((id, lines));
+                        continue;
+                    }
                     let prev = acked.insert(
                         id,
                         Acked {
@@ -157,21 +187,9 @@ fn acknowledged_writes_survive_sigkill() {
 
         // Every acknowledged reservation exists, with its lines and its acknowledged end.
         for (&id, a) in &acked {
-            let outcome = read(
-                &mut machine,
-                Command::GetReservation {
-                    id: ReservationId(id),
-                },
-                now,
-            );
-            let Outcome::Ok(Reply::Reservation(v)) = outcome else {
-                panic!("round {round}: acknowledged reservation {id} lost: {outcome:?}");
+            let Some((state, got)) = recovered(&mut machine, id, now) else {
+                panic!("round {round}: acknowledged reservation {id} lost");
             };
-            let got: Vec<(String, i64)> = v
-                .lines
-                .iter()
-                .map(|l| (l.sku.as_str().to_string(), l.quantity))
-                .collect();
             assert_eq!(got, a.lines, "round {round}: reservation {id}'s lines");
             let allowed: &[ReservationState] = if a.committed {
                 &[ReservationState::Committed]
@@ -186,9 +204,20 @@ fn acknowledged_writes_survive_sigkill() {
                 ]
             };
             assert!(
-                allowed.contains(&v.state),
-                "round {round}: reservation {id} is {:?}, expected one of {allowed:?}",
-                v.state
+                allowed.contains(&state),
+                "round {round}: reservation {id} is {state:?}, expected one of {allowed:?}"
+            );
+        }
+
+        // Every answer to a repeat names a reservation that is there, with its lines: a repeat
+        // is acknowledged only once its first request is durable.
+        for (id, lines) in &repeated {
+            let Some((_, got)) = recovered(&mut machine, *id, now) else {
+                panic!("round {round}: reservation {id}, answered to a repeat, lost");
+            };
+            assert_eq!(
+                &got, lines,
+                "round {round}: repeated reservation {id}'s lines"
             );
         }
 
