@@ -304,7 +304,7 @@ pub enum Decision {
     Proceed,
     Reserve {
         granted: Granted,
-        plans: SmallVec<[ItemPlan; 1]>,
+        plans: SmallVec<[ItemPlan; 3]>,
     },
     /// Units to keep per line: the rest is released.
     Commit {

@@ -118,9 +118,33 @@ pub struct ReservationCounts {
 /// The answers of one `execute` call and who waits for them.
 struct Batch {
     /// One per request; empty for a batch whose answers are dropped ([`Batch::discarding`]).
-    slots: Vec<OnceLock<Answer>>,
+    slots: Vec<OnceLock<Slot>>,
+    /// The tenant configurations [`Deferred`] answers are built with, by index.
+    cfgs: Mutex<Vec<Arc<crate::config::TenantConfig>>>,
     remaining: AtomicUsize,
     waiter: Thread,
+}
+
+/// A request's answer, as the thread that ran it leaves it.
+enum Slot {
+    Answer(Answer),
+    Deferred(Deferred),
+}
+
+/// What a reservation's answer is built from ([`merge`] and [`respond`]), left by the thread
+/// that ran it to the thread that collects the batch. The answer of a reservation (its view,
+/// its lines, its events) is most of the work of building answers, and a thread running a
+/// combined batch runs the reservations of every shard it touches one after another, while the
+/// submitter only waits: so the submitter builds them (see "Combined batches" in
+/// ARCHITECTURE.md). Only for a reservation that holds (`Decision::Reserve`), has no
+/// idempotency key and is not quiet: its answer then needs nothing of the front (no response
+/// to store, no route to forget, no event of another tenant), and `merge` is pure, so the
+/// answer is the one the running thread would have built.
+struct Deferred {
+    /// Index in [`Batch::cfgs`]: the tenant's configuration when the job ran.
+    cfg: usize,
+    decision: Decision,
+    outs: Vec<PartOut>,
 }
 
 impl Batch {
@@ -128,6 +152,7 @@ impl Batch {
     fn new(len: usize) -> Arc<Batch> {
         Arc::new(Batch {
             slots: (0..len).map(|_| OnceLock::new()).collect(),
+            cfgs: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(len),
             waiter: std::thread::current(),
         })
@@ -138,6 +163,7 @@ impl Batch {
     fn discarding(len: usize) -> Arc<Batch> {
         Arc::new(Batch {
             slots: Vec::new(),
+            cfgs: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(len),
             waiter: std::thread::current(),
         })
@@ -156,6 +182,10 @@ impl Batch {
     }
 
     fn complete(&self, i: usize, a: Answer) {
+        self.fill(i, Slot::Answer(a));
+    }
+
+    fn fill(&self, i: usize, a: Slot) {
         // A discarding batch drops the answer here; it counts it all the same.
         let first = self.discards() || self.slots[i].set(a).is_ok();
         if first && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -981,12 +1011,33 @@ fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
             }
         }
     };
-    drop(sent);
-    batch
+    let cfgs = batch.cfgs.into_inner().expect("configs lock");
+    // The jobs of deferred answers are in the task lists (a job spanning shards in several).
+    let mut jobs: Vec<Option<&Job>> = Vec::new();
+    if !cfgs.is_empty() {
+        jobs.resize(batch.slots.len(), None);
+        for task in sent.iter().flat_map(|l| l.iter()) {
+            jobs[task.slot] = Some(&*task.job);
+        }
+    }
+    let answers = batch
         .slots
         .into_iter()
-        .map(|s| s.into_inner().expect("every slot is answered"))
-        .collect()
+        .enumerate()
+        .map(
+            |(i, s)| match s.into_inner().expect("every slot is answered") {
+                Slot::Answer(a) => a,
+                Slot::Deferred(d) => {
+                    let job = jobs[i].expect("a deferred answer's job is in the task lists");
+                    let fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
+                    debug_assert!(fin.dropped.is_empty() && fin.foreign.is_empty());
+                    respond(job, fin, |_| unreachable!("no foreign-tenant events"))
+                }
+            },
+        )
+        .collect();
+    drop(sent);
+    answers
 }
 
 fn refused(r: Refusal) -> Response {
@@ -1104,6 +1155,10 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
             Msg::Stop => return,
         };
         let mut state = inner.states[index].lock().expect("shard lock");
+        // Shard threads build their answers: in a batch of single-shard jobs (W1) every
+        // shard thread runs at once, and the submitters building the answers instead were
+        // slower (they sequence the next batches meanwhile).
+        let mut defer = Deferrer::new(None);
         let mut pending: Vec<Pending<'_>> = Vec::new();
         for task in tasks.iter() {
             if !pending.is_empty() {
@@ -1114,8 +1169,8 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
             }
             match &task.rendezvous {
                 None => {
-                    let fin = run_single(&mut state, &task.job);
-                    deliver(&inner, &batch, task, fin);
+                    let ran = defer.run_single(&mut state, task);
+                    answer(&inner, &batch, task, ran);
                     inner.depth[index].fetch_sub(1, Ordering::Release);
                 }
                 Some(rv) => {
@@ -1209,14 +1264,6 @@ fn drain(
 /// Borrowed, not cloned: the config's `Arc` count is shared by every shard thread.
 fn cfg_of(s: &ShardState, t: u32) -> Option<&crate::config::TenantConfig> {
     s.tenants.get(t as usize).map(|c| &**c)
-}
-
-/// A job on this shard alone: prepare, decide, apply, merge.
-fn run_single(state: &mut ShardState, job: &Job) -> crate::job::Finished {
-    let prep = state.prepare(job);
-    let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
-    let out = state.apply(job, &d);
-    merge(job, cfg_of(state, job.tenant), &d, std::iter::once(out))
 }
 
 /// Prepares a job spanning shards and posts the preparation; the last participant to post
@@ -1319,7 +1366,11 @@ fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crat
 fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[Vec<Task>]) {
     // Lock order as in `Engine::inspect`: the front, then the shards by index.
     let lists: Vec<&[Task]> = per_shard.iter().map(Vec::as_slice).collect();
-    run_in_order(inner, &lists, |task, fin, _| {
+    // The submitter runs and collects an inline batch itself: nothing to defer.
+    run_in_order(inner, &lists, None, |task, ran, _| {
+        let Ran::Finished(fin) = ran else {
+            unreachable!("nothing deferred")
+        };
         if let Some(fin) = deliver_plain(batch, task, fin) {
             deliver_front(side, batch, task, fin);
         }
@@ -1338,8 +1389,8 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
         inner.progress[s].wait(lend - 1);
     }
     let lists: Vec<&[Task]> = lists.iter().map(|l| l.as_slice()).collect();
-    run_in_order(inner, &lists, |task, fin, shards| {
-        deliver(inner, batch, task, fin);
+    run_in_order(inner, &lists, Some(batch), |task, ran, shards| {
+        answer(inner, batch, task, ran);
         for s in shards {
             inner.depth[s].fetch_sub(1, Ordering::Release);
         }
@@ -1350,6 +1401,75 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
     loan.done.arrive();
 }
 
+/// A task that ran: its result, or what its answer is built from later.
+enum Ran {
+    Finished(crate::job::Finished),
+    Deferred(Deferred),
+}
+
+/// Decides, for each task a thread runs, whether its answer is built now ([`merge`]) or left
+/// to the batch's collector ([`Deferred`]), and keeps the configurations deferred answers need
+/// in the batch: one `Arc` per configuration per message, not one per answer (every shard
+/// thread shares the count).
+struct Deferrer<'b> {
+    batch: Option<&'b Batch>,
+    /// The configuration last put in the batch's list, and its index there.
+    last: Option<(*const crate::config::TenantConfig, usize)>,
+}
+
+impl<'b> Deferrer<'b> {
+    /// `None`: every answer is built at once.
+    fn new(batch: Option<&'b Batch>) -> Deferrer<'b> {
+        Deferrer { batch, last: None }
+    }
+
+    /// A job on this shard alone: prepare, decide, apply, then [`Deferrer::ran`].
+    fn run_single(&mut self, state: &mut ShardState, task: &Task) -> Ran {
+        let job = &*task.job;
+        let prep = state.prepare(job);
+        let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
+        let out = state.apply(job, &d);
+        self.ran(state, task, d, vec![out])
+    }
+
+    fn ran(&mut self, state: &ShardState, task: &Task, d: Decision, outs: Vec<PartOut>) -> Ran {
+        let job = &*task.job;
+        let cfg = state.tenants.get(job.tenant as usize);
+        match (self.batch, cfg) {
+            (Some(batch), Some(cfg))
+                if task.idem.is_none()
+                    && !job.quiet
+                    && !batch.discards()
+                    && matches!(d, Decision::Reserve { .. }) =>
+            {
+                let index = match self.last {
+                    Some((ptr, i)) if std::ptr::eq(ptr, &**cfg) => i,
+                    _ => {
+                        let mut cfgs = batch.cfgs.lock().expect("configs lock");
+                        cfgs.push(cfg.clone());
+                        self.last = Some((&**cfg, cfgs.len() - 1));
+                        cfgs.len() - 1
+                    }
+                };
+                Ran::Deferred(Deferred {
+                    cfg: index,
+                    decision: d,
+                    outs,
+                })
+            }
+            _ => Ran::Finished(merge(job, cfg.map(|c| &**c), &d, outs)),
+        }
+    }
+}
+
+/// Answers a task that ran: delivered ([`deliver`]) or left to the collector.
+fn answer(inner: &Inner, batch: &Batch, task: &Task, ran: Ran) {
+    match ran {
+        Ran::Finished(fin) => deliver(inner, batch, task, fin),
+        Ran::Deferred(d) => batch.fill(task.slot, Slot::Deferred(d)),
+    }
+}
+
 /// Runs the tasks of `lists` (by shard) in sequence order on the calling thread, under the
 /// locks of the shards that have tasks (taken in index order): a job spanning shards is
 /// prepared on each, decided and applied at once. `finished` gets each task with its result
@@ -1357,8 +1477,10 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
 fn run_in_order(
     inner: &Inner,
     lists: &[&[Task]],
-    mut finished: impl FnMut(&Task, crate::job::Finished, &mut dyn Iterator<Item = usize>),
+    defer_to: Option<&Batch>,
+    mut finished: impl FnMut(&Task, Ran, &mut dyn Iterator<Item = usize>),
 ) {
+    let mut defer = Deferrer::new(defer_to);
     let mut states: Vec<Option<MutexGuard<'_, ShardState>>> = lists
         .iter()
         .zip(&inner.states)
@@ -1377,8 +1499,8 @@ fn run_in_order(
         let job = &*task.job;
         if task.rendezvous.is_none() {
             next[s] += 1;
-            let fin = run_single(states[s].as_mut().expect("locked"), job);
-            finished(task, fin, &mut std::iter::once(s));
+            let r = defer.run_single(states[s].as_mut().expect("locked"), task);
+            finished(task, r, &mut std::iter::once(s));
             continue;
         }
         let targets = || (0..lists.len()).filter(|&t| job.shards & (1 << t) != 0);
@@ -1396,13 +1518,8 @@ fn run_in_order(
                 states[t].as_mut().expect("locked").apply(job, &d)
             })
             .collect();
-        let fin = merge(
-            job,
-            cfg_of(states[s].as_ref().expect("locked"), job.tenant),
-            &d,
-            outs,
-        );
-        finished(task, fin, &mut targets());
+        let r = defer.ran(states[s].as_ref().expect("locked"), task, d, outs);
+        finished(task, r, &mut targets());
     }
     for (s, state) in states.iter().enumerate() {
         if let Some(state) = state {
