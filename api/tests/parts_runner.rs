@@ -28,8 +28,12 @@ impl Gate {
 }
 
 impl Journal for Gate {
-    fn append(&self, entry: &LogEntry) {
-        self.state.lock().unwrap().0.push(entry.seq);
+    fn append(&self, entries: Vec<LogEntry>) {
+        self.state
+            .lock()
+            .unwrap()
+            .0
+            .extend(entries.iter().map(|e| e.seq));
     }
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError> {
         let mut st = self.state.lock().unwrap();

@@ -30,9 +30,9 @@ pub struct JournalError {
 /// Receives every sequenced write and makes it durable. The write-ahead log implements it with
 /// group commit: many appends, one `fdatasync`.
 pub trait Journal: Send + Sync {
-    /// Called under the sequencer lock, in sequence order, before the write runs. Must be
-    /// cheap: it only buffers.
-    fn append(&self, entry: &LogEntry);
+    /// Called under the sequencer lock with a batch's writes, in sequence order, before any of
+    /// them runs. Must be cheap: it only buffers (it takes the entries, so nothing is copied).
+    fn append(&self, entries: Vec<LogEntry>);
     /// Blocks until every entry up to `seq` is durable.
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError>;
     /// `Err` when no new write can be made durable (after a failure, or with a full disk).
@@ -46,11 +46,8 @@ pub struct MemoryJournal {
 }
 
 impl Journal for MemoryJournal {
-    fn append(&self, entry: &LogEntry) {
-        self.entries
-            .lock()
-            .expect("journal lock")
-            .push(entry.clone());
+    fn append(&self, entries: Vec<LogEntry>) {
+        self.entries.lock().expect("journal lock").extend(entries);
     }
     fn wait_durable(&self, _seq: Seq) -> Result<(), JournalError> {
         Ok(())
@@ -135,8 +132,8 @@ enum Slot {
 /// that ran it to the thread that collects the batch. The answer of a reservation (its view,
 /// its lines, its events) is most of the work of building answers, and a thread running a
 /// combined batch runs the reservations of every shard it touches one after another, while the
-/// submitter only waits: so the submitter builds them (see "Combined batches" in
-/// ARCHITECTURE.md). Only for a reservation that holds (`Decision::Reserve`), has no
+/// submitter only waits: so the submitter builds them (ARCHITECTURE.md, "Sharding and
+/// multi-shard atomicity"). Only for a reservation that holds (`Decision::Reserve`), has no
 /// idempotency key and is not quiet: its answer then needs nothing of the front (no response
 /// to store, no route to forget, no event of another tenant), and `merge` is pure, so the
 /// answer is the one the running thread would have built.
@@ -620,6 +617,8 @@ impl Engine {
         // Filled on first use: a batch often touches only some shards.
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut last_write = None;
+        // The batch's writes for the journal, handed over at once before any of them runs.
+        let mut logged: Vec<LogEntry> = Vec::new();
         let mut side = self.inner.lock_front();
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
         for (slot, req) in requests.into_iter().enumerate() {
@@ -649,8 +648,8 @@ impl Engine {
             match &admission {
                 Admission::Run { job, .. } if !req.command.is_read() => {
                     last_write = Some(job.seq);
-                    if let Some(j) = side.journal.as_ref() {
-                        j.append(&LogEntry {
+                    if side.journal.is_some() {
+                        logged.push(LogEntry {
                             seq: job.seq,
                             now: job.now,
                             request: req,
@@ -672,6 +671,9 @@ impl Engine {
                 len - slot,
                 admission,
             );
+        }
+        if let (Some(j), false) = (side.journal.as_ref(), logged.is_empty()) {
+            j.append(logged);
         }
         let tasks: usize = per_shard.iter().map(Vec::len).sum();
         let idle = per_shard

@@ -341,7 +341,7 @@ struct FailingJournal {
 }
 
 impl depot_engine::Journal for FailingJournal {
-    fn append(&self, _entry: &depot_engine::LogEntry) {}
+    fn append(&self, _entries: Vec<depot_engine::LogEntry>) {}
     fn wait_durable(&self, _seq: depot_engine::Seq) -> Result<(), depot_engine::JournalError> {
         if self
             .fail_next_sync
@@ -419,7 +419,7 @@ impl GateJournal {
 }
 
 impl depot_engine::Journal for GateJournal {
-    fn append(&self, _entry: &depot_engine::LogEntry) {}
+    fn append(&self, _entries: Vec<depot_engine::LogEntry>) {}
     fn wait_durable(&self, seq: depot_engine::Seq) -> Result<(), depot_engine::JournalError> {
         let mut st = self.state.lock().unwrap();
         loop {

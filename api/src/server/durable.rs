@@ -162,11 +162,12 @@ struct LaggingJournal {
 }
 
 impl Journal for LaggingJournal {
-    fn append(&self, entry: &LogEntry) {
-        self.inner.append(entry);
+    fn append(&self, entries: Vec<LogEntry>) {
         if let Ok(mut p) = self.pending.lock() {
-            p.push_back((entry.seq, Instant::now()));
+            let now = Instant::now();
+            p.extend(entries.iter().map(|e| (e.seq, now)));
         }
+        self.inner.append(entries);
     }
 
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError> {

@@ -176,9 +176,13 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
 }
 
 impl Journal for WalJournal {
-    fn append(&self, entry: &LogEntry) {
+    fn append(&self, mut entries: Vec<LogEntry>) {
         let mut st = self.shared.state.lock().expect("journal lock");
-        st.queued.push(entry.clone());
+        if st.queued.is_empty() {
+            std::mem::swap(&mut st.queued, &mut entries);
+        } else {
+            st.queued.append(&mut entries);
+        }
         drop(st);
         self.shared.changed.notify_one();
     }

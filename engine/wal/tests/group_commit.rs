@@ -174,9 +174,7 @@ fn every_waiter_is_answered_whatever_seq_it_waits_for() {
         })
         .collect();
     for round in common::entries(1, 200).chunks(17) {
-        for e in round {
-            journal.append(e);
-        }
+        journal.append(round.to_vec());
         std::thread::yield_now();
     }
     for w in waiters {
@@ -195,7 +193,7 @@ fn every_waiter_is_answered_whatever_seq_it_waits_for() {
         })
         .collect();
     for e in common::entries(201, 10) {
-        journal.append(&e);
+        journal.append(vec![e]);
     }
     for w in waiters {
         assert!(w.join().unwrap().is_err());
