@@ -1551,11 +1551,17 @@ fn spin_then_park<T>(sleepers: &Mutex<Vec<Thread>>, ready: impl Fn() -> Option<T
             std::thread::yield_now();
         }
     }
-    sleepers
-        .lock()
-        .expect("sleepers lock")
-        .push(std::thread::current());
+    // Registered before every check: a waker drains every sleeper, also one whose condition
+    // does not hold yet (a `Progress` advanced short of what it waits for), and a thread that
+    // parked again without registering again would never be woken.
+    let me = std::thread::current();
     loop {
+        {
+            let mut s = sleepers.lock().expect("sleepers lock");
+            if !s.iter().any(|t| t.id() == me.id()) {
+                s.push(me.clone());
+            }
+        }
         if let Some(v) = ready() {
             return v;
         }
