@@ -1431,10 +1431,18 @@ impl<'b> Deferrer<'b> {
         let prep = state.prepare(job);
         let d = decide(job, cfg_of(state, job.tenant), std::slice::from_ref(&prep));
         let out = state.apply(job, &d);
-        self.ran(state, task, d, vec![out])
+        self.ran(state, task, d, std::iter::once(out))
     }
 
-    fn ran(&mut self, state: &ShardState, task: &Task, d: Decision, outs: Vec<PartOut>) -> Ran {
+    /// The outputs are collected into a list only for a deferred answer: a single-shard job
+    /// answered at once (every W1 reservation) allocates none.
+    fn ran(
+        &mut self,
+        state: &ShardState,
+        task: &Task,
+        d: Decision,
+        outs: impl IntoIterator<Item = PartOut>,
+    ) -> Ran {
         let job = &*task.job;
         let cfg = state.tenants.get(job.tenant as usize);
         match (self.batch, cfg) {
@@ -1456,7 +1464,7 @@ impl<'b> Deferrer<'b> {
                 Ran::Deferred(Deferred {
                     cfg: index,
                     decision: d,
-                    outs,
+                    outs: outs.into_iter().collect(),
                 })
             }
             _ => Ran::Finished(merge(job, cfg.map(|c| &**c), &d, outs)),
