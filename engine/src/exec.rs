@@ -13,7 +13,8 @@ use crate::job::{
 use crate::limits::LEVEL_MAX;
 use crate::outcome::{
     AllocationView, Allocations, ChannelAts, EventKind, Explanation, ItemView, LevelView, LineView,
-    Outcome, Refusal, Reply, ReservationState, ReservationView, Shortage, StockView, Term,
+    Outcome, Refusal, Reply, ReservationState, ReservationView, Shortage, Shortages, StockView,
+    Term,
 };
 use crate::rules::{CompiledRouting, OversellPolicy};
 use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState, SkuRef};
@@ -393,7 +394,7 @@ fn decide_items(
             .min()
             .unwrap_or(0)
     };
-    let shortages = |bad: &dyn Fn(usize) -> bool| -> Vec<Shortage> {
+    let shortages = |bad: &dyn Fn(usize) -> bool| -> Shortages {
         (0..lines.len())
             .filter(|&li| bad(li))
             .map(|li| Shortage {
@@ -413,7 +414,7 @@ fn decide_items(
                 let d = demand.get_mut(&key[i]);
                 *d = d.saturating_add(it.per_unit * lines[it.line as usize].requested);
             }
-            let short: Vec<u32> = demand
+            let short: smallvec::SmallVec<[u32; 4]> = demand
                 .entries
                 .iter()
                 .filter(|(k, d)| *d > *ats_by_sku.get(k))
@@ -565,7 +566,7 @@ fn decide_one_item(
         .unwrap_or(&empty);
     let refuse = || {
         Decision::Refuse(Refusal::InsufficientStock {
-            shortages: vec![Shortage {
+            shortages: smallvec::smallvec![Shortage {
                 sku: line.sku.clone(),
                 requested: line.requested,
                 available_to_sell: prep.ats / item.per_unit,

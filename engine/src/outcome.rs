@@ -65,7 +65,7 @@ pub enum Refusal {
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("insufficient stock")]
-    InsufficientStock { shortages: Vec<Shortage> },
+    InsufficientStock { shortages: Shortages },
     #[error("{message}")]
     InvalidState { message: String },
     #[error("compare failed: expected {expected}, found {actual}")]
@@ -97,6 +97,10 @@ impl Refusal {
         }
     }
 }
+
+/// The lines of a refused reservation that could not be granted: usually one, kept inline, so
+/// a refusal allocates nothing (half of the carts of a sold-out hot SKU are refused).
+pub type Shortages = smallvec::SmallVec<[Shortage; 1]>;
 
 /// Why one line could not be granted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,10 +133,11 @@ enum Slot {
 /// its lines, its events) is most of the work of building answers, and a thread running a
 /// combined batch runs the reservations of every shard it touches one after another, while the
 /// submitter only waits: so the submitter builds them (ARCHITECTURE.md, "Sharding and
-/// multi-shard atomicity"). Only for a reservation that holds (`Decision::Reserve`), has no
-/// idempotency key and is not quiet: its answer then needs nothing of the front (no response
-/// to store, no route to forget, no event of another tenant), and `merge` is pure, so the
-/// answer is the one the running thread would have built.
+/// multi-shard atomicity"). Only for a reservation that holds (`Decision::Reserve`) or is
+/// refused, has no idempotency key and is not quiet: its answer then needs nothing of the
+/// front but, for a refusal, forgetting its route, which the collector hands off; no response
+/// to store, no event of another tenant. `merge` is pure, so the answer is the one the running
+/// thread would have built.
 struct Deferred {
     /// Index in [`Batch::cfgs`]: the tenant's configuration when the job ran.
     cfg: usize,
@@ -569,7 +570,7 @@ impl Engine {
             };
         }
         let (last_write, sent) = self.submit(&batch, requests, now);
-        let answers = collect(batch, sent);
+        let answers = collect(&self.inner, batch, sent);
         Unacked {
             answers,
             last_write,
@@ -829,7 +830,7 @@ impl Engine {
             // them last.
             return Vec::new();
         }
-        collect(replaying.batch, replaying.sent)
+        collect(&self.inner, replaying.batch, replaying.sent)
     }
 
     /// Stops the shard threads and returns the state as a [`Machine`] (for example to start
@@ -999,7 +1000,7 @@ fn route(
 }
 
 /// Waits (parked) until every slot of a batch is answered and returns the answers in order.
-fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
+fn collect(inner: &Inner, batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
     batch.wait();
     // A shard drops its reference right after the message's last task: wait for that
     // instead of copying every answer.
@@ -1022,6 +1023,7 @@ fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
             jobs[task.slot] = Some(&*task.job);
         }
     }
+    let mut dropped = Vec::new();
     let answers = batch
         .slots
         .into_iter()
@@ -1031,14 +1033,30 @@ fn collect(batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<Answer> {
                 Slot::Answer(a) => a,
                 Slot::Deferred(d) => {
                     let job = jobs[i].expect("a deferred answer's job is in the task lists");
-                    let fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
-                    debug_assert!(fin.dropped.is_empty() && fin.foreign.is_empty());
+                    let mut fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
+                    debug_assert!(fin.foreign.is_empty());
+                    if !fin.dropped.is_empty() {
+                        // A refused reservation: the front forgets its route.
+                        dropped.push(Handoff {
+                            seq: job.seq,
+                            idem: None,
+                            dropped: std::mem::take(&mut fin.dropped),
+                        });
+                    }
                     respond(job, fin, |_| unreachable!("no foreign-tenant events"))
                 }
             },
         )
         .collect();
     drop(sent);
+    if !dropped.is_empty() {
+        inner
+            .handoffs
+            .lock()
+            .expect("handoff lock")
+            .append(&mut dropped);
+        inner.settle(None);
+    }
     answers
 }
 
@@ -1447,10 +1465,7 @@ impl<'b> Deferrer<'b> {
         let cfg = state.tenants.get(job.tenant as usize);
         match (self.batch, cfg) {
             (Some(batch), Some(cfg))
-                if task.idem.is_none()
-                    && !job.quiet
-                    && !batch.discards()
-                    && matches!(d, Decision::Reserve { .. }) =>
+                if task.idem.is_none() && !job.quiet && !batch.discards() && defers(job, &d) =>
             {
                 let index = match self.last {
                     Some((ptr, i)) if std::ptr::eq(ptr, &**cfg) => i,
@@ -1461,14 +1476,30 @@ impl<'b> Deferrer<'b> {
                         cfgs.len() - 1
                     }
                 };
+                // A refusal's answer is built from the decision alone.
+                let outs = match d {
+                    Decision::Refuse(_) => Vec::new(),
+                    _ => outs.into_iter().collect(),
+                };
                 Ran::Deferred(Deferred {
                     cfg: index,
                     decision: d,
-                    outs: outs.into_iter().collect(),
+                    outs,
                 })
             }
             _ => Ran::Finished(merge(job, cfg.map(|c| &**c), &d, outs)),
         }
+    }
+}
+
+/// True when the answer of `job`, decided `d`, can be left to the batch's collector (given
+/// no idempotency key and a batch whose answers are read): a reservation that holds, or one
+/// refused (whose route the collector hands off: see [`collect`]).
+fn defers(job: &Job, d: &Decision) -> bool {
+    match d {
+        Decision::Reserve { .. } => true,
+        Decision::Refuse(_) => matches!(job.kind, crate::job::JobKind::Reserve { .. }),
+        _ => false,
     }
 }
 

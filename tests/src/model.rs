@@ -88,7 +88,7 @@ pub fn observe(r: &Response) -> Answer {
             Refusal::InvalidRequest { .. } => Refused::InvalidRequest,
             Refusal::NotFound { .. } => Refused::NotFound,
             Refusal::InsufficientStock { shortages } => {
-                Refused::InsufficientStock(shortages.clone())
+                Refused::InsufficientStock(shortages.to_vec())
             }
             Refusal::InvalidState { .. } => Refused::InvalidState,
             Refusal::CompareFailed { expected, actual } => Refused::CompareFailed {

@@ -789,6 +789,12 @@ fn overtaking_run(seed: u64, reserve_pct: u64, limits: depot_engine::Limits) -> 
             }
         }
         assert_eq!(engine.digest(), machine.digest(), "{shards} shards");
+        // The routes (not in the digest): those of refused and ended reservations are gone.
+        assert_eq!(
+            engine.inspect(|front, _| front.routes.len()),
+            machine.front.routes.len(),
+            "{shards} shards: routes"
+        );
     }
     limited
 }
