@@ -8,13 +8,14 @@ use crate::command::Request;
 use crate::exec::{decide, merge};
 use crate::front::{respond, Admission, Front, IdemKey};
 use crate::ids::{ReservationId, Seq, TimeMs};
-use crate::job::{Decision, Job, PartOut, Prep};
+use crate::job::{Decision, Job, PartData, PartOut, Prep};
 use crate::limits::Limits;
 use crate::machine::{LogEntry, Machine};
 use crate::outcome::{Event, Outcome, Refusal, Response};
 use crate::shard::ShardState;
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
@@ -1476,10 +1477,15 @@ impl<'b> Deferrer<'b> {
                         cfgs.len() - 1
                     }
                 };
-                // A refusal's answer is built from the decision alone.
+                // A refusal's answer is built from the decision alone, and an output with no
+                // events and no data adds nothing to an answer (a held reservation's view is
+                // built from the decision): a cart's answer usually keeps no list at all.
                 let outs = match d {
                     Decision::Refuse(_) => Vec::new(),
-                    _ => outs.into_iter().collect(),
+                    _ => outs
+                        .into_iter()
+                        .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
+                        .collect(),
                 };
                 Ran::Deferred(Deferred {
                     cfg: index,
@@ -1545,7 +1551,8 @@ fn run_in_order(
             continue;
         }
         let targets = || (0..lists.len()).filter(|&t| job.shards & (1 << t) != 0);
-        let preps: Vec<Prep> = targets()
+        // Inline for a job spanning two shards: nothing to allocate per cart.
+        let preps: SmallVec<[Prep; 2]> = targets()
             .map(|t| states[t].as_ref().expect("locked").prepare(job))
             .collect();
         let d = decide(
@@ -1553,7 +1560,7 @@ fn run_in_order(
             cfg_of(states[s].as_ref().expect("locked"), job.tenant),
             &preps,
         );
-        let outs: Vec<PartOut> = targets()
+        let outs: SmallVec<[PartOut; 2]> = targets()
             .map(|t| {
                 next[t] += 1;
                 states[t].as_mut().expect("locked").apply(job, &d)
