@@ -707,7 +707,7 @@ impl Engine {
         let spanning: usize = per_shard
             .iter()
             .flatten()
-            .filter(|t| t.rendezvous.is_some())
+            .filter(|t| t.job.shards.count_ones() > 1)
             .count();
         spanning * 100 >= tasks * self.inner.combine_percent as usize
     }
@@ -756,7 +756,8 @@ impl Engine {
     }
 
     /// Queues every task list of a batch on its shard.
-    fn send(&self, batch: &Arc<Batch>, per_shard: Vec<Vec<Task>>) -> Vec<Arc<Vec<Task>>> {
+    fn send(&self, batch: &Arc<Batch>, mut per_shard: Vec<Vec<Task>>) -> Vec<Arc<Vec<Task>>> {
+        meet(&mut per_shard);
         let mut sent = Vec::with_capacity(per_shard.len());
         for (s, tasks) in per_shard.into_iter().enumerate() {
             if tasks.is_empty() {
@@ -972,15 +973,9 @@ fn route(
                     rendezvous: None,
                 });
             } else {
-                // Its lists allocate on first use: a batch run inline or combined never meets
-                // at the rendezvous, and the batch is routed before that is known.
-                let rendezvous = Arc::new(Rendezvous {
-                    participants: count,
-                    preps: Mutex::new(Vec::new()),
-                    decision: OnceLock::new(),
-                    sleepers: Mutex::new(Vec::new()),
-                    outs: Mutex::new(Vec::new()),
-                });
+                // The rendezvous comes later, and only if the tasks run on the shards' own
+                // threads ([`meet`]): a batch run inline or combined never meets there, and
+                // the batch is routed before that is known.
                 let job = Arc::new(job);
                 for (s, tasks) in per_shard.iter_mut().enumerate() {
                     if targets & (1 << s) != 0 {
@@ -991,12 +986,36 @@ fn route(
                             job: TaskJob::Shared(job.clone()),
                             slot,
                             idem: idem.clone(),
-                            rendezvous: Some(rendezvous.clone()),
+                            rendezvous: None,
                         });
                     }
                 }
             }
         }
+    }
+}
+
+/// Gives the tasks of each job spanning shards one rendezvous, shared by the job's tasks: for
+/// a batch whose tasks run on each shard's own thread. Allocated only then: a combined batch
+/// (every W2 batch of carts on two cores) has no use for it.
+fn meet(per_shard: &mut [Vec<Task>]) {
+    let mut open: FxHashMap<usize, Arc<Rendezvous>> = FxHashMap::default();
+    for task in per_shard.iter_mut().flatten() {
+        let participants = task.job.shards.count_ones() as usize;
+        if participants < 2 {
+            continue;
+        }
+        let rv = open.entry(task.slot).or_insert_with(|| {
+            // Its lists allocate on first use.
+            Arc::new(Rendezvous {
+                participants,
+                preps: Mutex::new(Vec::new()),
+                decision: OnceLock::new(),
+                sleepers: Mutex::new(Vec::new()),
+                outs: Mutex::new(Vec::new()),
+            })
+        });
+        task.rendezvous = Some(rv.clone());
     }
 }
 
@@ -1544,7 +1563,7 @@ fn run_in_order(
         let Some((_, s)) = first else { break };
         let task = &lists[s][next[s]];
         let job = &*task.job;
-        if task.rendezvous.is_none() {
+        if job.shards.count_ones() == 1 {
             next[s] += 1;
             let r = defer.run_single(states[s].as_mut().expect("locked"), task);
             finished(task, r, &mut std::iter::once(s));
