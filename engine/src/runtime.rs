@@ -1496,16 +1496,13 @@ impl<'b> Deferrer<'b> {
                         cfgs.len() - 1
                     }
                 };
-                // A refusal's answer is built from the decision alone, and an output with no
-                // events and no data adds nothing to an answer (a held reservation's view is
-                // built from the decision): a cart's answer usually keeps no list at all.
-                let outs = match d {
-                    Decision::Refuse(_) => Vec::new(),
-                    _ => outs
-                        .into_iter()
-                        .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
-                        .collect(),
-                };
+                // An output with no events and no data adds nothing to an answer (a held
+                // reservation's view is built from the decision, a refused one's outputs are
+                // empty): a cart's answer usually keeps no list at all.
+                let outs = outs
+                    .into_iter()
+                    .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
+                    .collect();
                 Ran::Deferred(Deferred {
                     cfg: index,
                     decision: d,
