@@ -105,7 +105,8 @@ impl DepotServer {
         // Reads stdout for the address, then keeps draining it.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("depot listening on ") {
+                // `depot listening on http://...`, or the floor server's `floor listening on`.
+                if let Some((_, addr)) = line.split_once(" listening on ") {
                     let _ = tx.send(addr.trim_start_matches("http://").to_string());
                 }
             }

@@ -564,6 +564,7 @@ mod tests {
 
 // The HTTP load generator (`http_load`) and the peer comparison (`compare`).
 pub mod cli;
+pub mod floor;
 pub mod http;
 pub mod inproc;
 pub mod load;

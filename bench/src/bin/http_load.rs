@@ -14,9 +14,15 @@
 //! failed). The client runs on `--client-threads` tokio workers on the same cores as the
 //! server: it takes part of the machine, and the report says how much (server, client, others).
 //!
+//! With `--floor`, the same client drives the floor server of `depot_bench::floor` instead of
+//! depot (this binary, started as `http_load serve ...`): the same HTTP stack, JSON bodies and
+//! group-committed `fdatasync`, without depot's engine, keys or idempotency. Its figures are the
+//! most this machine gives for these exchanges.
+//!
 //! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
-//! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]`
+//! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]
+//! [--floor]`
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,7 +35,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
-[--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120]";
+[--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120] \
+[--floor]";
 
 /// Targets of issue 4.
 const SINGLE_TARGET: f64 = 60_000.0;
@@ -47,10 +54,15 @@ struct Opts {
     runs: usize,
     client_threads: usize,
     server: ServerOpts,
+    /// Drive the floor server instead of depot.
+    floor: bool,
 }
 
 fn opts() -> Result<Opts, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The one flag without a value.
+    let floor = args.iter().any(|a| a == "--floor");
+    args.retain(|a| a != "--floor");
     let mut o = Opts {
         w: Wk::W1,
         conns: vec![16, 64],
@@ -69,6 +81,7 @@ fn opts() -> Result<Opts, String> {
             sync: "always".into(),
             shards: None,
         },
+        floor: false,
     };
     for (f, v) in cli::pairs(&args)? {
         match f.as_str() {
@@ -99,8 +112,13 @@ fn opts() -> Result<Opts, String> {
             "--sync" => o.server.sync = v,
             "--data-dir" => o.server.data_root = PathBuf::from(v),
             "--depot-bin" => o.server.bin = PathBuf::from(v),
+
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if floor {
+        o.floor = true;
+        o.server.bin = std::env::current_exe().map_err(|e| e.to_string())?;
     }
     if o.timing.warmup >= o.timing.secs {
         return Err("--warmup must be shorter than --secs".into());
@@ -112,12 +130,21 @@ fn opts() -> Result<Opts, String> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "serve") {
+        depot_bench::floor::main(&args);
+    }
     let o = opts().unwrap_or_else(|e| depot_bench::cli::usage_error(&format!("error: {e}"), USAGE));
     let rt = depot_bench::load::client_runtime(o.client_threads);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "depot over HTTP/1.1 (keep-alive, loopback): {}, --sync {}, {} s runs ({} s warm-up), \
+        "{} over HTTP/1.1 (keep-alive, loopback): {}, --sync {}, {} s runs ({} s warm-up), \
          {} runs per figure; {cores} cores shared by server and client ({} client threads)",
+        if o.floor {
+            "the floor server (no engine)"
+        } else {
+            "depot"
+        },
         o.w.name(),
         o.server.sync,
         o.timing.secs,
