@@ -13,7 +13,11 @@
 //! - Redis 7 with the Lua script (`bench/peers/reserve.lua`), `appendfsync always` and
 //!   `everysec`, at 16 connections x 16 pipelined (W3: 256 clients) and 64x1 (W3: also 16x1);
 //! - PostgreSQL, one transaction per reservation, `synchronous_commit` on, the best of
-//!   `--pg-clients` (W3: 16 and 64 clients, each reported).
+//!   `--pg-clients` (W3: 16 and 64 clients, each reported);
+//! - the floor server of `depot_bench::floor` (W1 and W2): depot's HTTP rows again, against a
+//!   server on the same HTTP stack with a group-committed log and no engine (this binary,
+//!   started as `compare serve ...`). Its rows say how much of the HTTP figures this machine
+//!   gives at all; the goals list depot HTTP ÷ floor under issue 5's.
 //!
 //! So W3, the sell-out whose check is zero oversell, runs for every system at C = 16 and
 //! C = 64 (WORKLOADS.md), plus the deeper shapes above.
@@ -25,7 +29,7 @@
 //! Usage: `compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3]
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
-//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
+//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
 //! [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]`
 
 #[global_allocator]
@@ -40,7 +44,7 @@ use std::path::PathBuf;
 
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
-[--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg] [--out bench/results/compare.md] \
+[--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
 [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
 
 /// The reference row of the ratio column.
@@ -81,7 +85,7 @@ fn opts() -> Result<Opts, String> {
         pg_clients: vec![8, 16, 32],
         inproc_batch: vec![1_024, 2_048],
         batch_conns: vec![2, 4, 8],
-        only: vec!["depot".into(), "redis".into(), "pg".into()],
+        only: vec!["depot".into(), "redis".into(), "pg".into(), "floor".into()],
         out: PathBuf::from("bench/results/compare.md"),
         client_threads: 1,
         shards: 2,
@@ -129,9 +133,11 @@ fn opts() -> Result<Opts, String> {
                 if let Some(bad) = o
                     .only
                     .iter()
-                    .find(|s| !["depot", "redis", "pg"].contains(&s.as_str()))
+                    .find(|s| !["depot", "redis", "pg", "floor"].contains(&s.as_str()))
                 {
-                    return Err(format!("--only: unknown system {bad:?} (depot, redis, pg)"));
+                    return Err(format!(
+                        "--only: unknown system {bad:?} (depot, redis, pg, floor)"
+                    ));
                 }
             }
             "--out" => o.out = PathBuf::from(v),
@@ -217,6 +223,10 @@ fn machine() -> String {
 }
 
 fn main() {
+    if std::env::args().nth(1).is_some_and(|a| a == "serve") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        depot_bench::floor::main(&args);
+    }
     let o = opts().unwrap_or_else(|e| depot_bench::cli::usage_error(&format!("error: {e}"), USAGE));
     let rt = depot_bench::load::client_runtime(o.client_threads);
     let want = |s: &str| o.only.iter().any(|x| x == s);
@@ -306,42 +316,38 @@ fn main() {
                     |r| inproc::measure(&o.server.data_root, o.shards, w, n, 1, t, r),
                 ));
             }
-            for &n in singles {
-                let single = HttpShape {
-                    conns: n,
-                    per_conn: 1,
-                    batch: false,
-                };
-                cells.push(cell(
-                    &o,
-                    &format!("depot-http-{n}x1"),
-                    w,
-                    "depot HTTP",
-                    "--sync always",
-                    &single.label(),
-                    |r| http::measure(&rt, &o.server, w, single, t, r),
-                ));
-            }
             // W3 on 2 connections of 32 (it sells out fast); W1 and W2 at the best count of
             // connections, as PostgreSQL at its best count of clients.
-            let conns: Vec<usize> = if w3 { vec![2] } else { o.batch_conns.clone() };
-            let measured = each(&conns, |n| {
-                let batch = HttpShape {
-                    conns: n,
-                    per_conn: if w3 { 32 } else { 100 },
-                    batch: true,
-                };
-                cell(
-                    &o,
-                    "depot-http-batch",
-                    w,
-                    "depot HTTP",
-                    "--sync always",
-                    &batch.label(),
-                    |r| http::measure(&rt, &o.server, w, batch, t, r),
-                )
-            });
-            cells.extend(best_of(measured, &conns));
+            let (conns, per_conn) = if w3 {
+                (vec![2], 32)
+            } else {
+                (o.batch_conns.clone(), 100)
+            };
+            let rows = HttpRows {
+                key: "depot-http",
+                system: "depot HTTP",
+                durability: "--sync always",
+                singles,
+                conns: &conns,
+                per_conn,
+            };
+            cells.extend(rows.measure(&o, &rt, &o.server, w));
+        }
+        if want("floor") && !w3 {
+            // depot's HTTP rows against the floor server: this binary, as `compare serve`.
+            let floor = ServerOpts {
+                bin: std::env::current_exe().unwrap_or_default(),
+                ..o.server.clone()
+            };
+            let rows = HttpRows {
+                key: "floor-http",
+                system: "floor server (no engine)",
+                durability: "fsync per group",
+                singles,
+                conns: &o.batch_conns,
+                per_conn: 100,
+            };
+            cells.extend(rows.measure(&o, &rt, &floor, w));
         }
         for (on, url, fsync) in [
             (r_always, &o.redis_always, "always"),
@@ -430,6 +436,20 @@ fn main() {
                     den: "redis-always-64x1",
                     target: 1.2,
                 },
+                Goal {
+                    what: "floor server (no engine) /v1/batch ÷ Redis Lua (always, 16x16), the same goal",
+                    w,
+                    num: "floor-http-batch",
+                    den: "redis-always-16x16",
+                    target: 5.0,
+                },
+                Goal {
+                    what: "floor server (no engine) 64x1 ÷ Redis Lua (always, 64x1), the same goal",
+                    w,
+                    num: "floor-http-64x1",
+                    den: "redis-always-64x1",
+                    target: 1.2,
+                },
             ]
         })
         .collect();
@@ -455,6 +475,65 @@ fn main() {
     if cells.iter().any(|c| !c.pass()) {
         eprintln!("a check FAILED or a cell has no run");
         std::process::exit(1);
+    }
+}
+
+/// The HTTP rows of a server: single requests at each of `singles` connections, and
+/// `/v1/batch` of `per_conn` at the best of `conns` connections.
+struct HttpRows<'a> {
+    /// Cell keys: `{key}-{n}x1` and `{key}-batch`.
+    key: &'a str,
+    system: &'a str,
+    durability: &'a str,
+    singles: &'a [usize],
+    conns: &'a [usize],
+    per_conn: usize,
+}
+
+impl HttpRows<'_> {
+    fn measure(
+        &self,
+        o: &Opts,
+        rt: &tokio::runtime::Runtime,
+        server: &ServerOpts,
+        w: Wk,
+    ) -> Vec<Cell> {
+        let t = o.timing;
+        let mut cells = Vec::new();
+        for &n in self.singles {
+            let single = HttpShape {
+                conns: n,
+                per_conn: 1,
+                batch: false,
+            };
+            cells.push(cell(
+                o,
+                &format!("{}-{n}x1", self.key),
+                w,
+                self.system,
+                self.durability,
+                &single.label(),
+                |r| http::measure(rt, server, w, single, t, r),
+            ));
+        }
+        let measured = each(self.conns, |n| {
+            let batch = HttpShape {
+                conns: n,
+                per_conn: self.per_conn,
+                batch: true,
+            };
+            cell(
+                o,
+                &format!("{}-batch", self.key),
+                w,
+                self.system,
+                self.durability,
+                &batch.label(),
+                |r| http::measure(rt, server, w, batch, t, r),
+            )
+        });
+        cells.extend(best_of(measured, self.conns));
+        cells
     }
 }
 
