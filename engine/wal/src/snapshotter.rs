@@ -7,7 +7,10 @@
 //! 2. waits until the log holds every entry up to the copy's seq (a snapshot never outruns
 //!    the log);
 //! 3. serializes the copy as the image straight from its tables ([`StateImage`]) into the
-//!    snapshot file ([`crate::write_snapshot`]'s crash-safe steps) while the writes go on;
+//!    snapshot file ([`crate::write_snapshot`]'s crash-safe steps) while the writes go on, on
+//!    a thread of lower scheduling priority ([`in_background`]): the seconds of CPU a large
+//!    state takes to write yield to the threads serving requests when the cores are busy,
+//!    and only then;
 //! 4. applies the [`RetentionPolicy`], if any, to log segments and old snapshots.
 //!
 //! A failure is logged, counted in [`SnapshotStats`] and retried at the next trigger (after a
@@ -70,6 +73,54 @@ impl Default for SnapshotterConfig {
             clock: wall_clock_ms,
         }
     }
+}
+
+/// How much lower than its creator's the priority of [`in_background`]'s thread is, in nice
+/// steps: at +10 a busy thread gets about a tenth of the CPU a thread of normal priority does
+/// when both want the same core, and all of an idle core.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Runs `work` on a new thread whose scheduling priority is [`BACKGROUND_NICE`] steps lower
+/// (a higher nice value, at most 19; Linux keeps one per thread) and returns its result. Where
+/// the priority cannot be changed, or no thread can be started, `work` runs all the same.
+pub fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let slot = Mutex::new(Some(work));
+    let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let ran = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("depot-snapshot-write".into())
+            .spawn_scoped(s, || {
+                lower_priority(BACKGROUND_NICE);
+                take().map(|work| work())
+            })
+            .map(|thread| thread.join())
+    });
+    match ran {
+        Ok(Ok(Some(out))) => out,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // No thread could be started: the work runs here, at this thread's priority.
+        Ok(Ok(None)) | Err(_) => match take() {
+            Some(work) => work(),
+            None => unreachable!("the work is taken once, by the thread that runs it"),
+        },
+    }
+}
+
+/// Lowers the calling thread's scheduling priority by `steps` nice values (at most to 19).
+/// Failing to is not an error: the thread runs at the priority it has.
+fn lower_priority(steps: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = rustix::thread::gettid();
+        let lowered = getpriority_process(Some(tid))
+            .and_then(|nice| setpriority_process(Some(tid), (nice + steps).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!(error = %e, "could not lower the snapshot writer's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = steps;
 }
 
 /// Milliseconds since the Unix epoch (the clock the server stamps entries with).
@@ -424,23 +475,26 @@ impl Worker {
     }
 
     fn write_one(&mut self) -> Result<TakenSnapshot, WalError> {
+        // The capture stops the writers: it runs on this thread, at normal priority (a thread
+        // of low priority holding the engine would make every writer wait for it).
         let captured = capture_state(&self.engine);
-        let built = Instant::now();
-        let state = captured.state_image();
-        let build = built.elapsed();
-        let seq = state.seq();
-        let started = Instant::now();
-        self.journal
-            .wait_durable(seq)
-            .map_err(|e| WalError::Stopped {
+        let (pause, wait) = (captured.pause, captured.wait);
+        let (journal, dir) = (&self.journal, &*self.dir);
+        let (seq, file, bytes, build, write) = in_background(move || {
+            let built = Instant::now();
+            let state = captured.state_image();
+            let build = built.elapsed();
+            let seq = state.seq();
+            let started = Instant::now();
+            journal.wait_durable(seq).map_err(|e| WalError::Stopped {
                 file: String::new(),
                 message: format!("the log did not make seq {seq} durable: {}", e.message),
             })?;
-        let (file, bytes) = write_snapshot_sized(&*self.dir, ImageSource::State(&state))?;
-        drop(state);
-        drop(captured.front);
-        drop(captured.shards);
-        let write = started.elapsed();
+            let (file, bytes) = write_snapshot_sized(dir, ImageSource::State(&state))?;
+            drop(state);
+            drop(captured);
+            Ok::<_, WalError>((seq, file, bytes, build, started.elapsed()))
+        })?;
         let retention = self.config.retention.as_ref().and_then(|policy| {
             match apply_retention(&*self.dir, policy, (self.config.clock)()) {
                 Ok(report) => {
@@ -461,11 +515,39 @@ impl Worker {
             seq,
             file,
             bytes,
-            pause: captured.pause,
-            wait: captured.wait,
+            pause,
+            wait,
             build,
             write,
             retention,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_work_runs_at_a_lower_priority_and_the_caller_keeps_its_own() {
+        let nice = || {
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                .expect("read this thread's nice value")
+        };
+        let before = nice();
+        let (inside, name) =
+            in_background(|| (nice(), std::thread::current().name().map(str::to_string)));
+        assert_eq!(inside, (before + BACKGROUND_NICE).min(19));
+        assert_eq!(name.as_deref(), Some("depot-snapshot-write"));
+        assert_eq!(nice(), before, "the calling thread's priority is unchanged");
+    }
+
+    #[test]
+    fn background_work_returns_its_result_and_its_panic() {
+        assert_eq!(in_background(|| 6 * 7), 42);
+        let caught = std::panic::catch_unwind(|| in_background(|| panic!("inside")));
+        let message = caught.expect_err("the panic comes back to the caller");
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"inside"));
     }
 }
