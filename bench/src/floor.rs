@@ -43,8 +43,9 @@ struct Floor {
     log: mpsc::Sender<LogItem>,
 }
 
+/// A SKU and a quantity: a reservation's line, or a stock adjustment.
 #[derive(Debug, Deserialize)]
-struct LineBody<'a> {
+struct SkuQuantity<'a> {
     #[serde(borrow)]
     sku: std::borrow::Cow<'a, str>,
     quantity: i64,
@@ -55,16 +56,9 @@ struct ReserveBody<'a> {
     #[serde(borrow)]
     channel: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    lines: Vec<LineBody<'a>>,
+    lines: Vec<SkuQuantity<'a>>,
     #[serde(default)]
     ttl_seconds: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AdjustBody<'a> {
-    #[serde(borrow)]
-    sku: std::borrow::Cow<'a, str>,
-    quantity: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,7 +261,7 @@ fn reserve(state: &Floor, body: &ReserveBody<'_>, record: &mut Vec<u8>) -> Answe
         channel: &body.channel,
         state: "held",
         created_at: rfc3339(now),
-        expires_at: rfc3339(now + ttl * 1000),
+        expires_at: rfc3339(now.saturating_add(ttl.saturating_mul(1000))),
         lines: body
             .lines
             .iter()
@@ -361,7 +355,7 @@ fn batch_op(state: &Floor, op: &BatchOp<'_>, record: &mut Vec<u8>) -> Answer {
             Ok(b) => reserve(state, &b, record),
             Err(e) => error(400, "invalid_request", &e.to_string()),
         },
-        ("POST", "/v1/stock/adjustments") => match serde_json::from_str::<AdjustBody<'_>>(body) {
+        ("POST", "/v1/stock/adjustments") => match serde_json::from_str::<SkuQuantity<'_>>(body) {
             Ok(a) => {
                 let mut stock = state.stock.lock().unwrap_or_else(|p| p.into_inner());
                 *stock.entry(a.sku.to_string()).or_insert(0) += a.quantity;
@@ -384,28 +378,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `ms` since the Unix epoch as RFC 3339 with milliseconds (`2026-12-01T14:59:52.833Z`), the
-/// form of depot's timestamps (Howard Hinnant's days-to-civil algorithm).
+/// `ms` since the Unix epoch as RFC 3339 with milliseconds (`2026-12-01T14:59:52.833Z`), as
+/// depot writes its timestamps (humantime; past the year 9999, its last millisecond).
 fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
-    )
+    const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.min(LAST_MS_OF_9999));
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]
@@ -434,7 +412,7 @@ mod tests {
             channel: "web".into(),
             lines: lines
                 .iter()
-                .map(|&(sku, quantity)| LineBody {
+                .map(|&(sku, quantity)| SkuQuantity {
                     sku: sku.into(),
                     quantity,
                 })
