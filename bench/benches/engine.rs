@@ -122,6 +122,37 @@ fn hot_paths(c: &mut Criterion) {
         });
     }
 
+    // One W1 reservation with an idempotency key, as every HTTP write carries one: the key's
+    // fingerprint, lookup and insertion into a store holding a million keys or more (filled
+    // once: the store goes on growing across samples, as a server's does), and the response
+    // stored under it.
+    let mut m = machine(&workload);
+    let keyed = |i: u64, r: Request| Request {
+        idempotency_key: Some(format!("key-{i}")),
+        ..r
+    };
+    for i in 0..1_000_000u64 {
+        let id = ReservationId(u64::MAX - i);
+        let r = workload.request(Command::Commit { id, lines: None });
+        black_box(m.execute(&keyed(i, r), NOW));
+    }
+    assert_eq!(m.front.idempotency.len(), 1_000_000);
+    let (mut next, mut w1_rng) = (1_000_000u64, rng(0, 1));
+    group.bench_function("reserve_W1_keyed", |b| {
+        b.iter_custom(|iters| {
+            let reqs: Vec<Request> = (0..iters)
+                .map(|i| keyed(next + i, workload.w1(&mut w1_rng)))
+                .collect();
+            next += iters;
+            let start = Instant::now();
+            for r in &reqs {
+                black_box(m.execute(r, NOW));
+            }
+            start.elapsed()
+        })
+    });
+    drop(m);
+
     // Commit of a held single-line reservation.
     let mut round = 0u64;
     group.bench_function("commit_W1", |b| {

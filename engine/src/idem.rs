@@ -6,9 +6,10 @@
 //! - It is split into [`PARTS`] hash tables by the key's hash. A table that grows moves only
 //!   its own part, so the pause of a growth step is bounded by a 256th of the keys instead of
 //!   stopping every write while all of them move at once.
-//! - A slot is small (about 80 bytes): the stored response is behind an `Arc`, and the key's
+//! - A slot is small (about 90 bytes): the stored response is behind an `Arc`, and the key's
 //!   text is one shared allocation that the expiry queue points at too. Copying the store (the
-//!   pause of a snapshot) copies pointers, not responses.
+//!   pause of a snapshot) copies pointers, not responses. The slot keeps the key's hash, so a
+//!   probe, a growth step or the canonical listing reads the text only on a full-hash match.
 //! - Lookups take the key as `&str`: nothing is allocated to ask.
 //!
 //! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
@@ -58,8 +59,22 @@ impl IdemKey {
 
 #[derive(Clone, Debug)]
 struct Slot {
+    /// The key's hash, kept so that growing a table, comparing in a probe and listing in the
+    /// canonical order never follow the pointer to the key's text (a cache miss each, with
+    /// millions of keys).
+    hash: u64,
     key: IdemKey,
     entry: IdemEntry,
+}
+
+impl Slot {
+    /// Whether this slot holds `key` (of hash `h`): the hash first, then the key's text only
+    /// when it is not the very allocation this slot holds.
+    fn holds(&self, h: u64, key: &IdemKey) -> bool {
+        self.hash == h
+            && self.key.tenant == key.tenant
+            && (Arc::ptr_eq(&self.key.key, &key.key) || self.key.key == key.key)
+    }
 }
 
 fn hash(tenant: u32, key: &str) -> u64 {
@@ -106,14 +121,16 @@ impl IdemStore {
     pub fn get(&self, tenant: u32, key: &str) -> Option<&IdemEntry> {
         let h = hash(tenant, key);
         self.parts[part(h)]
-            .find(h, |s| s.key.tenant == tenant && &*s.key.key == key)
+            .find(h, |s| {
+                s.hash == h && s.key.tenant == tenant && &*s.key.key == key
+            })
             .map(|s| &s.entry)
     }
 
     pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
         let h = hash(k.tenant, &k.key);
         Arc::make_mut(&mut self.parts[part(h)])
-            .find_mut(h, |s| s.key == *k)
+            .find_mut(h, |s| s.holds(h, k))
             .map(|s| &mut s.entry)
     }
 
@@ -126,10 +143,14 @@ impl IdemStore {
     fn put(&mut self, key: IdemKey, entry: IdemEntry) {
         let h = hash(key.tenant, &key.key);
         let table = Arc::make_mut(&mut self.parts[part(h)]);
-        match table.find_mut(h, |s| s.key == key) {
-            Some(s) => s.entry = entry,
-            None => {
-                table.insert_unique(h, Slot { key, entry }, |s| hash(s.key.tenant, &s.key.key));
+        match table.entry(h, |s| s.holds(h, &key), |s| s.hash) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().entry = entry,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Slot {
+                    hash: h,
+                    key,
+                    entry,
+                });
                 self.len += 1;
             }
         }
@@ -138,7 +159,7 @@ impl IdemStore {
     fn remove_if_at(&mut self, key: &IdemKey, at: TimeMs) {
         let h = hash(key.tenant, &key.key);
         let table = Arc::make_mut(&mut self.parts[part(h)]);
-        if let Ok(e) = table.find_entry(h, |s| s.key == *key && s.entry.at == at) {
+        if let Ok(e) = table.find_entry(h, |s| s.holds(h, key) && s.entry.at == at) {
             e.remove();
             self.len -= 1;
         }
@@ -194,7 +215,7 @@ impl IdemStore {
         let mut v: Vec<(u64, &Slot)> = self
             .parts
             .iter()
-            .flat_map(|t| t.iter().map(|s| (hash(s.key.tenant, &s.key.key), s)))
+            .flat_map(|t| t.iter().map(|s| (s.hash, s)))
             .collect();
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
         v.into_iter().map(|(_, s)| (&s.key, &s.entry)).collect()
