@@ -516,8 +516,8 @@ impl From<ReservationState> for ReservationStateDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AllocationDto {
-    pub location: String,
+pub struct AllocationDto<'a> {
+    pub location: &'a str,
     /// Units held or committed here and not yet shipped.
     pub quantity: i64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -530,10 +530,10 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
-impl From<&AllocationView> for AllocationDto {
-    fn from(a: &AllocationView) -> Self {
+impl<'a> From<&'a AllocationView> for AllocationDto<'a> {
+    fn from(a: &'a AllocationView) -> Self {
         AllocationDto {
-            location: a.location.to_string(),
+            location: a.location.as_str(),
             quantity: a.quantity,
             shipped: a.shipped,
             returned: a.returned,
@@ -543,18 +543,18 @@ impl From<&AllocationView> for AllocationDto {
 
 /// A component of a bundle line.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ItemDto {
-    pub sku: String,
+pub struct ItemDto<'a> {
+    pub sku: &'a str,
     pub quantity: i64,
-    pub allocations: Vec<AllocationDto>,
+    pub allocations: Vec<AllocationDto<'a>>,
     #[serde(skip_serializing_if = "is_zero")]
     pub backordered: i64,
 }
 
-impl From<&ItemView> for ItemDto {
-    fn from(i: &ItemView) -> Self {
+impl<'a> From<&'a ItemView> for ItemDto<'a> {
+    fn from(i: &'a ItemView) -> Self {
         ItemDto {
-            sku: i.sku.to_string(),
+            sku: i.sku.as_str(),
             quantity: i.quantity,
             allocations: i.allocations.iter().map(AllocationDto::from).collect(),
             backordered: i.backordered,
@@ -563,25 +563,25 @@ impl From<&ItemView> for ItemDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReservationLineDto {
-    pub sku: String,
+pub struct ReservationLineDto<'a> {
+    pub sku: &'a str,
     /// Units granted (requested, unless the fill policy was partial).
     pub quantity: i64,
     /// Units asked for, when more than granted.
     #[serde(skip_serializing_if = "is_zero")]
     pub requested: i64,
     /// The line's own SKU; a bundle line has none, see `components`.
-    pub allocations: Vec<AllocationDto>,
+    pub allocations: Vec<AllocationDto<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub components: Vec<ItemDto>,
+    pub components: Vec<ItemDto<'a>>,
     #[serde(skip_serializing_if = "is_zero")]
     pub backordered: i64,
 }
 
-impl From<&LineView> for ReservationLineDto {
-    fn from(l: &LineView) -> Self {
+impl<'a> From<&'a LineView> for ReservationLineDto<'a> {
+    fn from(l: &'a LineView) -> Self {
         ReservationLineDto {
-            sku: l.sku.to_string(),
+            sku: l.sku.as_str(),
             quantity: l.quantity,
             requested: l.requested,
             allocations: l.allocations.iter().map(AllocationDto::from).collect(),
@@ -591,29 +591,54 @@ impl From<&LineView> for ReservationLineDto {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReservationDto {
-    /// `res_<n>`.
-    #[schema(example = "res_42")]
-    pub id: String,
-    pub channel: String,
-    pub state: ReservationStateDto,
-    pub created_at: String,
-    pub expires_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub order_ref: Option<String>,
-    pub lines: Vec<ReservationLineDto>,
+/// A time (milliseconds since the epoch) written as RFC 3339 text ([`rfc3339`]) straight into
+/// the answer, without a string of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rfc3339(pub u64);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::events::with_rfc3339(self.0, |t| s.serialize_str(t))
+    }
 }
 
-impl From<&ReservationView> for ReservationDto {
-    fn from(r: &ReservationView) -> Self {
+/// A value written as its `Display` text, without a string of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+// Borrowed from the engine's view of the reservation: nothing is copied on the way to the
+// answer's JSON (every write of a batch answers with one).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationDto<'a> {
+    /// `res_<n>`.
+    #[schema(value_type = String, example = "res_42")]
+    pub id: Shown<depot_engine::ReservationId>,
+    pub channel: &'a str,
+    pub state: ReservationStateDto,
+    #[schema(value_type = String)]
+    pub created_at: Rfc3339,
+    #[schema(value_type = String)]
+    pub expires_at: Rfc3339,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_ref: Option<&'a str>,
+    pub lines: Vec<ReservationLineDto<'a>>,
+}
+
+impl<'a> From<&'a ReservationView> for ReservationDto<'a> {
+    fn from(r: &'a ReservationView) -> Self {
         ReservationDto {
-            id: r.id.to_string(),
-            channel: r.channel.to_string(),
+            id: Shown(r.id),
+            channel: r.channel.as_str(),
             state: r.state.into(),
-            created_at: rfc3339(r.created_at),
-            expires_at: rfc3339(r.expires_at),
-            order_ref: r.order_ref.clone(),
+            created_at: Rfc3339(r.created_at),
+            expires_at: Rfc3339(r.expires_at),
+            order_ref: r.order_ref.as_deref(),
             lines: r.lines.iter().map(ReservationLineDto::from).collect(),
         }
     }
@@ -704,5 +729,65 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    /// The thread's remembered times never give another time's text: repeated, alternating
+    /// and evicted times all read as a fresh formatting does.
+    #[test]
+    fn remembered_times_are_the_times_asked_for() {
+        let fresh = |ms: u64| {
+            let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            humantime::format_rfc3339_millis(t).to_string()
+        };
+        let times = [
+            0,
+            1,
+            1_700_000_000_123,
+            1,
+            0,
+            42,
+            1_700_000_000_123,
+            86_399_999,
+        ];
+        for round in 0..3u64 {
+            for &ms in &times {
+                let ms = ms + round;
+                assert_eq!(rfc3339(ms), fresh(ms));
+                let json = serde_json::to_string(&Rfc3339(ms)).expect("serializes");
+                assert_eq!(json, format!("\"{}\"", fresh(ms)));
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&Rfc3339(u64::MAX)).expect("serializes"),
+            "\"9999-12-31T23:59:59.999Z\""
+        );
+    }
+
+    /// A reservation's JSON, borrowed from the engine's view, has the fields and texts of
+    /// API.md.
+    #[test]
+    fn a_reservation_shows_as_api_md_says() {
+        let json = |v: &ReservationView| {
+            serde_json::to_value(ReservationDto::from(v)).expect("serializes")
+        };
+        let view: ReservationView = serde_json::from_value(serde_json::json!({
+            "id": 42, "channel": "shopify", "state": "held",
+            "created_at": 1_700_000_000_123u64, "expires_at": 1_700_000_900_123u64,
+            "order_ref": null,
+            "lines": [{"sku": "tee-m", "quantity": 2, "requested": 0, "backordered": 0,
+                "allocations": [{"location": "wh-1", "quantity": 2, "shipped": 0, "returned": 0}],
+                "components": []}]
+        }))
+        .expect("a view");
+        assert_eq!(
+            json(&view),
+            serde_json::json!({
+                "id": "res_42", "channel": "shopify", "state": "held",
+                "created_at": "2023-11-14T22:13:20.123Z",
+                "expires_at": "2023-11-14T22:28:20.123Z",
+                "lines": [{"sku": "tee-m", "quantity": 2,
+                    "allocations": [{"location": "wh-1", "quantity": 2}]}]
+            })
+        );
     }
 }
