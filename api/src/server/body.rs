@@ -5,7 +5,7 @@ use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -19,9 +19,9 @@ pub enum Body {
     Json(Bytes),
     /// Bytes with another content type (or none): refused when a body is needed.
     NotJson(Bytes, String),
-    /// An operation's body inside `POST /v1/batch`, as its JSON text (never `null`: a `null`
-    /// body is [`Body::None`]).
-    Raw(Box<RawValue>),
+    /// An operation's body inside `POST /v1/batch`: its JSON text, the bytes of the batch's
+    /// body that hold it (never `null`: a `null` body is [`Body::None`]).
+    Raw(Bytes),
 }
 
 /// The body as bytes, at most [`BodyLimit`] of them (413 above it).
@@ -78,8 +78,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 pub struct BodyLimit(pub usize);
 
 impl Body {
-    /// Parses the body as `T`; a missing body is an error.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+    /// Parses the body as `T` (which may borrow from it); a missing body is an error.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
         match self {
             Body::None => Err(ApiError::invalid("body", "a JSON body is required")),
             _ => self.parse_inner(),
@@ -100,7 +100,7 @@ impl Body {
             Body::None => Ok(()),
             Body::Json(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(()),
             Body::Json(b) => Self::empty_object(b),
-            Body::Raw(r) => Self::empty_object(r.get().as_bytes()),
+            Body::Raw(b) => Self::empty_object(b),
             Body::NotJson(..) => Err(ApiError::invalid("body", "this operation takes no body")),
         }
     }
@@ -112,12 +112,29 @@ impl Body {
         }
     }
 
-    fn parse_inner<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+    /// The body of one operation of a batch: `raw`, a value of this body, as a [`Body::Raw`]
+    /// sharing this body's bytes.
+    pub fn part(&self, raw: &RawValue) -> Body {
+        let text = raw.get().as_bytes();
+        let bytes = match self {
+            Body::Json(all) | Body::Raw(all) => {
+                // Where `raw` lies in this body; it was parsed from it, so always inside.
+                let start = (text.as_ptr() as usize).wrapping_sub(all.as_ptr() as usize);
+                match start.checked_add(text.len()) {
+                    Some(end) if end <= all.len() => all.slice(start..end),
+                    _ => Bytes::copy_from_slice(text),
+                }
+            }
+            _ => Bytes::copy_from_slice(text),
+        };
+        Body::Raw(bytes)
+    }
+
+    fn parse_inner<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
         // Every body is an object: serde would also read a struct from an array (`[null]`
         // as "all fields absent"), which no client means.
         let object = match self {
-            Body::Json(b) => starts_an_object(b),
-            Body::Raw(r) => starts_an_object(r.get().as_bytes()),
+            Body::Json(b) | Body::Raw(b) => starts_an_object(b),
             _ => true,
         };
         if !object {
@@ -129,8 +146,7 @@ impl Body {
                 "content-type",
                 format!("must be application/json, not {ct:?}"),
             )),
-            Body::Json(bytes) => from_slice(bytes),
-            Body::Raw(r) => from_slice(r.get().as_bytes()),
+            Body::Json(bytes) | Body::Raw(bytes) => from_slice(bytes),
         }
     }
 }
@@ -139,7 +155,7 @@ fn starts_an_object(b: &[u8]) -> bool {
     b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{')
 }
 
-fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // The plain parse first: tracking the path of every value costs on every request, and the
     // path is only needed to name the field of an error. A body that fails is parsed again,
     // tracking the path, for the error (the same parser on the same bytes fails the same way).
@@ -222,5 +238,46 @@ mod tests {
         assert_eq!(field_of(r#"{"lines":[], "ttl_ms": 5}"#), "ttl_ms");
         assert_eq!(field_of(r#"{"lines":"#), "lines");
         assert_eq!(field_of(r#""x""#), "body");
+    }
+
+    /// A batch's operations borrow their bodies from the batch's bytes, and parse as the same
+    /// bodies sent alone would.
+    #[test]
+    fn a_batch_operation_body_is_a_part_of_the_batch() {
+        #[derive(Debug, Deserialize)]
+        struct Ops<'a> {
+            #[serde(borrow)]
+            ops: Vec<Option<&'a RawValue>>,
+        }
+        let all = Body::Json(Bytes::from(
+            r#"{"ops":[{"lines":[{"sku":"a","quantity":2}]}, {}, null, {"lines":1}]}"#,
+        ));
+        let ops: Ops = all.parse().expect("parses");
+        let parts: Vec<Body> = ops
+            .ops
+            .iter()
+            .map(|r| r.map_or(Body::None, |r| all.part(r)))
+            .collect();
+        let Body::Json(bytes) = &all else {
+            unreachable!()
+        };
+        let Body::Raw(first) = &parts[0] else {
+            panic!("a part: {:?}", parts[0])
+        };
+        assert_eq!(&first[..], br#"{"lines":[{"sku":"a","quantity":2}]}"#);
+        // The same memory, not a copy.
+        assert!(std::ptr::eq(first.as_ptr(), bytes[8..].as_ptr()));
+        let lines: Lines = parts[0].parse().expect("a body");
+        assert_eq!(lines.lines[0].quantity, 2);
+        assert!(parts[1].empty().is_ok());
+        assert!(matches!(parts[2], Body::None));
+        let e = parts[3].parse::<Lines>().unwrap_err();
+        assert_eq!(e.details["field"], "lines");
+        // A value from elsewhere is copied.
+        let other: Box<RawValue> = serde_json::from_str(r#"{"x":1}"#).expect("json");
+        let Body::Raw(copied) = all.part(&other) else {
+            unreachable!()
+        };
+        assert_eq!(&copied[..], br#"{"x":1}"#);
     }
 }

@@ -407,8 +407,10 @@ pub struct ExposureDto {
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LineDto {
-    pub sku: String,
+pub struct LineDto<'a> {
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub sku: std::borrow::Cow<'a, str>,
     pub quantity: i64,
 }
 
@@ -426,9 +428,13 @@ pub enum FillDto {
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReserveBody {
-    pub channel: String,
-    pub lines: Vec<LineDto>,
+pub struct ReserveBody<'a> {
+    // The texts are borrowed from the request's bytes (copied only when they hold escapes).
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub lines: Vec<LineDto<'a>>,
     /// How long the hold lasts; default 900.
     pub ttl_seconds: Option<u64>,
     pub order_ref: Option<String>,
@@ -647,27 +653,33 @@ impl<'a> From<&'a ReservationView> for ReservationDto<'a> {
 // ---------------------------------------------------------------- batch, events, errors
 
 /// One operation of `POST /v1/batch`: what a single request would say.
+// Borrowed from the request's bytes: a batch of a thousand operations is not copied into
+// thousands of strings on its way to the engine.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchOperation {
+pub struct BatchOperation<'a> {
     /// `GET`, `POST` or `PUT`.
-    #[schema(example = "POST")]
-    pub method: String,
+    #[serde(borrow)]
+    #[schema(value_type = String, example = "POST")]
+    pub method: std::borrow::Cow<'a, str>,
     /// The path of the single request, e.g. `/v1/reservations/res_42/commit`. A query string
     /// is allowed for the explain path (`?channel=...`).
-    #[schema(example = "/v1/reservations")]
-    pub path: String,
+    #[serde(borrow)]
+    #[schema(value_type = String, example = "/v1/reservations")]
+    pub path: std::borrow::Cow<'a, str>,
     /// The body the single request would carry.
+    #[serde(borrow)]
     #[schema(value_type = Option<Object>)]
-    pub body: Option<Box<serde_json::value::RawValue>>,
+    pub body: Option<&'a serde_json::value::RawValue>,
     /// Its own `Idempotency-Key` (required where the single request requires it).
     pub idempotency_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchBody {
-    pub operations: Vec<BatchOperation>,
+pub struct BatchBody<'a> {
+    #[serde(borrow)]
+    pub operations: Vec<BatchOperation<'a>>,
 }
 
 /// The answer to one operation: its status and body as the single request would get them.

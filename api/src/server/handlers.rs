@@ -351,7 +351,7 @@ pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): Raw
                 results.push(None);
                 ops.push(OpRequest {
                     route,
-                    body: op.body.map_or(Body::None, Body::Raw),
+                    body: op.body.map_or(Body::None, |raw| body.part(raw)),
                     idempotency_key: op.idempotency_key,
                 });
             }

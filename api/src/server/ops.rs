@@ -244,6 +244,10 @@ fn id<T>(
 fn sku(field: &str, s: &str) -> Result<Sku, ApiError> {
     id(field, s, Sku::new)
 }
+/// The SKU of `list[i]`: the field's name is only written for an error.
+fn sku_at(list: &str, i: usize, s: &str) -> Result<Sku, ApiError> {
+    Sku::new(s).map_err(|e| ApiError::invalid(&format!("{list}[{i}].sku"), e.to_string()))
+}
 fn location(field: &str, s: &str) -> Result<LocationId, ApiError> {
     id(field, s, LocationId::new)
 }
@@ -336,7 +340,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
                 .enumerate()
                 .map(|(i, c)| {
                     Ok(Component {
-                        sku: sku(&format!("components[{i}].sku"), &c.sku)?,
+                        sku: sku_at("components", i, &c.sku)?,
                         quantity: c.quantity,
                     })
                 })
@@ -395,7 +399,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
             (c, Render::Explain)
         }
         Route::Reserve => {
-            let b: ReserveBody = body.parse()?;
+            let b: ReserveBody<'_> = body.parse()?;
             key.check_channel(&b.channel)?;
             (
                 reserve(&b)?,
@@ -422,7 +426,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
                             .enumerate()
                             .map(|(i, l)| {
                                 Ok(CommitLine {
-                                    sku: sku(&format!("lines[{i}].sku"), &l.sku)?,
+                                    sku: sku_at("lines", i, &l.sku)?,
                                     quantity: l.quantity,
                                 })
                             })
@@ -464,7 +468,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
             for (i, l) in b.lines.iter().enumerate() {
                 key.check_location(&l.location)?;
                 lines.push(FulfilLine {
-                    sku: sku(&format!("lines[{i}].sku"), &l.sku)?,
+                    sku: sku_at("lines", i, &l.sku)?,
                     location: location(&format!("lines[{i}].location"), &l.location)?,
                     quantity: l.quantity,
                     missing: l.missing.unwrap_or(0),
@@ -581,14 +585,14 @@ fn adjustment(b: &AdjustmentBody, sku: Sku) -> Result<Command, ApiError> {
     })
 }
 
-fn reserve(b: &ReserveBody) -> Result<Command, ApiError> {
+fn reserve(b: &ReserveBody<'_>) -> Result<Command, ApiError> {
     let lines = b
         .lines
         .iter()
         .enumerate()
         .map(|(i, l)| {
             Ok(LineRequest {
-                sku: sku(&format!("lines[{i}].sku"), &l.sku)?,
+                sku: sku_at("lines", i, &l.sku)?,
                 quantity: l.quantity,
             })
         })
