@@ -118,15 +118,28 @@ pub fn reload(
 /// A test seam: `DEPOT_INJECT_FAULT=fsync-after=N` makes every sync of the log fail (`EIO`)
 /// once N more have succeeded, `disk-full-after=BYTES` makes its writes fail (`ENOSPC`) after
 /// that many bytes (depot-wal's `FaultDir` over the real directory), so that what the server
-/// does when its log fails is tested on the real binary (`tests/log_failure.rs`).
+/// does when its log fails is tested on the real binary (`tests/log_failure.rs`). Only builds
+/// with the `fault-injection` feature (this package's tests) read it; any other build warns
+/// that it is set and ignores it.
 pub const INJECT_FAULT_ENV: &str = "DEPOT_INJECT_FAULT";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Without the seam no fault is ever made.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 enum Fault {
     SyncFailsAfter(u64),
     DiskFullAfter(u64),
 }
 
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault() -> Result<Option<Fault>, WalError> {
+    if std::env::var_os(INJECT_FAULT_ENV).is_some() {
+        tracing::warn!("{INJECT_FAULT_ENV} is set and ignored: this build has no fault injection");
+    }
+    Ok(None)
+}
+
+#[cfg(feature = "fault-injection")]
 fn injected_fault() -> Result<Option<Fault>, WalError> {
     let Some(value) = std::env::var_os(INJECT_FAULT_ENV) else {
         return Ok(None);
