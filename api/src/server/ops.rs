@@ -233,25 +233,23 @@ struct Planned {
     render: Render,
 }
 
+/// `make` of `s`; a refusal names `field`, which is only written then (a line's field name,
+/// `lines[3].sku`, is passed as `format_args!` and formatted for an error alone).
 fn id<T>(
-    field: &str,
+    field: impl std::fmt::Display,
     s: &str,
     make: fn(&str) -> Result<T, depot_engine::ids::IdError>,
 ) -> Result<T, ApiError> {
-    make(s).map_err(|e| ApiError::invalid(field, e.to_string()))
+    make(s).map_err(|e| ApiError::invalid(&field.to_string(), e.to_string()))
 }
 
-fn sku(field: &str, s: &str) -> Result<Sku, ApiError> {
+fn sku(field: impl std::fmt::Display, s: &str) -> Result<Sku, ApiError> {
     id(field, s, Sku::new)
 }
-/// The SKU of `list[i]`: the field's name is only written for an error.
-fn sku_at(list: &str, i: usize, s: &str) -> Result<Sku, ApiError> {
-    Sku::new(s).map_err(|e| ApiError::invalid(&format!("{list}[{i}].sku"), e.to_string()))
-}
-fn location(field: &str, s: &str) -> Result<LocationId, ApiError> {
+fn location(field: impl std::fmt::Display, s: &str) -> Result<LocationId, ApiError> {
     id(field, s, LocationId::new)
 }
-fn channel(field: &str, s: &str) -> Result<ChannelId, ApiError> {
+fn channel(field: impl std::fmt::Display, s: &str) -> Result<ChannelId, ApiError> {
     id(field, s, ChannelId::new)
 }
 
@@ -340,7 +338,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
                 .enumerate()
                 .map(|(i, c)| {
                     Ok(Component {
-                        sku: sku_at("components", i, &c.sku)?,
+                        sku: sku(format_args!("components[{i}].sku"), &c.sku)?,
                         quantity: c.quantity,
                     })
                 })
@@ -426,7 +424,7 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
                             .enumerate()
                             .map(|(i, l)| {
                                 Ok(CommitLine {
-                                    sku: sku_at("lines", i, &l.sku)?,
+                                    sku: sku(format_args!("lines[{i}].sku"), &l.sku)?,
                                     quantity: l.quantity,
                                 })
                             })
@@ -468,8 +466,8 @@ fn plan(op: &OpRequest, key: &KeyScope, lines_limit: usize) -> Result<Planned, A
             for (i, l) in b.lines.iter().enumerate() {
                 key.check_location(&l.location)?;
                 lines.push(FulfilLine {
-                    sku: sku_at("lines", i, &l.sku)?,
-                    location: location(&format!("lines[{i}].location"), &l.location)?,
+                    sku: sku(format_args!("lines[{i}].sku"), &l.sku)?,
+                    location: location(format_args!("lines[{i}].location"), &l.location)?,
                     quantity: l.quantity,
                     missing: l.missing.unwrap_or(0),
                 });
@@ -592,7 +590,7 @@ fn reserve(b: &ReserveBody<'_>) -> Result<Command, ApiError> {
         .enumerate()
         .map(|(i, l)| {
             Ok(LineRequest {
-                sku: sku_at("lines", i, &l.sku)?,
+                sku: sku(format_args!("lines[{i}].sku"), &l.sku)?,
                 quantity: l.quantity,
             })
         })
@@ -805,6 +803,22 @@ async fn check_owners(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id's field name is written for its refusal only, and names the line.
+    #[test]
+    fn a_bad_id_names_its_field() {
+        let i = 2;
+        let e = sku(format_args!("lines[{i}].sku"), "").expect_err("an empty SKU");
+        assert_eq!(e.details["field"], "lines[2].sku");
+        let e = location(format_args!("lines[{i}].location"), "").expect_err("empty");
+        assert_eq!(e.details["field"], "lines[2].location");
+        assert_eq!(
+            sku(format_args!("lines[{i}].sku"), "mug")
+                .expect("valid")
+                .as_str(),
+            "mug"
+        );
+    }
 
     #[test]
     fn batch_paths_parse() {
