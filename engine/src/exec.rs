@@ -17,7 +17,7 @@ use crate::outcome::{
     Term,
 };
 use crate::rules::{CompiledRouting, OversellPolicy};
-use crate::shard::{Alloc, Lifecycle, Part, PartItem, PartSnapshot, ShardState, SkuRef};
+use crate::shard::{Alloc, Component, Lifecycle, Part, PartItem, PartSnapshot, ShardState, SkuRef};
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ impl ShardState {
 fn alloc_sum(part: &Part, sku: &Sku, loc: LocIdx, f: impl Fn(&Alloc) -> i64) -> Option<i64> {
     let mut found = false;
     let mut sum = 0;
-    for item in part.items.iter().filter(|i| &i.sku == sku) {
+    for item in part.items.iter().filter(|i| i.sku(&part.lines) == sku) {
         for a in item.allocs.iter().filter(|a| a.loc == loc) {
             found = true;
             sum += f(a);
@@ -1104,14 +1104,15 @@ impl ShardState {
         // Every commit checks its levels; only a short one (rare) is collected.
         let mut short: Vec<(Sku, LocIdx, u64)> = Vec::new();
         for i in &part.items {
+            let sku = i.sku(&part.lines);
             for a in i.allocs.iter().filter(|a| a.open > 0) {
                 let level = self
-                    .sku(job.tenant, i.sku.as_str())
+                    .sku(job.tenant, sku.as_str())
                     .and_then(|s| s.level(a.loc));
                 if level.is_some_and(|l| uncovered(l) > 0)
-                    && !short.iter().any(|(s, l, _)| s == &i.sku && *l == a.loc)
+                    && !short.iter().any(|(s, l, _)| s == sku && *l == a.loc)
                 {
-                    short.push((i.sku.clone(), a.loc, u64::from(i.item)));
+                    short.push((sku.clone(), a.loc, u64::from(i.item)));
                 }
             }
         }
@@ -1153,9 +1154,9 @@ impl ShardState {
             .iter()
             .filter(|(_, p)| p.tenant == t && p.lifecycle == Lifecycle::Committed)
             .filter(|(_, p)| {
-                p.items
-                    .iter()
-                    .any(|i| &i.sku == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0))
+                p.items.iter().any(|i| {
+                    i.sku(&p.lines) == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0)
+                })
             })
             .map(|(id, p)| (cfg.channels[p.channel as usize].priority, *id))
             .collect();
@@ -1172,7 +1173,8 @@ impl ShardState {
             let part = self.parts.get_mut(&id).expect("victims are live parts");
             let channel = part.channel;
             let mut took = 0;
-            for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+            let lines = &part.lines;
+            for item in part.items.iter_mut().filter(|i| i.sku(lines) == sku) {
                 for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
                     let b = a.open.min(deficit - took);
                     a.open -= b;
@@ -1229,8 +1231,12 @@ impl ShardState {
                 item: plan.item as u16,
                 line: it.line,
                 slot: it.slot,
-                sku: it.sku.clone(),
-                per_unit: it.per_unit,
+                component: lines[usize::from(it.line)].is_bundle.then(|| {
+                    Box::new(Component {
+                        sku: it.sku.clone(),
+                        per_unit: it.per_unit,
+                    })
+                }),
                 quantity: plan.quantity,
                 allocs: plan
                     .allocations
@@ -1268,22 +1274,33 @@ impl ShardState {
         let mut part = self.parts.remove(&id).expect("decided on an existing part");
         let t = part.tenant;
         for item in part.items.iter_mut() {
-            let keep_units = keep.get(&part.lines, item.line as usize) * item.per_unit;
-            let mut release = item.quantity - keep_units;
-            for a in item.allocs.iter_mut().rev() {
+            let keep_units = keep.get(&part.lines, item.line as usize) * item.per_unit();
+            let PartItem {
+                line,
+                component,
+                allocs,
+                quantity,
+                ..
+            } = item;
+            let sku = match component {
+                Some(c) => &c.sku,
+                None => &part.lines[usize::from(*line)].sku,
+            };
+            let mut release = *quantity - keep_units;
+            for a in allocs.iter_mut().rev() {
                 let r = a.open.min(release);
                 release -= r;
                 a.open -= r;
                 let kept = a.open;
-                self.with_level(t, &item.sku, a.loc, |l| {
+                self.with_level(t, sku, a.loc, |l| {
                     l.reserved -= r + kept;
                     l.committed += kept;
                 });
-                self.adjust_held(t, &item.sku, part.channel, -r);
+                self.adjust_held(t, sku, part.channel, -r);
             }
-            item.allocs.retain(|a| a.open > 0);
-            item.quantity = keep_units;
-            self.refresh(t, &item.sku);
+            allocs.retain(|a| a.open > 0);
+            *quantity = keep_units;
+            self.refresh(t, sku);
         }
         part.granted = keep.clone();
         part.lifecycle = Lifecycle::Committed;
@@ -1300,7 +1317,7 @@ impl ShardState {
         let mut changes = Vec::new();
         for item in part.items.iter_mut() {
             for a in &item.allocs {
-                changes.push((item.sku.clone(), a.loc, a.open));
+                changes.push((item.sku(&part.lines).clone(), a.loc, a.open));
             }
             if to == Lifecycle::Cancelled {
                 item.backordered = 0;
@@ -1433,7 +1450,7 @@ impl ShardState {
             .items
             .iter_mut()
             .enumerate()
-            .filter(|(_, i)| &i.sku == sku)
+            .filter(|(_, i)| i.sku(&part.lines) == sku)
         {
             let mut took = 0;
             for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
@@ -1544,7 +1561,8 @@ impl ShardState {
             .get_mut(&id)
             .expect("decided on an existing part");
         let mut left = quantity;
-        for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+        let lines = &part.lines;
+        for item in part.items.iter_mut().filter(|i| i.sku(lines) == sku) {
             for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
                 let r = left.min(a.shipped - a.returned);
                 a.returned += r;
@@ -1642,7 +1660,8 @@ impl ShardState {
 /// as shipped units when `ship`. Returns the units taken.
 fn take_open(part: &mut Part, sku: &Sku, loc: LocIdx, q: i64, ship: bool) -> i64 {
     let mut left = q;
-    for item in part.items.iter_mut().filter(|i| &i.sku == sku) {
+    let lines = &part.lines;
+    for item in part.items.iter_mut().filter(|i| i.sku(lines) == sku) {
         for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
             let take = left.min(a.open);
             a.open -= take;
@@ -2066,7 +2085,7 @@ pub fn reservation_view(
                 v.components = its
                     .iter()
                     .map(|it| ItemView {
-                        sku: it.sku.clone(),
+                        sku: it.sku(&head.lines).clone(),
                         quantity: it.quantity,
                         allocations: allocs(it),
                         backordered: it.backordered,

@@ -6,7 +6,7 @@ use crate::ats::{self, Level};
 use crate::command::Bucket;
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
-use crate::job::{Granted, LineHeaders, PartPrep};
+use crate::job::{Granted, LineHeader, LineHeaders, PartPrep};
 use crate::timers::Timers;
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
@@ -211,15 +211,25 @@ pub struct Alloc {
     pub returned: i64,
 }
 
+/// What a bundle component's item has of its own: its SKU and its units per unit of the line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Component {
+    pub sku: Sku,
+    pub per_unit: i64,
+}
+
 /// An item of a reservation whose SKU this shard owns.
+///
+/// An item of a plain line is the line's SKU, one unit per unit of the line: it stores
+/// neither (the line's header has them), so the usual hold carries its SKU's name once. Only a
+/// bundle component's item has a [`Component`], boxed: a pointer, absent for plain lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartItem {
     pub item: u16,
     pub line: u16,
     pub slot: u16,
-    pub sku: Sku,
-    /// Units of this SKU per unit of the line.
-    pub per_unit: i64,
+    /// `Some` exactly when the item's line is a bundle.
+    pub component: Option<Box<Component>>,
     /// Units granted.
     pub quantity: i64,
     /// Most items are served from one location: kept inline.
@@ -244,6 +254,20 @@ pub struct Part {
     pub granted: Granted,
     /// Most parts hold one item (a single-line reservation, or one line per shard): inline.
     pub items: SmallVec<[PartItem; 1]>,
+}
+
+impl PartItem {
+    /// The item's SKU: its component's, or the SKU of its line in `lines` (the part's).
+    pub fn sku<'a>(&'a self, lines: &'a [LineHeader]) -> &'a Sku {
+        match &self.component {
+            Some(c) => &c.sku,
+            None => &lines[usize::from(self.line)].sku,
+        }
+    }
+    /// Units of the item's SKU per unit of its line.
+    pub fn per_unit(&self) -> i64 {
+        self.component.as_ref().map_or(1, |c| c.per_unit)
+    }
 }
 
 impl Part {
@@ -806,7 +830,9 @@ impl ShardState {
                 }
                 for item in &p.items {
                     let open: i64 = item.allocs.iter().map(|a| a.open).sum();
-                    *held.entry((item.sku.as_str(), p.channel)).or_default() += open;
+                    *held
+                        .entry((item.sku(&p.lines).as_str(), p.channel))
+                        .or_default() += open;
                 }
             }
         }
@@ -933,6 +959,40 @@ mod tests {
             granted: Granted::default(),
             items: SmallVec::new(),
         }
+    }
+
+    /// Every hold is a part in the slab: its size is the memory (and the fresh pages) each
+    /// reservation costs. A plain item keeps no SKU of its own; a component's is boxed.
+    #[test]
+    fn a_part_stays_small() {
+        assert!(size_of::<Part>() <= 168, "{}", size_of::<Part>());
+        assert!(size_of::<PartItem>() <= 72, "{}", size_of::<PartItem>());
+    }
+
+    /// A plain line's item is its line's SKU, one unit per unit; a component names its own.
+    #[test]
+    fn an_item_finds_its_sku() {
+        let p = part(1);
+        let plain = PartItem {
+            item: 0,
+            line: 0,
+            slot: 0,
+            component: None,
+            quantity: 1,
+            allocs: SmallVec::new(),
+            backordered: 0,
+        };
+        assert_eq!(plain.sku(&p.lines).as_str(), "MUG");
+        assert_eq!(plain.per_unit(), 1);
+        let component = PartItem {
+            component: Some(Box::new(Component {
+                sku: Sku::new("SAUCER").expect("valid"),
+                per_unit: 2,
+            })),
+            ..plain
+        };
+        assert_eq!(component.sku(&p.lines).as_str(), "SAUCER");
+        assert_eq!(component.per_unit(), 2);
     }
 
     fn contents(p: &Parts) -> Vec<(u64, TimeMs)> {

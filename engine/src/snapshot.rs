@@ -416,7 +416,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
     parts.sort_by_key(|(id, _)| *id);
     let mut reservations: Vec<ReservationImage> = Vec::new();
     for (id, p) in parts {
-        let items = p.items.iter().map(item_image);
+        let items = p.items.iter().map(|i| item_image(i, &p.lines));
         match reservations.last_mut() {
             Some(r) if r.id == id => r.items.extend(items),
             _ => reservations.push(ReservationImage {
@@ -470,13 +470,13 @@ fn level_image(l: &crate::ats::Level) -> LevelImage {
     }
 }
 
-fn item_image(i: &PartItem) -> ItemImage {
+fn item_image(i: &PartItem, lines: &[LineHeader]) -> ItemImage {
     ItemImage {
         item: i.item,
         line: i.line,
         slot: i.slot,
-        sku: i.sku.as_str().to_owned(),
-        per_unit: i.per_unit,
+        sku: i.sku(lines).as_str().to_owned(),
+        per_unit: i.per_unit(),
         quantity: i.quantity,
         allocs: i
             .allocs
@@ -834,12 +834,26 @@ fn load_reservation(
                 cfg.locations.len()
             )));
         }
+        // A plain line's item is the line's SKU, one unit per unit: the part stores neither.
+        let line = &lines[usize::from(i.line)];
+        let component = if line.is_bundle {
+            Some(Box::new(crate::shard::Component {
+                sku: sku(&i.sku)?,
+                per_unit: i.per_unit,
+            }))
+        } else if line.sku.as_str() != i.sku.as_str() || i.per_unit != 1 {
+            return Err(bad(format!(
+                "an item of plain line {} names {} x {:?} (the line is {:?})",
+                i.line, i.per_unit, i.sku, line.sku
+            )));
+        } else {
+            None
+        };
         let item = PartItem {
             item: i.item,
             line: i.line,
             slot: i.slot,
-            sku: sku(&i.sku)?,
-            per_unit: i.per_unit,
+            component,
             quantity: i.quantity,
             allocs: i
                 .allocs

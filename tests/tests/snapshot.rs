@@ -414,6 +414,20 @@ fn images_with_quantities_out_of_range_are_refused() {
     let _ = m.digest();
 }
 
+/// A reservation and an item of it on a plain (not bundle) line.
+fn plain_item(i: &depot_engine::snapshot::Image) -> (usize, usize) {
+    i.reservations
+        .iter()
+        .enumerate()
+        .find_map(|(r, res)| {
+            res.items
+                .iter()
+                .position(|it| !res.lines[usize::from(it.line)].is_bundle)
+                .map(|it| (r, it))
+        })
+        .expect("the busy machine has plain lines")
+}
+
 #[test]
 fn images_naming_locations_or_lines_that_do_not_exist_are_refused() {
     let good = busy_machine().image();
@@ -436,6 +450,22 @@ fn images_naming_locations_or_lines_that_do_not_exist_are_refused() {
                 i.reservations[0].items[0].line = lines;
             }),
             "line",
+        ),
+        // A plain line's item is the line's SKU, one unit per unit: the part does not store
+        // them, so an image that says otherwise is refused rather than silently changed.
+        (
+            Box::new(|i| {
+                let (r, it) = plain_item(i);
+                i.reservations[r].items[it].sku = "NOT-THE-LINE".into();
+            }),
+            "plain line",
+        ),
+        (
+            Box::new(|i| {
+                let (r, it) = plain_item(i);
+                i.reservations[r].items[it].per_unit = 2;
+            }),
+            "plain line",
         ),
     ];
     for (n, (edit, what)) in edits.iter().enumerate() {

@@ -166,8 +166,8 @@ impl<'a> StateImage<'a> {
             },
             items: ListOf {
                 len: items.len(),
-                ctx: items,
-                item: |items, i| ItemRef::of(items[i]),
+                ctx: (items, &p.lines[..]),
+                item: |(items, lines), i| ItemRef::of(items[i], lines),
             },
         }
     }
@@ -514,7 +514,7 @@ impl<'a> SkuRef<'a> {
         Map<Str>: ArchiveWith<Option<&'a str>, Archived = rkyv::option::ArchivedOption<ArchivedString>>,
         ListOf<&'a [LineHeader], LineRef<'a>>: Archive<Archived = ArchivedVec<ArchivedLineImage>>,
         ListOf<&'a Part, i64>: Archive<Archived = ArchivedVec<rkyv::Archived<i64>>>,
-        ListOf<SmallVec<[&'a PartItem; 4]>, ItemRef<'a>>: Archive<Archived = ArchivedVec<ArchivedItemImage>>
+        ListOf<(SmallVec<[&'a PartItem; 4]>, &'a [LineHeader]), ItemRef<'a>>: Archive<Archived = ArchivedVec<ArchivedItemImage>>
     )
 )]
 struct ReservationRef<'a> {
@@ -529,7 +529,7 @@ struct ReservationRef<'a> {
     order_ref: Option<&'a str>,
     lines: ListOf<&'a [LineHeader], LineRef<'a>>,
     granted: ListOf<&'a Part, i64>,
-    items: ListOf<SmallVec<[&'a PartItem; 4]>, ItemRef<'a>>,
+    items: ListOf<(SmallVec<[&'a PartItem; 4]>, &'a [LineHeader]), ItemRef<'a>>,
 }
 
 #[derive(Archive, Serialize)]
@@ -577,13 +577,13 @@ struct ItemRef<'a> {
 }
 
 impl<'a> ItemRef<'a> {
-    fn of(i: &'a PartItem) -> Self {
+    fn of(i: &'a PartItem, lines: &'a [LineHeader]) -> Self {
         ItemRef {
             item: i.item,
             line: i.line,
             slot: i.slot,
-            sku: i.sku.as_str(),
-            per_unit: i.per_unit,
+            sku: i.sku(lines).as_str(),
+            per_unit: i.per_unit(),
             quantity: i.quantity,
             allocs: ListOf::new(&i.allocs[..], |a, j| {
                 let a = &a[j];
