@@ -399,7 +399,7 @@ fn decide_items(
             .filter(|&li| bad(li))
             .map(|li| Shortage {
                 sku: lines[li].sku.clone(),
-                requested: lines[li].requested,
+                requested: lines[li].requested(),
                 available_to_sell: line_ats(li),
             })
             .collect()
@@ -412,7 +412,7 @@ fn decide_items(
             for (i, it) in items.iter().enumerate() {
                 // Saturating: 100 lines of 10^12 bundles of 10^6 units each overflow i64.
                 let d = demand.get_mut(&key[i]);
-                *d = d.saturating_add(it.per_unit * lines[it.line as usize].requested);
+                *d = d.saturating_add(it.per_unit * lines[it.line as usize].requested());
             }
             let short: smallvec::SmallVec<[u32; 4]> = demand
                 .entries
@@ -431,7 +431,7 @@ fn decide_items(
                     shortages: shortages(&bad),
                 });
             }
-            lines.iter().map(|l| l.requested).collect()
+            lines.iter().map(|l| l.requested()).collect()
         }
         FillPolicy::Partial => {
             let mut left = ats_by_sku.clone();
@@ -447,7 +447,7 @@ fn decide_items(
                     .map(|(i, it)| *left.get(&key[i]) / it.per_unit)
                     .min()
                     .unwrap_or(0)
-                    .clamp(0, line.requested);
+                    .clamp(0, line.requested());
                 for (i, it) in its() {
                     *left.get_mut(&key[i]) -= fit * it.per_unit;
                 }
@@ -568,20 +568,20 @@ fn decide_one_item(
         Decision::Refuse(Refusal::InsufficientStock {
             shortages: smallvec::smallvec![Shortage {
                 sku: line.sku.clone(),
-                requested: line.requested,
+                requested: line.requested(),
                 available_to_sell: prep.ats / item.per_unit,
             }],
         })
     };
     let granted = match fill {
         FillPolicy::AllOrNothing | FillPolicy::Split { .. } => {
-            if item.per_unit * line.requested > prep.ats {
+            if item.per_unit * line.requested() > prep.ats {
                 return refuse();
             }
-            line.requested
+            line.requested()
         }
         FillPolicy::Partial => {
-            let fit = (prep.ats / item.per_unit).clamp(0, line.requested);
+            let fit = (prep.ats / item.per_unit).clamp(0, line.requested());
             if fit == 0 {
                 return refuse();
             }
@@ -1231,7 +1231,7 @@ impl ShardState {
                 item: plan.item as u16,
                 line: it.line,
                 slot: it.slot,
-                component: lines[usize::from(it.line)].is_bundle.then(|| {
+                component: lines[usize::from(it.line)].is_bundle().then(|| {
                     Box::new(Component {
                         sku: it.sku.clone(),
                         per_unit: it.per_unit,
@@ -2005,8 +2005,8 @@ fn held_view(
             let mut v = LineView {
                 sku: l.sku.clone(),
                 quantity: granted,
-                requested: if granted != l.requested {
-                    l.requested
+                requested: if granted != l.requested() {
+                    l.requested()
                 } else {
                     0
                 },
@@ -2015,7 +2015,7 @@ fn held_view(
                 backordered: 0,
             };
             let mut its = plans.iter().filter(|p| items[p.item].line as usize == li);
-            if l.is_bundle {
+            if l.is_bundle() {
                 v.components = its
                     .map(|p| ItemView {
                         sku: items[p.item].sku.clone(),
@@ -2072,8 +2072,8 @@ pub fn reservation_view(
             let mut v = LineView {
                 sku: l.sku.clone(),
                 quantity: granted,
-                requested: if granted != l.requested {
-                    l.requested
+                requested: if granted != l.requested() {
+                    l.requested()
                 } else {
                     0
                 },
@@ -2081,7 +2081,7 @@ pub fn reservation_view(
                 components: Vec::new(),
                 backordered: 0,
             };
-            if l.is_bundle {
+            if l.is_bundle() {
                 v.components = its
                     .iter()
                     .map(|it| ItemView {
@@ -2232,7 +2232,7 @@ mod tests {
                 key_id: Default::default(),
                 kind: JobKind::Reserve {
                     channel: 0,
-                    lines: LineHeaders::One([LineHeader { sku: sku.clone(), requested, is_bundle }]),
+                    lines: LineHeaders::One([LineHeader::new(sku.clone(), requested, is_bundle)]),
                     items: smallvec::smallvec![ItemReq {
                         line: 0,
                         slot: 0,

@@ -956,10 +956,8 @@ impl Front {
             }
             bundles |= cfg.is_bundle(&l.sku);
         }
-        let headers = LineHeaders::from_fn(lines, |l| LineHeader {
-            sku: l.sku.clone(),
-            requested: l.quantity,
-            is_bundle: bundles && cfg.is_bundle(&l.sku),
+        let headers = LineHeaders::from_fn(lines, |l| {
+            LineHeader::new(l.sku.clone(), l.quantity, bundles && cfg.is_bundle(&l.sku))
         });
         if !bundles {
             // One item per line.

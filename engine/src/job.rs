@@ -15,12 +15,46 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// A line of a reservation as recorded: the requested SKU (maybe a bundle) and its units.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The units requested and whether the SKU is a bundle share one word (the units shifted left
+/// by one, the flag in the low bit): every part keeps its lines inline, so the flag's own 8
+/// bytes (with padding) were 8 bytes per hold. Units are at most `QUANTITY_MAX` (10^12), far
+/// inside the 63 bits left.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LineHeader {
     pub sku: Sku,
+    units: i64,
+}
+
+impl LineHeader {
+    pub fn new(sku: Sku, requested: i64, is_bundle: bool) -> LineHeader {
+        debug_assert!(
+            requested.unsigned_abs() < 1 << 62,
+            "{requested} units do not fit"
+        );
+        LineHeader {
+            sku,
+            units: (requested << 1) | i64::from(is_bundle),
+        }
+    }
     /// Units requested.
-    pub requested: i64,
-    pub is_bundle: bool,
+    pub fn requested(&self) -> i64 {
+        self.units >> 1
+    }
+    pub fn is_bundle(&self) -> bool {
+        self.units & 1 == 1
+    }
+}
+
+/// Printed as the struct of three fields it was (the state digest prints it).
+impl std::fmt::Debug for LineHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineHeader")
+            .field("sku", &self.sku)
+            .field("requested", &self.requested())
+            .field("is_bundle", &self.is_bundle())
+            .finish()
+    }
 }
 
 /// The lines of a reservation, shared by its job and every part of it: the usual single line
@@ -88,21 +122,21 @@ impl Granted {
     /// The grant of `units` per line of `lines`.
     pub fn new(lines: &[LineHeader], units: &[i64]) -> Granted {
         debug_assert_eq!(lines.len(), units.len());
-        let full = lines.iter().zip(units).all(|(l, &u)| l.requested == u);
+        let full = lines.iter().zip(units).all(|(l, &u)| l.requested() == u);
         Granted((!full).then(|| Arc::new(units.to_vec())))
     }
     /// Units granted on line `li` of `lines`.
     pub fn get(&self, lines: &[LineHeader], li: usize) -> i64 {
         match &self.0 {
             Some(units) => units[li],
-            None => lines[li].requested,
+            None => lines[li].requested(),
         }
     }
     /// Units granted per line of `lines`.
     pub fn units(&self, lines: &[LineHeader]) -> SmallVec<[i64; 4]> {
         match &self.0 {
             Some(units) => SmallVec::from_slice(units),
-            None => lines.iter().map(|l| l.requested).collect(),
+            None => lines.iter().map(|l| l.requested()).collect(),
         }
     }
 }
@@ -389,6 +423,27 @@ pub fn loc_id(cfg: &TenantConfig, loc: LocIdx) -> LocationId {
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
+
+    /// A header's units and bundle flag share a word: every value a line may have comes back
+    /// as it went in, and the header prints as the three fields the state digest always read.
+    #[test]
+    fn a_line_header_keeps_its_units_and_flag() {
+        use super::LineHeader;
+        use crate::limits::QUANTITY_MAX;
+        let sku = crate::ids::Sku::new("MUG").expect("valid");
+        for requested in [0, 1, 2, 3, 1_000_000, QUANTITY_MAX - 1, QUANTITY_MAX] {
+            for is_bundle in [false, true] {
+                let h = LineHeader::new(sku.clone(), requested, is_bundle);
+                assert_eq!((h.requested(), h.is_bundle()), (requested, is_bundle));
+            }
+        }
+        let h = LineHeader::new(sku, 5, true);
+        assert_eq!(
+            format!("{h:?}"),
+            r#"LineHeader { sku: "MUG", requested: 5, is_bundle: true }"#
+        );
+        assert!(size_of::<LineHeader>() <= 32, "{}", size_of::<LineHeader>());
+    }
 
     /// Every part's answer and every event is moved a few times on its way out: their large,
     /// rare variants stay boxed so that the common ones are not copied at the size of the

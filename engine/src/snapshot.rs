@@ -433,8 +433,8 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                     .iter()
                     .map(|l| LineImage {
                         sku: l.sku.as_str().to_owned(),
-                        requested: l.requested,
-                        is_bundle: l.is_bundle,
+                        requested: l.requested(),
+                        is_bundle: l.is_bundle(),
                     })
                     .collect(),
                 granted: p.granted.units(&p.lines).to_vec(),
@@ -777,19 +777,7 @@ fn load_reservation(
         return Err(bad(format!("names channel {}", r.channel)));
     }
     let sku = |s: &str| Sku::new(s).map_err(|e| bad(format!("SKU id: {e}")));
-    let lines: LineHeaders = r
-        .lines
-        .iter()
-        .map(|l| {
-            Ok(LineHeader {
-                sku: sku(&l.sku)?,
-                requested: l.requested,
-                is_bundle: l.is_bundle,
-            })
-        })
-        .collect::<Result<Vec<_>, ImageError>>()?
-        .into();
-    if r.granted.len() != lines.len() {
+    if r.granted.len() != r.lines.len() {
         return Err(bad("granted does not match the lines".into()));
     }
     let per_line = r
@@ -801,6 +789,13 @@ fn load_reservation(
     if let Some(q) = per_line.find(|q| !(0..=QUANTITY_MAX).contains(q)) {
         return Err(bad(format!("quantity {q} is outside 0..={QUANTITY_MAX}")));
     }
+    // Made after the check: a header holds units up to 2^62.
+    let lines: LineHeaders = r
+        .lines
+        .iter()
+        .map(|l| Ok(LineHeader::new(sku(&l.sku)?, l.requested, l.is_bundle)))
+        .collect::<Result<Vec<_>, ImageError>>()?
+        .into();
     let mut item_terms = r.items.iter().flat_map(|i| {
         [i.quantity, i.backordered].into_iter().chain(
             i.allocs
@@ -836,7 +831,7 @@ fn load_reservation(
         }
         // A plain line's item is the line's SKU, one unit per unit: the part stores neither.
         let line = &lines[usize::from(i.line)];
-        let component = if line.is_bundle {
+        let component = if line.is_bundle() {
             Some(Box::new(crate::shard::Component {
                 sku: sku(&i.sku)?,
                 per_unit: i.per_unit,

@@ -550,8 +550,8 @@ impl<'a> LineRef<'a> {
     fn of(l: &'a LineHeader) -> Self {
         LineRef {
             sku: l.sku.as_str(),
-            requested: l.requested,
-            is_bundle: l.is_bundle,
+            requested: l.requested(),
+            is_bundle: l.is_bundle(),
         }
     }
 }
