@@ -12,8 +12,11 @@ pub struct Timers {
 }
 
 impl Timers {
-    /// A new latest bucket starts with the length of the one before it as its capacity, so a
-    /// steady stream of holds does not regrow every second's bucket from empty.
+    /// A new latest bucket starts with the length of the one before it as its capacity (up to
+    /// 2^20 entries, 8 MiB), so a steady stream of holds does not regrow every second's bucket
+    /// from empty: at a million holds a second per shard, a bucket that started at 2^16 was
+    /// copied four times into fresh pages as it grew. Capacity not yet written is address
+    /// space, not memory.
     pub fn insert(&mut self, at: TimeMs, id: ReservationId) {
         let key = at / 1000;
         self.len += 1;
@@ -24,7 +27,7 @@ impl Timers {
             }
         }
         let hint = match self.buckets.last_key_value() {
-            Some((&last, v)) if key > last => v.len().min(1 << 16),
+            Some((&last, v)) if key > last => v.len().min(1 << 20),
             _ => 0,
         };
         let bucket = self
