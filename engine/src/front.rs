@@ -1221,19 +1221,23 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut x: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        }
+    }
+
     /// The chunked deque behaves as a `VecDeque` across chunk boundaries: pushes, pops,
     /// writes by index, growth by `resize`, and emptying and filling again.
     #[test]
     fn the_chunked_deque_behaves_as_a_vecdeque() {
         let mut d = ChunkDeque::default();
         let mut model: VecDeque<u64> = VecDeque::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for step in 0..60_000u64 {
             match next(20) {
                 0..=9 => {
@@ -1276,13 +1280,7 @@ mod tests {
     fn routes_behave_as_a_map() {
         let mut r = Routes::with_window(16);
         let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut id = 1u64;
         for step in 0..20_000 {
             match next(10) {
