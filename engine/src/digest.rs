@@ -68,7 +68,7 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
                 p.granted.units(&p.lines)
             );
             let entry = parts
-                .entry(*id)
+                .entry(id)
                 .or_insert_with(|| (header.clone(), Vec::new()));
             if entry.0 != header {
                 // Parts that disagree are a broken state: the digest must not match any

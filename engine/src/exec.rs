@@ -1158,7 +1158,7 @@ impl ShardState {
                     i.sku(&p.lines) == sku && i.allocs.iter().any(|a| a.loc == loc && a.open > 0)
                 })
             })
-            .map(|(id, p)| (cfg.channels[p.channel as usize].priority, *id))
+            .map(|(id, p)| (cfg.channels[p.channel as usize].priority, id))
             .collect();
         match cfg.rules.oversell_policy {
             OversellPolicy::NewestFirst => victims.sort_by_key(|&(_, id)| std::cmp::Reverse(id)),

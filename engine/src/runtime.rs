@@ -519,7 +519,7 @@ impl Engine {
             for (i, s) in shards.iter().enumerate() {
                 for (id, part) in s.parts.iter() {
                     // A reservation spanning shards is counted by the first of them.
-                    if front.route_of(*id).trailing_zeros() as usize != i {
+                    if front.route_of(id).trailing_zeros() as usize != i {
                         continue;
                     }
                     match part.lifecycle {

@@ -354,6 +354,20 @@ impl IdIndex {
         ((c as usize) < self.chunks.len()).then_some((c as usize, (id % ID_CHUNK as u64) as usize))
     }
 
+    /// Every id with its slot: the dense part in increasing id order, then the map's.
+    fn iter(&self) -> impl Iterator<Item = (ReservationId, u32)> + '_ {
+        let dense = self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+            let base = (self.first + c as u64) * ID_CHUNK as u64;
+            chunk.iter().flat_map(move |ch| {
+                ch.iter()
+                    .enumerate()
+                    .filter(|&(_, &s)| s != NO_SLOT)
+                    .map(move |(i, &s)| (ReservationId(base + i as u64), s))
+            })
+        });
+        dense.chain(self.sparse.iter().map(|(&id, &s)| (ReservationId(id), s)))
+    }
+
     fn get(&self, id: &ReservationId) -> Option<u32> {
         match self.dense_at(id.0) {
             Some((c, i)) => self.chunks[c]
@@ -449,8 +463,9 @@ impl IdIndex {
 
 /// The reservation parts of one shard: a slab of parts in fixed-size chunks (no part is ever
 /// moved by growth) and an id -> slot index ([`IdIndex`]) whose entries are 16 bytes, so a
-/// resize of the index moves little. Lookups behave as a map keyed by reservation id; iteration
-/// order is that of the slots and must not be relied on (callers sort).
+/// resize of the index moves little. Lookups behave as a map keyed by reservation id. A slot
+/// holds only its part (its id is in the index; iteration goes through the index), so a free
+/// slot is `None` in the part's own niche. Iteration order must not be relied on (callers sort).
 #[derive(Clone, Debug)]
 pub struct Parts {
     index: IdIndex,
@@ -461,7 +476,7 @@ pub struct Parts {
     free: Vec<u32>,
 }
 
-type Chunk = Vec<Option<(ReservationId, Part)>>;
+type Chunk = Vec<Option<Part>>;
 
 /// Chunk `c` for writing: copied first (with room for `cap` entries) if a snapshot's copy
 /// still shares it.
@@ -490,11 +505,11 @@ impl Default for Parts {
 }
 
 impl Parts {
-    fn slot(&self, i: u32) -> &Option<(ReservationId, Part)> {
+    fn slot(&self, i: u32) -> &Option<Part> {
         let i = i as usize;
         &self.chunks[i / PART_CHUNK][i % PART_CHUNK]
     }
-    fn slot_mut(&mut self, i: u32) -> &mut Option<(ReservationId, Part)> {
+    fn slot_mut(&mut self, i: u32) -> &mut Option<Part> {
         let i = i as usize;
         &mut chunk_mut(&mut self.chunks, i / PART_CHUNK)[i % PART_CHUNK]
     }
@@ -506,11 +521,11 @@ impl Parts {
     }
     pub fn get(&self, id: &ReservationId) -> Option<&Part> {
         let i = self.index.get(id)?;
-        self.slot(i).as_ref().map(|(_, p)| p)
+        self.slot(i).as_ref()
     }
     pub fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Part> {
         let i = self.index.get(id)?;
-        self.slot_mut(i).as_mut().map(|(_, p)| p)
+        self.slot_mut(i).as_mut()
     }
     pub fn contains_key(&self, id: &ReservationId) -> bool {
         self.index.get(id).is_some()
@@ -518,14 +533,14 @@ impl Parts {
     /// Inserts or replaces the part of `id`.
     pub fn insert(&mut self, id: ReservationId, part: Part) {
         if let Some(i) = self.index.get(&id) {
-            *self.slot_mut(i) = Some((id, part));
+            *self.slot_mut(i) = Some(part);
             return;
         }
         // The part is moved once, into its slot.
         let i = match self.free.pop() {
             Some(i) => {
                 let s = i as usize;
-                chunk_mut(&mut self.chunks, s / PART_CHUNK)[s % PART_CHUNK] = Some((id, part));
+                chunk_mut(&mut self.chunks, s / PART_CHUNK)[s % PART_CHUNK] = Some(part);
                 i
             }
             None => {
@@ -535,7 +550,7 @@ impl Parts {
                 }
                 let last = self.chunks.len() - 1;
                 let chunk = chunk_mut(&mut self.chunks, last);
-                chunk.push(Some((id, part)));
+                chunk.push(Some(part));
                 (last * PART_CHUNK + chunk.len() - 1) as u32
             }
         };
@@ -544,20 +559,22 @@ impl Parts {
     pub fn remove(&mut self, id: &ReservationId) -> Option<Part> {
         let i = self.index.remove(id)?;
         self.free.push(i);
-        self.slot_mut(i).take().map(|(_, p)| p)
+        self.slot_mut(i).take()
     }
-    /// Every part with its id, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = (&ReservationId, &Part)> {
-        self.chunks
-            .iter()
-            .flat_map(|c| c.iter())
-            .filter_map(|s| s.as_ref().map(|(id, p)| (id, p)))
+    /// Every part with its id, through the index (a slot does not keep its id: 8 bytes per
+    /// hold); the dense ids in increasing order, then the map's in any order.
+    pub fn iter(&self) -> impl Iterator<Item = (ReservationId, &Part)> {
+        self.index.iter().filter_map(|(id, i)| {
+            let part = self.slot(i).as_ref();
+            debug_assert!(part.is_some(), "the index names a live slot");
+            part.map(|p| (id, p))
+        })
     }
 }
 
 impl<'a> IntoIterator for &'a Parts {
-    type Item = (&'a ReservationId, &'a Part);
-    type IntoIter = Box<dyn Iterator<Item = (&'a ReservationId, &'a Part)> + 'a>;
+    type Item = (ReservationId, &'a Part);
+    type IntoIter = Box<dyn Iterator<Item = (ReservationId, &'a Part)> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
     }
@@ -962,6 +979,8 @@ mod tests {
     #[test]
     fn a_part_stays_small() {
         assert!(size_of::<Part>() <= 160, "{}", size_of::<Part>());
+        // A free slot is `None` in the part's own niche: no tag, no id.
+        assert_eq!(size_of::<Option<Part>>(), size_of::<Part>());
         assert!(size_of::<PartItem>() <= 72, "{}", size_of::<PartItem>());
     }
 
