@@ -5,6 +5,7 @@
 //! request is admitted, never when a result comes back, so the same requests in the same order
 //! are admitted the same way however the shards are scheduled.
 
+use crate::chunked::ChunkDeque;
 use crate::command::{Command, FillPolicy, Request};
 use crate::config::{Channel, Location, TenantConfig, TenantEntry};
 use crate::idem::IdemStore;
@@ -16,7 +17,7 @@ use crate::outcome::{Event, EventKind, Outcome, Refusal, Response};
 use crate::rules::{self, RuleDocument};
 use crate::shard::shard_of;
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The tenant name used for engine-wide commands such as [`Command::Tick`].
@@ -67,90 +68,12 @@ pub struct Routes {
     /// Sequence numbers the deque spans before old entries may move to the map.
     window: usize,
     base: u64,
-    dense: ChunkDeque,
+    /// In chunks: a `VecDeque` doubled, and at ten million live reservations one doubling
+    /// copied 80 MB into fresh pages on the sequencer's thread while every write waited.
+    dense: ChunkDeque<u64>,
     /// Non-zero entries of `dense`.
     live: usize,
     sparse: FxHashMap<ReservationId, u64>,
-}
-
-/// Entries per chunk of a [`ChunkDeque`] (32 KiB).
-const ROUTE_CHUNK: usize = 4096;
-
-/// A deque of routes in fixed-size chunks: growing it allocates one more chunk and never moves
-/// what is there. (A `VecDeque` doubles: with ten million live reservations that was one 80 MB
-/// copy into 160 MB of fresh pages, on the sequencer's thread, while every write waited.)
-#[derive(Clone, Debug, Default)]
-struct ChunkDeque {
-    chunks: VecDeque<Box<[u64]>>,
-    /// Position of the first entry in `chunks[0]`.
-    head: usize,
-    len: usize,
-}
-
-impl ChunkDeque {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    fn at(&self, i: usize) -> (usize, usize) {
-        let j = self.head + i;
-        (j / ROUTE_CHUNK, j % ROUTE_CHUNK)
-    }
-    fn push_back(&mut self, v: u64) {
-        let (c, k) = self.at(self.len);
-        if c == self.chunks.len() {
-            self.chunks
-                .push_back(vec![0; ROUTE_CHUNK].into_boxed_slice());
-        }
-        self.chunks[c][k] = v;
-        self.len += 1;
-    }
-    fn pop_front(&mut self) -> Option<u64> {
-        if self.len == 0 {
-            return None;
-        }
-        let v = self.chunks[0][self.head];
-        self.head += 1;
-        self.len -= 1;
-        if self.len == 0 {
-            // Emptied: the first chunk is kept for the next entries (each push writes its
-            // slot), so a quiet front does not allocate a chunk per reservation.
-            self.chunks.truncate(1);
-            self.head = 0;
-        } else if self.head == ROUTE_CHUNK {
-            self.chunks.pop_front();
-            self.head = 0;
-        }
-        Some(v)
-    }
-    fn front(&self) -> Option<&u64> {
-        (self.len > 0).then(|| &self[0])
-    }
-    /// Grows to `n` entries with `v`.
-    fn resize(&mut self, n: usize, v: u64) {
-        while self.len < n {
-            self.push_back(v);
-        }
-    }
-}
-
-impl std::ops::Index<usize> for ChunkDeque {
-    type Output = u64;
-    fn index(&self, i: usize) -> &u64 {
-        assert!(i < self.len, "route {i} of {}", self.len);
-        let (c, k) = self.at(i);
-        &self.chunks[c][k]
-    }
-}
-
-impl std::ops::IndexMut<usize> for ChunkDeque {
-    fn index_mut(&mut self, i: usize) -> &mut u64 {
-        assert!(i < self.len, "route {i} of {}", self.len);
-        let (c, k) = self.at(i);
-        &mut self.chunks[c][k]
-    }
 }
 
 impl Default for Routes {
@@ -543,12 +466,60 @@ impl Front {
         Ok(cfg)
     }
 
+    /// Admits a reservation, the hot path: it reads the tenant's configuration in place (the
+    /// other commands hold their own reference to it, since some of them replace it).
+    fn admit_reserve(
+        &mut self,
+        t: u32,
+        req: &Request,
+        forced: Option<Seq>,
+    ) -> Result<Job, Refusal> {
+        let Command::Reserve {
+            channel,
+            lines,
+            ttl_ms,
+            order_ref,
+            ship_to_region,
+            fill,
+        } = &req.command
+        else {
+            unreachable!("called for reservations")
+        };
+        let cfg = &self.tenants[t as usize].config;
+        let c = cfg
+            .channel_idx(channel)
+            .ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
+        let ttl = self.ttl(*ttl_ms)?;
+        self.text("order_ref", order_ref.as_deref().unwrap_or(""))?;
+        self.text("ship_to_region", ship_to_region.as_deref().unwrap_or(""))?;
+        if let FillPolicy::Split { max_locations: 0 } = fill {
+            return Err(Refusal::invalid("fill.max_locations", "must be at least 1"));
+        }
+        let (headers, items) = self.expand_lines(cfg, lines)?;
+        let mask = items.iter().fold(0u64, |m, it| m | 1u64 << it.shard);
+        let kind = JobKind::Reserve {
+            channel: c,
+            lines: headers,
+            items,
+            expires_at: self.now.saturating_add(ttl),
+            order_ref: order_ref.clone().map(Box::new),
+            ship_to_region: ship_to_region.clone().map(Box::new),
+            fill: *fill,
+        };
+        let job = self.job(t, req.tenant.clone(), req, kind, mask, forced);
+        self.routes.insert(ReservationId(job.seq), mask);
+        Ok(job)
+    }
+
     fn admit_command(
         &mut self,
         t: u32,
         req: &Request,
         forced: Option<Seq>,
     ) -> Result<Job, Refusal> {
+        if let Command::Reserve { .. } = req.command {
+            return self.admit_reserve(t, req, forced);
+        }
         let cfg = self.tenants[t as usize].config.clone();
         let tid = req.tenant.clone();
         let all = self.all_shards();
@@ -805,38 +776,7 @@ impl Front {
                 };
                 (kind, one(self, sku))
             }
-            Command::Reserve {
-                channel,
-                lines,
-                ttl_ms,
-                order_ref,
-                ship_to_region,
-                fill,
-            } => {
-                let c = cfg
-                    .channel_idx(channel)
-                    .ok_or_else(|| Refusal::not_found(format!("channel {channel}")))?;
-                let ttl = self.ttl(*ttl_ms)?;
-                self.text("order_ref", order_ref.as_deref().unwrap_or(""))?;
-                self.text("ship_to_region", ship_to_region.as_deref().unwrap_or(""))?;
-                if let FillPolicy::Split { max_locations: 0 } = fill {
-                    return Err(Refusal::invalid("fill.max_locations", "must be at least 1"));
-                }
-                let (headers, items) = self.expand_lines(&cfg, lines)?;
-                let mask = items.iter().fold(0u64, |m, it| m | 1u64 << it.shard);
-                let kind = JobKind::Reserve {
-                    channel: c,
-                    lines: headers,
-                    items,
-                    expires_at: self.now.saturating_add(ttl),
-                    order_ref: order_ref.clone().map(Box::new),
-                    ship_to_region: ship_to_region.clone().map(Box::new),
-                    fill: *fill,
-                };
-                let job = self.job(t, tid, req, kind, mask, forced);
-                self.routes.insert(ReservationId(job.seq), mask);
-                return Ok(job);
-            }
+            Command::Reserve { .. } => unreachable!("admitted by admit_reserve"),
             Command::Extend { id, ttl_ms } => {
                 let ttl = self.ttl(Some(*ttl_ms))?;
                 (
@@ -1229,49 +1169,6 @@ mod tests {
             x ^= x << 17;
             x % n
         }
-    }
-
-    /// The chunked deque behaves as a `VecDeque` across chunk boundaries: pushes, pops,
-    /// writes by index, growth by `resize`, and emptying and filling again.
-    #[test]
-    fn the_chunked_deque_behaves_as_a_vecdeque() {
-        let mut d = ChunkDeque::default();
-        let mut model: VecDeque<u64> = VecDeque::new();
-        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
-        for step in 0..60_000u64 {
-            match next(20) {
-                0..=9 => {
-                    d.push_back(step);
-                    model.push_back(step);
-                }
-                10..=15 => assert_eq!(d.pop_front(), model.pop_front()),
-                16 if !model.is_empty() => {
-                    let i = next(model.len() as u64) as usize;
-                    d[i] = step;
-                    model[i] = step;
-                }
-                17 => {
-                    let n = model.len() + next(ROUTE_CHUNK as u64 / 2) as usize;
-                    d.resize(n, 7);
-                    model.resize(n, 7);
-                }
-                _ => {}
-            }
-            if step % 7_919 == 0 {
-                // Emptied, then filled again from the kept chunk.
-                while d.pop_front().is_some() {}
-                model.clear();
-                assert!(d.is_empty() && d.chunks.len() <= 1);
-            }
-            assert_eq!(d.len(), model.len());
-            assert_eq!(d.front(), model.front());
-            if let Some(i) = model.len().checked_sub(1) {
-                assert_eq!(d[i], model[i]);
-            }
-        }
-        assert!(d.chunks.len() <= d.len() / ROUTE_CHUNK + 2);
-        let all: Vec<u64> = (0..d.len()).map(|i| d[i]).collect();
-        assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
     }
 
     /// The routes behave as a map under inserts in increasing id order, removals in any

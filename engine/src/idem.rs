@@ -18,10 +18,10 @@
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
 
+use crate::chunked::ChunkDeque;
 use crate::ids::{Seq, TimeMs};
 use crate::outcome::Response;
 use hashbrown::HashTable;
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -93,8 +93,9 @@ pub struct IdemStore {
     parts: Box<[Arc<HashTable<Slot>>]>,
     /// Keys in the order they were inserted, with their insertion time. A key inserted again
     /// (after its first entry expired) appears twice; only the entry with the same time is
-    /// removed when its turn comes.
-    order: VecDeque<(TimeMs, IdemKey)>,
+    /// removed when its turn comes. In chunks ([`ChunkDeque`]): a day of keys is millions, and
+    /// a doubling `VecDeque` copied them all at once on the front's thread.
+    order: ChunkDeque<(TimeMs, IdemKey)>,
     len: usize,
 }
 
@@ -102,7 +103,7 @@ impl Default for IdemStore {
     fn default() -> Self {
         Self {
             parts: (0..PARTS).map(|_| Arc::new(HashTable::new())).collect(),
-            order: VecDeque::new(),
+            order: ChunkDeque::default(),
             len: 0,
         }
     }
@@ -191,7 +192,7 @@ impl IdemStore {
     pub fn image_copy(&self) -> IdemStore {
         IdemStore {
             parts: self.parts.clone(),
-            order: VecDeque::new(),
+            order: ChunkDeque::default(),
             len: self.len,
         }
     }
@@ -202,7 +203,9 @@ impl IdemStore {
             self.insert(key, entry);
         }
         // Expiry walks the queue front to back: sort it by time once.
-        self.order.make_contiguous().sort();
+        let mut order: Vec<_> = std::mem::take(&mut self.order).into_iter().collect();
+        order.sort();
+        self.order = order.into_iter().collect();
     }
 
     /// The entries in a canonical order, for digests and snapshots: by the key's hash (a fixed

@@ -11,6 +11,7 @@
 //! The semantics of stock, ATS, rules and reservations are in `docs/allocation.md`.
 
 pub mod ats;
+pub mod chunked;
 pub mod command;
 pub mod config;
 pub mod digest;
