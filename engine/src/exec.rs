@@ -1282,10 +1282,7 @@ impl ShardState {
                 quantity,
                 ..
             } = item;
-            let sku = match component {
-                Some(c) => &c.sku,
-                None => &part.lines[usize::from(*line)].sku,
-            };
+            let sku = crate::shard::item_sku(component, *line, &part.lines);
             let mut release = *quantity - keep_units;
             for a in allocs.iter_mut().rev() {
                 let r = a.open.min(release);

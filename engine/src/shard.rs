@@ -256,13 +256,23 @@ pub struct Part {
     pub items: SmallVec<[PartItem; 1]>,
 }
 
+/// The SKU of an item with `component` on `line` of `lines` (the part's): the component's, or
+/// the line's. [`PartItem::sku`], for a caller that holds the item's fields apart.
+pub fn item_sku<'a>(
+    component: &'a Option<Box<Component>>,
+    line: u16,
+    lines: &'a [LineHeader],
+) -> &'a Sku {
+    match component {
+        Some(c) => &c.sku,
+        None => &lines[usize::from(line)].sku,
+    }
+}
+
 impl PartItem {
     /// The item's SKU: its component's, or the SKU of its line in `lines` (the part's).
     pub fn sku<'a>(&'a self, lines: &'a [LineHeader]) -> &'a Sku {
-        match &self.component {
-            Some(c) => &c.sku,
-            None => &lines[usize::from(self.line)].sku,
-        }
+        item_sku(&self.component, self.line, lines)
     }
     /// Units of the item's SKU per unit of its line.
     pub fn per_unit(&self) -> i64 {
