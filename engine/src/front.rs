@@ -123,15 +123,19 @@ impl Routes {
         }
         let i = i as usize;
         if i == self.dense.len() {
-            // The usual case, the next sequence number: cheaper than a resize by one.
-            self.dense.push_back(0);
-        } else if i > self.dense.len() {
-            self.dense.resize(i + 1, 0);
-        }
-        if self.dense[i] == 0 {
+            // The usual case, the next sequence number: pushed, not looked up.
+            self.dense.push_back(mask);
             self.live += 1;
+        } else {
+            if i > self.dense.len() {
+                self.dense.resize(i + 1, 0);
+            }
+            let m = &mut self.dense[i];
+            if *m == 0 {
+                self.live += 1;
+            }
+            *m = mask;
         }
-        self.dense[i] = mask;
         if self.dense.len() > self.window && self.live * 4 < self.dense.len() {
             let n = self.dense.len() - self.window / 2;
             self.spill(n);
