@@ -1389,7 +1389,8 @@ impl ShardState {
             items: part_items,
         };
         self.expiry.insert(*expires_at, id);
-        self.parts.insert(id, part);
+        // The reservation's own sequence number: no shard holds it yet.
+        self.parts.insert_new(id, part);
         // The response is built from the decision (`held_view`), not from the parts.
         PartData::None
     }

@@ -546,6 +546,12 @@ impl Parts {
             *self.slot_mut(i) = Some(part);
             return;
         }
+        self.insert_new(id, part);
+    }
+    /// [`Parts::insert`] of an id the shard does not hold (a new reservation's): not looked up
+    /// first.
+    pub fn insert_new(&mut self, id: ReservationId, part: Part) {
+        debug_assert!(!self.contains_key(&id), "{id} is already held");
         // The part is moved once, into its slot.
         let i = match self.free.pop() {
             Some(i) => {
