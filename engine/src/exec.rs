@@ -673,7 +673,7 @@ fn decide_independent(
     } else {
         BTreeMap::new()
     };
-    // Room for three inline: reserving room first costs a single item more than it saves.
+    // Three plans fit inline: a cart of up to three lines allocates none.
     let mut plans = smallvec::SmallVec::new();
     // Bit `i`: item `i` could not be allocated as decided.
     let mut bad = 0u8;
