@@ -152,13 +152,7 @@ mod tests {
     fn it_behaves_as_a_vecdeque() {
         let mut d = ChunkDeque::default();
         let mut model: VecDeque<u64> = VecDeque::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for step in 0..60_000u64 {
             match next(20) {
                 0..=9 => {

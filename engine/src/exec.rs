@@ -2271,7 +2271,6 @@ mod tests {
     use super::*;
     use crate::config::{Location, LocationKind};
     use crate::ids::{LocationId, TenantId};
-    use crate::job::LineHeaders;
     use proptest::prelude::*;
 
     const REGIONS: [Option<&str>; 3] = [None, Some("eu"), Some("us")];
@@ -2361,7 +2360,7 @@ mod tests {
                 key_id: Default::default(),
                 kind: JobKind::Reserve {
                     channel: 0,
-                    lines: LineHeaders::from_fn(&headers, LineHeader::clone),
+                    lines: headers.into(),
                     items: lines
                         .iter()
                         .enumerate()

@@ -1165,23 +1165,13 @@ mod tests {
         }
     }
 
-    /// A small deterministic generator: `next(n)` is in `0..n`.
-    fn xorshift(mut x: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        }
-    }
-
     /// The routes behave as a map under inserts in increasing id order, removals in any
     /// order, long-lived entries spilling to the map and jumps ahead.
     #[test]
     fn routes_behave_as_a_map() {
         let mut r = Routes::with_window(16);
         let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let mut id = 1u64;
         for step in 0..20_000 {
             match next(10) {

@@ -29,6 +29,20 @@ pub mod shard;
 pub mod snapshot;
 pub mod timers;
 
+/// Test helpers shared by the crate's unit tests.
+#[cfg(test)]
+mod test_rng {
+    /// A small deterministic generator (xorshift64): `next(n)` is in `0..n`.
+    pub(crate) fn xorshift(mut x: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        }
+    }
+}
+
 pub use command::{Bucket, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, Request};
 pub use config::{ChannelKind, Component, LocationKind};
 pub use ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
