@@ -29,6 +29,18 @@ pub mod shard;
 pub mod snapshot;
 pub mod timers;
 
+pub use command::{Bucket, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, Request};
+pub use config::{ChannelKind, Component, LocationKind};
+pub use ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
+pub use limits::Limits;
+pub use machine::{LogEntry, Machine};
+pub use outcome::{Event, EventKind, Lines, Outcome, Refusal, Reply, ReservationState, Response};
+pub use rules::{Rule, RuleDocument, RuleKind};
+pub use runtime::{
+    Engine, EngineConfig, Journal, JournalError, MemoryJournal, Replaying, ReservationCounts,
+    Unacked,
+};
+
 /// Test helpers shared by the crate's unit tests.
 #[cfg(test)]
 mod test_rng {
@@ -42,15 +54,3 @@ mod test_rng {
         }
     }
 }
-
-pub use command::{Bucket, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, Request};
-pub use config::{ChannelKind, Component, LocationKind};
-pub use ids::{ChannelId, LocationId, ReservationId, Seq, Sku, TenantId, TimeMs};
-pub use limits::Limits;
-pub use machine::{LogEntry, Machine};
-pub use outcome::{Event, EventKind, Lines, Outcome, Refusal, Reply, ReservationState, Response};
-pub use rules::{Rule, RuleDocument, RuleKind};
-pub use runtime::{
-    Engine, EngineConfig, Journal, JournalError, MemoryJournal, Replaying, ReservationCounts,
-    Unacked,
-};
