@@ -1,0 +1,102 @@
+//! A fixed number of W1 `/v1/batch` requests against a running `depot serve`, for counting the
+//! server's instructions per reservation over HTTP (the whole path: hyper, axum, keys, JSON,
+//! idempotency, the engine, the log, the answer). Two steps, so that the tenant's setup stays
+//! out of the count:
+//!
+//! ```sh
+//! cargo build --release -p depot-api -p depot-bench --example http_batch
+//! valgrind --tool=callgrind --collect-atstart=no target/release/depot serve \
+//!     --listen 127.0.0.1:18080 --master-key bench-master-key-0123456789abcdef \
+//!     --data-dir /tmp/depot-cg --sync always --rate-limit 100000000 --rate-burst 100000000 &
+//! KEY=$(target/release/examples/http_batch 127.0.0.1:18080 setup)
+//! callgrind_control -i on
+//! target/release/examples/http_batch 127.0.0.1:18080 run "$KEY" 200   # batches of 100
+//! callgrind_control -d
+//! ```
+//!
+//! Instructions per reservation = the dumped count / (batches x 100). Without valgrind,
+//! `run` prints reservations per second of one connection.
+
+use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn};
+use depot_bench::load::{zipf_for, LogicalClient, Reply, Wk};
+use hyper::Method;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Reservations per batch, as `http_load`'s batches.
+const PER_BATCH: usize = 100;
+
+fn usage() -> ! {
+    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES");
+    std::process::exit(2)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        usage()
+    };
+    match args.get(1).map(String::as_str) {
+        Some("setup") => match setup(addr, Wk::W1.skus(), Wk::W1.stock()).await {
+            Ok(key) => println!("{key}"),
+            Err(e) => {
+                eprintln!("setup: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("run") => {
+            let (Some(key), Some(batches)) = (
+                args.get(2),
+                args.get(3).and_then(|b| b.parse::<usize>().ok()),
+            ) else {
+                usage()
+            };
+            if let Err(e) = run(addr, key, batches).await {
+                eprintln!("run: {e}");
+                std::process::exit(1)
+            }
+        }
+        _ => usage(),
+    }
+}
+
+async fn run(addr: SocketAddr, key: &str, batches: usize) -> Result<(), String> {
+    let names = sku_names(Wk::W1.skus());
+    let zipf = zipf_for(Wk::W1);
+    let mut clients: Vec<LogicalClient> = (0..PER_BATCH as u64)
+        .map(|i| LogicalClient::new(Wk::W1, 7, i))
+        .collect();
+    // The bodies first: the client's work stays out of the server's time.
+    let bodies: Vec<String> = (0..batches)
+        .map(|_| {
+            let ops: Vec<_> = clients
+                .iter_mut()
+                .filter_map(|c| c.next_op(Wk::W1, &zipf))
+                .collect();
+            batch_body(&ops, &names)
+        })
+        .collect();
+    let mut conn = HttpConn::connect(addr, key).await?;
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for body in bodies {
+        let (status, answer) = conn
+            .send(Method::POST, "/v1/batch", None, body.into())
+            .await?;
+        if status != 200 {
+            return Err(format!("POST /v1/batch: {status}"));
+        }
+        ok += batch_replies(&answer, PER_BATCH)?
+            .iter()
+            .filter(|r| **r == Reply::Ok)
+            .count();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{ok} of {} reservations granted, {:.0} reservations/s on one connection",
+        batches * PER_BATCH,
+        (batches * PER_BATCH) as f64 / secs
+    );
+    Ok(())
+}
