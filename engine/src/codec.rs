@@ -7,8 +7,11 @@
 //! configuration commands (`create_tenant`, `put_location`, `put_channel`, `put_bundle`,
 //! `put_rules`) are stored as their JSON inside the binary body: a rule document is a tree of
 //! tagged, optional and flattened fields that gains nothing from a hand-made layout.
+//!
+//! It lives in the engine, not in the log's crate, because the engine hashes a command's layout
+//! ([`encode_command`]) for the fingerprint of an idempotency key.
 
-use depot_engine::{
+use crate::{
     Bucket, ChannelId, Command, CommitLine, FillPolicy, FulfilLine, LineRequest, LocationId,
     LogEntry, Request, ReservationId, Seq, Sku, TenantId,
 };
@@ -50,7 +53,15 @@ pub fn encode(entry: &LogEntry, out: &mut Vec<u8>) {
     w.str(r.tenant.as_str());
     w.str(&r.key_id);
     w.opt(r.idempotency_key.as_deref(), |w, k| w.str(k));
-    match &r.command {
+    encode_command(&r.command, w.0);
+}
+
+/// Appends the binary layout of `command` alone (the body after its header). It is also what
+/// an idempotency key's fingerprint hashes ([`crate::front::fingerprint`]): two commands with
+/// the same bytes are the same command, as [`decode`] reading them back proves.
+pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    match command {
         Command::Receive {
             sku,
             location,

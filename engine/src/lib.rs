@@ -12,6 +12,7 @@
 
 pub mod ats;
 pub mod chunked;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod digest;

@@ -4,7 +4,7 @@
 //! it. Nothing here uses `usize`: the layout is the same on every platform.
 
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
-use crate::front::{Front, IdemEntry, IdemKey};
+use crate::front::{Front, IdemEntry, IdemKey, UNKNOWN_FINGERPRINT};
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku, TenantId};
 use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
@@ -26,9 +26,10 @@ pub use view::{serialize_state_into, StateImage};
 /// enough that the ATS, a sum of such terms over every location, cannot overflow.
 pub const STOCK_MAX: i64 = 2 * crate::limits::LEVEL_MAX;
 
-/// Version of the image layout; bumped on any change. Version 1 (idempotent responses as JSON
-/// only) is still read: see [`from_bytes`].
-pub const IMAGE_VERSION: u32 = 2;
+/// Version of the image layout or of what it means; bumped on any change. Version 1
+/// (idempotent responses as JSON only) and version 2 (this layout, with fingerprints of the
+/// commands' JSON) are still read: see [`from_bytes`].
+pub const IMAGE_VERSION: u32 = 3;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Image {
@@ -527,17 +528,31 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
     let current = rkyv::from_bytes::<Image, rkyv::rancor::Error>(aligned);
     match current {
         Ok(image) if image.version == IMAGE_VERSION => return Ok(image),
+        Ok(image) if image.version == 2 => return Ok(forget_fingerprints(image)),
         Ok(image) if image.version != 1 => return Err(ImageError::Version(image.version)),
         _ => {}
     }
     match rkyv::from_bytes::<v1::Image, rkyv::rancor::Error>(aligned) {
-        Ok(old) if old.version == 1 => Ok(old.upgrade()),
+        Ok(old) if old.version == 1 => Ok(forget_fingerprints(old.upgrade())),
         Ok(old) => Err(ImageError::Version(old.version)),
         Err(e1) => Err(match current {
             Ok(image) => ImageError::Version(image.version),
             Err(e) => ImageError::Invalid(format!("{e} (as version 1: {e1})")),
         }),
     }
+}
+
+/// An image of version 1 or 2 in the current version. Their fingerprints hashed the commands'
+/// JSON, which this build no longer writes: each becomes [`UNKNOWN_FINGERPRINT`], and a repeat
+/// of such a key within its retention gets the first outcome without comparing bodies (a
+/// repeat with another body is answered as a replay, not refused as `idempotency_key_reused`).
+/// Keys first used after the upgrade are compared as always.
+fn forget_fingerprints(mut image: Image) -> Image {
+    image.version = IMAGE_VERSION;
+    for e in &mut image.idempotency {
+        e.fingerprint = UNKNOWN_FINGERPRINT;
+    }
+    image
 }
 
 /// Version 1 of the image: idempotent responses as JSON only. Read, never written (except by

@@ -1,6 +1,7 @@
 //! The state image: taken from a machine, archived, validated and loaded into any number of
 //! shards, it gives the same digest, and the loaded machine goes on exactly as the original.
 
+use depot_engine::front::UNKNOWN_FINGERPRINT;
 use depot_engine::snapshot::{from_bytes, load, to_bytes};
 use depot_engine::{
     ChannelId, ChannelKind, Command, CommitLine, Component, FillPolicy, FulfilLine, Limits,
@@ -265,11 +266,65 @@ fn responses_are_stored_field_by_field_and_version_1_images_still_load() {
         .iter()
         .all(|e| matches!(e.response, Some(ResponseImage::Json(_)))));
     assert_ne!(old, image);
+    // Its fingerprints hashed the commands' JSON: they are forgotten (see the next test).
+    assert!(old
+        .idempotency
+        .iter()
+        .all(|e| e.fingerprint == UNKNOWN_FINGERPRINT));
     let upgraded = load(&old, Limits::default(), 2).unwrap();
-    assert_eq!(upgraded.canonical(), m.canonical());
-    assert_eq!(upgraded.digest(), m.digest());
+    let mut forgotten = image.clone();
+    for e in &mut forgotten.idempotency {
+        e.fingerprint = UNKNOWN_FINGERPRINT;
+    }
+    let expected = load(&forgotten, Limits::default(), 3).unwrap();
+    assert_eq!(upgraded.canonical(), expected.canonical());
+    assert_eq!(upgraded.digest(), expected.digest());
     // Its next image is in the current layout again.
-    assert_eq!(upgraded.image(), image);
+    assert_eq!(upgraded.image(), forgotten);
+}
+
+/// An image of version 2 (this layout, fingerprints of the commands' JSON) loads with its
+/// keys' fingerprints unknown: a repeat of such a key gets its first outcome whatever its body,
+/// and a key first used after the upgrade is compared again.
+#[test]
+fn version_2_images_load_with_their_fingerprints_unknown() {
+    use depot_engine::snapshot::IMAGE_VERSION;
+    use depot_engine::{Outcome, Refusal};
+    let mut m = busy_machine();
+    let mut image = m.image();
+    assert!(image
+        .idempotency
+        .iter()
+        .all(|e| e.fingerprint != UNKNOWN_FINGERPRINT));
+    image.version = 2;
+    let old = from_bytes(&to_bytes(&image)).expect("a version 2 image reads");
+    assert_eq!(old.version, IMAGE_VERSION);
+    assert!(old
+        .idempotency
+        .iter()
+        .all(|e| e.fingerprint == UNKNOWN_FINGERPRINT));
+    let mut upgraded = load(&old, Limits::default(), 2).unwrap();
+    let keyed = |key: &str, command: Command| Request {
+        idempotency_key: Some(key.into()),
+        ..req(command)
+    };
+    // `pay-1` reserved one pen; asked again for two, it is the first outcome, replayed.
+    let (first, ..) = m.execute(&keyed("pay-1", reserve(&[("pen", 1)], 60_000)), 13_000);
+    let (again, ..) = upgraded.execute(&keyed("pay-1", reserve(&[("pen", 2)], 60_000)), 13_000);
+    assert!(again.replayed);
+    assert_eq!(again.outcome, first.outcome);
+    // A new key remembers the new fingerprint and refuses another body.
+    let (fresh, ..) = upgraded.execute(&keyed("pay-2", reserve(&[("mug", 1)], 60_000)), 13_000);
+    assert!(fresh.outcome.is_ok() && !fresh.replayed);
+    let (other, ..) = upgraded.execute(&keyed("pay-2", reserve(&[("mug", 2)], 60_000)), 13_000);
+    assert!(
+        matches!(
+            other.outcome,
+            Outcome::Refused(Refusal::IdempotencyKeyReused)
+        ),
+        "{:?}",
+        other.outcome
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //!
 //! `docs/wal_format.md` has the byte tables, the rotation rule and the crash-safety argument.
 
-pub mod codec;
+/// The binary record body: [`depot_engine::codec`], which the idempotency fingerprint shares.
+pub use depot_engine::codec;
 mod error;
 mod fault;
 pub mod format;
