@@ -3,7 +3,7 @@
 
 use super::body::RawBody;
 use super::dto::*;
-use super::error::{raw, ApiError};
+use super::error::{json_text, ApiError};
 use super::handlers::{idempotency_key, respond};
 use super::ops::{Caller, KeyScope, OpAnswer, Role};
 use super::path::PathParam;
@@ -74,7 +74,7 @@ async fn create_tenant_inner(
     }
     Ok(OpAnswer {
         status: StatusCode::CREATED,
-        body: raw(&TenantDto {
+        body: json_text(&TenantDto {
             id: tenant.to_string(),
         }),
         replayed: response.replayed,
@@ -206,7 +206,7 @@ async fn create_key_inner(
     tracing::info!(key = %record.id, tenant = %tenant, role = role.as_str(), "key created");
     Ok(OpAnswer {
         status: StatusCode::CREATED,
-        body: raw(&CreatedKeyDto {
+        body: json_text(&CreatedKeyDto {
             id: record.id,
             key: secret,
             tenant: tenant.to_string(),

@@ -171,8 +171,8 @@ impl ApiError {
     }
 
     /// The JSON body of this error as text, for a batch result.
-    pub fn raw_body(&self) -> Box<serde_json::value::RawValue> {
-        raw(&self.body())
+    pub fn body_text(&self) -> Vec<u8> {
+        json_text(&self.body())
     }
 
     /// The JSON body of this error.
@@ -205,9 +205,9 @@ impl IntoResponse for ApiError {
 }
 
 /// `v` as JSON text.
-pub fn raw<T: serde::Serialize + ?Sized>(v: &T) -> Box<serde_json::value::RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|e| {
+pub fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_else(|e| {
         tracing::error!(error = %e, "an answer did not serialize");
-        serde_json::value::to_raw_value(&Value::Null).expect("null serializes")
+        b"null".to_vec()
     })
 }

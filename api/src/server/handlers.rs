@@ -8,9 +8,9 @@ use super::ops::{self, Caller, OpAnswer, OpRequest, Route};
 use super::path::PathParam;
 use super::AppState;
 use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 
 /// Longest `Idempotency-Key`: the engine's limit, checked here too so that the refusal names
@@ -42,7 +42,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 pub fn respond(answer: Result<OpAnswer, ApiError>) -> Response {
     match answer {
         Ok(a) => {
-            let mut res = (a.status, Json(a.body)).into_response();
+            let mut res = (a.status, [(CONTENT_TYPE, JSON)], a.body).into_response();
             if a.replayed {
                 res.headers_mut()
                     .insert("idempotent-replay", HeaderValue::from_static("true"));
@@ -362,25 +362,95 @@ pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): Raw
         }
     }
     let mut answers = ops::perform(&s, &caller, &ops).await.into_iter();
-    let results = results
+    let results: Vec<(StatusCode, Vec<u8>, bool)> = results
         .into_iter()
         .map(|r| {
             let r = r
                 .or_else(|| answers.next())
                 .unwrap_or_else(|| Err(ApiError::overloaded()));
             match r {
-                Ok(a) => BatchResult {
-                    status: a.status.as_u16(),
-                    body: a.body,
-                    replayed: a.replayed,
-                },
-                Err(e) => BatchResult {
-                    status: e.status.as_u16(),
-                    body: e.raw_body(),
-                    replayed: false,
-                },
+                Ok(a) => (a.status, a.body, a.replayed),
+                Err(e) => (e.status, e.body_text(), false),
             }
         })
         .collect();
-    (StatusCode::OK, Json(BatchResults { results })).into_response()
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, JSON)],
+        batch_results(&results),
+    )
+        .into_response()
+}
+
+/// The JSON of [`BatchResults`] from each result's (status, body text, replayed): what serde
+/// writes for it (`batch_results_write_as_serde_writes_them`), with each body copied as it is.
+fn batch_results(results: &[(StatusCode, Vec<u8>, bool)]) -> Vec<u8> {
+    let len = results.iter().map(|r| r.1.len() + 40).sum::<usize>();
+    let mut out = Vec::with_capacity(len + 16);
+    out.extend_from_slice(br#"{"results":["#);
+    for (i, (status, body, replayed)) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"status":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(status.as_u16()).as_bytes());
+        out.extend_from_slice(br#","body":"#);
+        out.extend_from_slice(body);
+        if *replayed {
+            out.extend_from_slice(br#","replayed":true"#);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The media type of every answer.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_results_write_as_serde_writes_them() {
+        let bodies = [
+            r#"{"id":"res_1","lines":[]}"#,
+            r#"{"error":{"code":"x"}}"#,
+            "{}",
+        ];
+        let cases: Vec<Vec<(StatusCode, &str, bool)>> = vec![
+            vec![],
+            vec![(StatusCode::CREATED, bodies[0], false)],
+            vec![
+                (StatusCode::OK, bodies[0], true),
+                (StatusCode::BAD_REQUEST, bodies[1], false),
+                (StatusCode::OK, bodies[2], false),
+            ],
+        ];
+        for case in cases {
+            let written = batch_results(
+                &case
+                    .iter()
+                    .map(|(s, b, r)| (*s, b.as_bytes().to_vec(), *r))
+                    .collect::<Vec<_>>(),
+            );
+            let serde = serde_json::to_vec(&BatchResults {
+                results: case
+                    .iter()
+                    .map(|(s, b, r)| BatchResult {
+                        status: s.as_u16(),
+                        body: serde_json::value::RawValue::from_string((*b).to_string())
+                            .expect("JSON"),
+                        replayed: *r,
+                    })
+                    .collect(),
+            })
+            .expect("serializes");
+            assert_eq!(
+                String::from_utf8(written).expect("UTF-8"),
+                String::from_utf8(serde).expect("UTF-8")
+            );
+        }
+    }
 }

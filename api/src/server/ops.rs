@@ -9,7 +9,7 @@
 
 use super::body::Body;
 use super::dto::*;
-use super::error::{raw, ApiError};
+use super::error::{json_text, ApiError};
 use super::runner::Answer;
 use super::AppState;
 use axum::http::StatusCode;
@@ -17,7 +17,6 @@ use depot_engine::{
     ChannelId, Command, CommitLine, Component, EventKind, FillPolicy, FulfilLine, LineRequest,
     LocationId, Outcome, Refusal, Reply, Request, ReservationId, RuleDocument, Sku, TenantId,
 };
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 pub use crate::keys::Role;
@@ -200,7 +199,7 @@ pub struct OpRequest {
 pub struct OpAnswer {
     pub status: StatusCode,
     /// The body as JSON text.
-    pub body: Box<RawValue>,
+    pub body: Vec<u8>,
     pub replayed: bool,
 }
 
@@ -633,7 +632,7 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
         Outcome::Refused(r) => return Err(ApiError::from_refusal(r)),
         Outcome::Ok(reply) => reply,
     };
-    let ok = |status: StatusCode, body: Box<RawValue>| OpAnswer {
+    let ok = |status: StatusCode, body: Vec<u8>| OpAnswer {
         status,
         body,
         replayed,
@@ -645,11 +644,12 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             if let Value::Object(m) = &mut b {
                 m.insert("id".into(), json!(id));
             }
-            ok(StatusCode::OK, raw(&b))
+            ok(StatusCode::OK, json_text(&b))
         }
-        (Render::Rules, Reply::Rules { version }) => {
-            ok(StatusCode::OK, raw(&RulesVersionDto { version: *version }))
-        }
+        (Render::Rules, Reply::Rules { version }) => ok(
+            StatusCode::OK,
+            json_text(&RulesVersionDto { version: *version }),
+        ),
         (Render::Adjusted { locations }, _) => {
             let levels: Vec<LevelDto> = match follow {
                 Some(Outcome::Ok(Reply::Stock(s))) => s
@@ -673,22 +673,22 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             };
             ok(
                 StatusCode::OK,
-                raw(&AdjustmentDto {
+                json_text(&AdjustmentDto {
                     seq: first.seq.unwrap_or(0),
                     sku,
                     levels,
                 }),
             )
         }
-        (Render::Stock, Reply::Stock(s)) => ok(StatusCode::OK, raw(&StockDto::from(s))),
-        (Render::Explain, Reply::Explain(e)) => ok(StatusCode::OK, raw(&ExplanationDto::from(e))),
-        (Render::Reservation { status }, Reply::Reservation(r)) => {
-            ok(*status, raw(&ReservationDto::from(r)))
+        (Render::Stock, Reply::Stock(s)) => ok(StatusCode::OK, json_text(&StockDto::from(s))),
+        (Render::Explain, Reply::Explain(e)) => {
+            ok(StatusCode::OK, json_text(&ExplanationDto::from(e)))
         }
+        (Render::Reservation { status }, Reply::Reservation(r)) => ok(*status, reservation_text(r)),
         (Render::Reservation { status }, _) => match follow {
-            Some(Outcome::Ok(Reply::Reservation(r))) => ok(*status, raw(&ReservationDto::from(r))),
+            Some(Outcome::Ok(Reply::Reservation(r))) => ok(*status, reservation_text(r)),
             Some(Outcome::Refused(r)) => return Err(ApiError::from_refusal(r)),
-            _ => ok(*status, raw(&json!({}))),
+            _ => ok(*status, json_text(&json!({}))),
         },
         (_, other) => {
             tracing::error!(?other, "unexpected reply from the engine");
@@ -697,6 +697,13 @@ fn render(render: &Render, answers: &[Answer]) -> Result<OpAnswer, ApiError> {
             }));
         }
     })
+}
+
+/// A reservation's answer as JSON text (see [`write_reservation`]).
+fn reservation_text(r: &depot_engine::outcome::ReservationView) -> Vec<u8> {
+    let mut text = Vec::with_capacity(256 + 128 * r.lines.len());
+    write_reservation(r, &mut text);
+    text
 }
 
 /// Runs `ops` for `caller` as one group (sequenced together, in order) and answers each.
