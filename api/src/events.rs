@@ -78,12 +78,19 @@ impl EventLog {
     /// index order); an event older than the newest one pushed is dropped with an error log,
     /// since placing it would break every cursor already handed out.
     pub fn push(&self, events: &[Event]) {
-        if events.is_empty() {
+        self.push_all([events]);
+    }
+
+    /// [`EventLog::push`] of several lists in order (the answers of one batch): one lock and
+    /// one wake-up of the streams for all of them.
+    pub fn push_all<'a>(&self, lists: impl IntoIterator<Item = &'a [Event]>) {
+        let mut lists = lists.into_iter().filter(|l| !l.is_empty()).peekable();
+        if lists.peek().is_none() {
             return;
         }
         let latest = {
             let mut inner = self.lock();
-            for e in events {
+            for e in lists.flatten() {
                 if e.seq < inner.latest {
                     tracing::error!(
                         seq = e.seq,
@@ -94,11 +101,15 @@ impl EventLog {
                 }
                 inner.latest = e.seq;
                 inner.order.push_back((e.tenant.clone(), e.seq));
-                inner
-                    .by_tenant
-                    .entry(e.tenant.clone())
-                    .or_default()
-                    .push_back(Arc::new(e.clone()));
+                let event = Arc::new(e.clone());
+                match inner.by_tenant.get_mut(&e.tenant) {
+                    Some(q) => q.push_back(event),
+                    None => {
+                        inner
+                            .by_tenant
+                            .insert(e.tenant.clone(), VecDeque::from([event]));
+                    }
+                }
             }
             self.drop_oldest(&mut inner);
             inner.latest
@@ -240,6 +251,13 @@ pub fn rfc3339(ms: u64) -> String {
 /// it wrote: the answers of one batch carry the same few (when each hold was made, when it
 /// expires), so most calls copy 24 bytes instead of formatting a date.
 pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
+    with_rfc3339_bytes(ms, |text| {
+        f(std::str::from_utf8(text).unwrap_or("1970-01-01T00:00:00.000Z"))
+    })
+}
+
+/// [`with_rfc3339`] with the text as bytes (ASCII), for a writer of bytes: no UTF-8 check.
+pub fn with_rfc3339_bytes<R>(ms: u64, f: impl FnOnce(&[u8]) -> R) -> R {
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the length of every time up to the year 9999.
     const LEN: usize = 24;
     const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
@@ -263,7 +281,7 @@ pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
             text
         }
     };
-    f(std::str::from_utf8(&text).unwrap_or("1970-01-01T00:00:00.000Z"))
+    f(&text)
 }
 
 /// The server-sent events of `tenant` after `after`: everything held, then new events as they

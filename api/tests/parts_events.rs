@@ -97,6 +97,38 @@ fn a_tenant_reads_only_its_own_events() {
     assert!(!none.missed);
 }
 
+/// Lists pushed together (a batch's answers) are kept as the same lists pushed one by one.
+#[test]
+fn lists_pushed_together_are_kept_as_pushed_one_by_one() {
+    let lists = [
+        vec![event("acme", 1, 0), event("globex", 1, 1)],
+        vec![],
+        vec![event("globex", 2, 0)],
+        vec![event("acme", 3, 0), event("acme", 3, 1)],
+        vec![event("acme", 2, 0)],
+    ];
+    let together = EventLog::new(100);
+    together.push_all(lists.iter().map(Vec::as_slice));
+    let one_by_one = EventLog::new(100);
+    for l in &lists {
+        one_by_one.push(l);
+    }
+    for t in ["acme", "globex"] {
+        let a = together.read(&tenant(t), 0, 10);
+        let b = one_by_one.read(&tenant(t), 0, 10);
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.next, b.next);
+    }
+    // The late seq 2 of the last list was dropped by both.
+    let acme = together.read(&tenant("acme"), 0, 10);
+    assert_eq!(
+        acme.events.iter().map(seq_index).collect::<Vec<_>>(),
+        vec![(1, 0), (3, 0), (3, 1)]
+    );
+    together.push_all([&[][..], &[]]);
+    assert_eq!(together.read(&tenant("acme"), 3, 10).events.len(), 0);
+}
+
 #[test]
 fn a_page_holds_whole_sequence_numbers_only() {
     let log = EventLog::new(1_000);

@@ -159,8 +159,14 @@ fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // The plain parse first: tracking the path of every value costs on every request, and the
     // path is only needed to name the field of an error. A body that fails is parsed again,
     // tracking the path, for the error (the same parser on the same bytes fails the same way).
-    if let Ok(value) = serde_json::from_slice(bytes) {
-        return Ok(value);
+    // The plain parse reads text checked as UTF-8 once: serde_json's reader of bytes checks
+    // each string it reads on its own, and a batch of reservations has a dozen strings per
+    // operation (a tenth of the server's work on a batch went to those checks). Bytes that are
+    // not UTF-8 go to the second parse, which says where.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Ok(value) = serde_json::from_str(text) {
+            return Ok(value);
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;

@@ -758,7 +758,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
 
 /// An RFC 3339 time's text, which has nothing to escape (digits, `-`, `:`, `T`, `.`, `Z`).
 fn time(out: &mut Vec<u8>, ms: u64) {
-    crate::events::with_rfc3339(ms, |t| out.extend_from_slice(t.as_bytes()));
+    crate::events::with_rfc3339_bytes(ms, |t| out.extend_from_slice(t));
 }
 
 // ---------------------------------------------------------------- batch, events, errors

@@ -156,9 +156,20 @@ impl Route {
     /// Parses `METHOD /v1/...` (with an optional query for explain) as used in a batch.
     pub fn parse(method: &str, path: &str) -> Option<Route> {
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let segs: Vec<&str> = path.strip_prefix("/v1/")?.split('/').collect();
+        // At most three segments after `/v1/`; no allocation for the path or the method (a
+        // batch parses one per operation).
+        let mut segs = [""; 3];
+        let mut n = 0;
+        for seg in path.strip_prefix("/v1/")?.split('/') {
+            *segs.get_mut(n)? = seg;
+            n += 1;
+        }
+        let segs = &segs[..n];
         let s = |i: usize| segs[i].to_string();
-        let route = match (method.to_ascii_uppercase().as_str(), segs.as_slice()) {
+        let method = ["GET", "POST", "PUT"]
+            .into_iter()
+            .find(|m| m.eq_ignore_ascii_case(method))?;
+        let route = match (method, segs) {
             ("PUT", ["locations", _]) => Route::PutLocation(s(1)),
             ("PUT", ["channels", _]) => Route::PutChannel(s(1)),
             ("PUT", ["bundles", _]) => Route::PutBundle(s(1)),
@@ -841,6 +852,16 @@ mod tests {
             })
         );
         assert_eq!(Route::parse("DELETE", "/v1/reservations/res_4"), None);
+        assert_eq!(Route::parse("PATCH", "/v1/reservations"), None);
+        assert_eq!(
+            Route::parse("Post", "/v1/reservations"),
+            Some(Route::Reserve)
+        );
+        assert_eq!(
+            Route::parse("POST", "/v1/reservations/res_4/commit/now"),
+            None
+        );
+        assert_eq!(Route::parse("POST", "/v1/"), None);
         assert_eq!(Route::parse("POST", "/v1/batch"), None);
         assert_eq!(Route::parse("POST", "/v2/reservations"), None);
     }

@@ -263,11 +263,7 @@ fn drain(
 fn acknowledge(rx: &Receiver<Ack>, engine: &Engine, events: &EventLog) {
     while let Ok(Ack::Batch(ran, works, lens)) = rx.recv() {
         let answers = engine.acknowledge(ran);
-        for (_, evs) in &answers {
-            if !evs.is_empty() {
-                events.push(evs);
-            }
-        }
+        events.push_all(answers.iter().map(|(_, evs)| evs.as_slice()));
         reply(works, lens, answers);
     }
 }
