@@ -185,6 +185,57 @@ fn keys_and_revocations_survive_a_reopen() {
     assert!(store.get(&b.id).unwrap().revoked);
 }
 
+/// A key seen before is found by its in-memory digest; being seen changes nothing about what
+/// it may do: it is refused once revoked, refused from another address, and a secret that
+/// differs in one character is not it. Holds for keys created by this process and for keys
+/// read from the file (seen first through their stored SHA-256 digest).
+#[test]
+fn keys_seen_before_are_refused_once_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (created, created_secret) = create(&store, "acme", Role::Admin);
+    let (_, loaded_secret) = create(&store, "acme", Role::Channel);
+    drop(store);
+    let store = open(dir.path());
+    let (fresh, fresh_secret) = create(&store, "acme", Role::Reader);
+    for (id, secret) in [
+        (created.id.clone(), created_secret),
+        (store.list(None)[1].id.clone(), loaded_secret),
+        (fresh.id.clone(), fresh_secret),
+    ] {
+        for _ in 0..3 {
+            let Ok(Principal::Key(k)) = store.authenticate(&secret, local()) else {
+                panic!("{id} authenticates");
+            };
+            assert_eq!(k.id, id);
+        }
+        let mut other = secret.clone().into_bytes();
+        let last = other.len() - 1;
+        other[last] = if other[last] == b'0' { b'1' } else { b'0' };
+        let other = String::from_utf8(other).unwrap();
+        assert_eq!(
+            store.authenticate(&other, local()),
+            Err(AuthError::Unauthenticated)
+        );
+        store.revoke(&id, None).unwrap();
+        assert_eq!(
+            store.authenticate(&secret, local()),
+            Err(AuthError::Unauthenticated)
+        );
+    }
+    // The master key, and a master key that differs in its last character.
+    let master = "m".repeat(40);
+    let store = KeyStore::open(dir.path(), Some(master.clone())).unwrap().0;
+    for _ in 0..2 {
+        assert_eq!(store.authenticate(&master, local()), Ok(Principal::Master));
+    }
+    let almost = format!("{}n", &master[..39]);
+    assert_eq!(
+        store.authenticate(&almost, local()),
+        Err(AuthError::Unauthenticated)
+    );
+}
+
 #[test]
 fn a_tenant_admin_revokes_only_its_own_tenants_keys() {
     let dir = tempfile::tempdir().unwrap();

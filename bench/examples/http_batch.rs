@@ -14,11 +14,12 @@
 //! callgrind_control -d
 //! ```
 //!
-//! Instructions per reservation = the dumped count / (batches x 100). Without valgrind,
-//! `run` prints reservations per second of one connection.
+//! Instructions per reservation = the dumped count / (batches x 100). `run KEY N single`
+//! sends N x 100 single `POST /v1/reservations` instead (the same reservations, one request
+//! each). Without valgrind, `run` prints reservations per second of one connection.
 
-use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn};
-use depot_bench::load::{zipf_for, LogicalClient, Reply, Wk};
+use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn, SingleTarget};
+use depot_bench::load::{zipf_for, AsyncTarget, LogicalClient, Op, Reply, Wk};
 use hyper::Method;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use std::time::Instant;
 const PER_BATCH: usize = 100;
 
 fn usage() -> ! {
-    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES");
+    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES [single]");
     std::process::exit(2)
 }
 
@@ -52,7 +53,8 @@ async fn main() {
             ) else {
                 usage()
             };
-            if let Err(e) = run(addr, key, batches).await {
+            let single = args.get(4).is_some_and(|m| m == "single");
+            if let Err(e) = run(addr, key, batches, single).await {
                 eprintln!("run: {e}");
                 std::process::exit(1)
             }
@@ -61,23 +63,38 @@ async fn main() {
     }
 }
 
-async fn run(addr: SocketAddr, key: &str, batches: usize) -> Result<(), String> {
+async fn run(addr: SocketAddr, key: &str, batches: usize, single: bool) -> Result<(), String> {
     let names = sku_names(Wk::W1.skus());
     let zipf = zipf_for(Wk::W1);
     let mut clients: Vec<LogicalClient> = (0..PER_BATCH as u64)
         .map(|i| LogicalClient::new(Wk::W1, 7, i))
         .collect();
-    // The bodies first: the client's work stays out of the server's time.
-    let bodies: Vec<String> = (0..batches)
+    let ops: Vec<Vec<Op>> = (0..batches)
         .map(|_| {
-            let ops: Vec<_> = clients
+            clients
                 .iter_mut()
                 .filter_map(|c| c.next_op(Wk::W1, &zipf))
-                .collect();
-            batch_body(&ops, &names)
+                .collect()
         })
         .collect();
-    let mut conn = HttpConn::connect(addr, key).await?;
+    let conn = HttpConn::connect(addr, key).await?;
+    if single {
+        let mut target = SingleTarget::new(conn, names);
+        let start = Instant::now();
+        let mut ok = 0usize;
+        for op in ops.iter().flatten() {
+            ok += target
+                .submit(std::slice::from_ref(op))
+                .await?
+                .iter()
+                .filter(|r| **r == Reply::Ok)
+                .count();
+        }
+        return report(ok, batches, start);
+    }
+    let mut conn = conn;
+    // The bodies first: the client's work stays out of the server's time.
+    let bodies: Vec<String> = ops.iter().map(|o| batch_body(o, &names)).collect();
     let start = Instant::now();
     let mut ok = 0usize;
     for body in bodies {
@@ -92,6 +109,10 @@ async fn run(addr: SocketAddr, key: &str, batches: usize) -> Result<(), String> 
             .filter(|r| **r == Reply::Ok)
             .count();
     }
+    report(ok, batches, start)
+}
+
+fn report(ok: usize, batches: usize, start: Instant) -> Result<(), String> {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{ok} of {} reservations granted, {:.0} reservations/s on one connection",
