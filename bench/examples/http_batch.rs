@@ -4,12 +4,13 @@
 //! out of the count:
 //!
 //! ```sh
-//! cargo build --release -p depot-api -p depot-bench --example http_batch
-//! valgrind --tool=callgrind --collect-atstart=no target/release/depot serve \
+//! cargo build --release -p depot-api                  # target/release/depot
+//! cargo build --release -p depot-bench --example http_batch
+//! RUST_LOG=warn valgrind --tool=callgrind target/release/depot serve \
 //!     --listen 127.0.0.1:18080 --master-key bench-master-key-0123456789abcdef \
 //!     --data-dir /tmp/depot-cg --sync always --rate-limit 100000000 --rate-burst 100000000 &
 //! KEY=$(target/release/examples/http_batch 127.0.0.1:18080 setup)
-//! callgrind_control -i on
+//! callgrind_control -z                                  # the setup is not counted
 //! target/release/examples/http_batch 127.0.0.1:18080 run "$KEY" 200   # batches of 100
 //! callgrind_control -d
 //! ```
