@@ -884,6 +884,25 @@ mod tests {
             serde_json::to_string(&Rfc3339(u64::MAX)).expect("serializes"),
             "\"9999-12-31T23:59:59.999Z\""
         );
+        // Every millisecond field of a day, across its end, in steps that reach every digit
+        // position: the time of day written by hand is humantime's.
+        let day = 1_700_006_400_000u64; // 2023-11-15T00:00:00.000Z
+        let mut ms = day - 10;
+        while ms < day + 2 * 86_400_000 + 10 {
+            assert_eq!(rfc3339(ms), fresh(ms));
+            ms += 9_999_937;
+        }
+        for ms in [
+            day - 1,
+            day,
+            day + 1,
+            day + 86_399_999,
+            day + 86_400_000,
+            0,
+            999,
+        ] {
+            assert_eq!(rfc3339(ms), fresh(ms));
+        }
     }
 
     mod written {

@@ -17,6 +17,23 @@ use serde::Deserialize;
 /// the header.
 const IDEMPOTENCY_KEY_MAX: usize = depot_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
 
+/// The `Idempotency-Key` header of a request, checked by [`idempotency_key`]: read from the
+/// request's headers where they are, where axum's `HeaderMap` extractor would clone them all.
+/// Never rejects: a malformed key is answered after the body is read, as before.
+#[derive(Debug)]
+pub struct IdemHeader(pub Result<Option<String>, ApiError>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdemHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(IdemHeader(idempotency_key(&parts.headers)))
+    }
+}
+
 /// The `Idempotency-Key` header, when given.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
@@ -58,9 +75,9 @@ async fn single(
     caller: &Caller,
     route: Route,
     body: Body,
-    headers: &HeaderMap,
+    idempotency_key: Result<Option<String>, ApiError>,
 ) -> Response {
-    let idempotency_key = match idempotency_key(headers) {
+    let idempotency_key = match idempotency_key {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -88,10 +105,10 @@ pub async fn put_location(
     State(s): State<AppState>,
     caller: Caller,
     PathParam(location): PathParam,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::PutLocation(location), body, &headers).await
+    single(&s, &caller, Route::PutLocation(location), body, idem.0).await
 }
 
 /// Stores a channel (admin).
@@ -105,10 +122,10 @@ pub async fn put_channel(
     State(s): State<AppState>,
     caller: Caller,
     PathParam(channel): PathParam,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::PutChannel(channel), body, &headers).await
+    single(&s, &caller, Route::PutChannel(channel), body, idem.0).await
 }
 
 /// Stores a bundle: a SKU made of components (admin).
@@ -122,10 +139,10 @@ pub async fn put_bundle(
     State(s): State<AppState>,
     caller: Caller,
     PathParam(sku): PathParam,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::PutBundle(sku), body, &headers).await
+    single(&s, &caller, Route::PutBundle(sku), body, idem.0).await
 }
 
 /// Replaces the whole allocation-rule document (admin). Validated as a whole; an error names
@@ -138,10 +155,10 @@ pub async fn put_bundle(
 pub async fn put_rules(
     State(s): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::PutRules, body, &headers).await
+    single(&s, &caller, Route::PutRules, body, idem.0).await
 }
 
 /// A stock operation: receive, adjust, set, move, transfer, expect (admin, wms for its
@@ -157,10 +174,10 @@ pub async fn put_rules(
 pub async fn adjust(
     State(s): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::Adjust, body, &headers).await
+    single(&s, &caller, Route::Adjust, body, idem.0).await
 }
 
 /// A SKU's levels per location and ATS per channel (any role).
@@ -174,14 +191,7 @@ pub async fn get_stock(
     caller: Caller,
     PathParam(sku): PathParam,
 ) -> Response {
-    single(
-        &s,
-        &caller,
-        Route::GetStock(sku),
-        Body::None,
-        &HeaderMap::new(),
-    )
-    .await
+    single(&s, &caller, Route::GetStock(sku), Body::None, Ok(None)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -209,7 +219,7 @@ pub async fn explain(
         Err(e) => return ApiError::invalid("query", e.body_text()).into_response(),
     };
     let route = Route::Explain { sku, channel };
-    single(&s, &caller, route, Body::None, &HeaderMap::new()).await
+    single(&s, &caller, route, Body::None, Ok(None)).await
 }
 
 /// Holds stock for an order (admin, channel for its channels). Requires `Idempotency-Key`.
@@ -225,10 +235,10 @@ pub async fn explain(
 pub async fn reserve(
     State(s): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    idem: IdemHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    single(&s, &caller, Route::Reserve, body, &headers).await
+    single(&s, &caller, Route::Reserve, body, idem.0).await
 }
 
 /// A reservation (any role; a channel key sees only its channels' reservations, others are
@@ -242,14 +252,7 @@ pub async fn get_reservation(
     caller: Caller,
     PathParam(id): PathParam,
 ) -> Response {
-    single(
-        &s,
-        &caller,
-        Route::GetReservation(id),
-        Body::None,
-        &HeaderMap::new(),
-    )
-    .await
+    single(&s, &caller, Route::GetReservation(id), Body::None, Ok(None)).await
 }
 
 macro_rules! lifecycle {
@@ -268,10 +271,10 @@ macro_rules! lifecycle {
             State(s): State<AppState>,
             caller: Caller,
             PathParam(id): PathParam,
-            headers: HeaderMap,
+            idem: IdemHeader,
             RawBody(body): RawBody,
         ) -> Response {
-            single(&s, &caller, Route::$route(id), body, &headers).await
+            single(&s, &caller, Route::$route(id), body, idem.0).await
         }
     };
 }
