@@ -247,9 +247,7 @@ pub fn rfc3339(ms: u64) -> String {
     with_rfc3339(ms, str::to_owned)
 }
 
-/// `f` of [`rfc3339`]'s text, without allocating it. Each thread remembers the last two times
-/// it wrote: the answers of one batch carry the same few (when each hold was made, when it
-/// expires), so most calls copy 24 bytes instead of formatting a date.
+/// `f` of [`rfc3339`]'s text, without allocating it.
 pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
     with_rfc3339_bytes(ms, |text| {
         f(std::str::from_utf8(text).unwrap_or("1970-01-01T00:00:00.000Z"))
@@ -258,25 +256,9 @@ pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
 
 /// [`with_rfc3339`] with the text as bytes (ASCII), for a writer of bytes: no UTF-8 check.
 pub fn with_rfc3339_bytes<R>(ms: u64, f: impl FnOnce(&[u8]) -> R) -> R {
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the length of every time up to the year 9999.
-    const LEN: usize = 24;
+    /// The last millisecond of the year 9999: later times are written as it.
     const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
-    thread_local! {
-        static LAST: std::cell::Cell<[(u64, [u8; LEN]); 2]> =
-            const { std::cell::Cell::new([(u64::MAX, [0; LEN]); 2]) };
-    }
-    let ms = ms.min(LAST_MS_OF_9999);
-    let mut last = LAST.get();
-    let text = match last.iter().find(|(at, _)| *at == ms) {
-        Some((_, text)) => *text,
-        None => {
-            let text = format_rfc3339(ms);
-            last = [last[1], (ms, text)];
-            LAST.set(last);
-            text
-        }
-    };
-    f(&text)
+    f(&format_rfc3339(ms.min(LAST_MS_OF_9999)))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` of `ms` (at most the last millisecond of 9999). Each thread

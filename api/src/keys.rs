@@ -221,7 +221,7 @@ struct Inner {
     by_digest: HashMap<Digest, usize>,
     /// The BLAKE3 digest of each secret this process has seen authenticate (or created),
     /// and its key. See [`KeyStore::authenticate`].
-    by_fast: HashMap<Digest, (usize, Digest)>,
+    by_fast: HashMap<Digest, usize>,
 }
 
 impl Inner {
@@ -368,8 +368,7 @@ impl KeyStore {
         }
         let mut inner = self.write();
         if let Some(&i) = inner.by_id.get(&record.id) {
-            let fast = fast_digest(secret.as_bytes());
-            inner.by_fast.insert(fast, (i, fast));
+            inner.by_fast.insert(fast_digest(secret.as_bytes()), i);
         }
         drop(inner);
         Ok((record, secret))
@@ -419,9 +418,9 @@ impl KeyStore {
             return Ok(Principal::Master);
         }
         let mut inner = self.read();
-        let i = match inner.by_fast.get(&fast) {
+        let i = match inner.by_fast.get_key_value(&fast) {
             // As below: the index found it; the comparison that decides is constant-time.
-            Some((i, stored)) if digests_equal(&fast, stored) => *i,
+            Some((stored, &i)) if digests_equal(&fast, stored) => i,
             Some(_) => return Err(AuthError::Unauthenticated),
             None => {
                 let digest = sha256(bearer.as_bytes());
@@ -433,7 +432,7 @@ impl KeyStore {
                     return Err(AuthError::Unauthenticated);
                 }
                 drop(inner);
-                self.write().by_fast.insert(fast, (i, fast));
+                self.write().by_fast.insert(fast, i);
                 inner = self.read();
                 i
             }

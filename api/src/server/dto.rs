@@ -854,8 +854,8 @@ mod tests {
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
-    /// The thread's remembered times never give another time's text: repeated, alternating
-    /// and evicted times all read as a fresh formatting does.
+    /// The thread's remembered day never gives another time's text: repeated times, times
+    /// alternating between days and times of a new day all read as a fresh formatting does.
     #[test]
     fn remembered_times_are_the_times_asked_for() {
         let fresh = |ms: u64| {
