@@ -1930,7 +1930,7 @@ pub fn merge(
         }
         JobKind::Commit { id, .. } => {
             let cfg = cfg.expect("tenant config");
-            let view = reservation_view(cfg, *id, parts(), job.now);
+            let view = reservation_view(cfg, *id, &parts(), job.now);
             head = Some(EventKind::ReservationCommitted {
                 id: *id,
                 lines: view.lines.clone(),
@@ -1992,7 +1992,7 @@ pub fn merge(
                 Outcome::Ok(Reply::Reservation(reservation_view(
                     cfg.expect("tenant config"),
                     *id,
-                    parts,
+                    &parts,
                     job.now,
                 )))
             }
@@ -2163,15 +2163,16 @@ fn held_view(
     }
 }
 
-/// Builds the view of a reservation from its parts (in any order).
-pub fn reservation_view(
+/// Builds the view of a reservation from its parts (in any order; at least one).
+pub fn reservation_view<P: std::borrow::Borrow<Part>>(
     cfg: &TenantConfig,
     id: ReservationId,
-    parts: Vec<Part>,
+    parts: &[P],
     now: TimeMs,
 ) -> ReservationView {
-    let head = &parts[0];
-    let mut items: Vec<&PartItem> = parts.iter().flat_map(|p| p.items.iter()).collect();
+    let head: &Part = parts[0].borrow();
+    let mut items: smallvec::SmallVec<[&PartItem; 4]> =
+        parts.iter().flat_map(|p| p.borrow().items.iter()).collect();
     items.sort_by_key(|i| i.item);
     let allocs = |it: &PartItem| -> Allocations {
         it.allocs
@@ -2189,7 +2190,8 @@ pub fn reservation_view(
         .iter()
         .enumerate()
         .map(|(li, l)| {
-            let its: Vec<&&PartItem> = items.iter().filter(|i| i.line as usize == li).collect();
+            let its: smallvec::SmallVec<[&&PartItem; 4]> =
+                items.iter().filter(|i| i.line as usize == li).collect();
             let granted = head.granted.get(&head.lines, li);
             let mut v = LineView {
                 sku: l.sku.clone(),
@@ -2220,6 +2222,20 @@ pub fn reservation_view(
             v
         })
         .collect();
+    ReservationView {
+        id,
+        channel: cfg.channels[head.channel as usize].id.clone(),
+        state: view_state(head, &items, now),
+        created_at: head.created_at,
+        expires_at: head.expires_at,
+        order_ref: head.order_ref.as_deref().cloned(),
+        lines,
+    }
+}
+
+/// The state a reservation's view shows: its lifecycle, with a hold past its expiry shown
+/// expired and a commitment's shipments shown (`items`: the items of all its parts).
+fn view_state(head: &Part, items: &[&PartItem], now: TimeMs) -> ReservationState {
     let (open, shipped, back): (i64, i64, i64) = items.iter().fold((0, 0, 0), |(o, s, b), it| {
         (
             o + it.allocs.iter().map(|a| a.open).sum::<i64>(),
@@ -2227,7 +2243,7 @@ pub fn reservation_view(
             b + it.backordered,
         )
     });
-    let state = match head.lifecycle {
+    match head.lifecycle {
         Lifecycle::Held if head.expires_at <= now => ReservationState::Expired,
         Lifecycle::Held => ReservationState::Held,
         Lifecycle::Committed if shipped > 0 && open == 0 && back == 0 => {
@@ -2238,16 +2254,83 @@ pub fn reservation_view(
         Lifecycle::Released => ReservationState::Released,
         Lifecycle::Expired => ReservationState::Expired,
         Lifecycle::Cancelled => ReservationState::Cancelled,
-    };
-    ReservationView {
-        id,
-        channel: cfg.channels[head.channel as usize].id.clone(),
-        state,
-        created_at: head.created_at,
-        expires_at: head.expires_at,
-        order_ref: head.order_ref.as_deref().cloned(),
-        lines,
     }
+}
+
+/// True when `v` is exactly what [`reservation_view`] builds of `id` from `parts` at `now`,
+/// found without building it: a snapshot asks this of every reservation's stored answer, and
+/// building a view allocates. An empty `parts`, or parts naming a channel or location `cfg`
+/// does not have, are never shown.
+pub fn view_shows<P: std::borrow::Borrow<Part>>(
+    v: &ReservationView,
+    cfg: &TenantConfig,
+    id: ReservationId,
+    parts: &[P],
+    now: TimeMs,
+) -> bool {
+    let Some(head) = parts.first().map(|p| p.borrow()) else {
+        return false;
+    };
+    if v.id != id
+        || v.created_at != head.created_at
+        || v.expires_at != head.expires_at
+        || v.order_ref.as_ref() != head.order_ref.as_deref()
+        || v.lines.len() != head.lines.len()
+        || cfg.channels.get(head.channel as usize).map(|c| &c.id) != Some(&v.channel)
+    {
+        return false;
+    }
+    let mut items: smallvec::SmallVec<[&PartItem; 4]> =
+        parts.iter().flat_map(|p| p.borrow().items.iter()).collect();
+    items.sort_by_key(|i| i.item);
+    if v.state != view_state(head, &items, now) {
+        return false;
+    }
+    let allocations_are = |shown: &[AllocationView], it: &PartItem| {
+        shown.len() == it.allocs.len()
+            && shown.iter().zip(&it.allocs).all(|(s, a)| {
+                s.quantity == a.open
+                    && s.shipped == a.shipped
+                    && s.returned == a.returned
+                    && cfg.locations.get(a.loc as usize).map(|l| &l.id) == Some(&s.location)
+            })
+    };
+    head.lines
+        .iter()
+        .zip(v.lines.iter())
+        .enumerate()
+        .all(|(li, (l, shown))| {
+            let granted = head.granted.get(&head.lines, li);
+            let requested = if granted != l.requested() {
+                l.requested()
+            } else {
+                0
+            };
+            if shown.sku != l.sku || shown.quantity != granted || shown.requested != requested {
+                return false;
+            }
+            let mut its = items.iter().filter(|i| i.line as usize == li);
+            if l.is_bundle() {
+                shown.allocations.is_empty()
+                    && shown.backordered == 0
+                    && shown.components.len() == its.clone().count()
+                    && shown.components.iter().zip(its).all(|(c, it)| {
+                        c.sku == *it.sku(&head.lines)
+                            && c.quantity == it.quantity
+                            && c.backordered == it.backordered
+                            && allocations_are(&c.allocations, it)
+                    })
+            } else {
+                shown.components.is_empty()
+                    && match its.next() {
+                        Some(it) => {
+                            shown.backordered == it.backordered
+                                && allocations_are(&shown.allocations, it)
+                        }
+                        None => shown.backordered == 0 && shown.allocations.is_empty(),
+                    }
+            }
+        })
 }
 
 /// Committed units (with damaged and quality-control units) that on hand does not cover: what

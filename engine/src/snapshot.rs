@@ -15,6 +15,7 @@ use crate::outcome::{
 };
 use crate::shard::{shard_of, Alloc, Lifecycle, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::{Archive, Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 mod view;
@@ -27,9 +28,9 @@ pub use view::{serialize_state_into, StateImage};
 pub const STOCK_MAX: i64 = 2 * crate::limits::LEVEL_MAX;
 
 /// Version of the image layout or of what it means; bumped on any change. Version 1
-/// (idempotent responses as JSON only) and version 2 (this layout, with fingerprints of the
-/// commands' JSON) are still read: see [`from_bytes`].
-pub const IMAGE_VERSION: u32 = 3;
+/// (idempotent responses as JSON only), version 2 (with fingerprints of the commands' JSON)
+/// and version 3 (no [`ResponseImage::Reference`]) are still read: see [`from_bytes`].
+pub const IMAGE_VERSION: u32 = 4;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Image {
@@ -66,11 +67,27 @@ pub struct IdemImage {
 /// A stored idempotent response.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum ResponseImage {
-    /// The answer of a reservation operation (most stored responses), field by field: about
-    /// half the bytes of its JSON, and no JSON to write or parse.
-    Reservation(ReservationReplyImage),
+    /// The answer of a reservation operation, field by field: about half the bytes of its
+    /// JSON, and no JSON to write or parse. Archived behind a pointer (since version 4): inline
+    /// it made every stored response, of whatever kind, take its 90 bytes.
+    Reservation(#[rkyv(with = rkyv::with::AsBox)] ReservationReplyImage),
     /// Any other response, as its JSON.
     Json(String),
+    /// A reservation's answer that is that reservation's view as this image holds it (the
+    /// reservation has not changed since it was answered: most keyed holds). Loading builds
+    /// the view from the reservation, as `GET /v1/reservations/{id}` would at the image's
+    /// `now`. About 250 bytes less per keyed hold than [`ResponseImage::Reservation`], and
+    /// less to write. Added in version 4, after the other variants (whose tags it keeps).
+    Reference(ReferenceImage),
+}
+
+/// A [`ResponseImage::Reference`]: the answer is `Response { seq, replayed, outcome:
+/// Ok(Reply::Reservation(view of reservation id)) }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct ReferenceImage {
+    pub seq: Option<u64>,
+    pub replayed: bool,
+    pub id: u64,
 }
 
 /// A [`Response`] whose outcome is `Ok(Reply::Reservation(view))`.
@@ -260,11 +277,45 @@ fn allocation_images(allocations: &[AllocationView]) -> Vec<AllocationViewImage>
         .collect()
 }
 
-/// A stored response in its image form: field by field for a reservation, JSON otherwise.
-fn response_image(r: &Response) -> ResponseImage {
+/// The parts of reservation `id` in `shards`, in shard order (none: not held).
+fn parts_of<'a>(shards: &[&'a ShardState], id: ReservationId) -> SmallVec<[&'a Part; 2]> {
+    shards.iter().filter_map(|s| s.parts.get(&id)).collect()
+}
+
+/// True when an image may store `v`, the answer to a request of `tenant`, as a
+/// [`ResponseImage::Reference`]: `parts` (its reservation's, in shard order; none when the
+/// image holds no such reservation) are `tenant`'s, and their view at the front's `now` (what
+/// loading will build) is `v` exactly.
+fn shows(front: &Front, tenant: u32, v: &ReservationView, parts: &[&Part]) -> bool {
+    let Some(head) = parts.first() else {
+        return false;
+    };
+    let Some(cfg) = front.config(head.tenant).filter(|_| head.tenant == tenant) else {
+        return false;
+    };
+    let shows = crate::exec::view_shows(v, cfg, v.id, parts, front.now);
+    debug_assert_eq!(
+        shows,
+        crate::exec::reservation_view(cfg, v.id, parts, front.now) == *v,
+        "view_shows disagrees with reservation_view on {v:?}"
+    );
+    shows
+}
+
+/// A stored response in its image form: by reference to its reservation when that shows it
+/// (`current`, see [`shows`]), field by field for another reservation's answer, JSON
+/// otherwise.
+fn response_image(r: &Response, current: impl FnOnce(&ReservationView) -> bool) -> ResponseImage {
     let Outcome::Ok(Reply::Reservation(v)) = &r.outcome else {
         return ResponseImage::Json(json(r));
     };
+    if current(v) {
+        return ResponseImage::Reference(ReferenceImage {
+            seq: r.seq,
+            replayed: r.replayed,
+            id: v.id.0,
+        });
+    }
     ResponseImage::Reservation(ReservationReplyImage {
         seq: r.seq,
         replayed: r.replayed,
@@ -316,10 +367,12 @@ fn allocations_of(images: &[AllocationViewImage]) -> Result<Allocations, ImageEr
         .collect()
 }
 
-/// The response an image stores, checked as the engine's own constructors check ids.
+/// The response an image stores, checked as the engine's own constructors check ids (not a
+/// [`ResponseImage::Reference`], which needs the reservations: see [`referenced`]).
 fn response_of(image: &ResponseImage) -> Result<Response, ImageError> {
     let r = match image {
         ResponseImage::Json(text) => return from_json("idempotent response", text),
+        ResponseImage::Reference(_) => unreachable!("a reference is built from its reservation"),
         ResponseImage::Reservation(r) => r,
     };
     let state = state_of(r.state)?;
@@ -385,6 +438,7 @@ fn tenant_images(front: &Front) -> Vec<TenantImage> {
 /// (nothing in flight). A snapshot of a large state is better written with
 /// [`StateImage`] and [`serialize_state_into`]: the same bytes, without the copy.
 pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> Image {
+    let shards: Vec<&ShardState> = shards.collect();
     let tenants = tenant_images(front);
     let idempotency = front
         .idempotency_sorted()
@@ -394,7 +448,9 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             key: String::from(&*k.key),
             fingerprint: e.fingerprint,
             at: e.at,
-            response: e.response.as_deref().map(response_image),
+            response: e.response.as_deref().map(|r| {
+                response_image(r, |v| shows(front, k.tenant, v, &parts_of(&shards, v.id)))
+            }),
         })
         .collect();
     let mut skus = Vec::new();
@@ -524,20 +580,30 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
         &copy[..]
     };
     // The version is the first field of every layout: an archive that validates as this
-    // layout but says version 1 is read again as version 1.
+    // layout but says another version is read again in the layout of that version.
     let current = rkyv::from_bytes::<Image, rkyv::rancor::Error>(aligned);
-    match current {
-        Ok(image) if image.version == IMAGE_VERSION => return Ok(image),
-        Ok(image) if image.version == 2 => return Ok(forget_fingerprints(image)),
-        Ok(image) if image.version != 1 => return Err(ImageError::Version(image.version)),
+    if let Ok(image) = &current {
+        if image.version == IMAGE_VERSION {
+            return current.map_err(|e| ImageError::Invalid(e.to_string()));
+        }
+    }
+    let v3 = rkyv::from_bytes::<v3::Image, rkyv::rancor::Error>(aligned);
+    match &v3 {
+        Ok(old) if old.version == 3 => return Ok(v3.expect("checked").upgrade()),
+        Ok(old) if old.version == 2 => {
+            return Ok(forget_fingerprints(v3.expect("checked").upgrade()))
+        }
         _ => {}
     }
     match rkyv::from_bytes::<v1::Image, rkyv::rancor::Error>(aligned) {
         Ok(old) if old.version == 1 => Ok(forget_fingerprints(old.upgrade())),
         Ok(old) => Err(ImageError::Version(old.version)),
-        Err(e1) => Err(match current {
-            Ok(image) => ImageError::Version(image.version),
-            Err(e) => ImageError::Invalid(format!("{e} (as version 1: {e1})")),
+        Err(e1) => Err(match (current, v3) {
+            (Ok(image), _) => ImageError::Version(image.version),
+            (_, Ok(old)) => ImageError::Version(old.version),
+            (Err(e), Err(e3)) => {
+                ImageError::Invalid(format!("{e} (as version 3: {e3}; as version 1: {e1})"))
+            }
         }),
     }
 }
@@ -553,6 +619,96 @@ fn forget_fingerprints(mut image: Image) -> Image {
         e.fingerprint = UNKNOWN_FINGERPRINT;
     }
     image
+}
+
+/// Versions 2 and 3 of the image: a reservation's stored answer inline in its key's entry,
+/// none by reference. Read, never written (except by [`v3::to_bytes`], for tests).
+pub mod v3 {
+    use super::{ReservationImage, ReservationReplyImage, SkuImage, TenantImage};
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub struct Image {
+        pub version: u32,
+        pub seq: u64,
+        pub now: u64,
+        pub tenants: Vec<TenantImage>,
+        pub idempotency: Vec<IdemImage>,
+        pub skus: Vec<SkuImage>,
+        pub reservations: Vec<ReservationImage>,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub struct IdemImage {
+        pub tenant: u32,
+        pub key: String,
+        pub fingerprint: [u8; 32],
+        pub at: u64,
+        pub response: Option<ResponseImage>,
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    pub enum ResponseImage {
+        Reservation(ReservationReplyImage),
+        Json(String),
+    }
+
+    impl Image {
+        /// The same state in the current layout.
+        pub fn upgrade(self) -> super::Image {
+            super::Image {
+                version: super::IMAGE_VERSION,
+                seq: self.seq,
+                now: self.now,
+                tenants: self.tenants,
+                idempotency: self
+                    .idempotency
+                    .into_iter()
+                    .map(|e| super::IdemImage {
+                        tenant: e.tenant,
+                        key: e.key,
+                        fingerprint: e.fingerprint,
+                        at: e.at,
+                        response: e.response.map(|r| match r {
+                            ResponseImage::Reservation(r) => super::ResponseImage::Reservation(r),
+                            ResponseImage::Json(text) => super::ResponseImage::Json(text),
+                        }),
+                    })
+                    .collect(),
+                skus: self.skus,
+                reservations: self.reservations,
+            }
+        }
+    }
+
+    /// `image` as version 3 wrote it (`version`: 3, or 2 for its fingerprints of JSON).
+    pub fn to_bytes(image: &super::Image, version: u32) -> super::AlignedBytes {
+        let image = super::without_references(image).expect("an image that loads");
+        let old = Image {
+            version,
+            seq: image.seq,
+            now: image.now,
+            tenants: image.tenants,
+            idempotency: image
+                .idempotency
+                .into_iter()
+                .map(|e| IdemImage {
+                    tenant: e.tenant,
+                    key: e.key,
+                    fingerprint: e.fingerprint,
+                    at: e.at,
+                    response: e.response.map(|r| match r {
+                        super::ResponseImage::Reservation(r) => ResponseImage::Reservation(r),
+                        super::ResponseImage::Json(text) => ResponseImage::Json(text),
+                        super::ResponseImage::Reference(_) => unreachable!("no references"),
+                    }),
+                })
+                .collect(),
+            skus: image.skus,
+            reservations: image.reservations,
+        };
+        rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("images serialize")
+    }
 }
 
 /// Version 1 of the image: idempotent responses as JSON only. Read, never written (except by
@@ -608,6 +764,7 @@ pub mod v1 {
 
     /// `image` as version 1 wrote it: every response as JSON.
     pub fn to_bytes(image: &super::Image) -> super::AlignedBytes {
+        let image = &super::without_references(image).expect("an image that loads");
         let old = Image {
             version: 1,
             seq: image.seq,
@@ -626,6 +783,7 @@ pub mod v1 {
                         ResponseImage::Reservation(_) => super::json(
                             &super::response_of(r).expect("a response taken from a machine"),
                         ),
+                        ResponseImage::Reference(_) => unreachable!("no references"),
                     }),
                 })
                 .collect(),
@@ -671,24 +829,6 @@ pub fn load(
             s.set_config(cfg.clone());
         }
     }
-    let mut idempotency = Vec::with_capacity(image.idempotency.len());
-    for e in &image.idempotency {
-        let response = e
-            .response
-            .as_ref()
-            .map(|r| response_of(r).map(Arc::new))
-            .transpose()?;
-        idempotency.push((
-            IdemKey::new(e.tenant, &e.key),
-            IdemEntry {
-                fingerprint: e.fingerprint,
-                at: e.at,
-                seq: 0,
-                response,
-            },
-        ));
-    }
-    m.front.restore_idempotency(idempotency);
     let tenants = m.front.tenants.len() as u32;
     for s in &image.skus {
         let level_terms = s.levels.iter().flat_map(|l| {
@@ -761,7 +901,102 @@ pub fn load(
     for r in &image.reservations {
         load_reservation(&mut m, r, shards)?;
     }
+    // After the reservations: an answer stored by reference is built from its reservation,
+    // in the reservations' order (in which they were loaded, and sit in memory), not in the
+    // keys' order, where each would be a few cache misses away.
+    let mut references: Vec<(u64, usize, u32, ReferenceImage)> = image
+        .idempotency
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.response {
+            Some(ResponseImage::Reference(r)) => Some((r.id, i, e.tenant, *r)),
+            _ => None,
+        })
+        .collect();
+    references.sort_unstable_by_key(|&(id, i, ..)| (id, i));
+    let mut referred: Vec<Option<Arc<Response>>> = Vec::new();
+    if !references.is_empty() {
+        referred.resize_with(image.idempotency.len(), || None);
+        let shard_states: Vec<&ShardState> = m.shards.iter().collect();
+        for (_, i, tenant, r) in references {
+            referred[i] = Some(Arc::new(referenced(&m.front, &shard_states, tenant, &r)?));
+        }
+    }
+    let mut idempotency = Vec::with_capacity(image.idempotency.len());
+    for (i, e) in image.idempotency.iter().enumerate() {
+        let response = e
+            .response
+            .as_ref()
+            .map(|r| match r {
+                ResponseImage::Reference(_) => {
+                    Ok(referred[i].take().expect("references are built above"))
+                }
+                r => response_of(r).map(Arc::new),
+            })
+            .transpose()?;
+        idempotency.push((
+            IdemKey::new(e.tenant, &e.key),
+            IdemEntry {
+                fingerprint: e.fingerprint,
+                at: e.at,
+                seq: 0,
+                response,
+            },
+        ));
+    }
+    m.front.restore_idempotency(idempotency);
     Ok(m)
+}
+
+/// The answer a [`ResponseImage::Reference`] of a key of `tenant` stands for, from the
+/// reservations loaded into `shards`.
+fn referenced(
+    front: &Front,
+    shards: &[&ShardState],
+    tenant: u32,
+    r: &ReferenceImage,
+) -> Result<Response, ImageError> {
+    let id = ReservationId(r.id);
+    let parts = parts_of(shards, id);
+    let head = parts.first().ok_or_else(|| {
+        ImageError::Inconsistent(format!(
+            "idempotent response: names reservation {id}, which the image does not hold"
+        ))
+    })?;
+    if head.tenant != tenant {
+        return Err(ImageError::Inconsistent(format!(
+            "idempotent response: a key of tenant {tenant} names reservation {id} of tenant {}",
+            head.tenant
+        )));
+    }
+    let cfg = front.config(tenant).expect("a loaded reservation's tenant");
+    Ok(Response {
+        seq: r.seq,
+        replayed: r.replayed,
+        outcome: Outcome::Ok(Reply::Reservation(crate::exec::reservation_view(
+            cfg, id, &parts, front.now,
+        ))),
+    })
+}
+
+/// `image` with every reservation's answer field by field, none by reference, as versions
+/// before 4 stored them (for [`v3::to_bytes`] and [`v1::to_bytes`]).
+pub fn without_references(image: &Image) -> Result<Image, ImageError> {
+    let mut old = image.clone();
+    if old
+        .idempotency
+        .iter()
+        .all(|e| !matches!(e.response, Some(ResponseImage::Reference(_))))
+    {
+        return Ok(old);
+    }
+    let m = load(image, crate::limits::Limits::default(), 1)?;
+    for (e, (_, loaded)) in old.idempotency.iter_mut().zip(m.front.idempotency_sorted()) {
+        if let (Some(ResponseImage::Reference(_)), Some(r)) = (&e.response, &loaded.response) {
+            e.response = Some(response_image(r, |_| false));
+        }
+    }
+    Ok(old)
 }
 
 fn level_of(l: &LevelImage) -> crate::ats::Level {

@@ -6,7 +6,7 @@
 
 use depot_engine::outcome::StockView;
 use depot_engine::rules::{OversellPolicy, Routing, Rule, RuleDocument, RuleKind};
-use depot_engine::snapshot::{serialize_state_into, to_bytes, AlignedBytes};
+use depot_engine::snapshot::{from_bytes, load, serialize_state_into, to_bytes, AlignedBytes};
 use depot_engine::{
     Bucket, ChannelId, ChannelKind, Command, CommitLine, Component, Engine, EngineConfig,
     FillPolicy, FulfilLine, Limits, LineRequest, LocationId, LocationKind, LogEntry, Machine,
@@ -1349,6 +1349,10 @@ proptest! {
         // The image serialized straight from the tables is the owned image's bytes.
         let streamed = serialize_state_into(&machine.state_image(), AlignedBytes::new()).expect("serializes");
         prop_assert!(streamed[..] == to_bytes(&machine.image())[..], "the image from the tables differs from the owned image");
+        // It loads into the same state: answers stored by reference to their reservations
+        // are built again as they were.
+        let loaded = load(&from_bytes(&streamed).expect("reads"), Limits::default(), 3).expect("loads");
+        prop_assert!(loaded.digest() == digest, "the loaded image differs: {}", first_difference(&loaded.canonical(), &machine.canonical()));
 
         // Replaying the journal rebuilds the same state on any number of shards.
         prop_assert_eq!(entries.len(), by_seq.len(), "one journal entry per sequenced write");

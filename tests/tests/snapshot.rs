@@ -147,9 +147,18 @@ fn busy_machine() -> Machine {
         idempotency_key: Some("pay-kit".into()),
         ..req(reserve(&[("kit", 1)], 60_000))
     };
-    assert!(m.execute(&keyed_kit, 3_000).0.outcome.is_ok());
+    let kit = m.execute(&keyed_kit, 3_000).0;
+    assert!(kit.outcome.is_ok());
     let mut run = |c: Command, now: u64| m.execute(&req(c), now).0;
     let id = |r: &Response| ReservationId(r.seq.unwrap());
+    // Committed since: its stored answer (held) is no longer the reservation's view.
+    run(
+        Command::Commit {
+            id: id(&kit),
+            lines: None,
+        },
+        4_000,
+    );
     run(
         Command::Commit {
             id: id(&committed),
@@ -231,18 +240,32 @@ fn responses_are_stored_field_by_field_and_version_1_images_still_load() {
         .map(|e| e.response.as_ref().expect("answered"))
         .collect();
     assert_eq!(stored.len(), 4);
-    // Reservations field by field (a bundle's with its components), the others as JSON.
+    // A reservation's answer that its reservation still shows by reference (`pay-1`, held),
+    // one it no longer shows field by field (`pay-kit`, committed since: a bundle's, with its
+    // components), the others as JSON.
     let compact: Vec<_> = stored
         .iter()
         .filter_map(|r| match r {
             ResponseImage::Reservation(v) => Some(v),
-            ResponseImage::Json(_) => None,
+            _ => None,
         })
         .collect();
-    assert_eq!(compact.len(), 2);
-    assert!(compact
+    assert_eq!(compact.len(), 1);
+    assert_eq!(compact[0].state, 0, "held when answered");
+    assert!(compact[0].lines.iter().any(|l| !l.components.is_empty()));
+    let referenced: Vec<_> = stored
         .iter()
-        .any(|v| v.lines.iter().any(|l| !l.components.is_empty())));
+        .filter_map(|r| match r {
+            ResponseImage::Reference(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(referenced.len(), 1);
+    assert_eq!(
+        Some(referenced[0].id),
+        referenced[0].seq,
+        "the hold the key made"
+    );
     assert_eq!(
         stored
             .iter()
@@ -297,7 +320,8 @@ fn version_2_images_load_with_their_fingerprints_unknown() {
         .iter()
         .all(|e| e.fingerprint != UNKNOWN_FINGERPRINT));
     image.version = 2;
-    let old = from_bytes(&to_bytes(&image)).expect("a version 2 image reads");
+    let old = from_bytes(&depot_engine::snapshot::v3::to_bytes(&image, 2))
+        .expect("a version 2 image reads");
     assert_eq!(old.version, IMAGE_VERSION);
     assert!(old
         .idempotency
@@ -559,4 +583,62 @@ fn the_image_serialized_from_the_tables_is_the_owned_image_byte_for_byte() {
     let state = busy.state_image();
     assert_eq!(state.seq(), busy.image().seq);
     assert!(format!("{state:?}").contains("reservations"));
+}
+
+/// An image of version 3 (every reservation's answer field by field and inline, none by
+/// reference) loads into the same state; the next image refers again, and is smaller.
+#[test]
+fn version_3_images_load_and_the_next_image_refers() {
+    use depot_engine::snapshot::{v3, without_references, ResponseImage, IMAGE_VERSION};
+    let m = busy_machine();
+    let image = m.image();
+    let expanded = without_references(&image).expect("loads");
+    assert!(expanded
+        .idempotency
+        .iter()
+        .all(|e| !matches!(e.response, Some(ResponseImage::Reference(_)))));
+    assert_ne!(expanded, image);
+    let old_bytes = v3::to_bytes(&image, 3);
+    let read = from_bytes(&old_bytes).expect("a version 3 image reads");
+    assert_eq!(read.version, IMAGE_VERSION);
+    assert_eq!(read, expanded);
+    let loaded = load(&read, Limits::default(), 2).unwrap();
+    assert_eq!(loaded.digest(), m.digest());
+    assert_eq!(loaded.image(), image);
+    // A reference and answers behind pointers: over a hundred bytes less for one held
+    // reservation's stored answer and three other answers.
+    let new_bytes = to_bytes(&image);
+    assert!(
+        new_bytes.len() + 100 < old_bytes.len(),
+        "{} against {}",
+        new_bytes.len(),
+        old_bytes.len()
+    );
+}
+
+#[test]
+fn a_reference_to_a_reservation_not_in_the_image_is_refused_by_name() {
+    use depot_engine::snapshot::ResponseImage;
+    let m = busy_machine();
+    let refer = |f: &dyn Fn(&mut depot_engine::snapshot::ReferenceImage, &mut u32)| {
+        let mut image = m.image();
+        let entry = image
+            .idempotency
+            .iter_mut()
+            .find(|e| matches!(e.response, Some(ResponseImage::Reference(_))))
+            .expect("an answer by reference");
+        let Some(ResponseImage::Reference(r)) = entry.response.as_mut() else {
+            unreachable!()
+        };
+        f(r, &mut entry.tenant);
+        load(&image, Limits::default(), 2).unwrap_err().to_string()
+    };
+    let e = refer(&|r, _| r.id = 999_999);
+    assert!(
+        e.contains("names reservation res_999999, which the image does not hold"),
+        "{e}"
+    );
+    // The key's tenant must be the reservation's (a second tenant exists only in name here).
+    let e = refer(&|_, t| *t = 7);
+    assert!(e.contains("a key of tenant 7 names reservation"), "{e}");
 }

@@ -13,10 +13,11 @@
 //! answer is a few cache misses away from its key); what goes is the allocation and the copy.
 
 use super::{
-    json, level_image, lifecycle_code, state_code, AllocImage, ArchivedAllocationViewImage,
+    json, level_image, lifecycle_code, shows, state_code, AllocImage, ArchivedAllocationViewImage,
     ArchivedIdemImage, ArchivedImage, ArchivedItemImage, ArchivedItemViewImage, ArchivedLineImage,
     ArchivedLineViewImage, ArchivedReservationImage, ArchivedReservationReplyImage,
-    ArchivedResponseImage, ArchivedSkuImage, LevelImage, TenantImage, IMAGE_VERSION,
+    ArchivedResponseImage, ArchivedSkuImage, LevelImage, ReferenceImage, TenantImage,
+    IMAGE_VERSION,
 };
 use crate::front::{Front, IdemEntry, IdemKey};
 use crate::job::LineHeader;
@@ -72,6 +73,9 @@ enum Stored<'a> {
     None,
     /// A reservation's answer, field by field.
     Reservation(&'a Response, &'a ReservationView),
+    /// A reservation's answer by reference to the reservation (see
+    /// [`ResponseImage::Reference`](super::ResponseImage::Reference)).
+    Reference(ReferenceImage),
     /// Any other answer, as its JSON.
     Json(String),
 }
@@ -86,21 +90,6 @@ impl<'a> StateImage<'a> {
     /// The image of `front` and `shards` (a quiet state, or a copy of one).
     pub fn new(front: &'a Front, shards: impl Iterator<Item = &'a ShardState>) -> Self {
         let tenants = super::tenant_images(front);
-        let idempotency = front
-            .idempotency_sorted()
-            .into_iter()
-            .map(|(key, entry)| IdemItem {
-                key,
-                entry,
-                stored: match entry.response.as_deref() {
-                    None => Stored::None,
-                    Some(r) => match &r.outcome {
-                        Outcome::Ok(Reply::Reservation(v)) => Stored::Reservation(r, v),
-                        _ => Stored::Json(json(r)),
-                    },
-                },
-            })
-            .collect();
         let mut skus = Vec::new();
         let mut parts: Vec<(u64, &Part)> = Vec::new();
         for s in shards {
@@ -123,6 +112,67 @@ impl<'a> StateImage<'a> {
             }
         }
         starts.push(parts.len());
+        let mut idempotency: Vec<IdemItem<'a>> = front
+            .idempotency_sorted()
+            .into_iter()
+            .map(|(key, entry)| IdemItem {
+                key,
+                entry,
+                stored: match entry.response.as_deref() {
+                    None => Stored::None,
+                    Some(r) => match &r.outcome {
+                        Outcome::Ok(Reply::Reservation(v)) => Stored::Reservation(r, v),
+                        _ => Stored::Json(json(r)),
+                    },
+                },
+            })
+            .collect();
+        // Which reservations' answers their reservations still show: visited in id order,
+        // in step with the parts (sorted by id), not in the keys' order, where every answer
+        // would be a lookup of its parts a few cache misses away. Answers were made in about
+        // id order too, so they are read in about the order they are in memory; what this
+        // needs of a key is taken in the keys' order, and the keys are changed in it.
+        let mut answers: Vec<(u64, usize, u32, &Response)> = idempotency
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item.stored {
+                Stored::Reservation(r, v) => Some((v.id.0, i, item.key.tenant, r)),
+                _ => None,
+            })
+            .collect();
+        answers.sort_unstable_by_key(|&(id, i, ..)| (id, i));
+        let mut referred: Vec<(usize, ReferenceImage)> = Vec::new();
+        let mut group = 0;
+        let mut group_parts: SmallVec<[&Part; 2]> = SmallVec::new();
+        for (id, i, tenant, r) in answers {
+            while group + 1 < starts.len() && parts[starts[group]].0 < id {
+                group += 1;
+            }
+            if group + 1 == starts.len() || parts[starts[group]].0 != id {
+                continue;
+            }
+            let Outcome::Ok(Reply::Reservation(v)) = &r.outcome else {
+                unreachable!("listed above")
+            };
+            group_parts.clear();
+            group_parts.extend(
+                parts[starts[group]..starts[group + 1]]
+                    .iter()
+                    .map(|(_, p)| *p),
+            );
+            if shows(front, tenant, v, &group_parts) {
+                let reference = ReferenceImage {
+                    seq: r.seq,
+                    replayed: r.replayed,
+                    id,
+                };
+                referred.push((i, reference));
+            }
+        }
+        referred.sort_unstable_by_key(|&(i, _)| i);
+        for (i, reference) in referred {
+            idempotency[i].stored = Stored::Reference(reference);
+        }
         StateImage {
             seq: front.seq,
             now: front.now,
@@ -332,6 +382,7 @@ impl<'a> IdemRef<'a> {
                 Stored::None => None,
                 Stored::Reservation(r, v) => Some(ResponseRef::Reservation(ReplyRef::of(r, v))),
                 Stored::Json(json) => Some(ResponseRef::Json(json)),
+                Stored::Reference(r) => Some(ResponseRef::Reference(*r)),
             },
         }
     }
@@ -346,8 +397,9 @@ impl<'a> IdemRef<'a> {
     )
 )]
 enum ResponseRef<'a> {
-    Reservation(ReplyRef<'a>),
+    Reservation(#[rkyv(with = rkyv::with::AsBox)] ReplyRef<'a>),
     Json(#[rkyv(with = Str)] &'a str),
+    Reference(ReferenceImage),
 }
 
 #[derive(Archive, Serialize)]

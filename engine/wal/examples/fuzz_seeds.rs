@@ -228,6 +228,13 @@ fn main() {
         "valid-file-image-v1",
         &encode_snapshot(img.seq, &old),
     );
+    // As version 3 wrote it (answers inline, none by reference to its reservation).
+    put(
+        root,
+        "snapshot_loader",
+        "valid-file-image-v3",
+        &encode_snapshot(img.seq, &depot_engine::snapshot::v3::to_bytes(&img, 3)),
+    );
     let empty = depot_engine::snapshot::to_bytes(&Machine::new(Default::default(), 1).image());
     put(
         root,
