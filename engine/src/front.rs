@@ -1068,8 +1068,9 @@ impl Front {
     }
 
     /// A copy for building a state image ([`crate::snapshot::take`]) while this front goes on:
-    /// the idempotency tables are shared (copied when next written), and the routes and the
-    /// keys' expiry queue, which an image does not hold, are left out. Only for reading.
+    /// the idempotency tables are shared (changes meanwhile are kept apart, see `crate::idem`),
+    /// and the routes and the keys' expiry queue, which an image does not hold, are left out.
+    /// Only for reading.
     pub fn image_copy(&self) -> Front {
         Front {
             limits: self.limits.clone(),
