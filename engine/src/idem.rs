@@ -511,8 +511,9 @@ mod tests {
     fn copies_see_their_moment_and_writes_meanwhile_copy_no_table() {
         let mut store = IdemStore::default();
         let mut model: BTreeMap<(u32, String), IdemEntry> = BTreeMap::new();
-        let mut copies: Vec<(IdemStore, Vec<((u32, String), IdemEntry)>)> = Vec::new();
-        let list = |s: &IdemStore| -> Vec<((u32, String), IdemEntry)> {
+        type Listing = Vec<((u32, String), IdemEntry)>;
+        let mut copies: Vec<(IdemStore, Listing)> = Vec::new();
+        let list = |s: &IdemStore| -> Listing {
             let mut all: Vec<_> = s
                 .sorted()
                 .into_iter()
