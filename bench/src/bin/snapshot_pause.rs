@@ -11,11 +11,12 @@
 //!    pause the sort of the copy into the image's order and the write (serialize from the
 //!    tables, write, fdatasync, rename), the file's size.
 //! 2. Under load: `--clients` closed-loop clients send durable W1 reservations (one outstanding
-//!    each) while a snapshot is taken every `--every` seconds for `--secs` seconds; the pauses,
-//!    and the clients' latency (HDR histogram) over the same window, show what a writer sees.
+//!    each; with `--keyed`, each with an idempotency key of its own, as API clients send them)
+//!    while a snapshot is taken every `--every` seconds for `--secs` seconds; the pauses, and
+//!    the clients' latency (HDR histogram) over the same window, show what a writer sees.
 //!
 //! Usage: `snapshot_pause [--dir /var/tmp/depot-snapshot] [--skus 250000] [--locations 4]
-//! [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3]`
+//! [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3] [--keyed]`
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,9 +44,10 @@ struct Opts {
     clients: usize,
     secs: f64,
     every: f64,
+    keyed: bool,
 }
 
-const USAGE: &str = "snapshot_pause [--dir DIR] [--skus 250000] [--locations 4] [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3]";
+const USAGE: &str = "snapshot_pause [--dir DIR] [--skus 250000] [--locations 4] [--holds 0] [--runs 3] [--clients 16] [--secs 12] [--every 3] [--keyed]";
 
 fn opts() -> Opts {
     let mut o = Opts {
@@ -57,10 +59,16 @@ fn opts() -> Opts {
         clients: 16,
         secs: 12.0,
         every: 3.0,
+        keyed: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--keyed" {
+            o.keyed = true;
+            i += 1;
+            continue;
+        }
         let v = args.get(i + 1).cloned().unwrap_or_default();
         let num = |v: &str| -> f64 {
             v.replace('_', "").parse().unwrap_or_else(|_| {
@@ -218,12 +226,19 @@ fn main() {
     let handles: Vec<_> = (0..o.clients)
         .map(|c| {
             let (engine, stop, w) = (engine.clone(), stop.clone(), w.clone());
+            let keyed = o.keyed;
             std::thread::spawn(move || {
                 let mut rng = rng(99, c as u64);
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    let mut request = w.w1(&mut rng);
+                    if keyed {
+                        n += 1;
+                        request.idempotency_key = Some(format!("load-{c}-{n}"));
+                    }
                     let t = Instant::now();
-                    let (resp, _) = engine.execute_one(w.w1(&mut rng), wall_ms());
+                    let (resp, _) = engine.execute_one(request, wall_ms());
                     h.saturating_record((t.elapsed().as_micros() as u64).max(1));
                     match resp.outcome {
                         Outcome::Ok(_) | Outcome::Refused(Refusal::InsufficientStock { .. }) => {}
@@ -257,9 +272,10 @@ fn main() {
     loaded.sort();
     let stats = snapshotter.stats();
     println!(
-        "under load, {} clients: median pause {:.1} ms, max pause {:.1} ms; client latency over \
+        "under load, {} clients{}: median pause {:.1} ms, max pause {:.1} ms; client latency over \
          the window: p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} ops)",
         o.clients,
+        if o.keyed { ", keyed" } else { "" },
         ms(loaded[loaded.len() / 2]),
         ms(stats.max_pause),
         all.value_at_quantile(0.5),
