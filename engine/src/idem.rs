@@ -88,6 +88,32 @@ fn same_key(held_hash: u64, held: &IdemKey, h: u64, key: &IdemKey) -> bool {
         && (Arc::ptr_eq(&held.key, &key.key) || held.key == key.key)
 }
 
+/// Sets the slot of `key` (of hash `h`) in `table` to `entry`, or removes it (`None`); true
+/// when the table held the key before. One probe.
+fn set_slot(table: &mut HashTable<Slot>, h: u64, key: IdemKey, entry: Option<IdemEntry>) -> bool {
+    match table.entry(h, |s| s.holds(h, &key), |s| s.hash) {
+        hashbrown::hash_table::Entry::Occupied(mut o) => {
+            match entry {
+                Some(entry) => o.get_mut().entry = entry,
+                None => {
+                    o.remove();
+                }
+            }
+            true
+        }
+        hashbrown::hash_table::Entry::Vacant(v) => {
+            if let Some(entry) = entry {
+                v.insert(Slot {
+                    hash: h,
+                    key,
+                    entry,
+                });
+            }
+            false
+        }
+    }
+}
+
 /// A change made while a copy shares the tables: the key's entry now (`None`: removed).
 #[derive(Clone, Debug)]
 struct Change {
@@ -180,25 +206,7 @@ impl IdemStore {
                 let changes = Arc::try_unwrap(delta).unwrap_or_else(|d| (*d).clone());
                 for c in changes {
                     let table = Arc::make_mut(&mut self.parts[part(c.hash)]);
-                    let found = table.find_entry(c.hash, |s| s.holds(c.hash, &c.key));
-                    match (found, c.entry) {
-                        (Ok(mut slot), Some(entry)) => slot.get_mut().entry = entry,
-                        (Ok(slot), None) => {
-                            slot.remove();
-                        }
-                        (Err(_), Some(entry)) => {
-                            table.insert_unique(
-                                c.hash,
-                                Slot {
-                                    hash: c.hash,
-                                    key: c.key,
-                                    entry,
-                                },
-                                |s| s.hash,
-                            );
-                        }
-                        (Err(_), None) => {}
-                    }
+                    set_slot(table, c.hash, c.key, c.entry);
                 }
             }
             _ => {}
@@ -240,16 +248,8 @@ impl IdemStore {
         let h = hash(key.tenant, &key.key);
         let Some(delta) = &mut self.delta else {
             let table = Arc::make_mut(&mut self.parts[part(h)]);
-            match table.entry(h, |s| s.holds(h, &key), |s| s.hash) {
-                hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().entry = entry,
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(Slot {
-                        hash: h,
-                        key,
-                        entry,
-                    });
-                    self.len += 1;
-                }
+            if !set_slot(table, h, key, Some(entry)) {
+                self.len += 1;
             }
             return;
         };

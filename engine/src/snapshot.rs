@@ -76,8 +76,9 @@ pub enum ResponseImage {
     /// A reservation's answer that is that reservation's view as this image holds it (the
     /// reservation has not changed since it was answered: most keyed holds). Loading builds
     /// the view from the reservation, as `GET /v1/reservations/{id}` would at the image's
-    /// `now`. About 250 bytes less per keyed hold than [`ResponseImage::Reservation`], and
-    /// less to write. Added in version 4, after the other variants (whose tags it keeps).
+    /// `now`. A keyed single-line hold's key and answer take 124 bytes instead of 272, and
+    /// there is less to write. Added in version 4, after the other variants (whose tags it
+    /// keeps).
     Reference(ReferenceImage),
 }
 
@@ -88,6 +89,17 @@ pub struct ReferenceImage {
     pub seq: Option<u64>,
     pub replayed: bool,
     pub id: u64,
+}
+
+impl ReferenceImage {
+    /// The reference that stands for `r`, whose answer is `v`.
+    fn of(r: &Response, v: &ReservationView) -> Self {
+        ReferenceImage {
+            seq: r.seq,
+            replayed: r.replayed,
+            id: v.id.0,
+        }
+    }
 }
 
 /// A [`Response`] whose outcome is `Ok(Reply::Reservation(view))`.
@@ -310,11 +322,7 @@ fn response_image(r: &Response, current: impl FnOnce(&ReservationView) -> bool) 
         return ResponseImage::Json(json(r));
     };
     if current(v) {
-        return ResponseImage::Reference(ReferenceImage {
-            seq: r.seq,
-            replayed: r.replayed,
-            id: v.id.0,
-        });
+        return ResponseImage::Reference(ReferenceImage::of(r, v));
     }
     ResponseImage::Reservation(ReservationReplyImage {
         seq: r.seq,

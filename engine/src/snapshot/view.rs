@@ -132,11 +132,11 @@ impl<'a> StateImage<'a> {
         // would be a lookup of its parts a few cache misses away. Answers were made in about
         // id order too, so they are read in about the order they are in memory; what this
         // needs of a key is taken in the keys' order, and the keys are changed in it.
-        let mut answers: Vec<(u64, usize, u32, &Response)> = idempotency
+        let mut answers: Vec<(u64, usize, u32, &Response, &ReservationView)> = idempotency
             .iter()
             .enumerate()
             .filter_map(|(i, item)| match item.stored {
-                Stored::Reservation(r, v) => Some((v.id.0, i, item.key.tenant, r)),
+                Stored::Reservation(r, v) => Some((v.id.0, i, item.key.tenant, r, v)),
                 _ => None,
             })
             .collect();
@@ -144,16 +144,13 @@ impl<'a> StateImage<'a> {
         let mut referred: Vec<(usize, ReferenceImage)> = Vec::new();
         let mut group = 0;
         let mut group_parts: SmallVec<[&Part; 2]> = SmallVec::new();
-        for (id, i, tenant, r) in answers {
+        for (id, i, tenant, r, v) in answers {
             while group + 1 < starts.len() && parts[starts[group]].0 < id {
                 group += 1;
             }
             if group + 1 == starts.len() || parts[starts[group]].0 != id {
                 continue;
             }
-            let Outcome::Ok(Reply::Reservation(v)) = &r.outcome else {
-                unreachable!("listed above")
-            };
             group_parts.clear();
             group_parts.extend(
                 parts[starts[group]..starts[group + 1]]
@@ -161,12 +158,7 @@ impl<'a> StateImage<'a> {
                     .map(|(_, p)| *p),
             );
             if shows(front, tenant, v, &group_parts) {
-                let reference = ReferenceImage {
-                    seq: r.seq,
-                    replayed: r.replayed,
-                    id,
-                };
-                referred.push((i, reference));
+                referred.push((i, ReferenceImage::of(r, v)));
             }
         }
         referred.sort_unstable_by_key(|&(i, _)| i);
