@@ -115,12 +115,50 @@ pub struct ReservationCounts {
 
 /// The answers of one `execute` call and who waits for them.
 struct Batch {
-    /// One per request; empty for a batch whose answers are dropped ([`Batch::discarding`]).
-    slots: Vec<OnceLock<Slot>>,
+    /// Requests in the batch.
+    len: usize,
+    /// True for a batch whose answers are dropped ([`Batch::discarding`]).
+    discard: bool,
+    /// The answers left so far, one list per thread that answered ([`Answering`]), each in
+    /// the order that thread answered.
+    lists: Mutex<Vec<AnswerList>>,
+    /// Where emptied lists go back to, for the next batch.
+    pool: Arc<ListPool>,
     /// The tenant configurations [`Deferred`] answers are built with, by index.
     cfgs: Mutex<Vec<Arc<crate::config::TenantConfig>>>,
     remaining: AtomicUsize,
     waiter: Thread,
+}
+
+/// Answers with their slots (index in the batch), as one thread left them.
+type AnswerList = Vec<(usize, Slot)>;
+
+/// Emptied answer lists, kept with their capacity: a list of a few hundred answers is large,
+/// and freed by another thread than the one that filled it (the collector), its memory would
+/// be given back and faulted in again.
+#[derive(Default)]
+struct ListPool(Mutex<Vec<AnswerList>>);
+
+/// Most lists kept in a [`ListPool`]: one per thread that may be answering or collecting at
+/// once is enough; more would only hold memory.
+const POOLED_LISTS_MAX: usize = 64;
+
+impl ListPool {
+    fn take(&self) -> AnswerList {
+        self.0
+            .lock()
+            .expect("list pool lock")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, list: AnswerList) {
+        debug_assert!(list.is_empty());
+        let mut pool = self.0.lock().expect("list pool lock");
+        if pool.len() < POOLED_LISTS_MAX && list.capacity() > 0 {
+            pool.push(list);
+        }
+    }
 }
 
 /// A request's answer, as the thread that ran it leaves it.
@@ -147,10 +185,13 @@ struct Deferred {
 }
 
 impl Batch {
-    /// A batch of `len` slots, answered to the calling thread.
-    fn new(len: usize) -> Arc<Batch> {
+    /// A batch of `len` requests, answered to the calling thread.
+    fn new(len: usize, pool: &Arc<ListPool>) -> Arc<Batch> {
         Arc::new(Batch {
-            slots: (0..len).map(|_| OnceLock::new()).collect(),
+            len,
+            discard: false,
+            lists: Mutex::new(Vec::new()),
+            pool: pool.clone(),
             cfgs: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(len),
             waiter: std::thread::current(),
@@ -159,18 +200,16 @@ impl Batch {
 
     /// A batch of `len` requests whose answers nobody reads: each is dropped where it is
     /// made, only the count of those outstanding is kept.
-    fn discarding(len: usize) -> Arc<Batch> {
+    fn discarding(len: usize, pool: &Arc<ListPool>) -> Arc<Batch> {
         Arc::new(Batch {
-            slots: Vec::new(),
-            cfgs: Mutex::new(Vec::new()),
-            remaining: AtomicUsize::new(len),
-            waiter: std::thread::current(),
+            discard: true,
+            ..Arc::into_inner(Batch::new(len, pool)).expect("just made")
         })
     }
 
     /// True for a batch made by [`Batch::discarding`] (or one of no requests).
     fn discards(&self) -> bool {
-        self.slots.is_empty()
+        self.discard || self.len == 0
     }
 
     /// Parks the waiter until every request is answered.
@@ -180,16 +219,76 @@ impl Batch {
         }
     }
 
+    /// Answers slot `i` alone (a request answered by whoever finishes the request it waited
+    /// for); a thread answering many uses an [`Answering`].
     fn complete(&self, i: usize, a: Answer) {
+        let mut one = Answering {
+            batch: self,
+            list: Vec::with_capacity(1),
+            given: 0,
+        };
+        one.complete(i, a);
+    }
+
+    /// Hands in `list` (none of whose slots was answered before) and counts `n` answers;
+    /// the last wakes the waiter.
+    fn hand_in(&self, list: AnswerList, n: usize) {
+        if !list.is_empty() {
+            self.lists.lock().expect("answer lists lock").push(list);
+        } else if list.capacity() > 0 {
+            self.pool.give(list);
+        }
+        if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            self.waiter.unpark();
+        }
+    }
+}
+
+/// The answers one thread gives a batch in one go (a shard thread, the tasks of one message):
+/// kept in a list of its own and handed in at once when the thread is done with the batch,
+/// counted off the batch's `remaining` once. A slot of its own per request, written by the
+/// answering threads, cost an atomic handshake per answer and moved its cache lines between
+/// the cores twice (see ARCHITECTURE.md, "Sharding and multi-shard atomicity").
+struct Answering<'b> {
+    batch: &'b Batch,
+    list: AnswerList,
+    given: usize,
+}
+
+impl<'b> Answering<'b> {
+    /// For about `expected` answers.
+    fn new(batch: &'b Batch, expected: usize) -> Answering<'b> {
+        let mut list = Vec::new();
+        if !batch.discards() && expected > 0 {
+            list = batch.pool.take();
+            list.reserve(expected);
+        }
+        Answering {
+            batch,
+            list,
+            given: 0,
+        }
+    }
+
+    fn complete(&mut self, i: usize, a: Answer) {
         self.fill(i, Slot::Answer(a));
     }
 
-    fn fill(&self, i: usize, a: Slot) {
+    fn fill(&mut self, i: usize, a: Slot) {
         // A discarding batch drops the answer here; it counts it all the same.
-        let first = self.discards() || self.slots[i].set(a).is_ok();
-        if first && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.waiter.unpark();
+        if !self.batch.discards() {
+            self.list.push((i, a));
         }
+        self.given += 1;
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.batch.hand_in(
+            std::mem::take(&mut self.list),
+            std::mem::take(&mut self.given),
+        );
     }
 }
 
@@ -402,6 +501,8 @@ struct Inner {
     combine_percent: u32,
     /// The same journal as the front's, for waiting on durability outside the front lock.
     journal: Option<Arc<dyn Journal>>,
+    /// Answer lists for the batches to reuse ([`Answering`]).
+    pool: Arc<ListPool>,
 }
 
 /// The sharded engine. Cheap to share: wrap it in an `Arc`.
@@ -480,6 +581,7 @@ impl Engine {
             inline_tasks_max: config.limits.inline_tasks_max,
             combine_percent: config.limits.combine_percent,
             journal,
+            pool: Arc::default(),
         });
         let threads = receivers
             .into_iter()
@@ -556,7 +658,7 @@ impl Engine {
     /// to anyone until [`Engine::acknowledge`] returns them: a caller can run the next batch
     /// while another thread waits for this one's `fdatasync` (pipelined group commit).
     pub fn execute_unacked(&self, requests: Vec<Request>, now: TimeMs) -> Unacked {
-        let batch = Batch::new(requests.len());
+        let batch = Batch::new(requests.len(), &self.inner.pool);
         if requests.len() > self.inner.batch_len_max {
             let r = Refusal::LimitExceeded {
                 what: "requests in one batch".into(),
@@ -621,12 +723,14 @@ impl Engine {
         let mut last_write = None;
         // The batch's writes for the journal, handed over at once before any of them runs.
         let mut logged: Vec<LogEntry> = Vec::new();
+        // The answers given here, before any shard runs: refusals, stored answers of repeats.
+        let mut out = Answering::new(batch, 0);
         let mut side = self.inner.lock_front();
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
         for (slot, req) in requests.into_iter().enumerate() {
             if let (Err(e), false) = (&writable, req.command.is_read()) {
                 // Nothing can be made durable: refuse before anything changes. Reads go on.
-                batch.complete(
+                out.complete(
                     slot,
                     (
                         refused(Refusal::Unavailable {
@@ -643,7 +747,7 @@ impl Engine {
                     >= self.inner.queue_depth_max
             });
             if full {
-                batch.complete(slot, (refused(Refusal::Overloaded), Vec::new()));
+                out.complete(slot, (refused(Refusal::Overloaded), Vec::new()));
                 continue;
             }
             let admission = side.front.admit(&req, now, None);
@@ -668,12 +772,13 @@ impl Engine {
             route(
                 &mut side,
                 &mut per_shard,
-                batch,
+                (batch, &mut out),
                 slot,
                 len - slot,
                 admission,
             );
         }
+        drop(out);
         if let (Some(j), false) = (side.journal.as_ref(), logged.is_empty()) {
             j.append(logged);
         }
@@ -791,13 +896,14 @@ impl Engine {
     /// as their answers are stored for repeats.
     pub fn replay_submit(&self, entries: &[LogEntry], quiet: bool) -> Replaying {
         let batch = if quiet {
-            Batch::discarding(entries.len())
+            Batch::discarding(entries.len(), &self.inner.pool)
         } else {
-            Batch::new(entries.len())
+            Batch::new(entries.len(), &self.inner.pool)
         };
         let n = self.inner.queues.len();
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut side = self.inner.lock_front();
+        let mut out = Answering::new(&batch, 0);
         for (slot, e) in entries.iter().enumerate() {
             let mut admission = side.front.admit(&e.request, e.now, Some(e.seq));
             if let Admission::Run { job, idem: None } = &mut admission {
@@ -806,12 +912,13 @@ impl Engine {
             route(
                 &mut side,
                 &mut per_shard,
-                &batch,
+                (&batch, &mut out),
                 slot,
                 entries.len() - slot,
                 admission,
             );
         }
+        drop(out);
         let sent = self.dispatch(&batch, per_shard);
         drop(side);
         Replaying { batch, sent }
@@ -945,13 +1052,13 @@ impl Drop for Engine {
 fn route(
     side: &mut FrontSide,
     per_shard: &mut [Vec<Task>],
-    batch: &Arc<Batch>,
+    (batch, out): (&Arc<Batch>, &mut Answering<'_>),
     slot: usize,
     room: usize,
     admission: Admission,
 ) {
     match admission {
-        Admission::Immediate(r) => batch.complete(slot, (r, Vec::new())),
+        Admission::Immediate(r) => out.complete(slot, (r, Vec::new())),
         Admission::Wait(key, _) => side
             .waiting
             .entry(key)
@@ -1038,36 +1145,35 @@ fn collect(inner: &Inner, batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<A
     // The jobs of deferred answers are in the task lists (a job spanning shards in several).
     let mut jobs: Vec<Option<&Job>> = Vec::new();
     if !cfgs.is_empty() {
-        jobs.resize(batch.slots.len(), None);
+        jobs.resize(batch.len, None);
         for task in sent.iter().flat_map(|l| l.iter()) {
             jobs[task.slot] = Some(&*task.job);
         }
     }
     let mut dropped = Vec::new();
-    let answers = batch
-        .slots
-        .into_iter()
-        .enumerate()
-        .map(
-            |(i, s)| match s.into_inner().expect("every slot is answered") {
-                Slot::Answer(a) => a,
-                Slot::Deferred(d) => {
-                    let job = jobs[i].expect("a deferred answer's job is in the task lists");
-                    let mut fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
-                    debug_assert!(fin.foreign.is_empty());
-                    if !fin.dropped.is_empty() {
-                        // A refused reservation: the front forgets its route.
-                        dropped.push(Handoff {
-                            seq: job.seq,
-                            idem: None,
-                            dropped: std::mem::take(&mut fin.dropped),
-                        });
-                    }
-                    respond(job, fin, |_| unreachable!("no foreign-tenant events"))
+    let mut answers = Vec::with_capacity(batch.len);
+    let lists = batch.lists.into_inner().expect("answer lists lock");
+    in_slot_order(lists, &batch.pool, |i, slot| {
+        debug_assert_eq!(i, answers.len(), "every slot is answered once");
+        answers.push(match slot {
+            Slot::Answer(a) => a,
+            Slot::Deferred(d) => {
+                let job = jobs[i].expect("a deferred answer's job is in the task lists");
+                let mut fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
+                debug_assert!(fin.foreign.is_empty());
+                if !fin.dropped.is_empty() {
+                    // A refused reservation: the front forgets its route.
+                    dropped.push(Handoff {
+                        seq: job.seq,
+                        idem: None,
+                        dropped: std::mem::take(&mut fin.dropped),
+                    });
                 }
-            },
-        )
-        .collect();
+                respond(job, fin, |_| unreachable!("no foreign-tenant events"))
+            }
+        });
+    });
+    assert_eq!(answers.len(), batch.len, "every slot is answered");
     drop(sent);
     if !dropped.is_empty() {
         inner
@@ -1078,6 +1184,47 @@ fn collect(inner: &Inner, batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<A
         inner.settle(None);
     }
     answers
+}
+
+/// Calls `f` with every answer of `lists` (whose slots are distinct) in slot order, and gives
+/// the emptied lists back to `pool`. Each list is nearly in order already (a shard thread
+/// answers its tasks in order, but for a reservation spanning shards it finished later): a
+/// few lists are merged by looking at each one's next answer.
+fn in_slot_order(mut lists: Vec<AnswerList>, pool: &ListPool, mut f: impl FnMut(usize, Slot)) {
+    /// More lists than this are put together and sorted instead (answers of many requests
+    /// that waited for others, each handed in alone).
+    const MERGED_MAX: usize = 8;
+    for l in &mut lists {
+        if !l.is_sorted_by_key(|(i, _)| *i) {
+            l.sort_unstable_by_key(|(i, _)| *i);
+        }
+    }
+    if lists.len() > MERGED_MAX {
+        let mut all = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+        for mut l in lists.drain(..) {
+            all.append(&mut l);
+            pool.give(l);
+        }
+        all.sort_unstable_by_key(|(i, _)| *i);
+        lists.push(all);
+    }
+    // Each list's next answer is looked at in place (`as_slice`), and moved once, to `f`.
+    let mut heads: Vec<std::vec::Drain<'_, (usize, Slot)>> =
+        lists.iter_mut().map(|l| l.drain(..)).collect();
+    loop {
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(h, it)| it.as_slice().first().map(|(i, _)| (*i, h)))
+            .min();
+        let Some((_, h)) = next else { break };
+        let (i, slot) = heads[h].next().expect("looked at");
+        f(i, slot);
+    }
+    drop(heads);
+    for l in lists {
+        pool.give(l);
+    }
 }
 
 fn refused(r: Refusal) -> Response {
@@ -1199,18 +1346,19 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
         // shard thread runs at once, and the submitters building the answers instead were
         // slower (they sequence the next batches meanwhile).
         let mut defer = Deferrer::new(None);
+        let mut out = Answering::new(&batch, tasks.len());
         let mut pending: Vec<Pending<'_>> = Vec::new();
         for task in tasks.iter() {
             if !pending.is_empty() {
-                apply_decided(index, &mut state, &inner, &batch, &mut pending);
+                apply_decided(index, &mut state, &inner, &mut out, &mut pending);
                 if !overtakes(&state, task, &pending) {
-                    drain(index, &mut state, &inner, &batch, &mut pending);
+                    drain(index, &mut state, &inner, &mut out, &mut pending);
                 }
             }
             match &task.rendezvous {
                 None => {
                     let ran = defer.run_single(&mut state, task);
-                    answer(&inner, &batch, task, ran);
+                    answer(&inner, &mut out, task, ran);
                     inner.depth[index].fetch_sub(1, Ordering::Release);
                 }
                 Some(rv) => {
@@ -1219,12 +1367,13 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
                         // Run later work instead of waiting at the rendezvous.
                         pending.push(Pending { task });
                     } else {
-                        finish_multi(index, &mut state, &inner, &batch, task);
+                        finish_multi(index, &mut state, &inner, &mut out, task);
                     }
                 }
             }
         }
-        drain(index, &mut state, &inner, &batch, &mut pending);
+        drain(index, &mut state, &inner, &mut out, &mut pending);
+        drop(out);
         inner.next_due[index].store(state.next_due(), Ordering::Release);
         drop(state);
         inner.progress[index].advance(received);
@@ -1268,7 +1417,7 @@ fn apply_decided(
     index: usize,
     state: &mut ShardState,
     inner: &Inner,
-    batch: &Batch,
+    out: &mut Answering<'_>,
     pending: &mut Vec<Pending<'_>>,
 ) {
     let mut i = 0;
@@ -1280,7 +1429,7 @@ fn apply_decided(
             .expect("pending tasks meet");
         if rv.decision.get().is_some() {
             let p = pending.remove(i);
-            finish_multi(index, state, inner, batch, p.task);
+            finish_multi(index, state, inner, out, p.task);
         } else {
             i += 1;
         }
@@ -1293,11 +1442,11 @@ fn drain(
     index: usize,
     state: &mut ShardState,
     inner: &Inner,
-    batch: &Batch,
+    out: &mut Answering<'_>,
     pending: &mut Vec<Pending<'_>>,
 ) {
     for p in pending.drain(..) {
-        finish_multi(index, state, inner, batch, p.task);
+        finish_multi(index, state, inner, out, p.task);
     }
 }
 
@@ -1330,14 +1479,20 @@ fn post(index: usize, state: &ShardState, rv: &Rendezvous, job: &Job) {
 
 /// Applies the decision of a posted job spanning shards (waiting for it if needed); the last
 /// participant to apply merges and answers.
-fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Batch, task: &Task) {
+fn finish_multi(
+    index: usize,
+    state: &mut ShardState,
+    inner: &Inner,
+    out: &mut Answering<'_>,
+    task: &Task,
+) {
     let job = &*task.job;
     let rv = task.rendezvous.as_ref().expect("a job spanning shards");
     let d = wait_for(rv);
-    let out = state.apply(job, d);
+    let part = state.apply(job, d);
     let fin = {
         let mut outs = rv.outs.lock().expect("rendezvous lock");
-        outs.push(out);
+        outs.push(part);
         if outs.len() < rv.participants {
             None
         } else {
@@ -1346,20 +1501,20 @@ fn finish_multi(index: usize, state: &mut ShardState, inner: &Inner, batch: &Bat
         }
     };
     if let Some(fin) = fin {
-        deliver(inner, batch, task, fin);
+        deliver(inner, out, task, fin);
     }
     inner.depth[index].fetch_sub(1, Ordering::Release);
 }
 
 /// Answers a finished job; what the front must learn of it (its idempotent response, gone
 /// routes) is handed off ([`Handoff`]), without waiting for the front lock.
-fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished) {
-    let Some(mut fin) = deliver_plain(batch, task, fin) else {
+fn deliver(inner: &Inner, out: &mut Answering<'_>, task: &Task, fin: crate::job::Finished) {
+    let Some(mut fin) = deliver_plain(out, task, fin) else {
         return;
     };
     if !fin.foreign.is_empty() {
         // Events of other tenants (a tick's) are named from the front's tenant table.
-        deliver_front(&mut inner.lock_front(), batch, task, fin);
+        deliver_front(&mut inner.lock_front(), out, task, fin);
         return;
     }
     let dropped = std::mem::take(&mut fin.dropped);
@@ -1368,14 +1523,14 @@ fn deliver(inner: &Inner, batch: &Batch, task: &Task, fin: crate::job::Finished)
     // the response stored.
     let h = Handoff::of(task, &response, dropped);
     inner.handoffs.lock().expect("handoff lock").push(h);
-    batch.complete(task.slot, (response, events));
+    out.complete(task.slot, (response, events));
     inner.settle(None);
 }
 
 /// Answers a job that needs nothing of the front (no idempotency key to record, nothing
 /// dropped, no event of another tenant); hands back the others.
 fn deliver_plain(
-    batch: &Batch,
+    out: &mut Answering<'_>,
     task: &Task,
     fin: crate::job::Finished,
 ) -> Option<crate::job::Finished> {
@@ -1383,17 +1538,22 @@ fn deliver_plain(
         return Some(fin);
     }
     let answer = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
-    batch.complete(task.slot, answer);
+    out.complete(task.slot, answer);
     None
 }
 
 /// [`deliver`] of a job [`deliver_plain`] handed back, with the front lock held.
-fn deliver_front(side: &mut FrontSide, batch: &Batch, task: &Task, mut fin: crate::job::Finished) {
+fn deliver_front(
+    side: &mut FrontSide,
+    out: &mut Answering<'_>,
+    task: &Task,
+    mut fin: crate::job::Finished,
+) {
     let job = &*task.job;
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(job, fin, |t| side.front.tenants[t as usize].id.clone());
     apply_handoff(side, Handoff::of(task, &response, dropped));
-    batch.complete(task.slot, (response, events));
+    out.complete(task.slot, (response, events));
 }
 
 /// Runs the task lists of a batch on the calling thread, which holds the front lock (so no
@@ -1407,12 +1567,13 @@ fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[V
     // Lock order as in `Engine::inspect`: the front, then the shards by index.
     let lists: Vec<&[Task]> = per_shard.iter().map(Vec::as_slice).collect();
     // The submitter runs and collects an inline batch itself: nothing to defer.
+    let mut out = Answering::new(batch, lists.iter().map(|l| l.len()).sum());
     run_in_order(inner, &lists, None, |task, ran, _| {
         let Ran::Finished(fin) = ran else {
             unreachable!("nothing deferred")
         };
-        if let Some(fin) = deliver_plain(batch, task, fin) {
-            deliver_front(side, batch, task, fin);
+        if let Some(fin) = deliver_plain(&mut out, task, fin) {
+            deliver_front(side, &mut out, task, fin);
         }
     });
 }
@@ -1429,8 +1590,9 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
         inner.progress[s].wait(lend - 1);
     }
     let lists: Vec<&[Task]> = lists.iter().map(|l| l.as_slice()).collect();
+    let mut out = Answering::new(batch, lists.iter().map(|l| l.len()).sum());
     run_in_order(inner, &lists, Some(batch), |task, ran, shards| {
-        answer(inner, batch, task, ran);
+        answer(inner, &mut out, task, ran);
         for s in shards {
             inner.depth[s].fetch_sub(1, Ordering::Release);
         }
@@ -1526,10 +1688,10 @@ fn defers(job: &Job, d: &Decision) -> bool {
 }
 
 /// Answers a task that ran: delivered ([`deliver`]) or left to the collector.
-fn answer(inner: &Inner, batch: &Batch, task: &Task, ran: Ran) {
+fn answer(inner: &Inner, out: &mut Answering<'_>, task: &Task, ran: Ran) {
     match ran {
-        Ran::Finished(fin) => deliver(inner, batch, task, fin),
-        Ran::Deferred(d) => batch.fill(task.slot, Slot::Deferred(d)),
+        Ran::Finished(fin) => deliver(inner, out, task, fin),
+        Ran::Deferred(d) => out.fill(task.slot, Slot::Deferred(d)),
     }
 }
 
