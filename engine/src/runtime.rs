@@ -726,6 +726,16 @@ impl Engine {
         // The answers given here, before any shard runs: refusals, stored answers of repeats.
         let mut out = Answering::new(batch, 0);
         let mut side = self.inner.lock_front();
+        // The queue depths as last read. Only a submitter holding the front lock adds to a
+        // depth, so while this one holds it they can only fall: a depth is read again only
+        // when the one last read would refuse. (Read for every request, they were lines the
+        // shard threads write.)
+        let mut depths: Vec<usize> = self
+            .inner
+            .depth
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect();
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
         for (slot, req) in requests.into_iter().enumerate() {
             if let (Err(e), false) = (&writable, req.command.is_read()) {
@@ -742,9 +752,12 @@ impl Engine {
                 continue;
             }
             // A full queue refuses before admission, so a refused request leaves no trace.
+            let max = self.inner.queue_depth_max;
             let full = (0..n).any(|s| {
-                self.inner.depth[s].load(Ordering::Relaxed) + per_shard[s].len()
-                    >= self.inner.queue_depth_max
+                if depths[s] + per_shard[s].len() >= max {
+                    depths[s] = self.inner.depth[s].load(Ordering::Relaxed);
+                }
+                depths[s] + per_shard[s].len() >= max
             });
             if full {
                 out.complete(slot, (refused(Refusal::Overloaded), Vec::new()));
@@ -1350,16 +1363,15 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
         let mut pending: Vec<Pending<'_>> = Vec::new();
         for task in tasks.iter() {
             if !pending.is_empty() {
-                apply_decided(index, &mut state, &inner, &mut out, &mut pending);
+                apply_decided(&mut state, &inner, &mut out, &mut pending);
                 if !overtakes(&state, task, &pending) {
-                    drain(index, &mut state, &inner, &mut out, &mut pending);
+                    drain(&mut state, &inner, &mut out, &mut pending);
                 }
             }
             match &task.rendezvous {
                 None => {
                     let ran = defer.run_single(&mut state, task);
                     answer(&inner, &mut out, task, ran);
-                    inner.depth[index].fetch_sub(1, Ordering::Release);
                 }
                 Some(rv) => {
                     post(index, &state, rv, &task.job);
@@ -1367,13 +1379,19 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
                         // Run later work instead of waiting at the rendezvous.
                         pending.push(Pending { task });
                     } else {
-                        finish_multi(index, &mut state, &inner, &mut out, task);
+                        finish_multi(&mut state, &inner, &mut out, task);
                     }
                 }
             }
         }
-        drain(index, &mut state, &inner, &mut out, &mut pending);
+        drain(&mut state, &inner, &mut out, &mut pending);
         drop(out);
+        // Counted off the queue's depth at once, not task by task: the submitters read the
+        // depths as they sequence, and a write per task moved the counters' cache line
+        // between the cores at every reservation. Until then the depth still counts every
+        // task of the message, which is all the front lock's rule asks (a thread holding a
+        // shard lock may wait for the front lock only while the shard's depth counts its task).
+        inner.depth[index].fetch_sub(tasks.len(), Ordering::Release);
         inner.next_due[index].store(state.next_due(), Ordering::Release);
         drop(state);
         inner.progress[index].advance(received);
@@ -1414,7 +1432,6 @@ fn overtakes(state: &ShardState, task: &Task, pending: &[Pending<'_>]) -> bool {
 
 /// Applies the pending reservations whose decision is known, without waiting.
 fn apply_decided(
-    index: usize,
     state: &mut ShardState,
     inner: &Inner,
     out: &mut Answering<'_>,
@@ -1429,7 +1446,7 @@ fn apply_decided(
             .expect("pending tasks meet");
         if rv.decision.get().is_some() {
             let p = pending.remove(i);
-            finish_multi(index, state, inner, out, p.task);
+            finish_multi(state, inner, out, p.task);
         } else {
             i += 1;
         }
@@ -1439,14 +1456,13 @@ fn apply_decided(
 /// Applies every pending reservation, waiting for the decisions still missing, in sequence
 /// order.
 fn drain(
-    index: usize,
     state: &mut ShardState,
     inner: &Inner,
     out: &mut Answering<'_>,
     pending: &mut Vec<Pending<'_>>,
 ) {
     for p in pending.drain(..) {
-        finish_multi(index, state, inner, out, p.task);
+        finish_multi(state, inner, out, p.task);
     }
 }
 
@@ -1479,13 +1495,7 @@ fn post(index: usize, state: &ShardState, rv: &Rendezvous, job: &Job) {
 
 /// Applies the decision of a posted job spanning shards (waiting for it if needed); the last
 /// participant to apply merges and answers.
-fn finish_multi(
-    index: usize,
-    state: &mut ShardState,
-    inner: &Inner,
-    out: &mut Answering<'_>,
-    task: &Task,
-) {
+fn finish_multi(state: &mut ShardState, inner: &Inner, out: &mut Answering<'_>, task: &Task) {
     let job = &*task.job;
     let rv = task.rendezvous.as_ref().expect("a job spanning shards");
     let d = wait_for(rv);
@@ -1503,7 +1513,6 @@ fn finish_multi(
     if let Some(fin) = fin {
         deliver(inner, out, task, fin);
     }
-    inner.depth[index].fetch_sub(1, Ordering::Release);
 }
 
 /// Answers a finished job; what the front must learn of it (its idempotent response, gone
