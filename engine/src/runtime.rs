@@ -1801,3 +1801,95 @@ fn spin_then_park<T>(sleepers: &Mutex<Vec<Thread>>, ready: impl Fn() -> Option<T
         std::thread::park();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer that names its slot (as its sequence number).
+    fn answer(i: usize) -> Slot {
+        Slot::Answer((
+            Response {
+                seq: Some(i as Seq),
+                replayed: false,
+                outcome: Outcome::Ok(crate::outcome::Reply::Done),
+            },
+            Vec::new(),
+        ))
+    }
+
+    fn list(slots: &[usize]) -> AnswerList {
+        slots.iter().map(|&i| (i, answer(i))).collect()
+    }
+
+    /// The slots `in_slot_order` calls back with, checking each answer is its slot's.
+    fn order_of(lists: Vec<AnswerList>, pool: &ListPool) -> Vec<usize> {
+        let mut seen = Vec::new();
+        in_slot_order(lists, pool, |i, slot| {
+            let Slot::Answer((r, _)) = slot else {
+                panic!("only answers here")
+            };
+            assert_eq!(r.seq, Some(i as Seq), "slot {i} got another's answer");
+            seen.push(i);
+        });
+        seen
+    }
+
+    /// Lists merged in slot order, whatever order each list and the lists come in; with more
+    /// lists than are merged by looking (answers handed in one at a time) as well; the
+    /// emptied lists go back to the pool.
+    #[test]
+    fn answers_come_out_in_slot_order() {
+        let pool = ListPool::default();
+        let lists = vec![list(&[1, 4, 6]), list(&[5, 0, 2]), list(&[3])];
+        assert_eq!(order_of(lists, &pool), (0..7).collect::<Vec<_>>());
+        assert_eq!(pool.0.lock().unwrap().len(), 3);
+        assert!(pool.0.lock().unwrap().iter().all(Vec::is_empty));
+
+        let mut many: Vec<AnswerList> = (0..20).rev().map(|i| list(&[i])).collect();
+        many.push(list(&[25, 21, 23]));
+        many.push(list(&[20, 22, 24]));
+        assert_eq!(order_of(many, &pool), (0..26).collect::<Vec<_>>());
+        assert!(pool.0.lock().unwrap().len() <= POOLED_LISTS_MAX);
+        assert_eq!(order_of(Vec::new(), &pool), Vec::<usize>::new());
+    }
+
+    /// A batch is answered when every thread has handed in: the answers of several
+    /// `Answering`s and of single completions are all there, and the count reaches zero only
+    /// with the last hand-in. A discarding batch counts its answers and keeps none.
+    #[test]
+    fn a_batch_counts_what_each_thread_hands_in() {
+        let pool = Arc::new(ListPool::default());
+        let batch = Batch::new(5, &pool);
+        {
+            let mut a = Answering::new(&batch, 2);
+            a.fill(3, answer(3));
+            a.fill(0, answer(0));
+            let mut b = Answering::new(&batch, 2);
+            b.fill(4, answer(4));
+            drop(b);
+            assert_eq!(batch.remaining.load(Ordering::Acquire), 4, "a's not yet in");
+            a.fill(1, answer(1));
+        }
+        assert_eq!(batch.remaining.load(Ordering::Acquire), 1);
+        batch.complete(2, (refused(Refusal::Overloaded), Vec::new()));
+        assert_eq!(batch.remaining.load(Ordering::Acquire), 0);
+        batch.wait();
+        let batch = Arc::try_unwrap(batch)
+            .ok()
+            .expect("only this thread holds it");
+        let lists = batch.lists.into_inner().unwrap();
+        let mut seen = Vec::new();
+        in_slot_order(lists, &pool, |i, _| seen.push(i));
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+
+        let quiet = Batch::discarding(3, &pool);
+        let mut a = Answering::new(&quiet, 3);
+        for i in 0..3 {
+            a.fill(i, answer(i));
+        }
+        drop(a);
+        assert_eq!(quiet.remaining.load(Ordering::Acquire), 0);
+        assert!(quiet.lists.lock().unwrap().is_empty());
+    }
+}
