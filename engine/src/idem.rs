@@ -382,6 +382,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// Every entry of a store with its (tenant, key), in key order: comparable with a model
+    /// map's listing.
+    type Listing = Vec<((u32, String), IdemEntry)>;
+
+    fn listing(s: &IdemStore) -> Listing {
+        let mut all: Vec<_> = s
+            .sorted()
+            .into_iter()
+            .map(|(k, e)| ((k.tenant, k.key.to_string()), e.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     fn entry(at: TimeMs, n: u8) -> IdemEntry {
         IdemEntry {
             fingerprint: [n; 32],
@@ -425,13 +439,7 @@ mod tests {
             }
             assert_eq!(store.len(), model.len());
         }
-        let mut all: Vec<_> = store
-            .sorted()
-            .into_iter()
-            .map(|(k, e)| ((k.tenant, k.key.to_string()), e.clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
     }
 
     /// The canonical order depends on the entries alone: inserted in another order, with
@@ -511,17 +519,7 @@ mod tests {
     fn copies_see_their_moment_and_writes_meanwhile_copy_no_table() {
         let mut store = IdemStore::default();
         let mut model: BTreeMap<(u32, String), IdemEntry> = BTreeMap::new();
-        type Listing = Vec<((u32, String), IdemEntry)>;
         let mut copies: Vec<(IdemStore, Listing)> = Vec::new();
-        let list = |s: &IdemStore| -> Listing {
-            let mut all: Vec<_> = s
-                .sorted()
-                .into_iter()
-                .map(|(k, e)| ((k.tenant, k.key.to_string()), e.clone()))
-                .collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
-            all
-        };
         let retention = 700;
         let mut x = 12_345u64;
         for i in 0..12_000u64 {
@@ -532,11 +530,11 @@ mod tests {
             // Now and then a copy is taken, or the oldest one dropped.
             if r % 97 == 0 {
                 let table = Arc::as_ptr(&store.parts[7]);
-                copies.push((store.image_copy(), list(&store)));
+                copies.push((store.image_copy(), listing(&store)));
                 assert_eq!(Arc::as_ptr(&store.parts[7]), table);
             } else if r % 89 == 0 && !copies.is_empty() {
                 let (copy, seen) = copies.remove(0);
-                assert_eq!(list(&copy), seen);
+                assert_eq!(listing(&copy), seen);
                 assert_eq!(copy.len(), seen.len());
             }
             let tables: Vec<*const HashTable<Slot>> = store.parts.iter().map(Arc::as_ptr).collect();
@@ -572,9 +570,12 @@ mod tests {
                 assert_eq!(now_tables, tables, "step {i}");
             }
         }
-        assert_eq!(list(&store), model.clone().into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            listing(&store),
+            model.clone().into_iter().collect::<Vec<_>>()
+        );
         for (copy, seen) in copies.drain(..) {
-            assert_eq!(list(&copy), seen);
+            assert_eq!(listing(&copy), seen);
         }
         // No copy left: the next change puts every change in the tables.
         assert!(store.delta.is_some());
@@ -582,7 +583,7 @@ mod tests {
         store.insert(IdemKey::new(0, "last"), e.clone());
         model.insert((0, "last".into()), e);
         assert!(store.delta.is_none());
-        assert_eq!(list(&store), model.into_iter().collect::<Vec<_>>());
+        assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
     }
 
     /// `expired` counts what `expire` drops; a restored store expires like the original.

@@ -187,23 +187,24 @@ struct Deferred {
 impl Batch {
     /// A batch of `len` requests, answered to the calling thread.
     fn new(len: usize, pool: &Arc<ListPool>) -> Arc<Batch> {
-        Arc::new(Batch {
-            len,
-            discard: false,
-            lists: Mutex::new(Vec::new()),
-            pool: pool.clone(),
-            cfgs: Mutex::new(Vec::new()),
-            remaining: AtomicUsize::new(len),
-            waiter: std::thread::current(),
-        })
+        Batch::make(len, pool, false)
     }
 
     /// A batch of `len` requests whose answers nobody reads: each is dropped where it is
     /// made, only the count of those outstanding is kept.
     fn discarding(len: usize, pool: &Arc<ListPool>) -> Arc<Batch> {
+        Batch::make(len, pool, true)
+    }
+
+    fn make(len: usize, pool: &Arc<ListPool>, discard: bool) -> Arc<Batch> {
         Arc::new(Batch {
-            discard: true,
-            ..Arc::into_inner(Batch::new(len, pool)).expect("just made")
+            len,
+            discard,
+            lists: Mutex::new(Vec::new()),
+            pool: pool.clone(),
+            cfgs: Mutex::new(Vec::new()),
+            remaining: AtomicUsize::new(len),
+            waiter: std::thread::current(),
         })
     }
 
@@ -222,21 +223,16 @@ impl Batch {
     /// Answers slot `i` alone (a request answered by whoever finishes the request it waited
     /// for); a thread answering many uses an [`Answering`].
     fn complete(&self, i: usize, a: Answer) {
-        let mut one = Answering {
-            batch: self,
-            list: Vec::with_capacity(1),
-            given: 0,
-        };
-        one.complete(i, a);
+        Answering::new(self, 0).complete(i, a);
     }
 
     /// Hands in `list` (none of whose slots was answered before) and counts `n` answers;
     /// the last wakes the waiter.
     fn hand_in(&self, list: AnswerList, n: usize) {
-        if !list.is_empty() {
-            self.lists.lock().expect("answer lists lock").push(list);
-        } else if list.capacity() > 0 {
+        if list.is_empty() {
             self.pool.give(list);
+        } else {
+            self.lists.lock().expect("answer lists lock").push(list);
         }
         if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
             self.waiter.unpark();
@@ -736,6 +732,7 @@ impl Engine {
             .iter()
             .map(|d| d.load(Ordering::Relaxed))
             .collect();
+        let max = self.inner.queue_depth_max;
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
         for (slot, req) in requests.into_iter().enumerate() {
             if let (Err(e), false) = (&writable, req.command.is_read()) {
@@ -752,7 +749,6 @@ impl Engine {
                 continue;
             }
             // A full queue refuses before admission, so a refused request leaves no trace.
-            let max = self.inner.queue_depth_max;
             let full = (0..n).any(|s| {
                 if depths[s] + per_shard[s].len() >= max {
                     depths[s] = self.inner.depth[s].load(Ordering::Relaxed);
