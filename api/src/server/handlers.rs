@@ -1,6 +1,7 @@
 //! The handlers of the tenant operations (configuration, stock, reservations, batch): each
 //! is a thin shell over [`ops::perform`], annotated for the OpenAPI document.
 
+use super::batch::{self, OpBody};
 use super::body::{Body, RawBody};
 use super::dto::*;
 use super::error::ApiError;
@@ -84,6 +85,7 @@ async fn single(
     let op = OpRequest {
         route,
         body,
+        reserve: None,
         idempotency_key,
     };
     let answer = ops::perform(state, caller, std::slice::from_ref(&op))
@@ -330,31 +332,34 @@ lifecycle!(
         (status = 401, body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): RawBody) -> Response {
-    let b: BatchBody = match body.parse() {
-        Ok(b) => b,
+    let operations = match batch::operations(&body) {
+        Ok(o) => o,
         Err(e) => return e.into_response(),
     };
     let max = s.limits().batch_operations_max;
-    if b.operations.len() > max {
+    if operations.len() > max {
         return ApiError::invalid(
             "operations",
-            format!(
-                "{} operations, at most {max} are allowed",
-                b.operations.len()
-            ),
+            format!("{} operations, at most {max} are allowed", operations.len()),
         )
         .into_response();
     }
     // Operations whose method and path are not batchable are answered without running.
-    let mut results: Vec<Option<Result<OpAnswer, ApiError>>> = Vec::new();
-    let mut ops = Vec::new();
-    for (i, op) in b.operations.into_iter().enumerate() {
-        match Route::parse(&op.method, &op.path) {
+    let mut results: Vec<Option<Result<OpAnswer, ApiError>>> = Vec::with_capacity(operations.len());
+    let mut ops = Vec::with_capacity(operations.len());
+    for (i, op) in operations.into_iter().enumerate() {
+        match op.route {
             Some(route) => {
                 results.push(None);
+                let (body, reserve) = match op.body {
+                    OpBody::Absent => (Body::None, None),
+                    OpBody::Raw(raw) => (body.part(raw), None),
+                    OpBody::Reserve(b) => (Body::None, Some(b)),
+                };
                 ops.push(OpRequest {
                     route,
-                    body: op.body.map_or(Body::None, |raw| body.part(raw)),
+                    body,
+                    reserve,
                     idempotency_key: op.idempotency_key,
                 });
             }

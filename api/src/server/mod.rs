@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod config;
 pub mod dto;
