@@ -245,12 +245,19 @@ fn drain(
                 Err(_) => break,
             }
         }
-        let mut requests = Vec::with_capacity(total);
         let mut lens = Vec::with_capacity(works.len());
-        for w in &mut works {
-            lens.push(w.requests.len());
-            requests.append(&mut w.requests);
-        }
+        let requests = if let [only] = works.as_mut_slice() {
+            // One group (a batch alone, or a single request): its list as it is, not copied.
+            lens.push(only.requests.len());
+            std::mem::take(&mut only.requests)
+        } else {
+            let mut requests = Vec::with_capacity(total);
+            for w in &mut works {
+                lens.push(w.requests.len());
+                requests.append(&mut w.requests);
+            }
+            requests
+        };
         let ran = engine.execute_unacked(requests, wall_ms());
         if !then(ran, works, lens) || stop {
             return;
