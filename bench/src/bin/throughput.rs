@@ -15,7 +15,22 @@
 //! reservations, as WORKLOADS.md defines it.
 //!
 //! Usage: `throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024]
-//! [--clients N] [--shards N] [--wait-idle 120]`
+//! [--clients N] [--shards N] [--wait-idle 120] [--wal DIR] [--batches N]`
+//!
+//! `--batches N` runs a fixed amount of work instead of a fixed time: each client submits
+//! exactly N batches, all counted. A timed run completes a different number of operations each
+//! time, and once the hot SKUs sell out a varying share of them are refusals (cheaper to
+//! answer), so its instruction count per operation moves from run to run. With fixed work
+//! that stays below the stock (4 clients x 100 batches of 1,024 W1 reservations demand about
+//! 61,000 units of the hottest SKU, of 1,000,000), every run does the same operations:
+//!
+//! ```sh
+//! valgrind --tool=callgrind --toggle-collect='*shard_main*' \
+//!     target/release/throughput --workload w1 --runs 1 --batches 100 --wait-idle 0
+//! ```
+//!
+//! gives the shard threads' instructions per reservation (the count / 409,600); without
+//! `--toggle-collect`, the whole process's (setup included).
 
 // mimalloc, as in depot's own binaries: answers are freed by other threads than allocate them.
 #[global_allocator]
@@ -39,9 +54,12 @@ struct Opts {
     wait_idle: f64,
     /// Where to keep the write-ahead log of each run; `None`: memory only.
     wal: Option<std::path::PathBuf>,
+    /// Fixed work: each client submits exactly this many batches, all counted (no warm-up, no
+    /// time limit), for comparable instruction counts under callgrind.
+    batches: Option<u64>,
 }
 
-const USAGE: &str = "throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120] [--wal DIR]";
+const USAGE: &str = "throughput [--workload w1|w2|all] [--runs 3] [--secs 10] [--warmup 1] [--batch 1024] [--clients N] [--shards N] [--wait-idle 120] [--wal DIR] [--batches N]";
 
 fn opts() -> Opts {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -55,6 +73,7 @@ fn opts() -> Opts {
         shards: cores,
         wait_idle: 120.0,
         wal: None,
+        batches: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -107,6 +126,11 @@ fn opts() -> Opts {
                 })
             }
             "--wal" => o.wal = Some(std::path::PathBuf::from(v)),
+            "--batches" => {
+                o.batches = Some(v.parse().unwrap_or_else(|_| {
+                    depot_bench::cli::usage_error(&format!("--batches: not a number: {v:?}"), USAGE)
+                }))
+            }
             "-h" | "--help" => {
                 eprintln!("{USAGE}");
                 std::process::exit(0);
@@ -172,6 +196,7 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
 
     let barrier = Barrier::new(o.clients + 1);
     let mut cpu0 = depot_bench::idle::Cpu::now();
+    let mut started = Instant::now();
     let results: Vec<(Tally, Tally, Duration, u64, Vec<u64>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..o.clients)
             .map(|c| {
@@ -204,12 +229,12 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
                         all.add(&t);
                         let sec = (at.as_secs() as usize).min(per_sec.len() - 1);
                         per_sec[sec] += t.ops();
-                        if at > warm && at <= end {
+                        if o.batches.is_some() || (at > warm && at <= end) {
                             counted.add(&t);
                             busy += done - sent;
                             batches += 1;
                         }
-                        if at >= end {
+                        if o.batches.map_or(at >= end, |n| batches >= n) {
                             break;
                         }
                     }
@@ -219,6 +244,7 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
             .collect();
         barrier.wait();
         cpu0 = depot_bench::idle::Cpu::now();
+        started = Instant::now();
         handles
             .into_iter()
             .map(|h| h.join().expect("client thread"))
@@ -237,7 +263,11 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
         busy += *b;
         batches += n;
     }
-    let window = o.secs - o.warmup;
+    let window = match o.batches {
+        // Fixed work: the whole run, from the start to the last answer.
+        Some(_) => started.elapsed().as_secs_f64(),
+        None => o.secs - o.warmup,
+    };
     let check = workload.check_engine(&engine);
     let t_drop = Instant::now();
     drop(engine);
