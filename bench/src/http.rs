@@ -278,13 +278,9 @@ pub fn batch_body(ops: &[Op], names: &[String]) -> String {
 pub fn classify(status: u16, body: &[u8]) -> Reply {
     match status {
         200 | 201 => Reply::Ok,
-        409 if find(body, b"insufficient_stock").is_some() => Reply::Insufficient,
+        409 if memchr::memmem::find(body, b"insufficient_stock").is_some() => Reply::Insufficient,
         _ => Reply::Other,
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The replies of a `/v1/batch` answer, in order. Reads the `{"status":NNN` that opens each
@@ -292,10 +288,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// back to a full JSON parse when the answer is not laid out that way.
 pub fn batch_replies(body: &[u8], expected: usize) -> Result<Vec<Reply>, String> {
     const OPEN: &[u8] = br#"{"status":"#;
+    // The client shares the machine with the server: a byte-by-byte search for each result's
+    // start cost the client more than half of its instructions per reservation.
+    let open = memchr::memmem::Finder::new(OPEN);
     let mut out = Vec::with_capacity(expected);
     let mut starts = Vec::with_capacity(expected);
     let mut i = 0;
-    while let Some(p) = find(&body[i..], OPEN) {
+    while let Some(p) = open.find(&body[i..]) {
         let at = i + p + OPEN.len();
         let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
         let status = std::str::from_utf8(&body[at..at + digits])
