@@ -82,13 +82,13 @@ async fn single(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let op = OpRequest {
+    let mut op = OpRequest {
         route,
         body,
         reserve: None,
         idempotency_key,
     };
-    let answer = ops::perform(state, caller, std::slice::from_ref(&op))
+    let answer = ops::perform(state, caller, std::slice::from_mut(&mut op))
         .await
         .pop()
         .unwrap_or_else(|| Err(ApiError::overloaded()));
@@ -369,7 +369,7 @@ pub async fn batch(State(s): State<AppState>, caller: Caller, RawBody(body): Raw
             )))),
         }
     }
-    let mut answers = ops::perform(&s, &caller, &ops).await.into_iter();
+    let mut answers = ops::perform(&s, &caller, &mut ops).await.into_iter();
     let results: Vec<(StatusCode, Vec<u8>, bool)> = results
         .into_iter()
         .map(|r| {

@@ -301,8 +301,9 @@ fn lines_max(field: &str, n: usize, max: usize) -> Result<(), ApiError> {
 }
 
 /// Authorizes `op` for `key` and builds its requests.
-fn plan(op: &OpRequest<'_>, key: &KeyScope, lines_limit: usize) -> Result<Planned, ApiError> {
-    let mut idem = op.idempotency_key.clone();
+fn plan(op: &mut OpRequest<'_>, key: &KeyScope, lines_limit: usize) -> Result<Planned, ApiError> {
+    // Taken, not copied: nothing reads an operation's key after its plan.
+    let mut idem = op.idempotency_key.take();
     if op.route.needs_idempotency_key() && idem.is_none() {
         return Err(ApiError::invalid(
             "Idempotency-Key",
@@ -735,11 +736,11 @@ fn reservation_text(r: &depot_engine::outcome::ReservationView) -> Vec<u8> {
 pub async fn perform(
     state: &AppState,
     caller: &Caller,
-    ops: &[OpRequest<'_>],
+    ops: &mut [OpRequest<'_>],
 ) -> Vec<Result<OpAnswer, ApiError>> {
     let lines_limit = state.limits().lines_max;
     let mut planned: Vec<Result<Planned, ApiError>> = ops
-        .iter()
+        .iter_mut()
         .map(|op| {
             let key = caller.require(op.route.roles())?;
             plan(op, key, lines_limit)
