@@ -5,7 +5,8 @@
 //! ends and once to read it. That was about a quarter of the server's work per reservation in a
 //! batch. [`FastBatch`] reads a reservation's body (`POST /v1/reservations`) as a
 //! [`ReserveBody`] where it stands, when the operation's `method` and `path` come before its
-//! `body` (as every client writes them); other bodies stay raw text, as before.
+//! `body` (the order of `docs/http_api.md` and of the OpenAPI document); other bodies stay raw
+//! text.
 //!
 //! The fast reading is only a shortcut: it accepts a subset of what the general one accepts
 //! (objects only, no duplicate or unknown fields, every reservation body well formed), and
