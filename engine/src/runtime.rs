@@ -717,16 +717,14 @@ impl Engine {
         // Filled on first use: a batch often touches only some shards.
         let mut per_shard: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         let mut last_write = None;
-        // The batch's writes for the journal, handed over at once before any of them runs
-        // (room for all of them from the start: an entry is about 200 bytes, and growing the
-        // list one doubling at a time copied it six times per batch of 100).
-        let mut logged: Vec<LogEntry> = Vec::new();
         // The answers given here, before any shard runs: refusals, stored answers of repeats.
         let mut out = Answering::new(batch, 0);
         let mut side = self.inner.lock_front();
-        if side.journal.is_some() {
-            logged.reserve_exact(len);
-        }
+        // The batch's writes for the journal, handed over at once before any of them runs
+        // (room for all of them from the start: an entry is about 200 bytes, and growing the
+        // list one doubling at a time copied it six times per batch of 100).
+        let mut logged: Vec<LogEntry> =
+            Vec::with_capacity(if side.journal.is_some() { len } else { 0 });
         // The queue depths as last read. Only a submitter holding the front lock adds to a
         // depth, so while this one holds it they can only fall: a depth is read again only
         // when the one last read would refuse. (Read for every request, they were lines the
