@@ -94,15 +94,15 @@ impl ShardState {
                 prep.sku_slot = Some(slot);
                 prep.ats = st.ats(channel);
                 if cfg.rules.is_empty() {
-                    prep.locations = st.levels.iter().map(|l| (l.loc, l.available())).collect();
+                    prep.locations = crate::small(st.levels.iter().map(|l| (l.loc, l.available())));
                 } else {
                     let app = cfg.rules.applicable(&item.sku, channel);
-                    prep.locations = st
-                        .levels
-                        .iter()
-                        .filter(|l| ats::eligible(&app, l.loc))
-                        .map(|l| (l.loc, l.available()))
-                        .collect();
+                    prep.locations = crate::small(
+                        st.levels
+                            .iter()
+                            .filter(|l| ats::eligible(&app, l.loc))
+                            .map(|l| (l.loc, l.available())),
+                    );
                     prep.routing = app.routing.and_then(|r| match &r.kind {
                         crate::rules::CompiledKind::Routing(r) => Some(r.clone()),
                         _ => None,
@@ -720,7 +720,8 @@ fn plan_item(
         ship_to_region,
         full_counts,
     );
-    let mut work = p.locations.clone();
+    // Copied as a slice: `clone` goes through the general `extend`.
+    let mut work = smallvec::SmallVec::<[(LocIdx, i64); 4]>::from_slice(&p.locations);
     let (allocations, left) = allocate(order, want, &mut work[..], |w, loc| {
         let at = w.iter().position(|&(l, _)| l == loc);
         &mut w[at.expect("ordered locations are eligible ones")].1
@@ -823,14 +824,10 @@ pub fn order_locations(
 ) -> smallvec::SmallVec<[LocIdx; 4]> {
     let Some(routing) = routing else {
         // Creation order: nothing to sort.
-        return locations
-            .iter()
-            .filter(|&&(_, a)| a > 0)
-            .map(|&(l, _)| l)
-            .collect();
+        return crate::small(locations.iter().filter(|&&(_, a)| a > 0).map(|&(l, _)| l));
     };
     let mut locs: smallvec::SmallVec<[(LocIdx, i64); 4]> =
-        locations.iter().copied().filter(|&(_, a)| a > 0).collect();
+        crate::small(locations.iter().copied().filter(|&(_, a)| a > 0));
     match routing {
         CompiledRouting::Priority(list) => {
             locs.sort_by_key(|&(l, _)| {
@@ -1362,16 +1359,12 @@ impl ShardState {
                     })
                 }),
                 quantity: plan.quantity,
-                allocs: plan
-                    .allocations
-                    .iter()
-                    .map(|&(loc, open)| Alloc {
-                        loc,
-                        open,
-                        shipped: 0,
-                        returned: 0,
-                    })
-                    .collect(),
+                allocs: crate::small(plan.allocations.iter().map(|&(loc, open)| Alloc {
+                    loc,
+                    open,
+                    shipped: 0,
+                    returned: 0,
+                })),
                 backordered: 0,
             });
         }
@@ -2089,6 +2082,55 @@ fn merge_explain(cfg: &TenantConfig, sku: &Sku, channel: ChanIdx, data: Vec<Part
     }))
 }
 
+/// The answer [`merge`] and [`crate::front::respond`] give a reservation that holds, when its
+/// shards' outputs carry no events and no data (a single-shard hold always): its view and its
+/// one event, built where they end up. Nearly every reservation is answered so, and the
+/// general path moved the answer through three intermediate values on the way.
+pub fn held_answer(
+    job: &Job,
+    cfg: &TenantConfig,
+    granted: &Granted,
+    plans: &[ItemPlan],
+) -> (crate::outcome::Response, Vec<crate::outcome::Event>) {
+    debug_assert!(!job.quiet, "a quiet hold has no answer to build");
+    let view = held_view(cfg, job, granted, plans);
+    let events = vec![crate::outcome::Event {
+        seq: job.seq,
+        index: 0,
+        at: job.now,
+        tenant: job.tenant_id.clone(),
+        key_id: job.key_id.clone(),
+        kind: EventKind::ReservationHeld {
+            id: view.id,
+            channel: view.channel.clone(),
+            lines: view.lines.clone(),
+        },
+    }];
+    let response = crate::outcome::Response {
+        seq: Some(job.seq),
+        replayed: false,
+        outcome: Outcome::Ok(Reply::Reservation(view)),
+    };
+    (response, events)
+}
+
+/// A line's view before its allocations or components: its SKU, the units granted and, when
+/// fewer, the units requested.
+fn line_head(l: &LineHeader, granted: i64) -> LineView {
+    LineView {
+        sku: l.sku.clone(),
+        quantity: granted,
+        requested: if granted != l.requested() {
+            l.requested()
+        } else {
+            0
+        },
+        allocations: Allocations::new(),
+        components: Vec::new(),
+        backordered: 0,
+    }
+}
+
 /// The view of a reservation just held, from its decision: the same as
 /// [`reservation_view`] would build from its parts, without copying them.
 fn held_view(
@@ -2109,49 +2151,35 @@ fn held_view(
         unreachable!()
     };
     let allocs = |p: &ItemPlan| -> Allocations {
-        p.allocations
-            .iter()
-            .map(|&(loc, q)| AllocationView {
-                location: loc_id(cfg, loc),
-                quantity: q,
-                shipped: 0,
-                returned: 0,
-            })
-            .collect()
+        crate::small(p.allocations.iter().map(|&(loc, q)| AllocationView {
+            location: loc_id(cfg, loc),
+            quantity: q,
+            shipped: 0,
+            returned: 0,
+        }))
     };
-    let lines = lines
-        .iter()
-        .enumerate()
-        .map(|(li, l)| {
-            let granted = granted.get(lines, li);
-            let mut v = LineView {
-                sku: l.sku.clone(),
-                quantity: granted,
-                requested: if granted != l.requested() {
-                    l.requested()
-                } else {
-                    0
-                },
-                allocations: Allocations::new(),
-                components: Vec::new(),
-                backordered: 0,
-            };
-            let mut its = plans.iter().filter(|p| items[p.item].line as usize == li);
-            if l.is_bundle() {
-                v.components = its
-                    .map(|p| ItemView {
-                        sku: items[p.item].sku.clone(),
-                        quantity: p.quantity,
-                        allocations: allocs(p),
-                        backordered: 0,
-                    })
-                    .collect();
-            } else if let Some(p) = its.next() {
-                v.allocations = allocs(p);
-            }
-            v
-        })
-        .collect();
+    let line_view = |(li, l): (usize, &LineHeader)| {
+        let granted = granted.get(lines, li);
+        let mut v = line_head(l, granted);
+        let mut its = plans.iter().filter(|p| items[p.item].line as usize == li);
+        if l.is_bundle() {
+            v.components = its
+                .map(|p| ItemView {
+                    sku: items[p.item].sku.clone(),
+                    quantity: p.quantity,
+                    allocations: allocs(p),
+                    backordered: 0,
+                })
+                .collect();
+        } else if let Some(p) = its.next() {
+            v.allocations = allocs(p);
+        }
+        v
+    };
+    let lines = match &lines[..] {
+        [one] => crate::outcome::Lines::one(line_view((0, one))),
+        _ => lines.iter().enumerate().map(line_view).collect(),
+    };
     ReservationView {
         id: ReservationId(job.seq),
         channel: cfg.channels[*channel as usize].id.clone(),
@@ -2193,18 +2221,7 @@ pub fn reservation_view<P: std::borrow::Borrow<Part>>(
             let its: smallvec::SmallVec<[&&PartItem; 4]> =
                 items.iter().filter(|i| i.line as usize == li).collect();
             let granted = head.granted.get(&head.lines, li);
-            let mut v = LineView {
-                sku: l.sku.clone(),
-                quantity: granted,
-                requested: if granted != l.requested() {
-                    l.requested()
-                } else {
-                    0
-                },
-                allocations: Allocations::new(),
-                components: Vec::new(),
-                backordered: 0,
-            };
+            let mut v = line_head(l, granted);
             if l.is_bundle() {
                 v.components = its
                     .iter()
@@ -2403,7 +2420,8 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
 
         /// The paths for lines of one item each and distinct SKUs, and for one item, decide
-        /// exactly as the general one.
+        /// exactly as the general one; a hold's answer built by [`held_answer`] is the one
+        /// [`merge`] and `respond` build.
         #[test]
         fn independent_items_decide_as_the_general_path(
             lines in proptest::collection::vec((1i64..40, 1i64..4, any::<bool>()), 1..5),
@@ -2427,6 +2445,11 @@ mod tests {
                         wms: None,
                     })
                     .collect(),
+                channels: vec![crate::config::Channel {
+                    id: crate::ids::ChannelId::new("web").unwrap(),
+                    kind: crate::config::ChannelKind::Shopify,
+                    priority: 0,
+                }],
                 ..TenantConfig::default()
             };
             let sku = |i: usize| Sku::new(&format!("mug-{i}")).unwrap();
@@ -2484,6 +2507,12 @@ mod tests {
             if let ([line], [item]) = (&lines[..], &items[..]) {
                 let single = decide_one_item(&cfg, &preps, line, item, fill, REGIONS[ship_to]);
                 prop_assert_eq!(format!("{single:?}"), format!("{general:?}"));
+            }
+            // A hold's answer built in one step is the one `merge` and `respond` build.
+            if let Decision::Reserve { granted, plans } = &general {
+                let merged = merge(&job, Some(&cfg), &general, std::iter::empty());
+                let want = crate::front::respond(&job, merged, |_| unreachable!());
+                prop_assert_eq!(held_answer(&job, &cfg, granted, plans), want);
             }
         }
     }

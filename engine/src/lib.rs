@@ -42,6 +42,20 @@ pub use runtime::{
     Unacked,
 };
 
+/// Collects `items` into a `SmallVec` one push at a time. The hot paths build lists of one or
+/// two entries (a line's locations, an item's allocations), and `collect` into a `SmallVec`
+/// goes through its general `extend`, which costs a few times more for so few.
+#[inline]
+pub(crate) fn small<A: smallvec::Array>(
+    items: impl IntoIterator<Item = A::Item>,
+) -> smallvec::SmallVec<A> {
+    let mut v = smallvec::SmallVec::new();
+    for x in items {
+        v.push(x);
+    }
+    v
+}
+
 /// Test helpers shared by the crate's unit tests.
 #[cfg(test)]
 mod test_rng {

@@ -230,6 +230,14 @@ impl FromIterator<LineView> for Lines {
     }
 }
 
+impl Lines {
+    /// A list of one line: one allocation, the line written once (a collected list of one
+    /// goes through the general path of `Arc<[T]>`'s `FromIterator`).
+    pub fn one(line: LineView) -> Lines {
+        Lines(Arc::new([line]))
+    }
+}
+
 impl From<Vec<LineView>> for Lines {
     fn from(v: Vec<LineView>) -> Self {
         Lines(v.into())

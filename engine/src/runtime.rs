@@ -1576,13 +1576,14 @@ fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[V
     let lists: Vec<&[Task]> = per_shard.iter().map(Vec::as_slice).collect();
     // The submitter runs and collects an inline batch itself: nothing to defer.
     let mut out = Answering::new(batch, lists.iter().map(|l| l.len()).sum());
-    run_in_order(inner, &lists, None, |task, ran, _| {
-        let Ran::Finished(fin) = ran else {
-            unreachable!("nothing deferred")
-        };
-        if let Some(fin) = deliver_plain(&mut out, task, fin) {
-            deliver_front(side, &mut out, task, fin);
+    run_in_order(inner, &lists, None, |task, ran, _| match ran {
+        Ran::Answered(a) => out.complete(task.slot, a),
+        Ran::Finished(fin) => {
+            if let Some(fin) = deliver_plain(&mut out, task, fin) {
+                deliver_front(side, &mut out, task, fin);
+            }
         }
+        Ran::Deferred(_) => unreachable!("nothing deferred"),
     });
 }
 
@@ -1611,8 +1612,10 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
     loan.done.arrive();
 }
 
-/// A task that ran: its result, or what its answer is built from later.
+/// A task that ran: its answer, its result, or what its answer is built from later.
 enum Ran {
+    /// A hold needing nothing of the front ([`crate::exec::held_answer`]).
+    Answered(Answer),
     Finished(crate::job::Finished),
     Deferred(Deferred),
 }
@@ -1679,6 +1682,21 @@ impl<'b> Deferrer<'b> {
                     outs,
                 })
             }
+            (_, Some(cfg)) if task.idem.is_none() && !job.quiet => match &d {
+                Decision::Reserve { granted, plans } => {
+                    // An output with no events and no data adds nothing to the answer; one
+                    // with either takes the general path.
+                    let mut outs = outs
+                        .into_iter()
+                        .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
+                        .peekable();
+                    match outs.peek() {
+                        None => Ran::Answered(crate::exec::held_answer(job, cfg, granted, plans)),
+                        Some(_) => Ran::Finished(merge(job, Some(&**cfg), &d, outs)),
+                    }
+                }
+                _ => Ran::Finished(merge(job, Some(&**cfg), &d, outs)),
+            },
             _ => Ran::Finished(merge(job, cfg.map(|c| &**c), &d, outs)),
         }
     }
@@ -1698,6 +1716,7 @@ fn defers(job: &Job, d: &Decision) -> bool {
 /// Answers a task that ran: delivered ([`deliver`]) or left to the collector.
 fn answer(inner: &Inner, out: &mut Answering<'_>, task: &Task, ran: Ran) {
     match ran {
+        Ran::Answered(a) => out.complete(task.slot, a),
         Ran::Finished(fin) => deliver(inner, out, task, fin),
         Ran::Deferred(d) => out.fill(task.slot, Slot::Deferred(d)),
     }
