@@ -1171,17 +1171,25 @@ fn collect(inner: &Inner, batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<A
             Slot::Answer(a) => a,
             Slot::Deferred(d) => {
                 let job = jobs[i].expect("a deferred answer's job is in the task lists");
-                let mut fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
-                debug_assert!(fin.foreign.is_empty());
-                if !fin.dropped.is_empty() {
-                    // A refused reservation: the front forgets its route.
-                    dropped.push(Handoff {
-                        seq: job.seq,
-                        idem: None,
-                        dropped: std::mem::take(&mut fin.dropped),
-                    });
+                match (&d.decision, d.outs.is_empty()) {
+                    // A hold (its outputs were kept only if they carry events or data).
+                    (Decision::Reserve { granted, plans }, true) => {
+                        crate::exec::held_answer(job, &cfgs[d.cfg], granted, plans)
+                    }
+                    _ => {
+                        let mut fin = merge(job, Some(&*cfgs[d.cfg]), &d.decision, d.outs);
+                        debug_assert!(fin.foreign.is_empty());
+                        if !fin.dropped.is_empty() {
+                            // A refused reservation: the front forgets its route.
+                            dropped.push(Handoff {
+                                seq: job.seq,
+                                idem: None,
+                                dropped: std::mem::take(&mut fin.dropped),
+                            });
+                        }
+                        respond(job, fin, |_| unreachable!("no foreign-tenant events"))
+                    }
                 }
-                respond(job, fin, |_| unreachable!("no foreign-tenant events"))
             }
         });
     });
@@ -1499,18 +1507,18 @@ fn finish_multi(state: &mut ShardState, inner: &Inner, out: &mut Answering<'_>, 
     let rv = task.rendezvous.as_ref().expect("a job spanning shards");
     let d = wait_for(rv);
     let part = state.apply(job, d);
-    let fin = {
+    let ran = {
         let mut outs = rv.outs.lock().expect("rendezvous lock");
         outs.push(part);
         if outs.len() < rv.participants {
             None
         } else {
             let outs = std::mem::take(&mut *outs);
-            Some(merge(job, cfg_of(state, job.tenant), d, outs))
+            Some(finish(task, cfg_of(state, job.tenant), d, outs))
         }
     };
-    if let Some(fin) = fin {
-        deliver(inner, out, task, fin);
+    if let Some(ran) = ran {
+        answer(inner, out, task, ran);
     }
 }
 
@@ -1682,23 +1690,34 @@ impl<'b> Deferrer<'b> {
                     outs,
                 })
             }
-            (_, Some(cfg)) if task.idem.is_none() && !job.quiet => match &d {
-                Decision::Reserve { granted, plans } => {
-                    // An output with no events and no data adds nothing to the answer; one
-                    // with either takes the general path.
-                    let mut outs = outs
-                        .into_iter()
-                        .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
-                        .peekable();
-                    match outs.peek() {
-                        None => Ran::Answered(crate::exec::held_answer(job, cfg, granted, plans)),
-                        Some(_) => Ran::Finished(merge(job, Some(&**cfg), &d, outs)),
-                    }
-                }
-                _ => Ran::Finished(merge(job, Some(&**cfg), &d, outs)),
-            },
-            _ => Ran::Finished(merge(job, cfg.map(|c| &**c), &d, outs)),
+            _ => finish(task, cfg.map(|c| &**c), &d, outs),
         }
+    }
+}
+
+/// The answer of a task that ran, built now: in one step for a hold that needs nothing of the
+/// front ([`crate::exec::held_answer`]), else its result ([`merge`]) for [`deliver`].
+fn finish(
+    task: &Task,
+    cfg: Option<&crate::config::TenantConfig>,
+    d: &Decision,
+    outs: impl IntoIterator<Item = PartOut>,
+) -> Ran {
+    let job = &*task.job;
+    match (d, cfg) {
+        (Decision::Reserve { granted, plans }, Some(cfg)) if task.idem.is_none() && !job.quiet => {
+            // An output with no events and no data adds nothing to the answer; one with
+            // either takes the general path.
+            let mut outs = outs
+                .into_iter()
+                .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
+                .peekable();
+            match outs.peek() {
+                None => Ran::Answered(crate::exec::held_answer(job, cfg, granted, plans)),
+                Some(_) => Ran::Finished(merge(job, Some(cfg), d, outs)),
+            }
+        }
+        _ => Ran::Finished(merge(job, cfg, d, outs)),
     }
 }
 
