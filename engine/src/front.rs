@@ -985,17 +985,13 @@ impl Front {
         });
         if !bundles {
             // One item per line.
-            let items = lines
-                .iter()
-                .enumerate()
-                .map(|(i, l)| ItemReq {
-                    line: i as u16,
-                    slot: 0,
-                    sku: l.sku.clone(),
-                    per_unit: 1,
-                    shard: self.shard_index(cfg, &l.sku),
-                })
-                .collect();
+            let items = crate::small(lines.iter().enumerate().map(|(i, l)| ItemReq {
+                line: i as u16,
+                slot: 0,
+                sku: l.sku.clone(),
+                per_unit: 1,
+                shard: self.shard_index(cfg, &l.sku),
+            }));
             return Ok((headers, items));
         }
         let mut items = smallvec::SmallVec::with_capacity(lines.len());
