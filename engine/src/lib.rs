@@ -49,7 +49,13 @@ pub use runtime::{
 pub(crate) fn small<A: smallvec::Array>(
     items: impl IntoIterator<Item = A::Item>,
 ) -> smallvec::SmallVec<A> {
+    let items = items.into_iter();
     let mut v = smallvec::SmallVec::new();
+    // More than fit inline: the room for all at once, not grown one doubling at a time.
+    let (least, _) = items.size_hint();
+    if least > A::size() {
+        v.reserve_exact(least);
+    }
     for x in items {
         v.push(x);
     }

@@ -249,6 +249,15 @@ struct Answering<'b> {
     batch: &'b Batch,
     list: AnswerList,
     given: usize,
+    /// What the front must learn of the answers given (idempotent responses to store, routes
+    /// to forget), handed off at once, before the answers are handed in: one lock of the
+    /// hand-off list and one [`Inner::settle`] per message instead of per answer (every
+    /// `/v1/batch` reservation has an idempotency key). Only for a shard thread running its
+    /// own message ([`Answering::running`]), which counts the message's tasks off its queue
+    /// depth after handing everything in, so that whoever sees every depth at zero
+    /// (`Engine::inspect`) finds every hand-off queued.
+    handoffs: Vec<Handoff>,
+    inner: Option<&'b Inner>,
 }
 
 impl<'b> Answering<'b> {
@@ -263,7 +272,26 @@ impl<'b> Answering<'b> {
             batch,
             list,
             given: 0,
+            handoffs: Vec::new(),
+            inner: None,
         }
+    }
+
+    /// For a shard thread running its own message of the batch: its answers' hand-offs to the
+    /// front are kept ([`Answering::hand_off`]) and queued when it hands the answers in.
+    fn running(batch: &'b Batch, expected: usize, inner: &'b Inner) -> Answering<'b> {
+        let mut out = Answering::new(batch, expected);
+        out.inner = Some(inner);
+        out
+    }
+
+    /// Keeps `h` until the answers are handed in ([`Answering::running`] only).
+    fn hand_off(&mut self, h: Handoff) {
+        debug_assert!(
+            self.inner.is_some(),
+            "kept only by a thread running a message"
+        );
+        self.handoffs.push(h);
     }
 
     fn complete(&mut self, i: usize, a: Answer) {
@@ -281,6 +309,16 @@ impl<'b> Answering<'b> {
 
 impl Drop for Answering<'_> {
     fn drop(&mut self) {
+        if let (false, Some(inner)) = (self.handoffs.is_empty(), self.inner) {
+            // Before the answers: a repeat sent on seeing its first answer usually finds the
+            // response stored.
+            inner
+                .handoffs
+                .lock()
+                .expect("handoff lock")
+                .append(&mut self.handoffs);
+            inner.settle(None);
+        }
         self.batch.hand_in(
             std::mem::take(&mut self.list),
             std::mem::take(&mut self.given),
@@ -1366,7 +1404,7 @@ fn shard_main(index: usize, rx: Receiver<Msg>, inner: Arc<Inner>) {
         // shard thread runs at once, and the submitters building the answers instead were
         // slower (they sequence the next batches meanwhile).
         let mut defer = Deferrer::new(None);
-        let mut out = Answering::new(&batch, tasks.len());
+        let mut out = Answering::running(&batch, tasks.len(), &inner);
         let mut pending: Vec<Pending<'_>> = Vec::new();
         for task in tasks.iter() {
             if !pending.is_empty() {
@@ -1535,12 +1573,18 @@ fn deliver(inner: &Inner, out: &mut Answering<'_>, task: &Task, fin: crate::job:
     }
     let dropped = std::mem::take(&mut fin.dropped);
     let (response, events) = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
-    // Handed off before the answer, so that a repeat sent on seeing the answer usually finds
-    // the response stored.
     let h = Handoff::of(task, &response, dropped);
-    inner.handoffs.lock().expect("handoff lock").push(h);
-    out.complete(task.slot, (response, events));
-    inner.settle(None);
+    if out.inner.is_some() {
+        // Handed off with the thread's other answers, before any of them is handed in.
+        out.hand_off(h);
+        out.complete(task.slot, (response, events));
+    } else {
+        // Handed off before the answer, so that a repeat sent on seeing the answer usually
+        // finds the response stored.
+        inner.handoffs.lock().expect("handoff lock").push(h);
+        out.complete(task.slot, (response, events));
+        inner.settle(None);
+    }
 }
 
 /// Answers a job that needs nothing of the front (no idempotency key to record, nothing
@@ -1607,6 +1651,9 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
         inner.progress[s].wait(lend - 1);
     }
     let lists: Vec<&[Task]> = lists.iter().map(|l| l.as_slice()).collect();
+    // Each answer's hand-off is queued at once (`Answering::new`): the tasks are counted off
+    // their depths one by one, and whoever sees every depth at zero (`Engine::inspect`) must
+    // find every response in the queue.
     let mut out = Answering::new(batch, lists.iter().map(|l| l.len()).sum());
     run_in_order(inner, &lists, Some(batch), |task, ran, shards| {
         answer(inner, &mut out, task, ran);
