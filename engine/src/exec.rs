@@ -1913,12 +1913,7 @@ pub fn merge(
                 unreachable!("reserve decides Reserve")
             };
             let view = held_view(cfg.expect("tenant config"), job, granted, plans);
-            // The event shares the reply's lines: no copy.
-            head = Some(EventKind::ReservationHeld {
-                id: view.id,
-                channel: view.channel.clone(),
-                lines: view.lines.clone(),
-            });
+            head = Some(held_event(&view));
             Outcome::Ok(Reply::Reservation(view))
         }
         JobKind::Commit { id, .. } => {
@@ -2100,11 +2095,7 @@ pub fn held_answer(
         at: job.now,
         tenant: job.tenant_id.clone(),
         key_id: job.key_id.clone(),
-        kind: EventKind::ReservationHeld {
-            id: view.id,
-            channel: view.channel.clone(),
-            lines: view.lines.clone(),
-        },
+        kind: held_event(&view),
     }];
     let response = crate::outcome::Response {
         seq: Some(job.seq),
@@ -2112,6 +2103,15 @@ pub fn held_answer(
         outcome: Outcome::Ok(Reply::Reservation(view)),
     };
     (response, events)
+}
+
+/// The event of a reservation just held, `view`: it shares the view's lines, no copy.
+fn held_event(view: &ReservationView) -> EventKind {
+    EventKind::ReservationHeld {
+        id: view.id,
+        channel: view.channel.clone(),
+        lines: view.lines.clone(),
+    }
 }
 
 /// A line's view before its allocations or components: its SKU, the units granted and, when

@@ -354,6 +354,14 @@ pub struct PartOut {
     pub data: PartData,
 }
 
+impl PartOut {
+    /// False for an output with no events and no data, which adds nothing to an answer (a
+    /// held reservation's view is built from its decision).
+    pub fn adds_to_answer(&self) -> bool {
+        !self.events.is_empty() || !matches!(self.data, PartData::None)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub enum PartData {
     #[default]

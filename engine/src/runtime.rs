@@ -8,7 +8,7 @@ use crate::command::Request;
 use crate::exec::{decide, merge};
 use crate::front::{respond, Admission, Front, IdemKey};
 use crate::ids::{ReservationId, Seq, TimeMs};
-use crate::job::{Decision, Job, PartData, PartOut, Prep};
+use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
 use crate::machine::{LogEntry, Machine};
 use crate::outcome::{Event, Outcome, Refusal, Response};
@@ -1724,13 +1724,9 @@ impl<'b> Deferrer<'b> {
                         cfgs.len() - 1
                     }
                 };
-                // An output with no events and no data adds nothing to an answer (a held
-                // reservation's view is built from the decision, a refused one's outputs are
-                // empty): a cart's answer usually keeps no list at all.
-                let outs = outs
-                    .into_iter()
-                    .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
-                    .collect();
+                // A refused reservation's outputs are empty too: a cart's answer usually keeps
+                // no list at all.
+                let outs = outs.into_iter().filter(PartOut::adds_to_answer).collect();
                 Ran::Deferred(Deferred {
                     cfg: index,
                     decision: d,
@@ -1753,12 +1749,8 @@ fn finish(
     let job = &*task.job;
     match (d, cfg) {
         (Decision::Reserve { granted, plans }, Some(cfg)) if task.idem.is_none() && !job.quiet => {
-            // An output with no events and no data adds nothing to the answer; one with
-            // either takes the general path.
-            let mut outs = outs
-                .into_iter()
-                .filter(|o| !o.events.is_empty() || !matches!(o.data, PartData::None))
-                .peekable();
+            // An output that adds to the answer takes the general path.
+            let mut outs = outs.into_iter().filter(PartOut::adds_to_answer).peekable();
             match outs.peek() {
                 None => Ran::Answered(crate::exec::held_answer(job, cfg, granted, plans)),
                 Some(_) => Ran::Finished(merge(job, Some(cfg), d, outs)),
