@@ -1572,17 +1572,39 @@ fn deliver(inner: &Inner, out: &mut Answering<'_>, task: &Task, fin: crate::job:
         return;
     }
     let dropped = std::mem::take(&mut fin.dropped);
-    let (response, events) = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
-    let h = Handoff::of(task, &response, dropped);
+    let answer = respond(&task.job, fin, |_| unreachable!("no foreign-tenant events"));
+    let h = Handoff::of(task, &answer.0, dropped);
+    hand_off_and_complete(inner, out, task.slot, h, answer);
+}
+
+/// Answers a hold built in one step ([`Ran::Answered`]): at once, or with its idempotent
+/// response handed off as [`deliver`] hands it off.
+fn deliver_held(inner: &Inner, out: &mut Answering<'_>, task: &Task, answer: Answer) {
+    if task.idem.is_none() {
+        out.complete(task.slot, answer);
+        return;
+    }
+    let h = Handoff::of(task, &answer.0, Vec::new());
+    hand_off_and_complete(inner, out, task.slot, h, answer);
+}
+
+/// Queues the front work `h` of the answer of `slot` and gives the answer.
+fn hand_off_and_complete(
+    inner: &Inner,
+    out: &mut Answering<'_>,
+    slot: usize,
+    h: Handoff,
+    answer: Answer,
+) {
     if out.inner.is_some() {
         // Handed off with the thread's other answers, before any of them is handed in.
         out.hand_off(h);
-        out.complete(task.slot, (response, events));
+        out.complete(slot, answer);
     } else {
         // Handed off before the answer, so that a repeat sent on seeing the answer usually
         // finds the response stored.
         inner.handoffs.lock().expect("handoff lock").push(h);
-        out.complete(task.slot, (response, events));
+        out.complete(slot, answer);
         inner.settle(None);
     }
 }
@@ -1629,7 +1651,12 @@ fn run_inline(inner: &Inner, side: &mut FrontSide, batch: &Batch, per_shard: &[V
     // The submitter runs and collects an inline batch itself: nothing to defer.
     let mut out = Answering::new(batch, lists.iter().map(|l| l.len()).sum());
     run_in_order(inner, &lists, None, |task, ran, _| match ran {
-        Ran::Answered(a) => out.complete(task.slot, a),
+        Ran::Answered(a) => {
+            if task.idem.is_some() {
+                apply_handoff(side, Handoff::of(task, &a.0, Vec::new()));
+            }
+            out.complete(task.slot, a)
+        }
         Ran::Finished(fin) => {
             if let Some(fin) = deliver_plain(&mut out, task, fin) {
                 deliver_front(side, &mut out, task, fin);
@@ -1669,7 +1696,8 @@ fn run_combined(inner: &Inner, batch: &Batch, lists: &[Arc<Vec<Task>>], loan: &L
 
 /// A task that ran: its answer, its result, or what its answer is built from later.
 enum Ran {
-    /// A hold needing nothing of the front ([`crate::exec::held_answer`]).
+    /// A hold, its answer built in one step ([`crate::exec::held_answer`]); the front still
+    /// records it if it has an idempotency key ([`deliver_held`]).
     Answered(Answer),
     Finished(crate::job::Finished),
     Deferred(Deferred),
@@ -1738,8 +1766,9 @@ impl<'b> Deferrer<'b> {
     }
 }
 
-/// The answer of a task that ran, built now: in one step for a hold that needs nothing of the
-/// front ([`crate::exec::held_answer`]), else its result ([`merge`]) for [`deliver`].
+/// The answer of a task that ran, built now: in one step for a hold
+/// ([`crate::exec::held_answer`], for [`deliver_held`]), else its result ([`merge`]) for
+/// [`deliver`].
 fn finish(
     task: &Task,
     cfg: Option<&crate::config::TenantConfig>,
@@ -1748,7 +1777,7 @@ fn finish(
 ) -> Ran {
     let job = &*task.job;
     match (d, cfg) {
-        (Decision::Reserve { granted, plans }, Some(cfg)) if task.idem.is_none() && !job.quiet => {
+        (Decision::Reserve { granted, plans }, Some(cfg)) if !job.quiet => {
             // An output that adds to the answer takes the general path.
             let mut outs = outs.into_iter().filter(PartOut::adds_to_answer).peekable();
             match outs.peek() {
@@ -1774,7 +1803,7 @@ fn defers(job: &Job, d: &Decision) -> bool {
 /// Answers a task that ran: delivered ([`deliver`]) or left to the collector.
 fn answer(inner: &Inner, out: &mut Answering<'_>, task: &Task, ran: Ran) {
     match ran {
-        Ran::Answered(a) => out.complete(task.slot, a),
+        Ran::Answered(a) => deliver_held(inner, out, task, a),
         Ran::Finished(fin) => deliver(inner, out, task, fin),
         Ran::Deferred(d) => out.fill(task.slot, Slot::Deferred(d)),
     }
