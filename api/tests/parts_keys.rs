@@ -105,6 +105,9 @@ fn a_created_key_authenticates_and_only_its_digest_is_stored() {
         )
         .unwrap();
     assert!(record.id.starts_with("key_"));
+    // `key_` and 20 hex digits: 24 bytes, kept inline wherever an event copies the id.
+    assert_eq!(record.id.len(), 24, "{}", record.id);
+    assert!(record.id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(secret.starts_with(SECRET_PREFIX));
     assert!(
         !secret.contains(&record.id[4..]),
