@@ -258,7 +258,26 @@ pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
 pub fn with_rfc3339_bytes<R>(ms: u64, f: impl FnOnce(&[u8]) -> R) -> R {
     /// The last millisecond of the year 9999: later times are written as it.
     const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
-    f(&format_rfc3339(ms.min(LAST_MS_OF_9999)))
+    f(&recent_rfc3339(ms.min(LAST_MS_OF_9999)))
+}
+
+/// [`format_rfc3339`], remembering the last two times each thread wrote: the reservations of
+/// one `/v1/batch` share their creation and their expiry time, written in turn for each.
+fn recent_rfc3339(ms: u64) -> [u8; 24] {
+    thread_local! {
+        static RECENT: std::cell::Cell<[(u64, [u8; 24]); 2]> =
+            const { std::cell::Cell::new([(u64::MAX, [0; 24]); 2]) };
+    }
+    let [a, b] = RECENT.get();
+    if a.0 == ms {
+        return a.1;
+    }
+    if b.0 == ms {
+        return b.1;
+    }
+    let text = format_rfc3339(ms);
+    RECENT.set([(ms, text), a]);
+    text
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` of `ms` (at most the last millisecond of 9999). Each thread
@@ -375,4 +394,43 @@ fn sse_events(events: &[Value]) -> Vec<SseEvent> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What humantime writes for `ms`, the reference the shortcuts must match.
+    fn reference(ms: u64) -> String {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    }
+
+    proptest::proptest! {
+        /// Times written in any order (repeats, alternating pairs, other days, the same day)
+        /// read as humantime writes them: the remembered times and dates never leak into
+        /// another time's text.
+        #[test]
+        fn times_are_written_as_humantime_writes_them(
+            base in 0u64..253_402_300_799_999,
+            steps in proptest::collection::vec((0u8..4, 0u64..200_000_000), 1..40),
+        ) {
+            let mut last = [base, base];
+            for (kind, d) in steps {
+                let ms = match kind {
+                    0 => last[0],
+                    1 => last[1],
+                    2 => last[0].saturating_add(d).min(253_402_300_799_999),
+                    _ => d.wrapping_mul(1_267_001) % 253_402_300_800_000,
+                };
+                proptest::prop_assert_eq!(rfc3339(ms), reference(ms));
+                last = [ms, last[0]];
+            }
+        }
+    }
+
+    #[test]
+    fn times_past_9999_show_its_last_millisecond() {
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
 }
