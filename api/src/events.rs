@@ -256,10 +256,11 @@ pub fn with_rfc3339<R>(ms: u64, f: impl FnOnce(&str) -> R) -> R {
 
 /// [`with_rfc3339`] with the text as bytes (ASCII), for a writer of bytes: no UTF-8 check.
 pub fn with_rfc3339_bytes<R>(ms: u64, f: impl FnOnce(&[u8]) -> R) -> R {
-    /// The last millisecond of the year 9999: later times are written as it.
-    const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
     f(&recent_rfc3339(ms.min(LAST_MS_OF_9999)))
 }
+
+/// The last millisecond of the year 9999: later times are written as it.
+const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
 
 /// [`format_rfc3339`], remembering the last two times each thread wrote: the reservations of
 /// one `/v1/batch` share their creation and their expiry time, written in turn for each.
@@ -411,7 +412,7 @@ mod tests {
         /// another time's text.
         #[test]
         fn times_are_written_as_humantime_writes_them(
-            base in 0u64..253_402_300_799_999,
+            base in 0..=LAST_MS_OF_9999,
             steps in proptest::collection::vec((0u8..4, 0u64..200_000_000), 1..40),
         ) {
             let mut last = [base, base];
@@ -419,8 +420,8 @@ mod tests {
                 let ms = match kind {
                     0 => last[0],
                     1 => last[1],
-                    2 => last[0].saturating_add(d).min(253_402_300_799_999),
-                    _ => d.wrapping_mul(1_267_001) % 253_402_300_800_000,
+                    2 => last[0].saturating_add(d).min(LAST_MS_OF_9999),
+                    _ => d.wrapping_mul(1_267_001) % (LAST_MS_OF_9999 + 1),
                 };
                 proptest::prop_assert_eq!(rfc3339(ms), reference(ms));
                 last = [ms, last[0]];
