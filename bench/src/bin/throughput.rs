@@ -155,6 +155,10 @@ struct RunResult {
     batch_us: f64,
     /// Share of the machine's CPU time used by other processes during the run.
     foreign: f64,
+    /// Page faults of this process during the run (first touches of fresh memory, mostly).
+    faults: u64,
+    /// Share of this process's CPU time during the run spent in the kernel.
+    kernel: f64,
 }
 
 fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
@@ -250,7 +254,8 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
             .map(|h| h.join().expect("client thread"))
             .collect()
     });
-    let foreign = depot_bench::idle::Cpu::now().foreign_since(&cpu0);
+    let cpu1 = depot_bench::idle::Cpu::now();
+    let foreign = cpu1.foreign_since(&cpu0);
     let (mut counted, mut all) = (Tally::default(), Tally::default());
     let (mut busy, mut batches) = (Duration::ZERO, 0);
     let mut per_sec = vec![0u64; o.secs.ceil() as usize + 1];
@@ -285,6 +290,8 @@ fn run(o: &Opts, w: W, run_idx: u64, workload: &Workload) -> RunResult {
         check,
         batch_us: busy.as_secs_f64() * 1e6 / batches.max(1) as f64,
         foreign,
+        faults: cpu1.faults_since(&cpu0),
+        kernel: cpu1.kernel_share_since(&cpu0),
     }
 }
 
@@ -330,7 +337,7 @@ fn main() {
             let clean = res.all.other == 0;
             failed |= !(sum_ok && min_ok && units_ok && clean);
             println!(
-                "{} run {}: {:>10.0} ops/s  (counted ok {} insufficient {}; all ok {} insufficient {} other {}; {:.0} us per batch; other processes used {:.0}% of the CPUs) \
+                "{} run {}: {:>10.0} ops/s  (counted ok {} insufficient {}; all ok {} insufficient {} other {}; {:.0} us per batch; other processes used {:.0}% of the CPUs; {} page faults, {:.0} per 1,000 operations, and {:.0}% of this process's CPU time in the kernel) \
                  check: Σavail+Σreserved = {} [{}], min available {} [{}], Σreserved = units granted [{}], no other refusals [{}]",
                 w.name(),
                 r + 1,
@@ -342,6 +349,9 @@ fn main() {
                 res.all.other,
                 res.batch_us,
                 res.foreign * 100.0,
+                res.faults,
+                res.faults as f64 * 1000.0 / res.all.ops().max(1) as f64,
+                res.kernel * 100.0,
                 c.available + c.reserved,
                 pass(sum_ok),
                 c.min_available,
