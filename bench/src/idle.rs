@@ -37,10 +37,10 @@ impl Cpu {
         }
     }
 
-    /// This process's counters from the text of `/proc/self/stat`: the fields after the
+    /// A process's counters from the text of its `/proc/<pid>/stat`: the fields after the
     /// parenthesised command name (which may hold spaces) start with field 3, so minflt (field
-    /// 10), utime (14) and stime (15) are the 8th, 12th and 13th.
-    fn of_process(stat: &str) -> Cpu {
+    /// 10), utime (14) and stime (15) are the 8th, 12th and 13th. The machine's are left at 0.
+    pub(crate) fn of_process(stat: &str) -> Cpu {
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let g: Vec<&str> = rest.split_whitespace().collect();
         let field = |n: usize| {
@@ -54,6 +54,11 @@ impl Cpu {
             minor_faults: field(10),
             ..Cpu::default()
         }
+    }
+
+    /// The process's CPU time (utime + stime), in clock ticks.
+    pub(crate) fn process_ticks(&self) -> u64 {
+        self.own
     }
 
     /// Page faults of this process since `before` that needed no disk.

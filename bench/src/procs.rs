@@ -1,6 +1,7 @@
 //! CPU time of the servers under test (by process name), so a run can report how much of the
 //! machine other processes took, apart from the client (this process) and the server.
 
+use crate::idle::Cpu;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// CPU clock ticks (user + system) used so far by every process whose name is one of `names`.
@@ -74,10 +75,7 @@ fn machine() -> (u64, u64) {
 /// This process's ticks.
 fn own() -> u64 {
     let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
-    let g: Vec<&str> = rest.split_whitespace().collect();
-    let t = |k: usize| g.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    t(11) + t(12)
+    Cpu::of_process(&me).process_ticks()
 }
 
 /// Process names of the peer servers under test (depot's server is followed by its pid, so
@@ -98,14 +96,7 @@ fn ticks_of_pid(pid: u32) -> u64 {
         return 0;
     }
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let close = stat.rfind(')')?;
-            let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-            let t = |k: usize| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            Some(t(11) + t(12))
-        })
-        .unwrap_or(0)
+        .map_or(0, |stat| Cpu::of_process(&stat).process_ticks())
 }
 
 impl Snapshot {
