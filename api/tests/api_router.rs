@@ -627,22 +627,34 @@ async fn a_full_engine_queue_answers_503_overloaded_and_does_nothing() {
             .await
         }
     };
-    // The first is queued (by its first poll) and taken by the write thread, which then waits
-    // for the held engine; so the write thread takes nothing else meanwhile (it takes every
-    // group queued when it wakes, which would make the count below depend on timing).
+    // The first is queued (by its first poll) and taken by the write thread as a batch of its
+    // own, which then waits for the held engine; so the write thread takes nothing else
+    // meanwhile (it adds every group queued when it wakes to its batch, which would make the
+    // count below depend on timing). Waiting for the batch to be counted, not merely for the
+    // queue to be empty: in between, the thread may still be adding groups to it.
     let queue = f.state.runner().unwrap();
+    let taken = queue.taken().0;
     let mut first = Box::pin(reserve(0));
     assert!(futures_util::FutureExt::now_or_never(&mut first).is_none());
-    while queue.queued().0 != 0 {
+    while queue.taken().0 == taken {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    assert_eq!(queue.queued().0, 0);
     // The other three are sent at once: one fits the queue, two are refused. Accepted ones wait
-    // for the held engine, so the first answer is a refusal; only then is the engine let go.
+    // for the held engine, so every answer meanwhile is a refusal; the engine is let go once
+    // each of the three has either been answered or is in the queue (a request may still be on
+    // its way to the queue after another's refusal, so one answer is not enough to wait for).
     let mut pending: futures_util::stream::FuturesUnordered<_> =
         (1..4).map(|n| Box::pin(reserve(n))).collect();
     pending.push(first);
     let mut answers = Vec::new();
-    answers.extend(pending.next().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answers.len() + queue.queued().0 < 3 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            a = pending.next() => answers.extend(a),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
     release_tx.send(()).unwrap();
     while let Some(a) = pending.next().await {
         answers.push(a);

@@ -18,6 +18,7 @@ use crate::events::EventLog;
 use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
 use depot_engine::{Command, Engine, Event, Request, Response, TenantId};
 use depot_wal::WalJournal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,6 +65,8 @@ pub struct Runner {
     journal: Option<Arc<WalJournal>>,
     writes: Sender<Msg>,
     reads: Sender<Msg>,
+    /// Batches taken off the (writes, reads) queues so far.
+    taken: Arc<[AtomicU64; 2]>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -97,12 +100,14 @@ impl Runner {
         let (reads, reads_rx) = bounded(queue_max.max(1));
         let mut threads = Vec::new();
         let (acks, acks_rx) = bounded(ACK_QUEUE);
+        let taken = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let e = engine.clone();
+        let t = taken.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("depot-api-writes".into())
                 .spawn(move || {
-                    drain(&writes_rx, &e, |ran, works, lens| {
+                    drain(&writes_rx, &e, &t[0], |ran, works, lens| {
                         acks.send(Ack::Batch(ran, works, lens)).is_ok()
                     });
                     let _ = acks.send(Ack::Stop);
@@ -117,13 +122,13 @@ impl Runner {
                 .expect("spawn the engine's acknowledging thread"),
         );
         for i in 0..READ_THREADS {
-            let (e, rx) = (engine.clone(), reads_rx.clone());
+            let (e, rx, t) = (engine.clone(), reads_rx.clone(), taken.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("depot-api-reads-{i}"))
                     // Reads write nothing: their answers are final at once (and have no events).
                     .spawn(move || {
-                        drain(&rx, &e, |ran, works, lens| {
+                        drain(&rx, &e, &t[1], |ran, works, lens| {
                             reply(works, lens, e.acknowledge(ran));
                             true
                         });
@@ -136,6 +141,7 @@ impl Runner {
             journal,
             writes,
             reads,
+            taken,
             threads: Mutex::new(threads),
         }
     }
@@ -151,6 +157,15 @@ impl Runner {
     /// Groups waiting in the (writes, reads) queues.
     pub fn queued(&self) -> (usize, usize) {
         (self.writes.len(), self.reads.len())
+    }
+
+    /// Batches taken off the (writes, reads) queues so far: a batch counts once its thread has
+    /// stopped adding groups to it and goes on to execute it.
+    pub fn taken(&self) -> (u64, u64) {
+        (
+            self.taken[0].load(Ordering::Acquire),
+            self.taken[1].load(Ordering::Acquire),
+        )
     }
 
     fn queue_for(&self, requests: &[Request]) -> &Sender<Msg> {
@@ -222,6 +237,7 @@ impl Runner {
 fn drain(
     rx: &Receiver<Msg>,
     engine: &Engine,
+    taken: &AtomicU64,
     mut then: impl FnMut(depot_engine::Unacked, Vec<Work>, Vec<usize>) -> bool,
 ) {
     loop {
@@ -258,6 +274,7 @@ fn drain(
             }
             requests
         };
+        taken.fetch_add(1, Ordering::Release);
         let ran = engine.execute_unacked(requests, wall_ms());
         if !then(ran, works, lens) || stop {
             return;
