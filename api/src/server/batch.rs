@@ -13,6 +13,8 @@
 //! where it succeeds the operations are the same. Anything else, including every error, is read
 //! again the general way, whose errors name the operation and the field.
 
+mod scan;
+
 use super::body::Body;
 use super::dto::{BatchBody, ReserveBody};
 use super::ops::Route;
@@ -88,6 +90,11 @@ pub fn fast(body: &Body) -> Option<FastBatch<'_>> {
     // Room for the operations from the start (an operation is rarely under 96 bytes), so that
     // the list is not copied as it grows.
     let capacity = (text.len() / 96).min(OPERATIONS_GUESS_MAX);
+    scan::scan(text, capacity).or_else(|| by_serde(text, capacity))
+}
+
+/// The batch read in one pass by serde's visitors (any key order, any body as text).
+fn by_serde(text: &str, capacity: usize) -> Option<FastBatch<'_>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let batch = BatchSeed { capacity }.deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -329,11 +336,18 @@ mod tests {
             ),
             r#"{"operations":[]}"#.to_string(),
         ];
-        for text in &read_fast {
+        // Which of them the hand-written reader takes (no escapes, body after method and path);
+        // serde's visitors read every one.
+        let scanned = [true, false, false, true];
+        for (text, scanned) in read_fast.iter().zip(scanned) {
             let body = json(text);
             let fast = fast(&body).unwrap_or_else(|| panic!("read in one pass: {text}"));
             let got: Vec<String> = fast.operations.iter().map(shown).collect();
             assert_eq!(Ok(got), general(&body), "{text}");
+            let by_serde = by_serde(text, 0).unwrap_or_else(|| panic!("serde reads: {text}"));
+            let got: Vec<String> = by_serde.operations.iter().map(shown).collect();
+            assert_eq!(Ok(got), general(&body), "{text}");
+            assert_eq!(scan::scan(text, 0).is_some(), scanned, "{text}");
         }
         let (first, body_first) = (json(&read_fast[0]), json(&read_fast[2]));
         let ops = fast(&first).expect("reads").operations;
@@ -441,7 +455,7 @@ mod tests {
             let text = format!(r#"{{"operations":[{}]}}"#, ops.join(","));
             let body = json(&text);
             let want = general(&body);
-            if let Some(fast) = fast(&body) {
+            for fast in [fast(&body), by_serde(&text, 0), scan::scan(&text, 0)].into_iter().flatten() {
                 let got: Vec<String> = fast.operations.iter().map(shown).collect();
                 proptest::prop_assert_eq!(Ok(got), want.clone(), "{}", text);
             }
@@ -450,5 +464,228 @@ mod tests {
                 .map_err(|e| e.message);
             proptest::prop_assert_eq!(got, want, "{}", text);
         }
+    }
+
+    /// Well-formed values of a reservation body's fields, for the hand-written reader.
+    const CHANNELS: &[&str] = &[r#""web""#, r#""""#, r#""wéb""#];
+    const LINES: &[&str] = &[
+        "[]",
+        r#"[{"sku":"MUG","quantity":2}]"#,
+        r#"[{"quantity":1,"sku":"A"},{"sku":"B","quantity":-3}]"#,
+        r#"[ { "sku" : "MÜG" , "quantity" : 0 } ]"#,
+        r#"[{"sku":"A","quantity":9223372036854775807}]"#,
+        r#"[{"sku":"A","quantity":-9223372036854775807}]"#,
+    ];
+    const MORE: &[(&str, &str)] = &[
+        ("ttl_seconds", "900"),
+        ("ttl_seconds", "0"),
+        ("ttl_seconds", "null"),
+        ("ttl_seconds", "18446744073709551615"),
+        ("order_ref", r#""o-1""#),
+        ("order_ref", "null"),
+        ("ship_to_region", r#""eu""#),
+        ("ship_to_region", "null"),
+        ("fill", r#""partial""#),
+        ("fill", r#""split""#),
+        ("fill", r#""all_or_nothing""#),
+        ("fill", "null"),
+        ("max_locations", "2"),
+        ("max_locations", "65535"),
+        ("max_locations", "0"),
+        ("max_locations", "null"),
+    ];
+    /// Fields that are off in one of the ways the reader must leave to serde (an escape, a
+    /// float, a number out of range, a wrong type, a duplicate or unknown key, broken JSON).
+    const OFF: &[(&str, &str)] = &[
+        ("channel", r#""w\u0065b""#),
+        ("channel", "null"),
+        ("channel", "7"),
+        ("lines", r#"[{"sku":"A","quantity":01}]"#),
+        ("lines", r#"[{"sku":"A","quantity":-0}]"#),
+        ("lines", r#"[{"sku":"A","quantity":1.0}]"#),
+        ("lines", r#"[{"sku":"A","quantity":1e2}]"#),
+        ("lines", r#"[{"sku":"A","quantity":2E0}]"#),
+        ("lines", r#"[{"sku":"A","quantity":-}]"#),
+        ("lines", r#"[{"sku":"A","quantity":- 1}]"#),
+        ("lines", r#"[{"sku":"A","quantity":+1}]"#),
+        ("lines", r#"[{"sku":"A","quantity":9223372036854775808}]"#),
+        ("lines", r#"[{"sku":"A","quantity":-9223372036854775808}]"#),
+        ("lines", r#"[{"sku":"A","quantity":"2"}]"#),
+        ("lines", r#"[{"sku":"A","quantity":null}]"#),
+        ("lines", r#"[{"sku":"A"}]"#),
+        ("lines", r#"[{"sku":"M\"G","quantity":1}]"#),
+        ("lines", "[{\"sku\":\"M\tG\",\"quantity\":1}]"),
+        ("lines", "[{\"sku\":\"M\u{1}G\",\"quantity\":1}]"),
+        ("lines", r#"[{"sku":"A","quantity":1},]"#),
+        ("lines", r#"[{"sku":"A","quantity":1,"x":1}]"#),
+        ("lines", r#"[{"sku":"A","sku":"B","quantity":1}]"#),
+        ("lines", r#"[{"sku":"A","quantity":1,"quantity":2}]"#),
+        ("lines", r#"[{"sku":"A","quantity":1}"#),
+        ("lines", r#"[{"sku":"A","quantity":1}}"#),
+        ("lines", "null"),
+        ("ttl_seconds", "18446744073709551616"),
+        ("ttl_seconds", "-1"),
+        ("ttl_seconds", "1.5"),
+        ("ttl_seconds", "nul"),
+        ("ttl_seconds", "nullx"),
+        ("ttl_seconds", "true"),
+        ("order_ref", r#""o\n""#),
+        ("order_ref", "5"),
+        ("ship_to_region", "true"),
+        ("fill", r#""other""#),
+        ("fill", r#""Partial""#),
+        ("max_locations", "65536"),
+        ("max_locations", "-1"),
+        ("max_locations", "00"),
+        ("colour", r#""red""#),
+        ("channelx", r#""web""#),
+        ("line", "[]"),
+        ("fil", "null"),
+        ("ttl_seconds_", "1"),
+    ];
+
+    /// A reservation's body fields, the whitespace around every token of its operation, and
+    /// whether it has an idempotency key (else `null`).
+    type GeneratedOp<'a> = (Vec<(&'a str, &'a str)>, &'a str, bool);
+
+    /// A batch of one reservation per generated operation.
+    fn reservations_batch(bodies: &[GeneratedOp<'_>]) -> String {
+        let ops: Vec<String> = bodies
+            .iter()
+            .map(|(fields, w, key)| {
+                let body = fields
+                    .iter()
+                    .map(|(k, v)| format!(r#"{w}"{k}"{w}:{w}{v}{w}"#))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let key = if *key { r#""k1""# } else { "null" };
+                format!(
+                    r#"{w}{{{w}"method"{w}:{w}"POST"{w},{w}"path":"/v1/reservations",{w}"idempotency_key":{key},"body"{w}:{w}{{{body}}}{w}}}{w}"#
+                )
+            })
+            .collect();
+        format!(r#"{{"operations":[{}]}}"#, ops.join(","))
+    }
+
+    /// Where the hand-written reader takes `text`, it reads what the general reading reads;
+    /// [`operations`] always gives the general reading's answer. Whether it took it.
+    fn scanned_as_general(text: &str) -> Result<bool, String> {
+        let body = json(text);
+        let want = general(&body);
+        let scanned = scan::scan(text, 0);
+        if let Some(scanned) = &scanned {
+            let got: Vec<String> = scanned.operations.iter().map(shown).collect();
+            if Ok(&got) != want.as_ref() {
+                return Err(format!("scanned {got:?}, general {want:?}: {text}"));
+            }
+        }
+        let got = operations(&body)
+            .map(|ops| ops.iter().map(shown).collect::<Vec<_>>())
+            .map_err(|e| e.message);
+        if got != want {
+            return Err(format!("operations {got:?}, general {want:?}: {text}"));
+        }
+        Ok(scanned.is_some())
+    }
+
+    /// Every well-formed and every off field, in a body of its own (first and last, and twice),
+    /// compact and spaced: the hand-written reader reads each as the general reading does,
+    /// takes every well-formed one and leaves every off one and every duplicate to serde.
+    #[test]
+    fn the_scanner_reads_each_field_as_the_general_reading_does() {
+        let base = [("channel", CHANNELS[0]), ("lines", LINES[1])];
+        let well: Vec<(&str, &str)> = (CHANNELS.iter().map(|&c| ("channel", c)))
+            .chain(LINES.iter().map(|&l| ("lines", l)))
+            .chain(MORE.iter().copied())
+            .collect();
+        for (fields, off) in well
+            .iter()
+            .map(|f| (f, false))
+            .chain(OFF.iter().map(|f| (f, true)))
+        {
+            let replaced: Vec<(&str, &str)> =
+                base.iter().copied().filter(|b| b.0 != fields.0).collect();
+            let last: Vec<_> = replaced.iter().copied().chain([*fields]).collect();
+            let first: Vec<_> = [*fields]
+                .into_iter()
+                .chain(replaced.iter().copied())
+                .collect();
+            let twice: Vec<_> = base.iter().copied().chain([*fields, *fields]).collect();
+            for w in ["", " \n"] {
+                for (body, taken) in [(&last, !off), (&first, !off), (&twice, false)] {
+                    let text = reservations_batch(&[(body.clone(), w, true)]);
+                    assert_eq!(scanned_as_general(&text), Ok(taken), "{text}");
+                }
+            }
+        }
+    }
+
+    /// A reservation body's fields for the property test: a channel and lines, up to three more
+    /// well-formed fields (one may come twice), now and then an off one; in any order.
+    fn reserve_fields(
+    ) -> impl proptest::strategy::Strategy<Value = Vec<(&'static str, &'static str)>> {
+        use proptest::prelude::*;
+        let pick = |k: &'static str, vs: &'static [&'static str]| {
+            proptest::sample::select(vs).prop_map(move |v| (k, v))
+        };
+        (
+            pick("channel", CHANNELS),
+            pick("lines", LINES),
+            proptest::collection::vec(proptest::sample::select(MORE), 0..4),
+            proptest::option::weighted(0.3, proptest::sample::select(OFF)),
+        )
+            .prop_map(|(c, l, mut fields, off)| {
+                fields.push(c);
+                fields.push(l);
+                fields.extend(off);
+                fields
+            })
+            .prop_shuffle()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Batches of reservations with generated bodies (fields in any order, some twice, some
+        /// off) and any JSON whitespace: where the hand-written reader takes a batch, it
+        /// reads what the general reading reads, and [`operations`] always gives that answer.
+        #[test]
+        fn the_scanner_reads_what_the_general_reading_reads(
+            bodies in proptest::collection::vec(
+                (reserve_fields(), proptest::sample::select(&["", " ", "\n\t ", "\r\n"][..]), proptest::bool::ANY),
+                1..4,
+            ),
+        ) {
+            let text = reservations_batch(&bodies);
+            let r = scanned_as_general(&text);
+            proptest::prop_assert!(r.is_ok(), "{:?}", r);
+        }
+    }
+
+    /// The batches clients write (compact, as serde_json and the load generator write them;
+    /// with spaces after `:` and `,`, as Python's `json.dumps` does) are read by the
+    /// hand-written reader, as the general reading reads them.
+    #[test]
+    fn the_scanner_takes_the_batches_clients_write() {
+        let line = |sku: &str, q: i64| format!(r#"{{"sku":"{sku}","quantity":{q}}}"#);
+        let compact = format!(
+            r#"{{"operations":[{{"method":"POST","path":"/v1/reservations","idempotency_key":"r1","body":{{"channel":"web","lines":[{}],"ttl_seconds":900}}}},{{"method":"POST","path":"/v1/reservations","idempotency_key":"r2","body":{{"channel":"web","lines":[{},{}],"order_ref":"o-7","fill":"partial","max_locations":2,"ship_to_region":"eu"}}}}]}}"#,
+            line("SKU-000001", 1),
+            line("SKU-000002", 3),
+            line("SKU-000003", 1),
+        );
+        let spaced = r#"{"operations": [{"method": "POST", "path": "/v1/reservations", "idempotency_key": "r3", "body": {"channel": "web", "lines": [{"sku": "MUG", "quantity": 2}], "ttl_seconds": null}}, {"method": "GET", "path": "/v1/stock/MUG", "body": null}]}"#;
+        for text in [compact.as_str(), spaced, r#"{"operations":[]}"#] {
+            let scanned = scan::scan(text, 4).unwrap_or_else(|| panic!("scanned: {text}"));
+            let got: Vec<String> = scanned.operations.iter().map(shown).collect();
+            assert_eq!(Ok(got), general(&json(text)), "{text}");
+        }
+        let ops = scan::scan(&compact, 0).expect("scanned").operations;
+        let OpBody::Reserve(b) = &ops[1].body else {
+            panic!("a reservation's body: {:?}", ops[1].body);
+        };
+        assert_eq!(b.lines.len(), 2);
+        assert_eq!(b.lines[0].quantity, 3);
+        assert_eq!(b.max_locations, Some(2));
+        assert_eq!(ops[1].idempotency_key.as_deref(), Some("r2"));
     }
 }
