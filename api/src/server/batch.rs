@@ -661,6 +661,60 @@ mod tests {
         }
     }
 
+    /// A batch of every well-formed reservation field, compact, for byte-level mutation.
+    fn whole_batch() -> String {
+        let mut fields = vec![("channel", CHANNELS[0]), ("lines", LINES[2])];
+        fields.extend(MORE.iter().copied().filter(|(_, v)| *v != "null"));
+        fields.dedup_by_key(|f| f.0);
+        reservations_batch(&[
+            (fields, "", true),
+            (
+                vec![("lines", LINES[3]), ("channel", CHANNELS[2])],
+                " ",
+                false,
+            ),
+        ])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// A well-formed batch with a few bytes replaced, inserted or removed anywhere (quotes,
+        /// backslashes, digits, signs, brackets, control and non-ASCII bytes): where the
+        /// hand-written reader still takes it, it reads what the general reading reads.
+        #[test]
+        fn the_scanner_reads_damaged_batches_as_the_general_reading_does(
+            edits in proptest::collection::vec(
+                (
+                    0..3u8,
+                    proptest::num::usize::ANY,
+                    proptest::sample::select(
+                        &[b'"', b'\\', b'0', b'1', b'9', b'-', b'.', b'e', b'{', b'}', b'[', b']',
+                            b',', b':', b' ', b'\n', 0x01, b'n', b'a', 0xc3, 0xa9][..]
+                    ),
+                ),
+                1..4,
+            ),
+        ) {
+            let mut bytes = whole_batch().into_bytes();
+            for (kind, at, byte) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            // Only text reaches either reader (the body is checked as UTF-8 first).
+            if let Ok(text) = String::from_utf8(bytes) {
+                let r = scanned_as_general(&text);
+                proptest::prop_assert!(r.is_ok(), "{:?}", r);
+            }
+        }
+    }
+
     /// The batches clients write (compact, as serde_json and the load generator write them;
     /// with spaces after `:` and `,`, as Python's `json.dumps` does) are read by the
     /// hand-written reader, as the general reading reads them.
