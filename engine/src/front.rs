@@ -297,7 +297,7 @@ impl Front {
                 .get(t, key)
                 .filter(|e| e.at.saturating_add(retention) > now)
             {
-                if e.fingerprint != fingerprint && e.fingerprint != UNKNOWN_FINGERPRINT {
+                if !same_command(&e.fingerprint, &fingerprint, &req.command) {
                     return refuse(Refusal::IdempotencyKeyReused);
                 }
                 return match &e.response {
@@ -1121,12 +1121,23 @@ fn rule_field(e: &rules::RuleError) -> String {
     }
 }
 
-/// A stable fingerprint of a command's content, for idempotency: the BLAKE3 digest of its
-/// binary layout ([`crate::codec::encode_command`], the log's record body). The layout is a few
-/// dozen bytes written without formatting; the command's JSON, hashed before image version 3,
-/// cost five times as much to write and hash.
+/// A stable fingerprint of a command's content, for idempotency: the 128-bit XXH3 digest of
+/// its binary layout ([`crate::codec::encode_command`], the log's record body), little-endian,
+/// in the first 16 bytes; the last 16 are zero. The layout is a few dozen bytes written without
+/// formatting; the command's JSON, hashed before image version 3, cost five times as much to
+/// write and hash. Images before version 5 stored the BLAKE3 digest of the same layout (32
+/// bytes, with a last half that is not all zero but once in 2^128): [`same_command`] still
+/// compares those.
 pub fn fingerprint(c: &Command) -> [u8; 32] {
-    // The layout is written into a buffer kept by the thread and hashed in one call.
+    with_layout(c, |bytes| {
+        let mut f = [0; 32];
+        f[..16].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes());
+        f
+    })
+}
+
+/// `f` of the command's binary layout, written into a buffer kept by the thread.
+fn with_layout<T>(c: &Command, f: impl FnOnce(&[u8]) -> T) -> T {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -1134,13 +1145,27 @@ pub fn fingerprint(c: &Command) -> [u8; 32] {
         let mut b = b.borrow_mut();
         b.clear();
         crate::codec::encode_command(c, &mut b);
-        let digest = *blake3::hash(&b).as_bytes();
+        let out = f(&b);
         // A rare huge command does not keep its buffer.
         if b.capacity() > 64 * 1024 {
             *b = Vec::new();
         }
-        digest
+        out
     })
+}
+
+/// Whether a repeat whose command has the fingerprint `fresh` ([`fingerprint`]) is the command
+/// whose key's entry remembers `stored`: the same fingerprint; or, for an entry loaded from an
+/// image before version 5, its BLAKE3 digest of `c`'s layout; or any command for an entry whose
+/// fingerprint is unknown ([`UNKNOWN_FINGERPRINT`]).
+pub fn same_command(stored: &[u8; 32], fresh: &[u8; 32], c: &Command) -> bool {
+    if stored == fresh || *stored == UNKNOWN_FINGERPRINT {
+        return true;
+    }
+    if stored[16..].iter().all(|&b| b == 0) {
+        return false;
+    }
+    with_layout(c, |bytes| blake3::hash(bytes).as_bytes() == stored)
 }
 
 /// The fingerprint of an idempotency key remembered by an image older than version 3, whose
@@ -1153,8 +1178,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// Fingerprints are stored in snapshots: they stay the BLAKE3 digest of the command's
-    /// binary layout, and differ where the commands differ.
+    /// Fingerprints are stored in snapshots: they stay the XXH3-128 digest of the command's
+    /// binary layout, and differ where the commands differ. A BLAKE3 fingerprint (images before
+    /// version 5) is still compared with the command it was taken of.
     #[test]
     fn a_fingerprint_is_the_digest_of_the_binary_layout() {
         let c = Command::Receive {
@@ -1169,12 +1195,37 @@ mod tests {
             *quantity = 13;
         }
         assert_ne!(fingerprint(&c), fingerprint(&other));
-        for c in [c, other, Command::Tick] {
+        for c in [&c, &other, &Command::Tick] {
+            let mut bytes = Vec::new();
+            crate::codec::encode_command(c, &mut bytes);
+            let f = fingerprint(c);
+            assert_eq!(f[..16], xxhash_rust::xxh3::xxh3_128(&bytes).to_le_bytes());
+            assert_eq!(f[16..], [0; 16]);
+            assert_ne!(f, UNKNOWN_FINGERPRINT);
+            assert!(same_command(&f, &f, c));
+            let old = *blake3::hash(&bytes).as_bytes();
+            assert!(
+                same_command(&old, &f, c),
+                "a BLAKE3 fingerprint of the same command"
+            );
+        }
+        // XXH3-128 of the empty input, from its specification: the digest is fixed.
+        assert_eq!(
+            xxhash_rust::xxh3::xxh3_128(b""),
+            0x99aa_06d3_0147_98d8_6001_c324_468d_497f
+        );
+        let (f, g) = (fingerprint(&c), fingerprint(&other));
+        assert!(!same_command(&f, &g, &other));
+        let old = {
             let mut bytes = Vec::new();
             crate::codec::encode_command(&c, &mut bytes);
-            assert_eq!(fingerprint(&c), *blake3::hash(&bytes).as_bytes());
-            assert_ne!(fingerprint(&c), UNKNOWN_FINGERPRINT);
-        }
+            *blake3::hash(&bytes).as_bytes()
+        };
+        assert!(
+            !same_command(&old, &g, &other),
+            "a BLAKE3 fingerprint of another command"
+        );
+        assert!(same_command(&UNKNOWN_FINGERPRINT, &g, &other));
     }
 
     /// The routes behave as a map under inserts in increasing id order, removals in any

@@ -28,9 +28,15 @@ pub use view::{serialize_state_into, StateImage};
 pub const STOCK_MAX: i64 = 2 * crate::limits::LEVEL_MAX;
 
 /// Version of the image layout or of what it means; bumped on any change. Version 1
-/// (idempotent responses as JSON only), version 2 (with fingerprints of the commands' JSON)
-/// and version 3 (no [`ResponseImage::Reference`]) are still read: see [`from_bytes`].
-pub const IMAGE_VERSION: u32 = 4;
+/// (idempotent responses as JSON only), version 2 (with fingerprints of the commands' JSON),
+/// version 3 (no [`ResponseImage::Reference`]) and version 4 (this layout, with BLAKE3
+/// fingerprints, which [`crate::front::same_command`] still compares) are still read: see
+/// [`from_bytes`].
+pub const IMAGE_VERSION: u32 = 5;
+
+/// The version before [`IMAGE_VERSION`] in the same layout: its idempotency fingerprints are
+/// BLAKE3 digests of the command's layout, where this version's are XXH3-128.
+const BLAKE3_FINGERPRINTS_VERSION: u32 = 4;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Image {
@@ -593,6 +599,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
     if let Ok(image) = &current {
         if image.version == IMAGE_VERSION {
             return current.map_err(|e| ImageError::Invalid(e.to_string()));
+        }
+        if image.version == BLAKE3_FINGERPRINTS_VERSION {
+            let mut image = current.expect("checked");
+            image.version = IMAGE_VERSION;
+            return Ok(image);
         }
     }
     let v3 = rkyv::from_bytes::<v3::Image, rkyv::rancor::Error>(aligned);

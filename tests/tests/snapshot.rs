@@ -306,13 +306,30 @@ fn responses_are_stored_field_by_field_and_version_1_images_still_load() {
     assert_eq!(upgraded.image(), forgotten);
 }
 
+/// `command` under the idempotency key `key`.
+fn keyed(key: &str, command: Command) -> Request {
+    Request {
+        idempotency_key: Some(key.into()),
+        ..req(command)
+    }
+}
+
+/// A repeat of a key with another body: refused.
+fn assert_key_reused(r: &Response) {
+    use depot_engine::{Outcome, Refusal};
+    assert!(
+        matches!(r.outcome, Outcome::Refused(Refusal::IdempotencyKeyReused)),
+        "{:?}",
+        r.outcome
+    );
+}
+
 /// An image of version 2 (this layout, fingerprints of the commands' JSON) loads with its
 /// keys' fingerprints unknown: a repeat of such a key gets its first outcome whatever its body,
 /// and a key first used after the upgrade is compared again.
 #[test]
 fn version_2_images_load_with_their_fingerprints_unknown() {
     use depot_engine::snapshot::IMAGE_VERSION;
-    use depot_engine::{Outcome, Refusal};
     let mut m = busy_machine();
     let mut image = m.image();
     assert!(image
@@ -328,10 +345,6 @@ fn version_2_images_load_with_their_fingerprints_unknown() {
         .iter()
         .all(|e| e.fingerprint == UNKNOWN_FINGERPRINT));
     let mut upgraded = load(&old, Limits::default(), 2).unwrap();
-    let keyed = |key: &str, command: Command| Request {
-        idempotency_key: Some(key.into()),
-        ..req(command)
-    };
     // `pay-1` reserved one pen; asked again for two, it is the first outcome, replayed.
     let (first, ..) = m.execute(&keyed("pay-1", reserve(&[("pen", 1)], 60_000)), 13_000);
     let (again, ..) = upgraded.execute(&keyed("pay-1", reserve(&[("pen", 2)], 60_000)), 13_000);
@@ -341,14 +354,7 @@ fn version_2_images_load_with_their_fingerprints_unknown() {
     let (fresh, ..) = upgraded.execute(&keyed("pay-2", reserve(&[("mug", 1)], 60_000)), 13_000);
     assert!(fresh.outcome.is_ok() && !fresh.replayed);
     let (other, ..) = upgraded.execute(&keyed("pay-2", reserve(&[("mug", 2)], 60_000)), 13_000);
-    assert!(
-        matches!(
-            other.outcome,
-            Outcome::Refused(Refusal::IdempotencyKeyReused)
-        ),
-        "{:?}",
-        other.outcome
-    );
+    assert_key_reused(&other);
 }
 
 #[test]
@@ -583,6 +589,42 @@ fn the_image_serialized_from_the_tables_is_the_owned_image_byte_for_byte() {
     let state = busy.state_image();
     assert_eq!(state.seq(), busy.image().seq);
     assert!(format!("{state:?}").contains("reservations"));
+}
+
+/// An image of version 4 (this layout, BLAKE3 fingerprints) loads with its fingerprints as
+/// they are, and they are still compared: a repeat with the same body is replayed, one with
+/// another body refused.
+#[test]
+fn version_4_images_load_and_their_blake3_fingerprints_are_compared() {
+    use depot_engine::snapshot::IMAGE_VERSION;
+    let mut m = busy_machine();
+    let command = reserve(&[("pen", 1)], 60_000);
+    let (first, ..) = m.execute(&keyed("pay-4", command.clone()), 13_000);
+    let mut image = m.image();
+    let mut layout = Vec::new();
+    depot_engine::codec::encode_command(&command, &mut layout);
+    let blake3 = *blake3::hash(&layout).as_bytes();
+    let entry = image
+        .idempotency
+        .iter_mut()
+        .find(|e| e.key == "pay-4")
+        .expect("the key's entry");
+    assert_eq!(
+        entry.fingerprint,
+        depot_engine::front::fingerprint(&command)
+    );
+    entry.fingerprint = blake3;
+    image.version = 4;
+    let read = from_bytes(&to_bytes(&image)).expect("a version 4 image reads");
+    assert_eq!(read.version, IMAGE_VERSION);
+    let kept = read.idempotency.iter().find(|e| e.key == "pay-4");
+    assert_eq!(kept.map(|e| e.fingerprint), Some(blake3));
+    let mut upgraded = load(&read, Limits::default(), 2).unwrap();
+    let (again, ..) = upgraded.execute(&keyed("pay-4", command.clone()), 14_000);
+    assert!(again.replayed);
+    assert_eq!(again.outcome, first.outcome);
+    let (other, ..) = upgraded.execute(&keyed("pay-4", reserve(&[("pen", 2)], 60_000)), 14_000);
+    assert_key_reused(&other);
 }
 
 /// An image of version 3 (every reservation's answer field by field and inline, none by

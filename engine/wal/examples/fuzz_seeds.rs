@@ -235,6 +235,19 @@ fn main() {
         "valid-file-image-v3",
         &encode_snapshot(img.seq, &depot_engine::snapshot::v3::to_bytes(&img, 3)),
     );
+    // As version 4 wrote it: this layout, its fingerprints 32-byte BLAKE3 digests (of what
+    // does not matter to the loader).
+    let mut v4 = img.clone();
+    v4.version = 4;
+    for e in &mut v4.idempotency {
+        e.fingerprint = *blake3::hash(&e.fingerprint).as_bytes();
+    }
+    put(
+        root,
+        "snapshot_loader",
+        "valid-file-image-v4",
+        &encode_snapshot(img.seq, &depot_engine::snapshot::to_bytes(&v4)),
+    );
     let empty = depot_engine::snapshot::to_bytes(&Machine::new(Default::default(), 1).image());
     put(
         root,
