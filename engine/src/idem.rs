@@ -307,10 +307,12 @@ impl IdemStore {
     /// How many of the oldest entries are past `retention` at `now` (they are forgotten, even
     /// if not dropped yet).
     pub fn expired(&self, now: TimeMs, retention: u64) -> usize {
-        self.order
-            .iter()
-            .take_while(|(at, _)| at.saturating_add(retention) <= now)
-            .count()
+        let past = |at: &TimeMs| at.saturating_add(retention) <= now;
+        // Nearly always none (`expire` runs with every write): answered without an iterator.
+        match self.order.front() {
+            Some((at, _)) if past(at) => self.order.iter().take_while(|(at, _)| past(at)).count(),
+            _ => 0,
+        }
     }
 
     /// Drops the entries past `retention` at `now`.
@@ -596,10 +598,14 @@ mod tests {
         let mut b = IdemStore::default();
         // Restored in key order, not time order.
         b.restore(a.sorted().into_iter().map(|(k, e)| (k.clone(), e.clone())));
+        assert_eq!(a.expired(99, 100), 0);
+        assert_eq!(a.expired(100, 100), 1);
         assert_eq!(a.expired(500, 100), 41);
         assert_eq!(b.expired(500, 100), 41);
         a.expire(500, 100);
         b.expire(500, 100);
+        assert_eq!((a.expired(509, 100), a.expired(510, 100)), (0, 1));
+        assert_eq!(IdemStore::default().expired(u64::MAX, 0), 0);
         assert_eq!(a.len(), 59);
         assert_eq!(b.len(), 59);
         assert!(b.get(1, "k40").is_none() && b.get(1, "k41").is_some());
