@@ -5,7 +5,7 @@
 //! `docs/wal_format.md` has the layout and the crash-safety argument.
 
 use crate::error::WalError;
-use crate::storage::{is_disk_full, read_all_aligned, Directory, Storage};
+use crate::storage::{is_disk_full, read_all_aligned, Directory, Storage, BULK_BLOCK};
 use depot_engine::snapshot::{self, Image, StateImage};
 use depot_engine::Seq;
 
@@ -162,23 +162,50 @@ impl ImageSource<'_> {
 /// How much of the serialized image [`FileSink`] gathers before it writes it to the file.
 const SINK_CHUNK: usize = 1 << 20;
 
+/// A buffer of file bytes aligned for [`Directory::create_bulk`]'s files.
+type BlockBuf = rkyv::util::AlignedVec<BULK_BLOCK>;
+
 /// An rkyv writer into a snapshot file being written: the body goes to the file in chunks of
-/// [`SINK_CHUNK`] bytes as it is serialized (after the header's room), its checksum computed on
-/// the way. The whole image is never in memory as bytes.
+/// about [`SINK_CHUNK`] bytes as it is serialized, its checksum computed on the way. The whole
+/// image is never in memory as bytes.
+///
+/// The file is written in whole blocks ([`BULK_BLOCK`]) from an aligned buffer, as
+/// [`Directory::create_bulk`] asks: the buffer holds the file's bytes from `written` on (the
+/// first block starts with the header's room), only whole blocks are written before the end,
+/// the last block is written padded and the file then cut to its length. The header, known
+/// only at the end, goes into the first block, which is kept until then and written last.
 struct FileSink<'a> {
     file: &'a mut dyn Storage,
-    buf: Vec<u8>,
+    /// The file's bytes from `written` on, not written yet.
+    buf: BlockBuf,
+    /// The file's first block as written (`None` until it is): the header is put in it at the
+    /// end and it is written again.
+    first: Option<BlockBuf>,
     /// Bytes of the body serialized so far (rkyv's position).
     pos: u64,
-    /// Bytes of the body already written to the file.
-    flushed: u64,
-    /// CRC32C of the flushed bytes.
+    /// Bytes of the file written so far: a multiple of [`BULK_BLOCK`].
+    written: u64,
+    /// CRC32C of the body's bytes written so far.
     crc: u32,
     /// The first write error (disk full, say): kept for the caller, which maps it.
     error: Option<std::io::Error>,
 }
 
-impl FileSink<'_> {
+impl<'a> FileSink<'a> {
+    fn new(file: &'a mut dyn Storage) -> Self {
+        let mut buf = BlockBuf::with_capacity(SINK_CHUNK + 2 * BULK_BLOCK);
+        buf.resize(SNAPSHOT_HEADER_LEN as usize, 0);
+        FileSink {
+            file,
+            buf,
+            first: None,
+            pos: 0,
+            written: 0,
+            crc: 0,
+            error: None,
+        }
+    }
+
     /// Keeps `e` for the caller and gives rkyv an error that stops the serialization.
     fn fail(&mut self, e: std::io::Error) -> rkyv::rancor::Error {
         use rkyv::rancor::Source;
@@ -187,16 +214,57 @@ impl FileSink<'_> {
         out
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+    /// Writes the buffer's first `n` bytes (whole blocks) at `written`, and counts the body's
+    /// part of them into the checksum (`body_end`: where the body ends in the buffer, for the
+    /// padded last block).
+    fn write_blocks(&mut self, n: usize, body_end: usize) -> std::io::Result<()> {
+        debug_assert_eq!(n % BULK_BLOCK, 0);
+        self.file.write_at(self.written, &self.buf[..n])?;
+        // The header's room is not part of the body.
+        let body_start = if self.written == 0 {
+            SNAPSHOT_HEADER_LEN as usize
+        } else {
+            0
+        };
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf[body_start..body_end.min(n)]);
+        if self.written == 0 {
+            let mut first = BlockBuf::with_capacity(BULK_BLOCK);
+            first.extend_from_slice(&self.buf[..BULK_BLOCK]);
+            self.first = Some(first);
+        }
+        self.written += n as u64;
+        Ok(())
+    }
+
+    /// Writes the whole blocks the buffer holds and keeps the rest in it.
+    fn flush_blocks(&mut self) -> std::io::Result<()> {
+        let n = self.buf.len() / BULK_BLOCK * BULK_BLOCK;
+        if n == 0 {
             return Ok(());
         }
-        self.file
-            .write_at(SNAPSHOT_HEADER_LEN + self.flushed, &self.buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
-        self.flushed += self.buf.len() as u64;
-        self.buf.clear();
+        self.write_blocks(n, n)?;
+        let rest = self.buf.len() - n;
+        self.buf.as_mut_slice().copy_within(n.., 0);
+        self.buf.resize(rest, 0);
         Ok(())
+    }
+
+    /// Writes the rest of the body and then the header for `seq` (the file's first block,
+    /// again), and cuts the file to its length. Returns the body's length.
+    fn finish(mut self, seq: Seq) -> std::io::Result<u64> {
+        let file_len = self.written + self.buf.len() as u64;
+        let body_len = file_len - SNAPSHOT_HEADER_LEN;
+        let end = self.buf.len();
+        if end > 0 {
+            self.buf.resize(end.next_multiple_of(BULK_BLOCK), 0);
+            self.write_blocks(self.buf.len(), end)?;
+        }
+        let mut first = self.first.take().expect("the header's block is written");
+        first[..SNAPSHOT_HEADER_LEN as usize].copy_from_slice(&header_for(seq, body_len, self.crc));
+        self.file.write_at(0, &first)?;
+        // Without the last block's padding (the first block's, for a file shorter than one).
+        self.file.set_len(file_len)?;
+        Ok(body_len)
     }
 }
 
@@ -218,7 +286,7 @@ impl rkyv::ser::Writer<rkyv::rancor::Error> for FileSink<'_> {
         }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= SINK_CHUNK {
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.flush_blocks() {
                 return Err(self.fail(e));
             }
         }
@@ -241,33 +309,23 @@ pub(crate) fn write_snapshot_sized(
         Err(e) => return Err(WalError::io(&tmp, e)),
     }
     let written = (|| {
-        let mut file = dir.create(&tmp).map_err(|e| write_error(&tmp, e))?;
+        let mut file = dir.create_bulk(&tmp).map_err(|e| write_error(&tmp, e))?;
         // The body first, as it is serialized; then the header, which names its length and
         // checksum; then the sync. Until the rename the file has no snapshot's name.
-        let mut sink = FileSink {
-            file: &mut *file,
-            buf: Vec::with_capacity(SINK_CHUNK + 4096),
-            pos: 0,
-            flushed: 0,
-            crc: 0,
-            error: None,
-        };
+        let mut sink = FileSink::new(&mut *file);
         let serialized = image.serialize_into(&mut sink).map(|_| ());
-        let flushed = match (sink.error.take(), serialized) {
+        let finished = match (sink.error.take(), serialized) {
             (Some(e), _) => Err(e),
             (None, Err(e)) => Err(std::io::Error::other(e.to_string())),
-            (None, Ok(())) => sink.flush(),
+            (None, Ok(())) => sink.finish(seq),
         };
-        flushed.map_err(|e| {
+        let len = finished.map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 WalError::io(&name, e)
             } else {
                 write_error(&tmp, e)
             }
         })?;
-        let (len, crc) = (sink.flushed, sink.crc);
-        file.write_at(0, &header_for(seq, len, crc))
-            .map_err(|e| write_error(&tmp, e))?;
         file.sync_data().map_err(|e| WalError::SyncFailed {
             file: tmp.clone(),
             message: e.to_string(),
@@ -390,24 +448,79 @@ mod tests {
 
     #[test]
     fn a_streamed_snapshot_is_the_buffered_encoding_byte_for_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = crate::storage::FsDir::open(tmp.path()).unwrap();
         for skus in [0, 1, 30_000] {
             let image = big_image(skus);
-            let mem = crate::mem::MemDir::new();
-            let (name, len) = write_snapshot_sized(&mem, ImageSource::Image(&image)).unwrap();
             let body = snapshot::to_bytes(&image);
-            assert_eq!(len, body.len() as u64);
-            if skus == 30_000 {
-                assert!(len > 3 * SINK_CHUNK as u64, "several chunks: {len}");
+            let mem = crate::mem::MemDir::new();
+            // In memory, and on the file system (around the page cache where it allows).
+            let dirs: [(&dyn Directory, &str); 2] = [(&mem, "memory"), (&fs, "file system")];
+            for (dir, what) in dirs {
+                let (name, len) = write_snapshot_sized(dir, ImageSource::Image(&image)).unwrap();
+                assert_eq!(len, body.len() as u64);
+                if skus == 30_000 {
+                    assert!(len > 3 * SINK_CHUNK as u64, "several chunks: {len}");
+                }
+                let file = crate::storage::read_all(&*dir.open(&name).unwrap(), u64::MAX).unwrap();
+                assert!(
+                    file == encode_snapshot(image.seq, &body),
+                    "{skus} SKUs, {what}"
+                );
+                assert_eq!(
+                    dir.list().unwrap(),
+                    std::slice::from_ref(&name),
+                    "no temporary file left ({what})"
+                );
+                let (read, read_name) = load_newest_snapshot(dir).unwrap().unwrap();
+                assert_eq!((read, read_name), (image.clone(), name.clone()));
+                dir.remove(&name).unwrap();
             }
-            let file = mem.bytes(&name).unwrap();
-            assert!(file == encode_snapshot(image.seq, &body), "{skus} SKUs");
-            assert_eq!(
-                mem.names(),
-                std::slice::from_ref(&name),
-                "no temporary file left"
-            );
-            let (read, read_name) = load_newest_snapshot(&mem).unwrap().unwrap();
-            assert_eq!((read, read_name), (image, name));
+        }
+    }
+
+    /// The sink writes whole blocks and the header last: for bodies ending on every side of a
+    /// block and of a chunk, written in pieces of every size, the file is the header and the
+    /// body, in memory and on the file system.
+    #[test]
+    fn the_sink_writes_any_body_as_the_header_and_the_body() {
+        use rkyv::ser::Writer;
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = crate::storage::FsDir::open(tmp.path()).unwrap();
+        let mem = crate::mem::MemDir::new();
+        let header = SNAPSHOT_HEADER_LEN as usize;
+        let lens = [
+            0,
+            1,
+            BULK_BLOCK - header - 1,
+            BULK_BLOCK - header,
+            BULK_BLOCK - header + 1,
+            3 * BULK_BLOCK + 17,
+            SINK_CHUNK - 1,
+            SINK_CHUNK,
+            2 * SINK_CHUNK + BULK_BLOCK - header + 5,
+        ];
+        for (i, len) in lens.into_iter().enumerate() {
+            let body: Vec<u8> = (0..len).map(|j| (j * 31 % 251) as u8 ^ i as u8).collect();
+            let piece = [1, 7, 4096, 100_000][i % 4];
+            let dirs: [(&dyn Directory, &str); 2] = [(&mem, "memory"), (&fs, "file system")];
+            for (dir, what) in dirs {
+                let name = format!("sink-{i}");
+                let mut file = dir.create_bulk(&name).unwrap();
+                let mut sink = FileSink::new(&mut *file);
+                for part in body.chunks(piece) {
+                    sink.write(part).unwrap();
+                }
+                assert_eq!(sink.finish(77).unwrap(), len as u64);
+                file.sync_data().unwrap();
+                drop(file);
+                let written =
+                    crate::storage::read_all(&*dir.open(&name).unwrap(), u64::MAX).unwrap();
+                assert!(
+                    written == encode_snapshot(77, &body),
+                    "a body of {len} bytes in pieces of {piece}, {what}"
+                );
+            }
         }
     }
 
