@@ -128,21 +128,24 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     /// Skips JSON's whitespace (space, tab, line feed, carriage return).
+    #[inline]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
         }
     }
 
-    /// Whitespace, then `byte`.
+    /// Whitespace, then `byte`. Compact JSON has `byte` right there: that is looked at first.
+    #[inline]
     fn token(&mut self, byte: u8) -> Option<()> {
-        self.ws();
-        if self.bytes.get(self.at) == Some(&byte) {
-            self.at += 1;
-            Some(())
-        } else {
-            None
+        if self.bytes.get(self.at) != Some(&byte) {
+            self.ws();
+            if self.bytes.get(self.at) != Some(&byte) {
+                return None;
+            }
         }
+        self.at += 1;
+        Some(())
     }
 
     /// Whitespace, then `byte` if it comes next (an empty object or list): taken, `true`.
@@ -153,7 +156,9 @@ impl<'a> Scanner<'a> {
     /// After a member of an object or a list: `,` (another follows: `true`) or `close` (the
     /// end: `false`).
     fn more(&mut self, close: u8) -> Option<bool> {
-        self.ws();
+        if self.bytes.get(self.at).is_none_or(|&b| b <= b' ') {
+            self.ws();
+        }
         let b = *self.bytes.get(self.at)?;
         self.at += 1;
         match b {
@@ -181,12 +186,15 @@ impl<'a> Scanner<'a> {
     fn key<T: Copy, const N: usize>(&mut self, keys: &Keys<T, N>) -> Option<T> {
         self.token(b'"')?;
         let rest = &self.bytes[self.at..];
-        let mut word = [0u8; 16];
-        match rest.get(..16) {
-            Some(sixteen) => word.copy_from_slice(sixteen),
-            None => word[..rest.len()].copy_from_slice(rest),
-        }
-        let word = u128::from_le_bytes(word);
+        // One load where 16 bytes are left (a slice's `copy_from_slice` called `memcpy`).
+        let word = match rest.first_chunk::<16>() {
+            Some(sixteen) => u128::from_le_bytes(*sixteen),
+            None => {
+                let mut word = [0u8; 16];
+                word[..rest.len()].copy_from_slice(rest);
+                u128::from_le_bytes(word)
+            }
+        };
         for &(value, mask, len, key) in &keys.0 {
             if word & mask == value {
                 self.at += len + 1;
