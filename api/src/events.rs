@@ -16,6 +16,7 @@ use axum::response::sse::Event as SseEvent;
 use depot_engine::{Event, ReservationId, Seq, TenantId};
 use futures_util::Stream;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +48,30 @@ struct Inner {
     dropped_through: Seq,
     /// The highest sequence number pushed so far.
     latest: Seq,
+}
+
+impl Inner {
+    /// Keeps `e` as the newest event, unless it is older than the newest kept (then it is
+    /// dropped with an error log: placing it would break every cursor already handed out).
+    fn keep(&mut self, e: Event) {
+        if e.seq < self.latest {
+            tracing::error!(
+                seq = e.seq,
+                latest = self.latest,
+                "event out of sequence order; not kept"
+            );
+            return;
+        }
+        self.latest = e.seq;
+        self.order.push_back((e.tenant.clone(), e.seq));
+        match self.by_tenant.get_mut(&e.tenant) {
+            Some(q) => q.push_back(Arc::new(e)),
+            None => {
+                self.by_tenant
+                    .insert(e.tenant.clone(), VecDeque::from([Arc::new(e)]));
+            }
+        }
+    }
 }
 
 /// The bounded, thread-safe buffer of recent events. See the module docs.
@@ -82,32 +107,33 @@ impl EventLog {
     }
 
     /// [`EventLog::push`] of several lists in order (the answers of one batch): one lock and
-    /// one wake-up of the streams for all of them.
-    pub fn push_all<'a>(&self, lists: impl IntoIterator<Item = &'a [Event]>) {
-        let mut lists = lists.into_iter().filter(|l| !l.is_empty()).peekable();
+    /// one wake-up of the streams for all of them. A list given by value (`Vec<Event>`) is
+    /// kept as it is; one given by reference is copied.
+    pub fn push_all<'a, L>(&self, lists: impl IntoIterator<Item = L>)
+    where
+        L: Into<Cow<'a, [Event]>>,
+    {
+        let mut lists = lists
+            .into_iter()
+            .map(Into::into)
+            .filter(|l| !l.is_empty())
+            .peekable();
         if lists.peek().is_none() {
             return;
         }
         let latest = {
             let mut inner = self.lock();
-            for e in lists.flatten() {
-                if e.seq < inner.latest {
-                    tracing::error!(
-                        seq = e.seq,
-                        latest = inner.latest,
-                        "event out of sequence order; not kept"
-                    );
-                    continue;
-                }
-                inner.latest = e.seq;
-                inner.order.push_back((e.tenant.clone(), e.seq));
-                let event = Arc::new(e.clone());
-                match inner.by_tenant.get_mut(&e.tenant) {
-                    Some(q) => q.push_back(event),
-                    None => {
-                        inner
-                            .by_tenant
-                            .insert(e.tenant.clone(), VecDeque::from([event]));
+            for list in lists {
+                match list {
+                    Cow::Borrowed(list) => {
+                        for e in list {
+                            inner.keep(e.clone());
+                        }
+                    }
+                    Cow::Owned(list) => {
+                        for e in list {
+                            inner.keep(e);
+                        }
                     }
                 }
             }

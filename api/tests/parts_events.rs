@@ -127,6 +127,28 @@ fn lists_pushed_together_are_kept_as_pushed_one_by_one() {
     );
     together.push_all([&[][..], &[]]);
     assert_eq!(together.read(&tenant("acme"), 3, 10).events.len(), 0);
+
+    // Lists given by value (moved into the log, as the acknowledging thread gives a
+    // reservation's events), alone or mixed with borrowed ones, are kept as the same lists
+    // copied.
+    let owned = EventLog::new(100);
+    owned.push_all(lists.iter().cloned());
+    let mixed = EventLog::new(100);
+    mixed.push_all(lists.iter().enumerate().map(|(i, l)| {
+        if i % 2 == 0 {
+            std::borrow::Cow::Owned(l.clone())
+        } else {
+            std::borrow::Cow::Borrowed(l.as_slice())
+        }
+    }));
+    for t in ["acme", "globex"] {
+        let a = one_by_one.read(&tenant(t), 0, 10);
+        for log in [&owned, &mixed] {
+            let b = log.read(&tenant(t), 0, 10);
+            assert_eq!(a.events, b.events, "{t}");
+            assert_eq!(a.next, b.next, "{t}");
+        }
+    }
 }
 
 #[test]

@@ -16,8 +16,9 @@
 
 use crate::events::EventLog;
 use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
-use depot_engine::{Command, Engine, Event, Request, Response, TenantId};
+use depot_engine::{Command, Engine, Event, Outcome, Reply, Request, Response, TenantId};
 use depot_wal::WalJournal;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -284,10 +285,20 @@ fn drain(
 
 /// The acknowledging thread of the writes: in batch order, waits until each batch is durable,
 /// then pushes its events and sends its answers.
+///
+/// A reservation's answer reaches its handler without its events: they are moved into the
+/// event log instead of copied, since no handler renders a reservation from its events
+/// (`ops::render` reads only a stock operation's). Every other answer keeps its events.
 fn acknowledge(rx: &Receiver<Ack>, engine: &Engine, events: &EventLog) {
     while let Ok(Ack::Batch(ran, works, lens)) = rx.recv() {
-        let answers = engine.acknowledge(ran);
-        events.push_all(answers.iter().map(|(_, evs)| evs.as_slice()));
+        let mut answers = engine.acknowledge(ran);
+        events.push_all(answers.iter_mut().map(|(response, evs)| {
+            if matches!(response.outcome, Outcome::Ok(Reply::Reservation(_))) {
+                Cow::Owned(std::mem::take(evs))
+            } else {
+                Cow::Borrowed(evs.as_slice())
+            }
+        }));
         reply(works, lens, answers);
     }
 }
