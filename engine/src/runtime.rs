@@ -1349,10 +1349,19 @@ impl Inner {
 /// waiting for it, forgets gone routes.
 fn apply_handoff(side: &mut FrontSide, h: Handoff) {
     let (key, stored) = h.idem.unzip();
+    // Nearly always nobody waits: then the key is not even hashed again.
+    let waiters = match (&key, &stored) {
+        (Some(key), Some(_)) if !side.waiting.is_empty() => side.waiting.remove(key),
+        _ => None,
+    };
+    let Some(waiters) = waiters else {
+        side.front.record(key.as_ref(), h.seq, stored, &h.dropped);
+        return;
+    };
     side.front
         .record(key.as_ref(), h.seq, stored.clone(), &h.dropped);
-    if let (Some(key), Some(response)) = (key, stored) {
-        for (b, slot) in side.waiting.remove(&key).unwrap_or_default() {
+    if let Some(response) = stored {
+        for (b, slot) in waiters {
             b.complete(
                 slot,
                 (
