@@ -13,7 +13,7 @@
 //! where it succeeds the operations are the same. Anything else, including every error, is read
 //! again the general way, whose errors name the operation and the field.
 
-mod scan;
+pub(crate) mod scan;
 
 use super::body::Body;
 use super::dto::{BatchBody, ReserveBody};

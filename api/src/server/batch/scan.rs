@@ -398,7 +398,7 @@ impl<'a> Scanner<'a> {
 /// time: a byte equal to `b` is a zero byte of `x ^ (b * ONES)`, and `(v - ONES) & !v & HIGHS`
 /// flags zero bytes of `v` (bytes below 0x20 with `0x20 * ONES` in place of `ONES`). A flag can
 /// be false only above a true one (a borrow carries upwards), and only the lowest is used.
-fn string_end(bytes: &[u8], from: usize) -> usize {
+pub(crate) fn string_end(bytes: &[u8], from: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGHS;
