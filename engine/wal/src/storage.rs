@@ -109,6 +109,11 @@ fn checked_len(file: &dyn Storage, len_max: u64) -> io::Result<usize> {
     })
 }
 
+/// True for `EINVAL` (here: a file system refusing `O_DIRECT`).
+fn is_einval(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}
+
 /// True when an I/O error means the medium is full (`ENOSPC`, or `EDQUOT` for a quota).
 pub fn is_disk_full(e: &io::Error) -> bool {
     const ENOSPC: i32 = 28;
@@ -132,6 +137,17 @@ impl FsDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Creates the new file `name`, opened for reading and writing with `flags` added.
+    fn create_file(&self, name: &str, flags: i32) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(flags)
+            .open(self.file_path(name)?)
     }
 
     fn file_path(&self, name: &str) -> io::Result<PathBuf> {
@@ -160,13 +176,8 @@ impl Directory for FsDir {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn Storage>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(self.file_path(name)?)?;
         Ok(Box::new(FsFile {
-            file,
+            file: self.create_file(name, 0)?,
             direct: false,
         }))
     }
@@ -175,26 +186,14 @@ impl Directory for FsDir {
     /// to the disk, not copied into the page cache first (for a snapshot of hundreds of
     /// megabytes, that copy into fresh pages was about a third of the snapshot's CPU time),
     /// and a snapshot does not push the log's pages out of the cache. A file system that
-    /// refuses the flag when the file is opened, or at its first write (`EINVAL`), gets an
-    /// ordinary file instead.
+    /// refuses the flag when the file is opened, or at a write (`EINVAL`), gets an ordinary
+    /// file instead.
     fn create_bulk(&self, name: &str) -> io::Result<Box<dyn Storage>> {
         #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let path = self.file_path(name)?;
-            let opened = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-                .open(&path);
-            match opened {
-                Ok(file) => {
-                    return Ok(Box::new(FsFile { file, direct: true }));
-                }
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-                Err(e) => return Err(e),
-            }
+        match self.create_file(name, rustix::fs::OFlags::DIRECT.bits() as i32) {
+            Ok(file) => return Ok(Box::new(FsFile { file, direct: true })),
+            Err(e) if is_einval(&e) => {}
+            Err(e) => return Err(e),
         }
         self.create(name)
     }
@@ -279,10 +278,7 @@ impl Storage for FsFile {
             // `O_DIRECT` refused (a file system that takes the flag but not such writes, or a
             // write that is not whole blocks): the whole write again through the page cache.
             // Whatever part of it went through already is written again with the same bytes.
-            Err(e)
-                if self.direct
-                    && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-            {
+            Err(e) if self.direct && is_einval(&e) => {
                 self.stop_direct()?;
                 self.file.write_all_at(data, offset)
             }
