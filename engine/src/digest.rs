@@ -60,12 +60,12 @@ pub fn canonical<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>
                 p.lifecycle,
                 p.created_at,
                 p.expires_at,
-                p.ended_at,
+                p.ended_at(),
                 p.channel,
-                p.order_ref,
+                p.order_ref(),
                 p.lines,
                 // Printed as the list of units per line, as when it was always stored.
-                p.granted.units(&p.lines)
+                p.granted().units(&p.lines)
             );
             let entry = parts
                 .entry(id)

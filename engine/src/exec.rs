@@ -1296,12 +1296,14 @@ impl ShardState {
             let mut took = 0;
             let lines = &part.lines;
             for item in part.items.iter_mut().filter(|i| i.sku(lines) == sku) {
+                let mut backordered = item.backordered();
                 for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
                     let b = a.open.min(deficit - took);
                     a.open -= b;
-                    item.backordered += b;
+                    backordered += b;
                     took += b;
                 }
+                item.set_backordered(backordered);
             }
             deficit -= took;
             self.with_level(t, sku, loc, |l| l.committed -= took);
@@ -1348,39 +1350,35 @@ impl ShardState {
             }
             st.add_held(*channel, plan.quantity);
             st.refresh(cfg, &it.sku);
-            part_items.push(PartItem {
-                item: plan.item as u16,
-                line: it.line,
-                slot: it.slot,
-                component: lines[usize::from(it.line)].is_bundle().then(|| {
-                    Box::new(Component {
-                        sku: it.sku.clone(),
-                        per_unit: it.per_unit,
-                    })
+            part_items.push(PartItem::new(
+                plan.item as u16,
+                it.line,
+                it.slot,
+                lines[usize::from(it.line)].is_bundle().then(|| Component {
+                    sku: it.sku.clone(),
+                    per_unit: it.per_unit,
                 }),
-                quantity: plan.quantity,
-                allocs: crate::small(plan.allocations.iter().map(|&(loc, open)| Alloc {
+                plan.quantity,
+                crate::small(plan.allocations.iter().map(|&(loc, open)| Alloc {
                     loc,
                     open,
                     shipped: 0,
                     returned: 0,
                 })),
-                backordered: 0,
-            });
+            ));
         }
         let id = ReservationId(job.seq);
-        let part = Part {
-            tenant: t,
-            channel: *channel,
-            lifecycle: Lifecycle::Held,
-            created_at: job.now,
-            expires_at: *expires_at,
-            ended_at: 0,
-            order_ref: order_ref.clone(),
-            lines: lines.clone(),
-            granted: granted.clone(),
-            items: part_items,
-        };
+        let part = Part::new(
+            t,
+            *channel,
+            Lifecycle::Held,
+            job.now,
+            *expires_at,
+            order_ref.as_deref().cloned(),
+            lines.clone(),
+            granted.clone(),
+            part_items,
+        );
         self.expiry.insert(*expires_at, id);
         // The reservation's own sequence number: no shard holds it yet.
         self.parts.insert_new(id, part);
@@ -1393,14 +1391,7 @@ impl ShardState {
         let t = part.tenant;
         for item in part.items.iter_mut() {
             let keep_units = keep.get(&part.lines, item.line as usize) * item.per_unit();
-            let PartItem {
-                line,
-                component,
-                allocs,
-                quantity,
-                ..
-            } = item;
-            let sku = crate::shard::item_sku(component, *line, &part.lines);
+            let (sku, allocs, quantity) = item.sku_and_units_mut(&part.lines);
             let mut release = *quantity - keep_units;
             for a in allocs.iter_mut().rev() {
                 let r = a.open.min(release);
@@ -1417,7 +1408,7 @@ impl ShardState {
             *quantity = keep_units;
             self.refresh(t, sku);
         }
-        part.granted = keep.clone();
+        part.set_granted(keep.clone());
         part.lifecycle = Lifecycle::Committed;
         self.parts.insert(id, part);
     }
@@ -1427,7 +1418,7 @@ impl ShardState {
         let part = self.parts.get_mut(&id).expect("ending an existing part");
         let from = part.lifecycle;
         part.lifecycle = to;
-        part.ended_at = now;
+        part.set_ended_at(now);
         let (t, c) = (part.tenant, part.channel);
         let mut changes = Vec::new();
         for item in part.items.iter_mut() {
@@ -1435,7 +1426,7 @@ impl ShardState {
                 changes.push((item.sku(&part.lines).clone(), a.loc, a.open));
             }
             if to == Lifecycle::Cancelled {
-                item.backordered = 0;
+                item.set_backordered(0);
             }
         }
         for (sku, loc, open) in changes {
@@ -1489,7 +1480,7 @@ impl ShardState {
             let Some(p) = self.parts.get(&id) else {
                 continue;
             };
-            let at = p.ended_at.saturating_add(self.ended_retention_ms);
+            let at = p.ended_at().saturating_add(self.ended_retention_ms);
             if at <= now {
                 self.parts.remove(&id);
                 dropped.push(id);
@@ -1644,7 +1635,7 @@ impl ShardState {
                 );
             }
             if need > 0 {
-                item.backordered += need;
+                item.set_backordered(item.backordered() + need);
                 self.adjust_held(t, sku, c, -need);
                 ev.push(
                     key,
@@ -2220,7 +2211,7 @@ pub fn reservation_view<P: std::borrow::Borrow<Part>>(
         .map(|(li, l)| {
             let its: smallvec::SmallVec<[&&PartItem; 4]> =
                 items.iter().filter(|i| i.line as usize == li).collect();
-            let granted = head.granted.get(&head.lines, li);
+            let granted = head.granted().get(&head.lines, li);
             let mut v = line_head(l, granted);
             if l.is_bundle() {
                 v.components = its
@@ -2229,12 +2220,12 @@ pub fn reservation_view<P: std::borrow::Borrow<Part>>(
                         sku: it.sku(&head.lines).clone(),
                         quantity: it.quantity,
                         allocations: allocs(it),
-                        backordered: it.backordered,
+                        backordered: it.backordered(),
                     })
                     .collect();
             } else if let Some(it) = its.first() {
                 v.allocations = allocs(it);
-                v.backordered = it.backordered;
+                v.backordered = it.backordered();
             }
             v
         })
@@ -2245,7 +2236,7 @@ pub fn reservation_view<P: std::borrow::Borrow<Part>>(
         state: view_state(head, &items, now),
         created_at: head.created_at,
         expires_at: head.expires_at,
-        order_ref: head.order_ref.as_deref().cloned(),
+        order_ref: head.order_ref().map(str::to_owned),
         lines,
     }
 }
@@ -2257,7 +2248,7 @@ fn view_state(head: &Part, items: &[&PartItem], now: TimeMs) -> ReservationState
         (
             o + it.allocs.iter().map(|a| a.open).sum::<i64>(),
             s + it.allocs.iter().map(|a| a.shipped).sum::<i64>(),
-            b + it.backordered,
+            b + it.backordered(),
         )
     });
     match head.lifecycle {
@@ -2291,7 +2282,7 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
     if v.id != id
         || v.created_at != head.created_at
         || v.expires_at != head.expires_at
-        || v.order_ref.as_ref() != head.order_ref.as_deref()
+        || v.order_ref.as_deref() != head.order_ref()
         || v.lines.len() != head.lines.len()
         || cfg.channels.get(head.channel as usize).map(|c| &c.id) != Some(&v.channel)
     {
@@ -2317,7 +2308,7 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
         .zip(v.lines.iter())
         .enumerate()
         .all(|(li, (l, shown))| {
-            let granted = head.granted.get(&head.lines, li);
+            let granted = head.granted().get(&head.lines, li);
             let requested = if granted != l.requested() {
                 l.requested()
             } else {
@@ -2334,14 +2325,14 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
                     && shown.components.iter().zip(its).all(|(c, it)| {
                         c.sku == *it.sku(&head.lines)
                             && c.quantity == it.quantity
-                            && c.backordered == it.backordered
+                            && c.backordered == it.backordered()
                             && allocations_are(&c.allocations, it)
                     })
             } else {
                 shown.components.is_empty()
                     && match its.next() {
                         Some(it) => {
-                            shown.backordered == it.backordered
+                            shown.backordered == it.backordered()
                                 && allocations_are(&shown.allocations, it)
                         }
                         None => shown.backordered == 0 && shown.allocations.is_empty(),

@@ -113,12 +113,13 @@ impl std::fmt::Debug for LineHeaders {
 
 /// Units granted per line of a reservation. Stored only when some line is not granted in full
 /// (a partial fill, a partial commit): the usual full grant is `None` and costs no allocation.
-/// Always normalised by [`Granted::new`], so equal grants compare equal. A thin pointer (the
-/// list's length is behind it) keeps every part 8 bytes smaller.
+/// Always normalised by [`Granted::new`], so equal grants compare equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Granted(Option<Arc<Vec<i64>>>);
 
 impl Granted {
+    /// Every line granted in full.
+    pub const FULL: Granted = Granted(None);
     /// The grant of `units` per line of `lines`.
     pub fn new(lines: &[LineHeader], units: &[i64]) -> Granted {
         debug_assert_eq!(lines.len(), units.len());

@@ -218,26 +218,62 @@ pub struct Component {
     pub per_unit: i64,
 }
 
+/// What few items have: a bundle component's own SKU, units backordered. Absent (`None`, no
+/// allocation) when the item has neither, as a held item of a plain line has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ItemRare {
+    component: Option<Component>,
+    backordered: i64,
+}
+
 /// An item of a reservation whose SKU this shard owns.
 ///
 /// An item of a plain line is the line's SKU, one unit per unit of the line: it stores
-/// neither (the line's header has them), so the usual hold carries its SKU's name once. Only a
-/// bundle component's item has a [`Component`], boxed: a pointer, absent for plain lines.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// neither (the line's header has them), so the usual hold carries its SKU's name once. A
+/// bundle component's item names its own SKU, and an item with units backordered counts them,
+/// both behind one pointer that the usual item leaves empty.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PartItem {
     pub item: u16,
     pub line: u16,
     pub slot: u16,
-    /// `Some` exactly when the item's line is a bundle.
-    pub component: Option<Box<Component>>,
     /// Units granted.
     pub quantity: i64,
     /// Most items are served from one location: kept inline.
     pub allocs: SmallVec<[Alloc; 1]>,
-    pub backordered: i64,
+    /// `None` exactly when the item is of a plain line and has nothing backordered.
+    rare: Option<Box<ItemRare>>,
+}
+
+/// Printed as the struct of seven fields it was (the state digest prints it).
+impl std::fmt::Debug for PartItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartItem")
+            .field("item", &self.item)
+            .field("line", &self.line)
+            .field("slot", &self.slot)
+            .field("component", &self.component())
+            .field("quantity", &self.quantity)
+            .field("allocs", &self.allocs)
+            .field("backordered", &self.backordered())
+            .finish()
+    }
+}
+
+/// What few parts have: an order reference, a grant short of what was asked, an end. Absent
+/// (`None`, no allocation) for the usual hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PartRare {
+    ended_at: TimeMs,
+    order_ref: Option<String>,
+    granted: Granted,
 }
 
 /// The part of a reservation on one shard. Every part of a reservation has the same header.
+///
+/// Every hold is a part in the slab, so its size is the memory each reservation takes (and on
+/// a virtual machine, the fresh pages the kernel clears): what the usual hold does not need
+/// (an order reference, a partial grant, an end time) is behind one pointer it leaves empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Part {
     pub tenant: u32,
@@ -245,13 +281,10 @@ pub struct Part {
     pub lifecycle: Lifecycle,
     pub created_at: TimeMs,
     pub expires_at: TimeMs,
-    pub ended_at: TimeMs,
-    /// Boxed once more: most reservations have none, and a thin pointer keeps every part
-    /// 8 bytes smaller.
-    pub order_ref: Option<Box<String>>,
     pub lines: LineHeaders,
-    /// Units granted per line (of `lines`).
-    pub granted: Granted,
+    /// `None` exactly when the part has no order reference, every line is granted in full
+    /// and it has not ended.
+    rare: Option<Box<PartRare>>,
     /// Most parts hold one item (a single-line reservation, or one line per shard): inline.
     pub items: SmallVec<[PartItem; 1]>,
 }
@@ -259,7 +292,7 @@ pub struct Part {
 /// The SKU of an item with `component` on `line` of `lines` (the part's): the component's, or
 /// the line's. [`PartItem::sku`], for a caller that holds the item's fields apart.
 pub fn item_sku<'a>(
-    component: &'a Option<Box<Component>>,
+    component: Option<&'a Component>,
     line: u16,
     lines: &'a [LineHeader],
 ) -> &'a Sku {
@@ -270,17 +303,127 @@ pub fn item_sku<'a>(
 }
 
 impl PartItem {
+    pub fn new(
+        item: u16,
+        line: u16,
+        slot: u16,
+        component: Option<Component>,
+        quantity: i64,
+        allocs: SmallVec<[Alloc; 1]>,
+    ) -> PartItem {
+        PartItem {
+            item,
+            line,
+            slot,
+            quantity,
+            allocs,
+            rare: component.map(|c| {
+                Box::new(ItemRare {
+                    component: Some(c),
+                    backordered: 0,
+                })
+            }),
+        }
+    }
     /// The item's SKU: its component's, or the SKU of its line in `lines` (the part's).
     pub fn sku<'a>(&'a self, lines: &'a [LineHeader]) -> &'a Sku {
-        item_sku(&self.component, self.line, lines)
+        item_sku(self.component(), self.line, lines)
+    }
+    /// `Some` exactly when the item's line is a bundle.
+    pub fn component(&self) -> Option<&Component> {
+        self.rare.as_ref().and_then(|r| r.component.as_ref())
+    }
+    /// The item's SKU (as [`PartItem::sku`]) next to its allocations and units granted, to
+    /// change while the SKU is read.
+    pub fn sku_and_units_mut<'a>(
+        &'a mut self,
+        lines: &'a [LineHeader],
+    ) -> (&'a Sku, &'a mut SmallVec<[Alloc; 1]>, &'a mut i64) {
+        let component = self.rare.as_ref().and_then(|r| r.component.as_ref());
+        (
+            item_sku(component, self.line, lines),
+            &mut self.allocs,
+            &mut self.quantity,
+        )
     }
     /// Units of the item's SKU per unit of its line.
     pub fn per_unit(&self) -> i64 {
-        self.component.as_ref().map_or(1, |c| c.per_unit)
+        self.component().map_or(1, |c| c.per_unit)
+    }
+    /// Units not served: a short pick's, or an allocation's under a backorder fill policy.
+    pub fn backordered(&self) -> i64 {
+        self.rare.as_ref().map_or(0, |r| r.backordered)
+    }
+    pub fn set_backordered(&mut self, units: i64) {
+        if units == self.backordered() {
+            return;
+        }
+        self.rare.get_or_insert_with(Box::default).backordered = units;
+        if self.rare.as_deref() == Some(&ItemRare::default()) {
+            self.rare = None;
+        }
     }
 }
 
 impl Part {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tenant: u32,
+        channel: ChanIdx,
+        lifecycle: Lifecycle,
+        created_at: TimeMs,
+        expires_at: TimeMs,
+        order_ref: Option<String>,
+        lines: LineHeaders,
+        granted: Granted,
+        items: SmallVec<[PartItem; 1]>,
+    ) -> Part {
+        let mut part = Part {
+            tenant,
+            channel,
+            lifecycle,
+            created_at,
+            expires_at,
+            lines,
+            rare: Some(Box::new(PartRare {
+                ended_at: 0,
+                order_ref,
+                granted,
+            })),
+            items,
+        };
+        part.tidy();
+        part
+    }
+    /// Drops an empty `rare`, so that equal parts compare equal however they got there.
+    fn tidy(&mut self) {
+        if self.rare.as_deref() == Some(&PartRare::default()) {
+            self.rare = None;
+        }
+    }
+    fn rare_mut(&mut self) -> &mut PartRare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+    /// When the part was released, expired or cancelled; 0 while it lives.
+    pub fn ended_at(&self) -> TimeMs {
+        self.rare.as_ref().map_or(0, |r| r.ended_at)
+    }
+    pub fn set_ended_at(&mut self, at: TimeMs) {
+        self.rare_mut().ended_at = at;
+        self.tidy();
+    }
+    pub fn order_ref(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.order_ref.as_deref())
+    }
+    /// Units granted per line (of `lines`).
+    pub fn granted(&self) -> &Granted {
+        static FULL: Granted = Granted::FULL;
+        self.rare.as_ref().map_or(&FULL, |r| &r.granted)
+    }
+    pub fn set_granted(&mut self, granted: Granted) {
+        self.rare_mut().granted = granted;
+        self.tidy();
+    }
     pub fn open_units(&self) -> i64 {
         self.items
             .iter()
@@ -296,14 +439,14 @@ impl Part {
             .sum()
     }
     pub fn backordered_units(&self) -> i64 {
-        self.items.iter().map(|i| i.backordered).sum()
+        self.items.iter().map(|i| i.backordered()).sum()
     }
     pub fn prep(&self) -> PartPrep {
         PartPrep {
             lifecycle: self.lifecycle,
             expires_at: self.expires_at,
             lines: self.lines.clone(),
-            granted: self.granted.clone(),
+            granted: self.granted().clone(),
             open_units: self.open_units(),
             shipped_units: self.shipped_units(),
             backordered_units: self.backordered_units(),
@@ -976,52 +1119,125 @@ mod tests {
     use crate::job::{Granted, LineHeader, LineHeaders};
 
     fn part(n: u64) -> Part {
-        Part {
-            tenant: 0,
-            channel: 0,
-            lifecycle: Lifecycle::Held,
-            created_at: n,
-            expires_at: n + 1,
-            ended_at: 0,
-            order_ref: None,
-            lines: LineHeaders::One([LineHeader::new(Sku::new("MUG").expect("valid"), 1, false)]),
-            granted: Granted::default(),
-            items: SmallVec::new(),
-        }
+        Part::new(
+            0,
+            0,
+            Lifecycle::Held,
+            n,
+            n + 1,
+            None,
+            LineHeaders::One([LineHeader::new(Sku::new("MUG").expect("valid"), 1, false)]),
+            Granted::default(),
+            SmallVec::new(),
+        )
     }
 
     /// Every hold is a part in the slab: its size is the memory (and the fresh pages) each
-    /// reservation costs. A plain item keeps no SKU of its own; a component's is boxed.
+    /// reservation costs. A plain item keeps no SKU of its own; what few parts and items have
+    /// is boxed.
     #[test]
     fn a_part_stays_small() {
-        assert!(size_of::<Part>() <= 160, "{}", size_of::<Part>());
+        assert!(size_of::<Part>() <= 136, "{}", size_of::<Part>());
         // A free slot is `None` in the part's own niche: no tag, no id.
         assert_eq!(size_of::<Option<Part>>(), size_of::<Part>());
-        assert!(size_of::<PartItem>() <= 72, "{}", size_of::<PartItem>());
+        assert!(size_of::<PartItem>() <= 64, "{}", size_of::<PartItem>());
+    }
+
+    /// The usual hold allocates nothing of its own; a part or an item that gains a rare field
+    /// and loses it again is equal to one that never had it (the state digest and the model
+    /// test compare parts).
+    #[test]
+    fn rare_fields_are_boxed_only_while_set() {
+        let plain = part(1);
+        assert!(plain.rare.is_none());
+        assert_eq!(
+            (plain.ended_at(), plain.order_ref(), plain.granted()),
+            (0, None, &Granted::FULL)
+        );
+        let mut p = plain.clone();
+        p.set_ended_at(7);
+        assert_eq!(p.ended_at(), 7);
+        assert_ne!(p, plain);
+        p.set_ended_at(0);
+        assert_eq!(p, plain);
+        assert!(p.rare.is_none());
+        let partial = Granted::new(&p.lines, &[0]);
+        p.set_granted(partial.clone());
+        assert_eq!(p.granted(), &partial);
+        assert_eq!(p.granted().get(&p.lines, 0), 0);
+        p.set_granted(Granted::FULL);
+        assert_eq!(p, plain);
+        let with_ref = Part::new(
+            0,
+            0,
+            Lifecycle::Held,
+            1,
+            2,
+            Some("order-9".into()),
+            plain.lines.clone(),
+            Granted::FULL,
+            SmallVec::new(),
+        );
+        assert_eq!(with_ref.order_ref(), Some("order-9"));
+        let mut with_ref_ended = with_ref.clone();
+        with_ref_ended.set_ended_at(5);
+        with_ref_ended.set_ended_at(0);
+        assert_eq!(with_ref_ended, with_ref);
+        assert_eq!(with_ref.order_ref(), Some("order-9"));
+
+        let item = PartItem::new(0, 0, 0, None, 3, SmallVec::new());
+        assert!(item.rare.is_none());
+        let mut short = item.clone();
+        short.set_backordered(2);
+        assert_eq!(short.backordered(), 2);
+        assert_ne!(short, item);
+        short.set_backordered(0);
+        assert_eq!(short, item);
+        assert!(short.rare.is_none());
+        let comp = Component {
+            sku: Sku::new("SAUCER").expect("valid"),
+            per_unit: 2,
+        };
+        let mut bundled = PartItem::new(0, 0, 0, Some(comp.clone()), 3, SmallVec::new());
+        bundled.set_backordered(4);
+        bundled.set_backordered(0);
+        assert_eq!(bundled.component(), Some(&comp));
+        assert_eq!(
+            bundled,
+            PartItem::new(0, 0, 0, Some(comp), 3, SmallVec::new())
+        );
+    }
+
+    /// The digest prints an item as it printed the struct of seven fields.
+    #[test]
+    fn an_item_prints_as_before() {
+        let mut item = PartItem::new(1, 0, 2, None, 3, SmallVec::new());
+        item.set_backordered(1);
+        assert_eq!(
+            format!("{item:?}"),
+            "PartItem { item: 1, line: 0, slot: 2, component: None, quantity: 3, allocs: [], \
+             backordered: 1 }"
+        );
     }
 
     /// A plain line's item is its line's SKU, one unit per unit; a component names its own.
     #[test]
     fn an_item_finds_its_sku() {
         let p = part(1);
-        let plain = PartItem {
-            item: 0,
-            line: 0,
-            slot: 0,
-            component: None,
-            quantity: 1,
-            allocs: SmallVec::new(),
-            backordered: 0,
-        };
+        let plain = PartItem::new(0, 0, 0, None, 1, SmallVec::new());
         assert_eq!(plain.sku(&p.lines).as_str(), "MUG");
         assert_eq!(plain.per_unit(), 1);
-        let component = PartItem {
-            component: Some(Box::new(Component {
+        let component = PartItem::new(
+            0,
+            0,
+            0,
+            Some(Component {
                 sku: Sku::new("SAUCER").expect("valid"),
                 per_unit: 2,
-            })),
-            ..plain
-        };
+            }),
+            1,
+            SmallVec::new(),
+        );
         assert_eq!(component.sku(&p.lines).as_str(), "SAUCER");
         assert_eq!(component.per_unit(), 2);
     }

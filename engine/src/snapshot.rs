@@ -497,8 +497,8 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                 lifecycle: lifecycle_code(p.lifecycle),
                 created_at: p.created_at,
                 expires_at: p.expires_at,
-                ended_at: p.ended_at,
-                order_ref: p.order_ref.as_deref().cloned(),
+                ended_at: p.ended_at(),
+                order_ref: p.order_ref().map(str::to_owned),
                 lines: p
                     .lines
                     .iter()
@@ -508,7 +508,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
                         is_bundle: l.is_bundle(),
                     })
                     .collect(),
-                granted: p.granted.units(&p.lines).to_vec(),
+                granted: p.granted().units(&p.lines).to_vec(),
                 items: items.collect(),
             }),
         }
@@ -559,7 +559,7 @@ fn item_image(i: &PartItem, lines: &[LineHeader]) -> ItemImage {
                 returned: a.returned,
             })
             .collect(),
-        backordered: i.backordered,
+        backordered: i.backordered(),
     }
 }
 
@@ -1101,10 +1101,10 @@ fn load_reservation(
         // A plain line's item is the line's SKU, one unit per unit: the part stores neither.
         let line = &lines[usize::from(i.line)];
         let component = if line.is_bundle() {
-            Some(Box::new(crate::shard::Component {
+            Some(crate::shard::Component {
                 sku: sku(&i.sku)?,
                 per_unit: i.per_unit,
-            }))
+            })
         } else if line.sku.as_str() != i.sku.as_str() || i.per_unit != 1 {
             return Err(bad(format!(
                 "an item of plain line {} names {} x {:?} (the line is {:?})",
@@ -1113,14 +1113,13 @@ fn load_reservation(
         } else {
             None
         };
-        let item = PartItem {
-            item: i.item,
-            line: i.line,
-            slot: i.slot,
+        let mut item = PartItem::new(
+            i.item,
+            i.line,
+            i.slot,
             component,
-            quantity: i.quantity,
-            allocs: i
-                .allocs
+            i.quantity,
+            i.allocs
                 .iter()
                 .map(|a| Alloc {
                     loc: a.loc,
@@ -1129,8 +1128,8 @@ fn load_reservation(
                     returned: a.returned,
                 })
                 .collect(),
-            backordered: i.backordered,
-        };
+        );
+        item.set_backordered(i.backordered);
         by_shard
             .entry(shard_of(r.tenant, &i.sku, shards))
             .or_default()
@@ -1143,18 +1142,18 @@ fn load_reservation(
     let mut mask = 0u64;
     for (s, items) in by_shard {
         mask |= 1 << s;
-        let part = Part {
-            tenant: r.tenant,
-            channel: r.channel,
+        let mut part = Part::new(
+            r.tenant,
+            r.channel,
             lifecycle,
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-            ended_at: r.ended_at,
-            order_ref: r.order_ref.clone().map(Box::new),
-            lines: lines.clone(),
-            granted: granted.clone(),
-            items: items.into_iter().collect(),
-        };
+            r.created_at,
+            r.expires_at,
+            r.order_ref.clone(),
+            lines.clone(),
+            granted.clone(),
+            items.into_iter().collect(),
+        );
+        part.set_ended_at(r.ended_at);
         let shard = &mut m.shards[s];
         match lifecycle {
             Lifecycle::Held => shard.expiry.insert(r.expires_at, id),

@@ -198,13 +198,13 @@ impl<'a> StateImage<'a> {
             lifecycle: lifecycle_code(p.lifecycle),
             created_at: p.created_at,
             expires_at: p.expires_at,
-            ended_at: p.ended_at,
-            order_ref: p.order_ref.as_deref().map(String::as_str),
+            ended_at: p.ended_at(),
+            order_ref: p.order_ref(),
             lines: ListOf::new(&p.lines[..], |l, i| LineRef::of(&l[i])),
             granted: ListOf {
                 ctx: p,
                 len: p.lines.len(),
-                item: |p, i| p.granted.get(&p.lines, i),
+                item: |p, i| p.granted().get(&p.lines, i),
             },
             items: ListOf {
                 len: items.len(),
@@ -638,7 +638,7 @@ impl<'a> ItemRef<'a> {
                     returned: a.returned,
                 }
             }),
-            backordered: i.backordered,
+            backordered: i.backordered(),
         }
     }
 }
