@@ -303,6 +303,7 @@ pub fn item_sku<'a>(
 }
 
 impl PartItem {
+    #[inline]
     pub fn new(
         item: u16,
         line: u16,
@@ -367,6 +368,7 @@ impl PartItem {
 
 impl Part {
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn new(
         tenant: u32,
         channel: ChanIdx,
@@ -378,22 +380,24 @@ impl Part {
         granted: Granted,
         items: SmallVec<[PartItem; 1]>,
     ) -> Part {
-        let mut part = Part {
+        // The usual hold has neither: nothing is allocated for it.
+        let rare = (order_ref.is_some() || granted != Granted::FULL).then(|| {
+            Box::new(PartRare {
+                ended_at: 0,
+                order_ref,
+                granted,
+            })
+        });
+        Part {
             tenant,
             channel,
             lifecycle,
             created_at,
             expires_at,
             lines,
-            rare: Some(Box::new(PartRare {
-                ended_at: 0,
-                order_ref,
-                granted,
-            })),
+            rare,
             items,
-        };
-        part.tidy();
-        part
+        }
     }
     /// Drops an empty `rare`, so that equal parts compare equal however they got there.
     fn tidy(&mut self) {
