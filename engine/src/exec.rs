@@ -1338,7 +1338,7 @@ impl ShardState {
             unreachable!()
         };
         let t = job.tenant;
-        let mut part_items = smallvec::SmallVec::new();
+        let mut part_items = crate::one::OneOrMany::new();
         for plan in plans.iter() {
             let it = &items[plan.item];
             if !self.owns_item(t, it) {
@@ -1359,12 +1359,10 @@ impl ShardState {
                     per_unit: it.per_unit,
                 }),
                 plan.quantity,
-                crate::small(plan.allocations.iter().map(|&(loc, open)| Alloc {
-                    loc,
-                    open,
-                    shipped: 0,
-                    returned: 0,
-                })),
+                plan.allocations
+                    .iter()
+                    .map(|&(loc, open)| Alloc::new(loc, open, 0, 0))
+                    .collect(),
             ));
         }
         let id = ReservationId(job.seq);
@@ -1616,12 +1614,7 @@ impl ShardState {
                 self.with_level(t, sku, to, |l| l.committed += take);
                 match item.allocs.iter_mut().find(|a| a.loc == to) {
                     Some(a) => a.open += take,
-                    None => item.allocs.push(Alloc {
-                        loc: to,
-                        open: take,
-                        shipped: 0,
-                        returned: 0,
-                    }),
+                    None => item.allocs.push(Alloc::new(to, take, 0, 0)),
                 }
                 ev.push(
                     key,

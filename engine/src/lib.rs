@@ -23,6 +23,7 @@ pub mod ids;
 pub mod job;
 pub mod limits;
 pub mod machine;
+pub mod one;
 pub mod outcome;
 pub mod rules;
 pub mod runtime;

@@ -7,11 +7,11 @@ use crate::command::Bucket;
 use crate::config::{ChanIdx, LocIdx, TenantConfig};
 use crate::ids::{ReservationId, Sku, TimeMs};
 use crate::job::{Granted, LineHeader, LineHeaders, PartPrep};
+use crate::one::{Niche, OneOrMany};
 use crate::timers::Timers;
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
 use rustc_hash::{FxBuildHasher, FxHashMap};
-use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -202,13 +202,40 @@ impl Lifecycle {
 }
 
 /// Units of an item at one location.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Alloc {
     pub loc: LocIdx,
+    /// A byte of the padding after `loc`, with one valid value: the list of an item's
+    /// allocations keeps its `Many` variant in the others ([`OneOrMany`]).
+    niche: Niche,
     /// Held or committed and not shipped.
     pub open: i64,
     pub shipped: i64,
     pub returned: i64,
+}
+
+impl Alloc {
+    pub fn new(loc: LocIdx, open: i64, shipped: i64, returned: i64) -> Alloc {
+        Alloc {
+            loc,
+            niche: Niche::Only,
+            open,
+            shipped,
+            returned,
+        }
+    }
+}
+
+/// Printed as the struct of four fields it was (the state digest prints it).
+impl std::fmt::Debug for Alloc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alloc")
+            .field("loc", &self.loc)
+            .field("open", &self.open)
+            .field("shipped", &self.shipped)
+            .field("returned", &self.returned)
+            .finish()
+    }
 }
 
 /// What a bundle component's item has of its own: its SKU and its units per unit of the line.
@@ -240,7 +267,7 @@ pub struct PartItem {
     /// Units granted.
     pub quantity: i64,
     /// Most items are served from one location: kept inline.
-    pub allocs: SmallVec<[Alloc; 1]>,
+    pub allocs: OneOrMany<Alloc>,
     /// `None` exactly when the item is of a plain line and has nothing backordered.
     rare: Option<Box<ItemRare>>,
 }
@@ -286,7 +313,7 @@ pub struct Part {
     /// and it has not ended.
     rare: Option<Box<PartRare>>,
     /// Most parts hold one item (a single-line reservation, or one line per shard): inline.
-    pub items: SmallVec<[PartItem; 1]>,
+    pub items: OneOrMany<PartItem>,
 }
 
 /// The SKU of an item with `component` on `line` of `lines` (the part's): the component's, or
@@ -310,7 +337,7 @@ impl PartItem {
         slot: u16,
         component: Option<Component>,
         quantity: i64,
-        allocs: SmallVec<[Alloc; 1]>,
+        allocs: OneOrMany<Alloc>,
     ) -> PartItem {
         PartItem {
             item,
@@ -339,7 +366,7 @@ impl PartItem {
     pub fn sku_and_units_mut<'a>(
         &'a mut self,
         lines: &'a [LineHeader],
-    ) -> (&'a Sku, &'a mut SmallVec<[Alloc; 1]>, &'a mut i64) {
+    ) -> (&'a Sku, &'a mut OneOrMany<Alloc>, &'a mut i64) {
         let component = self.rare.as_ref().and_then(|r| r.component.as_ref());
         (
             item_sku(component, self.line, lines),
@@ -378,7 +405,7 @@ impl Part {
         order_ref: Option<String>,
         lines: LineHeaders,
         granted: Granted,
-        items: SmallVec<[PartItem; 1]>,
+        items: OneOrMany<PartItem>,
     ) -> Part {
         // The usual hold has neither: nothing is allocated for it.
         let rare = (order_ref.is_some() || granted != Granted::FULL).then(|| {
@@ -1132,7 +1159,7 @@ mod tests {
             None,
             LineHeaders::One([LineHeader::new(Sku::new("MUG").expect("valid"), 1, false)]),
             Granted::default(),
-            SmallVec::new(),
+            OneOrMany::new(),
         )
     }
 
@@ -1141,10 +1168,13 @@ mod tests {
     /// is boxed.
     #[test]
     fn a_part_stays_small() {
-        assert!(size_of::<Part>() <= 136, "{}", size_of::<Part>());
+        assert!(size_of::<Part>() <= 120, "{}", size_of::<Part>());
         // A free slot is `None` in the part's own niche: no tag, no id.
         assert_eq!(size_of::<Option<Part>>(), size_of::<Part>());
-        assert!(size_of::<PartItem>() <= 64, "{}", size_of::<PartItem>());
+        assert!(size_of::<PartItem>() <= 56, "{}", size_of::<PartItem>());
+        // The lists of items and of allocations are as large as one element.
+        assert_eq!(size_of::<OneOrMany<PartItem>>(), size_of::<PartItem>());
+        assert_eq!(size_of::<OneOrMany<Alloc>>(), size_of::<Alloc>());
     }
 
     /// The usual hold allocates nothing of its own; a part or an item that gains a rare field
@@ -1180,7 +1210,7 @@ mod tests {
             Some("order-9".into()),
             plain.lines.clone(),
             Granted::FULL,
-            SmallVec::new(),
+            OneOrMany::new(),
         );
         assert_eq!(with_ref.order_ref(), Some("order-9"));
         let mut with_ref_ended = with_ref.clone();
@@ -1189,7 +1219,7 @@ mod tests {
         assert_eq!(with_ref_ended, with_ref);
         assert_eq!(with_ref.order_ref(), Some("order-9"));
 
-        let item = PartItem::new(0, 0, 0, None, 3, SmallVec::new());
+        let item = PartItem::new(0, 0, 0, None, 3, OneOrMany::new());
         assert!(item.rare.is_none());
         let mut short = item.clone();
         short.set_backordered(2);
@@ -1202,20 +1232,20 @@ mod tests {
             sku: Sku::new("SAUCER").expect("valid"),
             per_unit: 2,
         };
-        let mut bundled = PartItem::new(0, 0, 0, Some(comp.clone()), 3, SmallVec::new());
+        let mut bundled = PartItem::new(0, 0, 0, Some(comp.clone()), 3, OneOrMany::new());
         bundled.set_backordered(4);
         bundled.set_backordered(0);
         assert_eq!(bundled.component(), Some(&comp));
         assert_eq!(
             bundled,
-            PartItem::new(0, 0, 0, Some(comp), 3, SmallVec::new())
+            PartItem::new(0, 0, 0, Some(comp), 3, OneOrMany::new())
         );
     }
 
     /// The digest prints an item as it printed the struct of seven fields.
     #[test]
     fn an_item_prints_as_before() {
-        let mut item = PartItem::new(1, 0, 2, None, 3, SmallVec::new());
+        let mut item = PartItem::new(1, 0, 2, None, 3, OneOrMany::new());
         item.set_backordered(1);
         assert_eq!(
             format!("{item:?}"),
@@ -1228,7 +1258,7 @@ mod tests {
     #[test]
     fn an_item_finds_its_sku() {
         let p = part(1);
-        let plain = PartItem::new(0, 0, 0, None, 1, SmallVec::new());
+        let plain = PartItem::new(0, 0, 0, None, 1, OneOrMany::new());
         assert_eq!(plain.sku(&p.lines).as_str(), "MUG");
         assert_eq!(plain.per_unit(), 1);
         let component = PartItem::new(
@@ -1240,7 +1270,7 @@ mod tests {
                 per_unit: 2,
             }),
             1,
-            SmallVec::new(),
+            OneOrMany::new(),
         );
         assert_eq!(component.sku(&p.lines).as_str(), "SAUCER");
         assert_eq!(component.per_unit(), 2);

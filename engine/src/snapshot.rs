@@ -1121,12 +1121,7 @@ fn load_reservation(
             i.quantity,
             i.allocs
                 .iter()
-                .map(|a| Alloc {
-                    loc: a.loc,
-                    open: a.open,
-                    shipped: a.shipped,
-                    returned: a.returned,
-                })
+                .map(|a| Alloc::new(a.loc, a.open, a.shipped, a.returned))
                 .collect(),
         );
         item.set_backordered(i.backordered);
