@@ -46,8 +46,10 @@ impl ShardState {
                 Prep::Part(self.part_prep(job, *id).map(|mut p| {
                     if self.owns(job.tenant, sku.as_str()) {
                         let part = &self.parts[id];
-                        p.checks
-                            .push((0, alloc_sum(part, sku, *loc, |a| a.shipped - a.returned)));
+                        p.checks.push((
+                            0,
+                            alloc_sum(part, sku, *loc, |a| a.shipped() - a.returned()),
+                        ));
                         // The room under LEVEL_MAX where the units come back, as for a receipt.
                         let on_hand = self
                             .sku(job.tenant, sku.as_str())
@@ -1663,8 +1665,8 @@ impl ShardState {
         let lines = &part.lines;
         for item in part.items.iter_mut().filter(|i| i.sku(lines) == sku) {
             for a in item.allocs.iter_mut().filter(|a| a.loc == loc) {
-                let r = left.min(a.shipped - a.returned);
-                a.returned += r;
+                let r = left.min(a.shipped() - a.returned());
+                a.take_back(r);
                 left -= r;
             }
         }
@@ -1765,7 +1767,7 @@ fn take_open(part: &mut Part, sku: &Sku, loc: LocIdx, q: i64, ship: bool) -> i64
             let take = left.min(a.open);
             a.open -= take;
             if ship {
-                a.shipped += take;
+                a.ship(take);
             }
             left -= take;
         }
@@ -2192,8 +2194,8 @@ pub fn reservation_view<P: std::borrow::Borrow<Part>>(
             .map(|a| AllocationView {
                 location: loc_id(cfg, a.loc),
                 quantity: a.open,
-                shipped: a.shipped,
-                returned: a.returned,
+                shipped: a.shipped(),
+                returned: a.returned(),
             })
             .collect()
     };
@@ -2240,7 +2242,7 @@ fn view_state(head: &Part, items: &[&PartItem], now: TimeMs) -> ReservationState
     let (open, shipped, back): (i64, i64, i64) = items.iter().fold((0, 0, 0), |(o, s, b), it| {
         (
             o + it.allocs.iter().map(|a| a.open).sum::<i64>(),
-            s + it.allocs.iter().map(|a| a.shipped).sum::<i64>(),
+            s + it.allocs.iter().map(|a| a.shipped()).sum::<i64>(),
             b + it.backordered(),
         )
     });
@@ -2291,8 +2293,8 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
         shown.len() == it.allocs.len()
             && shown.iter().zip(&it.allocs).all(|(s, a)| {
                 s.quantity == a.open
-                    && s.shipped == a.shipped
-                    && s.returned == a.returned
+                    && s.shipped == a.shipped()
+                    && s.returned == a.returned()
                     && cfg.locations.get(a.loc as usize).map(|l| &l.id) == Some(&s.location)
             })
     };

@@ -1,10 +1,12 @@
-//! A list that keeps one element inline and more in a `Vec`, in the size of the element.
+//! A list that keeps one element inline and more in a boxed slice, in the size of the element.
 //!
 //! `SmallVec<[T; 1]>` spends a word on its length next to the inline element; for the lists of
 //! a hold's part (its items, and each item's allocations), almost always of one element, that
 //! word is 8 of every part's bytes, twice. [`OneOrMany`] is an enum whose `Many` variant lives
 //! in a niche of `T` (an element type with a spare bit pattern, see [`Niche`]), so the list is
-//! exactly as large as one element.
+//! exactly as large as one element. `Many` is a boxed slice (two words), not a `Vec` (three):
+//! it must fit beside the niche in an element of three words. These lists are built once and
+//! seldom changed, so a push or a retain that copies the slice into a new one costs little.
 
 use std::fmt;
 
@@ -17,38 +19,66 @@ pub enum Niche {
     Only = 0,
 }
 
-/// One element inline, or any number in a `Vec` (an empty list is an empty `Vec`, which
+/// One element inline, or any number in a boxed slice (an empty list is an empty slice, which
 /// allocates nothing). Compared and printed as a slice, however it is stored.
 #[derive(Clone)]
 pub enum OneOrMany<T> {
     One(T),
-    Many(Vec<T>),
+    Many(Box<[T]>),
 }
 
 impl<T> OneOrMany<T> {
-    pub const fn new() -> Self {
-        OneOrMany::Many(Vec::new())
+    pub fn new() -> Self {
+        OneOrMany::Many(Box::default())
     }
-    pub fn push(&mut self, x: T) {
-        match self {
-            OneOrMany::Many(v) if v.is_empty() && v.capacity() == 0 => *self = OneOrMany::One(x),
-            OneOrMany::Many(v) => v.push(x),
-            OneOrMany::One(_) => {
-                let OneOrMany::One(first) = std::mem::take(self) else {
-                    unreachable!("matched One")
-                };
-                *self = OneOrMany::Many(vec![first, x]);
+    /// The list of `v`'s elements: one inline, else `v`'s as a slice.
+    fn of(mut v: Vec<T>) -> Self {
+        match v.pop() {
+            Some(x) if v.is_empty() => OneOrMany::One(x),
+            last => {
+                v.extend(last);
+                OneOrMany::Many(v.into_boxed_slice())
             }
         }
+    }
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(x) => vec![x],
+            OneOrMany::Many(b) => b.into_vec(),
+        }
+    }
+    /// Appends `x`: inline if the list was empty, else into a slice one longer (one
+    /// reallocation, and none left over).
+    pub fn push(&mut self, x: T) {
+        if let OneOrMany::Many(b) = self {
+            if b.is_empty() {
+                // The usual first push: an empty slice owns nothing to drop.
+                *self = OneOrMany::One(x);
+                return;
+            }
+        }
+        *self = match std::mem::take(self) {
+            OneOrMany::One(first) => OneOrMany::Many(Box::new([first, x])),
+            OneOrMany::Many(b) => {
+                let mut v = b.into_vec();
+                v.reserve_exact(1);
+                v.push(x);
+                OneOrMany::Many(v.into_boxed_slice())
+            }
+        };
     }
     /// Keeps the elements for which `keep` is true, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         match self {
-            OneOrMany::Many(v) => v.retain(keep),
             OneOrMany::One(x) => {
                 if !keep(x) {
                     *self = OneOrMany::new();
                 }
+            }
+            OneOrMany::Many(_) => {
+                let mut v = std::mem::take(self).into_vec();
+                v.retain(keep);
+                *self = OneOrMany::of(v);
             }
         }
     }
@@ -93,7 +123,7 @@ impl<T> FromIterator<T> for OneOrMany<T> {
                 v.push(first);
                 v.push(second);
                 v.extend(items);
-                OneOrMany::Many(v)
+                OneOrMany::Many(v.into_boxed_slice())
             }
         }
     }
@@ -111,10 +141,7 @@ impl<T> IntoIterator for OneOrMany<T> {
     type Item = T;
     type IntoIter = std::vec::IntoIter<T>;
     fn into_iter(self) -> Self::IntoIter {
-        match self {
-            OneOrMany::One(x) => vec![x].into_iter(),
-            OneOrMany::Many(v) => v.into_iter(),
-        }
+        self.into_vec().into_iter()
     }
 }
 
@@ -208,8 +235,8 @@ mod tests {
             }
             assert!(m.iter().zip(&v).all(|(x, y)| x.a == y.a + 10));
         }
-        // One inline and one in a Vec of one compare equal, and print as a list.
-        assert_eq!(OneOrMany::One(w(1)), OneOrMany::Many(vec![w(1)]));
+        // One inline and a slice of one compare equal, and print as a list.
+        assert_eq!(OneOrMany::One(w(1)), OneOrMany::Many(Box::new([w(1)])));
         assert_eq!(format!("{:?}", OneOrMany::One(7u8)), format!("{:?}", [7u8]));
     }
 }

@@ -202,7 +202,10 @@ impl Lifecycle {
 }
 
 /// Units of an item at one location.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Shipped and returned units are behind a pointer that a held or committed allocation leaves
+/// empty: they are counted only once the item ships, and every hold carries an allocation.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Alloc {
     pub loc: LocIdx,
     /// A byte of the padding after `loc`, with one valid value: the list of an item's
@@ -210,19 +213,45 @@ pub struct Alloc {
     niche: Niche,
     /// Held or committed and not shipped.
     pub open: i64,
-    pub shipped: i64,
-    pub returned: i64,
+    /// `None` exactly when nothing was shipped or returned here.
+    done: Option<Box<Done>>,
+}
+
+/// Units of an allocation shipped, and of those returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Done {
+    shipped: i64,
+    returned: i64,
 }
 
 impl Alloc {
     pub fn new(loc: LocIdx, open: i64, shipped: i64, returned: i64) -> Alloc {
-        Alloc {
+        let mut a = Alloc {
             loc,
             niche: Niche::Only,
             open,
-            shipped,
-            returned,
-        }
+            done: None,
+        };
+        a.set_done(shipped, returned);
+        a
+    }
+    pub fn shipped(&self) -> i64 {
+        self.done.as_ref().map_or(0, |d| d.shipped)
+    }
+    pub fn returned(&self) -> i64 {
+        self.done.as_ref().map_or(0, |d| d.returned)
+    }
+    /// Counts `units` more shipped.
+    pub fn ship(&mut self, units: i64) {
+        self.set_done(self.shipped() + units, self.returned());
+    }
+    /// Counts `units` more returned.
+    pub fn take_back(&mut self, units: i64) {
+        self.set_done(self.shipped(), self.returned() + units);
+    }
+    fn set_done(&mut self, shipped: i64, returned: i64) {
+        let done = Done { shipped, returned };
+        self.done = (done != Done::default()).then(|| Box::new(done));
     }
 }
 
@@ -232,8 +261,8 @@ impl std::fmt::Debug for Alloc {
         f.debug_struct("Alloc")
             .field("loc", &self.loc)
             .field("open", &self.open)
-            .field("shipped", &self.shipped)
-            .field("returned", &self.returned)
+            .field("shipped", &self.shipped())
+            .field("returned", &self.returned())
             .finish()
     }
 }
@@ -466,7 +495,7 @@ impl Part {
         self.items
             .iter()
             .flat_map(|i| &i.allocs)
-            .map(|a| a.shipped)
+            .map(|a| a.shipped())
             .sum()
     }
     pub fn backordered_units(&self) -> i64 {
@@ -1168,10 +1197,11 @@ mod tests {
     /// is boxed.
     #[test]
     fn a_part_stays_small() {
-        assert!(size_of::<Part>() <= 120, "{}", size_of::<Part>());
+        assert!(size_of::<Part>() <= 112, "{}", size_of::<Part>());
         // A free slot is `None` in the part's own niche: no tag, no id.
         assert_eq!(size_of::<Option<Part>>(), size_of::<Part>());
-        assert!(size_of::<PartItem>() <= 56, "{}", size_of::<PartItem>());
+        assert!(size_of::<PartItem>() <= 48, "{}", size_of::<PartItem>());
+        assert!(size_of::<Alloc>() <= 24, "{}", size_of::<Alloc>());
         // The lists of items and of allocations are as large as one element.
         assert_eq!(size_of::<OneOrMany<PartItem>>(), size_of::<PartItem>());
         assert_eq!(size_of::<OneOrMany<Alloc>>(), size_of::<Alloc>());
@@ -1240,6 +1270,32 @@ mod tests {
             bundled,
             PartItem::new(0, 0, 0, Some(comp), 3, OneOrMany::new())
         );
+    }
+
+    /// An allocation boxes its shipped and returned units only while one is not zero, and
+    /// prints as the struct of four fields it was.
+    #[test]
+    fn an_allocation_boxes_what_shipped() {
+        let held = Alloc::new(3, 5, 0, 0);
+        assert!(held.done.is_none());
+        assert_eq!((held.shipped(), held.returned()), (0, 0));
+        let mut a = held.clone();
+        a.open -= 2;
+        a.ship(2);
+        a.take_back(1);
+        assert_eq!((a.open, a.shipped(), a.returned()), (3, 2, 1));
+        assert_eq!(a, Alloc::new(3, 3, 2, 1));
+        a.ship(0);
+        assert_eq!(a, Alloc::new(3, 3, 2, 1));
+        assert_eq!(
+            format!("{a:?}"),
+            "Alloc { loc: 3, open: 3, shipped: 2, returned: 1 }"
+        );
+        let mut none = held.clone();
+        none.ship(0);
+        none.take_back(0);
+        assert_eq!(none, held);
+        assert!(none.done.is_none());
     }
 
     /// The digest prints an item as it printed the struct of seven fields.

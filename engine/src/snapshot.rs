@@ -555,8 +555,8 @@ fn item_image(i: &PartItem, lines: &[LineHeader]) -> ItemImage {
             .map(|a| AllocImage {
                 loc: a.loc,
                 open: a.open,
-                shipped: a.shipped,
-                returned: a.returned,
+                shipped: a.shipped(),
+                returned: a.returned(),
             })
             .collect(),
         backordered: i.backordered(),

@@ -634,8 +634,8 @@ impl<'a> ItemRef<'a> {
                 AllocImage {
                     loc: a.loc,
                     open: a.open,
-                    shipped: a.shipped,
-                    returned: a.returned,
+                    shipped: a.shipped(),
+                    returned: a.returned(),
                 }
             }),
             backordered: i.backordered(),
