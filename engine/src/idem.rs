@@ -14,12 +14,15 @@
 //!
 //! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
 //!   256 pointers. While a copy shares them, writes do not touch them: each change goes to a
-//!   small table of changes (the *delta*, `None` for a removed key) that lookups read first,
-//!   and the changes are applied to the tables once no copy shares them. Copying each table
-//!   on its first write instead (copy on write) copied them all within milliseconds of every
-//!   snapshot, on the front's thread: with a million keys, about 90 MB and a fresh page fault
-//!   every 4 KiB while writes waited, and a quarter of a snapshot's cost. The delta costs
-//!   what was written meanwhile.
+//!   small table of changes of its part (the part's *delta*, `None` for a removed key) that
+//!   lookups read first, and a part's changes are applied to its table by the part's first
+//!   change once no copy shares it. Copying each table on its first write instead (copy on
+//!   write) copied them all within milliseconds of every snapshot, on the front's thread: with
+//!   a million keys, about 90 MB and a fresh page fault every 4 KiB while writes waited, and a
+//!   quarter of a snapshot's cost. The deltas cost what was written meanwhile. One delta for
+//!   the whole store grew by doubling, every step moving all of it, and was applied by one
+//!   write: under keyed load, the hundreds of thousands of changes made during a snapshot of
+//!   a million keys held that write, and all behind it, for 100 to 300 ms.
 //!
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
@@ -138,13 +141,59 @@ fn part(h: u64) -> usize {
     ((h >> 32) as usize) % PARTS
 }
 
+/// One of the [`PARTS`] tables and the changes made to it while a copy shares it.
+#[derive(Clone, Debug, Default)]
+struct Part {
+    table: Arc<HashTable<Slot>>,
+    /// The changes made to this part since a copy started sharing `table`, by key; `None`
+    /// while no copy does (see the module documentation).
+    delta: Option<Arc<HashTable<Change>>>,
+}
+
+impl Part {
+    /// True while a copy shares the table.
+    fn shared(&self) -> bool {
+        Arc::strong_count(&self.table) > 1
+    }
+
+    /// Called before every change of this part: starts keeping changes apart when a copy
+    /// shares the table, and applies them to the table once no copy does. Each part does this
+    /// on its own next change, so what piled up during a snapshot is applied a 256th at a time
+    /// instead of all at once by one write.
+    fn before_change(&mut self) {
+        match &self.delta {
+            None if self.shared() => self.delta = Some(Arc::default()),
+            Some(_) if !self.shared() => {
+                let delta = self.delta.take().expect("matched");
+                let changes = Arc::try_unwrap(delta).unwrap_or_else(|d| (*d).clone());
+                let table = Arc::make_mut(&mut self.table);
+                for c in changes {
+                    set_slot(table, c.hash, c.key, c.entry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The entry of `key` (of hash `h`): the delta's first, then the table's.
+    fn find(&self, h: u64, is: impl Fn(&IdemKey) -> bool) -> Option<&IdemEntry> {
+        if let Some(change) = self
+            .delta
+            .as_ref()
+            .and_then(|d| d.find(h, |c| c.hash == h && is(&c.key)))
+        {
+            return change.entry.as_ref();
+        }
+        self.table
+            .find(h, |s| s.hash == h && is(&s.key))
+            .map(|s| &s.entry)
+    }
+}
+
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub struct IdemStore {
-    parts: Box<[Arc<HashTable<Slot>>]>,
-    /// The changes made since a copy started sharing `parts`, by key; `None` while no copy
-    /// does (see the module documentation).
-    delta: Option<Arc<HashTable<Change>>>,
+    parts: Box<[Part]>,
     /// Keys in the order they were inserted, with their insertion time. A key inserted again
     /// (after its first entry expired) appears twice; only the entry with the same time is
     /// removed when its turn comes. In chunks ([`ChunkDeque`]): a day of keys is millions, and
@@ -156,8 +205,7 @@ pub struct IdemStore {
 impl Default for IdemStore {
     fn default() -> Self {
         Self {
-            parts: (0..PARTS).map(|_| Arc::new(HashTable::new())).collect(),
-            delta: None,
+            parts: (0..PARTS).map(|_| Part::default()).collect(),
             order: ChunkDeque::default(),
             len: 0,
         }
@@ -176,55 +224,28 @@ impl IdemStore {
 
     pub fn get(&self, tenant: u32, key: &str) -> Option<&IdemEntry> {
         let h = hash(tenant, key);
-        let is = |k: &IdemKey| k.tenant == tenant && &*k.key == key;
-        if let Some(change) = self
-            .delta
-            .as_ref()
-            .and_then(|d| d.find(h, |c| c.hash == h && is(&c.key)))
-        {
-            return change.entry.as_ref();
-        }
-        self.parts[part(h)]
-            .find(h, |s| s.hash == h && is(&s.key))
-            .map(|s| &s.entry)
+        self.parts[part(h)].find(h, |k| k.tenant == tenant && &*k.key == key)
     }
 
-    /// True while a copy shares the tables. Every copy shares all of them, so the first
-    /// tells (while a copy is being dropped on another thread some may be shared and some
-    /// not: a table still shared when written is then copied, which is correct, only slower).
-    fn shared(&self) -> bool {
-        Arc::strong_count(&self.parts[0]) > 1
-    }
-
-    /// Called before every change: starts keeping changes apart when a copy shares the
-    /// tables, and applies them to the tables once no copy does.
-    fn before_change(&mut self) {
-        match &self.delta {
-            None if self.shared() => self.delta = Some(Arc::default()),
-            Some(_) if !self.shared() => {
-                let delta = self.delta.take().expect("matched");
-                let changes = Arc::try_unwrap(delta).unwrap_or_else(|d| (*d).clone());
-                for c in changes {
-                    let table = Arc::make_mut(&mut self.parts[part(c.hash)]);
-                    set_slot(table, c.hash, c.key, c.entry);
-                }
-            }
-            _ => {}
-        }
+    /// The part of `h`, ready to be changed.
+    fn part_mut(&mut self, h: u64) -> &mut Part {
+        let part = &mut self.parts[part(h)];
+        part.before_change();
+        part
     }
 
     pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
-        self.before_change();
         let h = hash(k.tenant, &k.key);
-        let Some(delta) = &mut self.delta else {
-            return Arc::make_mut(&mut self.parts[part(h)])
+        let part = self.part_mut(h);
+        let Some(delta) = &mut part.delta else {
+            return Arc::make_mut(&mut part.table)
                 .find_mut(h, |s| s.holds(h, k))
                 .map(|s| &mut s.entry);
         };
         let delta = Arc::make_mut(delta);
         if delta.find(h, |c| c.holds(h, k)).is_none() {
-            // The first change of a key the tables hold: a copy of its entry, changed here.
-            let slot = self.parts[part(h)].find(h, |s| s.holds(h, k))?;
+            // The first change of a key the table holds: a copy of its entry, changed here.
+            let slot = part.table.find(h, |s| s.holds(h, k))?;
             let change = Change {
                 hash: h,
                 key: slot.key.clone(),
@@ -244,10 +265,10 @@ impl IdemStore {
     }
 
     fn put(&mut self, key: IdemKey, entry: IdemEntry) {
-        self.before_change();
         let h = hash(key.tenant, &key.key);
-        let Some(delta) = &mut self.delta else {
-            let table = Arc::make_mut(&mut self.parts[part(h)]);
+        let part = self.part_mut(h);
+        let Some(delta) = &mut part.delta else {
+            let table = Arc::make_mut(&mut part.table);
             if !set_slot(table, h, key, Some(entry)) {
                 self.len += 1;
             }
@@ -256,7 +277,7 @@ impl IdemStore {
         let delta = Arc::make_mut(delta);
         let held = match delta.find(h, |c| c.holds(h, &key)) {
             Some(c) => c.entry.is_some(),
-            None => self.parts[part(h)].find(h, |s| s.holds(h, &key)).is_some(),
+            None => part.table.find(h, |s| s.holds(h, &key)).is_some(),
         };
         match delta.entry(h, |c| c.holds(h, &key), |c| c.hash) {
             hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().entry = Some(entry),
@@ -274,10 +295,10 @@ impl IdemStore {
     }
 
     fn remove_if_at(&mut self, key: &IdemKey, at: TimeMs) {
-        self.before_change();
         let h = hash(key.tenant, &key.key);
-        let Some(delta) = &mut self.delta else {
-            let table = Arc::make_mut(&mut self.parts[part(h)]);
+        let part = self.part_mut(h);
+        let Some(delta) = &mut part.delta else {
+            let table = Arc::make_mut(&mut part.table);
             if let Ok(e) = table.find_entry(h, |s| s.holds(h, key) && s.entry.at == at) {
                 e.remove();
                 self.len -= 1;
@@ -290,7 +311,8 @@ impl IdemStore {
                 c.entry = None;
                 self.len -= 1;
             }
-        } else if self.parts[part(h)]
+        } else if part
+            .table
             .find(h, |s| s.holds(h, key) && s.entry.at == at)
             .is_some()
         {
@@ -326,13 +348,13 @@ impl IdemStore {
         }
     }
 
-    /// A copy for building a state image while this store goes on: the tables are shared
-    /// (copied when next written here), and the expiry queue, which an image does not hold, is
-    /// left out: the copy must not be expired or written.
+    /// A copy for building a state image while this store goes on: the tables and any changes
+    /// not yet applied to them are shared (the store keeps its next changes apart), and the
+    /// expiry queue, which an image does not hold, is left out: the copy must not be expired
+    /// or written.
     pub fn image_copy(&self) -> IdemStore {
         IdemStore {
             parts: self.parts.clone(),
-            delta: self.delta.clone(),
             order: ChunkDeque::default(),
             len: self.len,
         }
@@ -356,26 +378,33 @@ impl IdemStore {
     /// Ordering by hash first keeps the sort on integers in a flat array: sorting millions of
     /// keys by their text chases a pointer per comparison and was most of a snapshot's cost.
     pub fn sorted(&self) -> Vec<(&IdemKey, &IdemEntry)> {
-        let changed = |s: &Slot| {
-            self.delta
-                .as_ref()
-                .is_some_and(|d| d.find(s.hash, |c| c.holds(s.hash, &s.key)).is_some())
-        };
-        let mut v: Vec<(u64, &IdemKey, &IdemEntry)> = self
-            .parts
-            .iter()
-            .flat_map(|t| t.iter())
-            .filter(|s| !changed(s))
-            .map(|s| (s.hash, &s.key, &s.entry))
-            .collect();
-        if let Some(d) = &self.delta {
-            v.extend(
-                d.iter()
-                    .filter_map(|c| c.entry.as_ref().map(|e| (c.hash, &c.key, e))),
-            );
+        let mut v: Vec<(u64, &IdemKey, &IdemEntry)> = Vec::with_capacity(self.len);
+        for p in self.parts.iter() {
+            match &p.delta {
+                None => v.extend(p.table.iter().map(|s| (s.hash, &s.key, &s.entry))),
+                Some(d) => {
+                    let changed = |s: &Slot| d.find(s.hash, |c| c.holds(s.hash, &s.key)).is_some();
+                    v.extend(
+                        p.table
+                            .iter()
+                            .filter(|s| !changed(s))
+                            .map(|s| (s.hash, &s.key, &s.entry)),
+                    );
+                    v.extend(
+                        d.iter()
+                            .filter_map(|c| c.entry.as_ref().map(|e| (c.hash, &c.key, e))),
+                    );
+                }
+            }
         }
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         v.into_iter().map(|(_, k, e)| (k, e)).collect()
+    }
+
+    /// Parts with changes not yet applied to their tables (for tests).
+    #[cfg(test)]
+    fn pending_parts(&self) -> usize {
+        self.parts.iter().filter(|p| p.delta.is_some()).count()
     }
 }
 
@@ -531,16 +560,17 @@ mod tests {
             let r = x >> 33;
             // Now and then a copy is taken, or the oldest one dropped.
             if r % 97 == 0 {
-                let table = Arc::as_ptr(&store.parts[7]);
+                let table = Arc::as_ptr(&store.parts[7].table);
                 copies.push((store.image_copy(), listing(&store)));
-                assert_eq!(Arc::as_ptr(&store.parts[7]), table);
+                assert_eq!(Arc::as_ptr(&store.parts[7].table), table);
             } else if r % 89 == 0 && !copies.is_empty() {
                 let (copy, seen) = copies.remove(0);
                 assert_eq!(listing(&copy), seen);
                 assert_eq!(copy.len(), seen.len());
             }
-            let tables: Vec<*const HashTable<Slot>> = store.parts.iter().map(Arc::as_ptr).collect();
-            let shared = store.shared();
+            let tables: Vec<*const HashTable<Slot>> =
+                store.parts.iter().map(|p| Arc::as_ptr(&p.table)).collect();
+            let shared = store.parts.iter().all(Part::shared);
             let now = i;
             store.expire(now, retention);
             model.retain(|_, e| e.at + retention > now);
@@ -568,7 +598,8 @@ mod tests {
             assert_eq!(store.len(), model.len());
             if shared {
                 // Written while shared: not one table was copied.
-                let now_tables: Vec<_> = store.parts.iter().map(Arc::as_ptr).collect();
+                let now_tables: Vec<_> =
+                    store.parts.iter().map(|p| Arc::as_ptr(&p.table)).collect();
                 assert_eq!(now_tables, tables, "step {i}");
             }
         }
@@ -579,12 +610,32 @@ mod tests {
         for (copy, seen) in copies.drain(..) {
             assert_eq!(listing(&copy), seen);
         }
-        // No copy left: the next change puts every change in the tables.
-        assert!(store.delta.is_some());
+        // No copy left: a part's next change puts its changes in its table, and only its.
+        let pending = store.pending_parts();
+        assert!(pending > 100, "{pending} parts with changes kept apart");
         let e = entry(12_000, 1);
-        store.insert(IdemKey::new(0, "last"), e.clone());
+        let last = IdemKey::new(0, "last");
+        store.insert(last.clone(), e.clone());
         model.insert((0, "last".into()), e);
-        assert!(store.delta.is_none());
+        let last_part = &store.parts[part(hash(last.tenant, &last.key))];
+        assert!(last_part.delta.is_none());
+        assert_eq!(store.pending_parts(), pending - 1);
+        assert_eq!(
+            listing(&store),
+            model.clone().into_iter().collect::<Vec<_>>()
+        );
+        // Every part's next change applies its own; lookups read the same before and after.
+        for i in 0..4_000u64 {
+            let key = format!("k{}", i % 2_000);
+            let tenant = (i % 2) as u32;
+            assert_eq!(store.get(tenant, &key), model.get(&(tenant, key.clone())));
+            let e = entry(12_001 + i, 3);
+            let key = format!("n{i}");
+            store.insert(IdemKey::new(tenant, &key), e.clone());
+            model.insert((tenant, key), e);
+        }
+        assert_eq!(store.pending_parts(), 0);
+        assert_eq!(store.len(), model.len());
         assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
     }
 
