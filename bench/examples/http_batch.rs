@@ -17,7 +17,9 @@
 //!
 //! Instructions per reservation = the dumped count / (batches x 100). `run KEY N single`
 //! sends N x 100 single `POST /v1/reservations` instead (the same reservations, one request
-//! each). Without valgrind, `run` prints reservations per second of one connection.
+//! each). Without valgrind, `run` prints reservations per second of one connection. Several
+//! `run`s at once need their own reservations (the same ones would be idempotent replays):
+//! `part=P` gives the `P`th hundred logical clients (default 0).
 
 use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn, SingleTarget};
 use depot_bench::load::{zipf_for, AsyncTarget, LogicalClient, Op, Reply, Wk};
@@ -29,7 +31,7 @@ use std::time::Instant;
 const PER_BATCH: usize = 100;
 
 fn usage() -> ! {
-    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES [single]");
+    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES [single] [part=P]");
     std::process::exit(2)
 }
 
@@ -54,8 +56,13 @@ async fn main() {
             ) else {
                 usage()
             };
-            let single = args.get(4).is_some_and(|m| m == "single");
-            if let Err(e) = run(addr, key, batches, single).await {
+            let rest = &args[4.min(args.len())..];
+            let single = rest.iter().any(|m| m == "single");
+            let part = match rest.iter().find_map(|m| m.strip_prefix("part=")) {
+                None => 0,
+                Some(p) => p.parse::<u64>().unwrap_or_else(|_| usage()),
+            };
+            if let Err(e) = run(addr, key, batches, single, part).await {
                 eprintln!("run: {e}");
                 std::process::exit(1)
             }
@@ -64,10 +71,17 @@ async fn main() {
     }
 }
 
-async fn run(addr: SocketAddr, key: &str, batches: usize, single: bool) -> Result<(), String> {
+async fn run(
+    addr: SocketAddr,
+    key: &str,
+    batches: usize,
+    single: bool,
+    part: u64,
+) -> Result<(), String> {
     let names = sku_names(Wk::W1.skus());
     let zipf = zipf_for(Wk::W1);
-    let mut clients: Vec<LogicalClient> = (0..PER_BATCH as u64)
+    let first = part * PER_BATCH as u64;
+    let mut clients: Vec<LogicalClient> = (first..first + PER_BATCH as u64)
         .map(|i| LogicalClient::new(Wk::W1, 7, i))
         .collect();
     let ops: Vec<Vec<Op>> = (0..batches)
