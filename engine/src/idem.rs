@@ -68,10 +68,12 @@ impl IdemKey {
 
 #[derive(Clone, Debug)]
 struct Slot {
-    /// The key's hash, kept so that growing a table, comparing in a probe and listing in the
-    /// canonical order never follow the pointer to the key's text (a cache miss each, with
-    /// millions of keys).
+    /// The key's hash in this store (seeded, see [`IdemStore::hash`]), kept so that growing a
+    /// table and comparing in a probe never follow the pointer to the key's text (a cache
+    /// miss each, with millions of keys).
     hash: u64,
+    /// The key's place in the canonical order ([`order`]), kept for the same reason.
+    order: u64,
     key: IdemKey,
     entry: IdemEntry,
 }
@@ -91,9 +93,15 @@ fn same_key(held_hash: u64, held: &IdemKey, h: u64, key: &IdemKey) -> bool {
         && (Arc::ptr_eq(&held.key, &key.key) || held.key == key.key)
 }
 
-/// Sets the slot of `key` (of hash `h`) in `table` to `entry`, or removes it (`None`); true
-/// when the table held the key before. One probe.
-fn set_slot(table: &mut HashTable<Slot>, h: u64, key: IdemKey, entry: Option<IdemEntry>) -> bool {
+/// Sets the slot of `key` (of hash `h`, canonical order `order`) in `table` to `entry`, or
+/// removes it (`None`); true when the table held the key before. One probe.
+fn set_slot(
+    table: &mut HashTable<Slot>,
+    h: u64,
+    order: u64,
+    key: IdemKey,
+    entry: Option<IdemEntry>,
+) -> bool {
     match table.entry(h, |s| s.holds(h, &key), |s| s.hash) {
         hashbrown::hash_table::Entry::Occupied(mut o) => {
             match entry {
@@ -108,6 +116,7 @@ fn set_slot(table: &mut HashTable<Slot>, h: u64, key: IdemKey, entry: Option<Ide
             if let Some(entry) = entry {
                 v.insert(Slot {
                     hash: h,
+                    order,
                     key,
                     entry,
                 });
@@ -121,6 +130,7 @@ fn set_slot(table: &mut HashTable<Slot>, h: u64, key: IdemKey, entry: Option<Ide
 #[derive(Clone, Debug)]
 struct Change {
     hash: u64,
+    order: u64,
     key: IdemKey,
     entry: Option<IdemEntry>,
 }
@@ -131,7 +141,11 @@ impl Change {
     }
 }
 
-fn hash(tenant: u32, key: &str) -> u64 {
+/// A key's place in the canonical order of [`IdemStore::sorted`]: a fixed function, the same
+/// in every process, so that digests and snapshot files do not depend on where they were made.
+/// Never used to place keys in the tables: anyone can compute it, so keys chosen to share it
+/// would all land in one probe sequence.
+fn order(tenant: u32, key: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one((tenant, key))
 }
 
@@ -168,7 +182,7 @@ impl Part {
                 let changes = Arc::try_unwrap(delta).unwrap_or_else(|d| (*d).clone());
                 let table = Arc::make_mut(&mut self.table);
                 for c in changes {
-                    set_slot(table, c.hash, c.key, c.entry);
+                    set_slot(table, c.hash, c.order, c.key, c.entry);
                 }
             }
             _ => {}
@@ -193,6 +207,9 @@ impl Part {
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub struct IdemStore {
+    /// The seed of the keys' hashes in the tables: random per store (a copy keeps it), so that
+    /// no client can choose keys that share a probe sequence (keys are the clients' text).
+    seed: hashbrown::DefaultHashBuilder,
     parts: Box<[Part]>,
     /// Keys in the order they were inserted, with their insertion time. A key inserted again
     /// (after its first entry expired) appears twice; only the entry with the same time is
@@ -205,6 +222,7 @@ pub struct IdemStore {
 impl Default for IdemStore {
     fn default() -> Self {
         Self {
+            seed: hashbrown::DefaultHashBuilder::default(),
             parts: (0..PARTS).map(|_| Part::default()).collect(),
             order: ChunkDeque::default(),
             len: 0,
@@ -222,8 +240,13 @@ impl IdemStore {
         self.len == 0
     }
 
+    /// The hash that places a key in the tables (seeded; see [`order`] for the other one).
+    fn hash(&self, tenant: u32, key: &str) -> u64 {
+        self.seed.hash_one((tenant, key))
+    }
+
     pub fn get(&self, tenant: u32, key: &str) -> Option<&IdemEntry> {
-        let h = hash(tenant, key);
+        let h = self.hash(tenant, key);
         self.parts[part(h)].find(h, |k| k.tenant == tenant && &*k.key == key)
     }
 
@@ -235,7 +258,7 @@ impl IdemStore {
     }
 
     pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
-        let h = hash(k.tenant, &k.key);
+        let h = self.hash(k.tenant, &k.key);
         let part = self.part_mut(h);
         let Some(delta) = &mut part.delta else {
             return Arc::make_mut(&mut part.table)
@@ -248,6 +271,7 @@ impl IdemStore {
             let slot = part.table.find(h, |s| s.holds(h, k))?;
             let change = Change {
                 hash: h,
+                order: slot.order,
                 key: slot.key.clone(),
                 entry: Some(slot.entry.clone()),
             };
@@ -265,11 +289,12 @@ impl IdemStore {
     }
 
     fn put(&mut self, key: IdemKey, entry: IdemEntry) {
-        let h = hash(key.tenant, &key.key);
+        let h = self.hash(key.tenant, &key.key);
+        let order = order(key.tenant, &key.key);
         let part = self.part_mut(h);
         let Some(delta) = &mut part.delta else {
             let table = Arc::make_mut(&mut part.table);
-            if !set_slot(table, h, key, Some(entry)) {
+            if !set_slot(table, h, order, key, Some(entry)) {
                 self.len += 1;
             }
             return;
@@ -284,6 +309,7 @@ impl IdemStore {
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(Change {
                     hash: h,
+                    order,
                     key,
                     entry: Some(entry),
                 });
@@ -295,7 +321,7 @@ impl IdemStore {
     }
 
     fn remove_if_at(&mut self, key: &IdemKey, at: TimeMs) {
-        let h = hash(key.tenant, &key.key);
+        let h = self.hash(key.tenant, &key.key);
         let part = self.part_mut(h);
         let Some(delta) = &mut part.delta else {
             let table = Arc::make_mut(&mut part.table);
@@ -311,13 +337,10 @@ impl IdemStore {
                 c.entry = None;
                 self.len -= 1;
             }
-        } else if part
-            .table
-            .find(h, |s| s.holds(h, key) && s.entry.at == at)
-            .is_some()
-        {
+        } else if let Some(slot) = part.table.find(h, |s| s.holds(h, key) && s.entry.at == at) {
             let change = Change {
                 hash: h,
+                order: slot.order,
                 key: key.clone(),
                 entry: None,
             };
@@ -354,6 +377,7 @@ impl IdemStore {
     /// or written.
     pub fn image_copy(&self) -> IdemStore {
         IdemStore {
+            seed: self.seed,
             parts: self.parts.clone(),
             order: ChunkDeque::default(),
             len: self.len,
@@ -381,18 +405,18 @@ impl IdemStore {
         let mut v: Vec<(u64, &IdemKey, &IdemEntry)> = Vec::with_capacity(self.len);
         for p in self.parts.iter() {
             match &p.delta {
-                None => v.extend(p.table.iter().map(|s| (s.hash, &s.key, &s.entry))),
+                None => v.extend(p.table.iter().map(|s| (s.order, &s.key, &s.entry))),
                 Some(d) => {
                     let changed = |s: &Slot| d.find(s.hash, |c| c.holds(s.hash, &s.key)).is_some();
                     v.extend(
                         p.table
                             .iter()
                             .filter(|s| !changed(s))
-                            .map(|s| (s.hash, &s.key, &s.entry)),
+                            .map(|s| (s.order, &s.key, &s.entry)),
                     );
                     v.extend(
                         d.iter()
-                            .filter_map(|c| c.entry.as_ref().map(|e| (c.hash, &c.key, e))),
+                            .filter_map(|c| c.entry.as_ref().map(|e| (c.order, &c.key, e))),
                     );
                 }
             }
@@ -617,7 +641,7 @@ mod tests {
         let last = IdemKey::new(0, "last");
         store.insert(last.clone(), e.clone());
         model.insert((0, "last".into()), e);
-        let last_part = &store.parts[part(hash(last.tenant, &last.key))];
+        let last_part = &store.parts[part(store.hash(last.tenant, &last.key))];
         assert!(last_part.delta.is_none());
         assert_eq!(store.pending_parts(), pending - 1);
         assert_eq!(
@@ -637,6 +661,52 @@ mod tests {
         assert_eq!(store.pending_parts(), 0);
         assert_eq!(store.len(), model.len());
         assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// Keys a client chose to share their canonical hash's part still spread over the tables:
+    /// the tables place keys by a seeded hash no client can compute.
+    #[test]
+    fn keys_sharing_the_canonical_hash_do_not_share_a_table() {
+        let mut chosen = Vec::new();
+        let mut i = 0u64;
+        while chosen.len() < 64 {
+            let key = format!("attack-{i}");
+            if part(order(1, &key)) == 0 {
+                chosen.push(key);
+            }
+            i += 1;
+        }
+        let mut store = IdemStore::default();
+        for (n, key) in chosen.iter().enumerate() {
+            store.insert(IdemKey::new(1, key), entry(n as u64, 1));
+        }
+        let parts: std::collections::BTreeSet<usize> =
+            chosen.iter().map(|k| part(store.hash(1, k))).collect();
+        assert!(parts.len() > 32, "64 keys in {} tables", parts.len());
+        for key in &chosen {
+            assert!(store.get(1, key).is_some());
+        }
+        // Another store seeds its own hash; the canonical order is the same in both.
+        let other = IdemStore::default();
+        assert_ne!(
+            chosen.iter().map(|k| store.hash(1, k)).collect::<Vec<_>>(),
+            chosen.iter().map(|k| other.hash(1, k)).collect::<Vec<_>>()
+        );
+        let mut copy = IdemStore::default();
+        copy.restore(
+            store
+                .sorted()
+                .into_iter()
+                .map(|(k, e)| (k.clone(), e.clone())),
+        );
+        assert_eq!(listing(&copy), listing(&store));
+        let keys = |s: &IdemStore| -> Vec<String> {
+            s.sorted()
+                .into_iter()
+                .map(|(k, _)| k.key.to_string())
+                .collect()
+        };
+        assert_eq!(keys(&copy), keys(&store));
     }
 
     /// `expired` counts what `expire` drops; a restored store expires like the original.
