@@ -6,7 +6,7 @@
 //! - It is split into [`PARTS`] hash tables by the key's hash. A table that grows moves only
 //!   its own part, so the pause of a growth step is bounded by a 256th of the keys instead of
 //!   stopping every write while all of them move at once.
-//! - A slot is small (about 90 bytes): the stored response is behind an `Arc`, and the key's
+//! - A slot is small (about 100 bytes): the stored response is behind an `Arc`, and the key's
 //!   text is one shared allocation that the expiry queue points at too. Copying the store (the
 //!   pause of a snapshot) copies pointers, not responses. The slot keeps the key's hash, so a
 //!   probe, a growth step or the canonical listing reads the text only on a full-hash match.
