@@ -832,16 +832,22 @@ type SkuChunk = Vec<(SkuKey, SkuState)>;
 /// behind an `Arc` too: a clone (the copy a snapshot takes during its pause) copies pointers
 /// only. A chunk still shared is copied when it is next written; the slot table when the next
 /// SKU is added (rare once a catalogue is loaded).
+///
+/// SKUs are placed in the slot table by a hash seeded at random per table (hashbrown's default):
+/// SKU names are the merchants' text, and placed by a hash anyone can compute, a tenant could
+/// load names that all share one probe sequence and slow every lookup on the shard. Nothing
+/// depends on the placement: iteration follows the slab, in the order SKUs were added.
 #[derive(Clone, Debug, Default)]
 pub struct SkuTable {
+    seed: hashbrown::DefaultHashBuilder,
     index: Arc<hashbrown::HashTable<u32>>,
     slab: Vec<Arc<SkuChunk>>,
     len: usize,
 }
 
-fn sku_hash(tenant: u32, sku: &str) -> u64 {
+fn sku_hash(seed: &hashbrown::DefaultHashBuilder, tenant: u32, sku: &str) -> u64 {
     use std::hash::BuildHasher;
-    FxBuildHasher.hash_one(SkuRef { tenant, sku })
+    seed.hash_one(SkuRef { tenant, sku })
 }
 
 impl SkuTable {
@@ -870,7 +876,7 @@ impl SkuTable {
     }
     fn find(&self, r: &SkuRef<'_>) -> Option<usize> {
         self.index
-            .find(sku_hash(r.tenant, r.sku), |&i| {
+            .find(sku_hash(&self.seed, r.tenant, r.sku), |&i| {
                 r.equivalent(&self.entry(i as usize).0)
             })
             .map(|&i| i as usize)
@@ -922,7 +928,8 @@ impl SkuTable {
     }
     fn push(&mut self, key: SkuKey, st: SkuState) -> usize {
         let i = self.len;
-        let hash = sku_hash(key.tenant, &key.sku);
+        let seed = self.seed;
+        let hash = sku_hash(&seed, key.tenant, &key.sku);
         if i % SKU_CHUNK == 0 {
             self.slab.push(Arc::new(Vec::with_capacity(SKU_CHUNK)));
         }
@@ -932,7 +939,7 @@ impl SkuTable {
         let slab = &self.slab;
         Arc::make_mut(&mut self.index).insert_unique(hash, i as u32, |&j| {
             let k = &slab[j as usize / SKU_CHUNK][j as usize % SKU_CHUNK].0;
-            sku_hash(k.tenant, &k.sku)
+            sku_hash(&seed, k.tenant, &k.sku)
         });
         i
     }
@@ -1483,6 +1490,40 @@ mod tests {
 
     fn pools(t: &SkuTable) -> Vec<(String, i64)> {
         t.iter().map(|(k, s)| (k.sku.to_string(), s.pool)).collect()
+    }
+
+    /// SKU names chosen to share the start of their probe sequence under a hash anyone can
+    /// compute (FxHash, low ten bits) are spread by the table's seeded hash, and found.
+    #[test]
+    fn sku_names_sharing_a_public_hash_do_not_share_a_probe_sequence() {
+        use std::hash::BuildHasher;
+        let fx = |sku: &str| FxBuildHasher.hash_one(SkuRef { tenant: 1, sku });
+        let mut chosen = Vec::new();
+        let mut i = 0u64;
+        while chosen.len() < 64 {
+            let sku = format!("SKU-{i}");
+            if fx(&sku) % 1024 == 0 {
+                chosen.push(sku);
+            }
+            i += 1;
+        }
+        let mut t = SkuTable::default();
+        for (n, sku) in chosen.iter().enumerate() {
+            let r = SkuRef { tenant: 1, sku };
+            t.get_or_insert_with(r, SkuState::default).pool = n as i64;
+        }
+        let starts: std::collections::BTreeSet<u64> = chosen
+            .iter()
+            .map(|sku| sku_hash(&t.seed, 1, sku) % 1024)
+            .collect();
+        assert!(starts.len() > 32, "64 SKUs at {} starts", starts.len());
+        for (n, sku) in chosen.iter().enumerate() {
+            let r = SkuRef { tenant: 1, sku };
+            assert_eq!(t.get(&r).map(|s| s.pool), Some(n as i64));
+        }
+        // Iteration follows the order SKUs were added, whatever the seed.
+        let listed: Vec<String> = t.iter().map(|(k, _)| k.sku.to_string()).collect();
+        assert_eq!(listed, chosen);
     }
 
     /// The same for the SKU slab: a copy keeps what it saw through writes in place, new SKUs
