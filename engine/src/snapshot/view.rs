@@ -233,11 +233,14 @@ where
         tenants: &state.tenants,
         idempotency: Listed(state.idempotency.iter().map(IdemRef::of).collect()),
         skus: Listed(state.skus.iter().map(SkuRef::of).collect()),
-        reservations: Listed(
-            (0..state.reservations())
-                .map(|i| state.reservation(i))
-                .collect(),
-        ),
+        // Made from the sorted parts on each of rkyv's two passes rather than collected: the
+        // parts are read in about the order they sit in memory, and a collected list was 184
+        // bytes a reservation of fresh memory (a million holds: 184 MB and 45,000 page faults).
+        reservations: ListOf {
+            ctx: state,
+            len: state.reservations(),
+            item: |s, i| s.reservation(i),
+        },
     };
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&image, writer)
 }
@@ -336,7 +339,7 @@ where
         Inline: ArchiveWith<&'a Vec<TenantImage>, Archived = ArchivedVec<super::ArchivedTenantImage>>,
         Listed<IdemRef<'a>>: Archive<Archived = ArchivedVec<ArchivedIdemImage>>,
         Listed<SkuRef<'a>>: Archive<Archived = ArchivedVec<ArchivedSkuImage>>,
-        Listed<ReservationRef<'a>>: Archive<Archived = ArchivedVec<ArchivedReservationImage>>
+        ListOf<&'a StateImage<'a>, ReservationRef<'a>>: Archive<Archived = ArchivedVec<ArchivedReservationImage>>
     )
 )]
 struct ImageRef<'a> {
@@ -347,7 +350,7 @@ struct ImageRef<'a> {
     tenants: &'a Vec<TenantImage>,
     idempotency: Listed<IdemRef<'a>>,
     skus: Listed<SkuRef<'a>>,
-    reservations: Listed<ReservationRef<'a>>,
+    reservations: ListOf<&'a StateImage<'a>, ReservationRef<'a>>,
 }
 
 #[derive(Archive, Serialize)]
