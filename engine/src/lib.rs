@@ -39,8 +39,8 @@ pub use machine::{LogEntry, Machine};
 pub use outcome::{Event, EventKind, Lines, Outcome, Refusal, Reply, ReservationState, Response};
 pub use rules::{Rule, RuleDocument, RuleKind};
 pub use runtime::{
-    Engine, EngineConfig, Journal, JournalError, MemoryJournal, Replaying, ReservationCounts,
-    Unacked,
+    Completion, Engine, EngineConfig, Journal, JournalError, MemoryJournal, Replaying,
+    ReservationCounts, Unacked,
 };
 
 /// Collects `items` into a `SmallVec` one push at a time. The hot paths build lists of one or

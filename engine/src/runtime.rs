@@ -36,9 +36,21 @@ pub trait Journal: Send + Sync {
     fn append(&self, entries: Vec<LogEntry>);
     /// Blocks until every entry up to `seq` is durable.
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError>;
+    /// Calls `then` once every entry up to `seq` is durable, or with the error that stopped
+    /// the log. Calls made with seqs in increasing order run in that order. This default waits
+    /// on the calling thread; a journal with a thread of its own that syncs runs `then` there,
+    /// right after the sync that covers `seq`, so the caller goes on at once and no thread is
+    /// woken only to be told.
+    fn when_durable(&self, seq: Seq, then: Completion) {
+        then(self.wait_durable(seq));
+    }
     /// `Err` when no new write can be made durable (after a failure, or with a full disk).
     fn writable(&self) -> Result<(), JournalError>;
 }
+
+/// What [`Journal::when_durable`] calls: `Ok` once the entries are durable, or the error that
+/// stopped the log.
+pub type Completion = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
 
 /// A journal that keeps entries in memory (tests, simulation): durable at once.
 #[derive(Debug, Default, Clone)]
@@ -86,6 +98,14 @@ pub struct Unacked {
     /// What the answers wait for: the batch's last write, or the first request of a repeat
     /// answered in it if that is later (`None`: nothing to wait for).
     last_write: Option<Seq>,
+}
+
+impl Unacked {
+    /// The seq the answers wait for: the batch's last write, or the first request of a repeat
+    /// answered in it if that is later (`None`: nothing to wait for).
+    pub fn waits_for(&self) -> Option<Seq> {
+        self.last_write
+    }
 }
 
 /// Replayed entries on their way through the shards (see [`Engine::replay_submit`]).
@@ -722,23 +742,28 @@ impl Engine {
             (Some(seq), Some(j)) => j.wait_durable(seq),
             _ => Ok(()),
         };
-        match durable {
-            Ok(()) => ran.answers,
-            // Not durable, so not acknowledged: the writes are refused, and so are repeats,
-            // whose first request may be among them.
-            Err(e) => ran
-                .answers
-                .into_iter()
-                .map(|(r, events)| match r.seq {
-                    Some(_) => (
-                        refused(Refusal::Unavailable {
-                            message: e.message.clone(),
-                        }),
-                        Vec::new(),
-                    ),
-                    _ => (r, events),
-                })
-                .collect(),
+        settle(ran.answers, durable)
+    }
+
+    /// [`Engine::acknowledge`] without waiting: `then` gets the answers once every write up to
+    /// the batch's own and up to `after` is durable (with the writes refused if the log
+    /// failed). With the write-ahead log it runs on the log's sync thread, right after the
+    /// `fdatasync` that covers them ([`Journal::when_durable`]); without a journal, or with
+    /// nothing to wait for, at once on this thread. Calls whose seqs (the larger of `after` and
+    /// [`Unacked::waits_for`]) do not decrease run in the order they were made: a caller that
+    /// passes the largest seq it has passed so far gets its batches answered in order.
+    pub fn acknowledge_then(
+        &self,
+        ran: Unacked,
+        after: Option<Seq>,
+        then: impl FnOnce(Vec<Answer>) + Send + 'static,
+    ) {
+        match (ran.last_write.max(after), self.inner.journal.as_ref()) {
+            (Some(seq), Some(j)) => {
+                let answers = ran.answers;
+                j.when_durable(seq, Box::new(move |r| then(settle(answers, r))));
+            }
+            _ => then(ran.answers),
         }
     }
 
@@ -1290,6 +1315,27 @@ fn refused(r: Refusal) -> Response {
         seq: None,
         replayed: false,
         outcome: Outcome::Refused(r),
+    }
+}
+
+/// A batch's answers once its writes are durable, or refused as `unavailable` if they could not
+/// be made durable: not durable, so not acknowledged. Repeats are refused too, as their first
+/// request may be among the writes.
+fn settle(answers: Vec<Answer>, durable: Result<(), JournalError>) -> Vec<Answer> {
+    match durable {
+        Ok(()) => answers,
+        Err(e) => answers
+            .into_iter()
+            .map(|(r, events)| match r.seq {
+                Some(_) => (
+                    refused(Refusal::Unavailable {
+                        message: e.message.clone(),
+                    }),
+                    Vec::new(),
+                ),
+                _ => (r, events),
+            })
+            .collect(),
     }
 }
 

@@ -6,13 +6,15 @@
 
 use crate::snapshot_file::{list_snapshots, read_snapshot};
 use crate::{Directory, Tail, WalError, WalOptions, WalReader, WalWriter};
-use depot_engine::{Event, Journal, JournalError, Limits, LogEntry, Machine, Response, Seq};
+use depot_engine::{
+    Completion, Event, Journal, JournalError, Limits, LogEntry, Machine, Response, Seq,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     queued: Vec<LogEntry>,
     /// Highest seq known durable (0 before any).
@@ -29,6 +31,45 @@ struct State {
     /// exactly those a sync covered (all of them when the log fails), so a sync does not wake
     /// the clients whose writes came in while it ran.
     waiters: BTreeMap<Seq, Vec<Thread>>,
+    /// What to call once a seq is durable ([`Journal::when_durable`]), by that seq, in the
+    /// order they came: the syncer runs those a sync covered, in seq order, after it.
+    completions: BTreeMap<Seq, Vec<Completion>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("queued", &self.queued.len())
+            .field("durable", &self.durable)
+            .field("failure", &self.failure)
+            .field("stop", &self.stop)
+            .field("syncs", &self.syncs)
+            .field("waiters", &self.waiters.len())
+            .field("completions", &self.completions.len())
+            .finish()
+    }
+}
+
+impl State {
+    /// True when a completion waits for a seq already durable (registered after its sync).
+    fn completion_due(&self) -> bool {
+        self.completions
+            .first_key_value()
+            .is_some_and(|(&seq, _)| seq <= self.durable)
+    }
+
+    /// Takes the completions a sync up to `durable` covered.
+    fn covered_completions(&mut self) -> BTreeMap<Seq, Vec<Completion>> {
+        let later = self.completions.split_off(&self.durable.saturating_add(1));
+        std::mem::replace(&mut self.completions, later)
+    }
+}
+
+/// Runs completions in seq order (and, for one seq, in the order they came).
+fn complete(done: BTreeMap<Seq, Vec<Completion>>, result: &Result<(), JournalError>) {
+    for then in done.into_values().flatten() {
+        then(result.clone());
+    }
 }
 
 /// Called by the sync thread after every successful batch: how long writing and `fdatasync`
@@ -133,11 +174,32 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
     loop {
         let batch = {
             let mut st = shared.state.lock().expect("journal lock");
-            while st.queued.is_empty() && !st.stop {
+            while st.queued.is_empty() && !st.completion_due() && !st.stop {
                 st = shared.changed.wait(st).expect("journal lock");
             }
             if st.queued.is_empty() {
-                return; // stopping, and everything queued is durable
+                // Completions registered for what an earlier sync already covered.
+                let done = st.covered_completions();
+                let stopping = st.stop && !st.completion_due();
+                let left = if stopping {
+                    // Stopping, and everything queued is durable: a completion still waiting
+                    // is for a seq that was never appended.
+                    std::mem::take(&mut st.completions)
+                } else {
+                    BTreeMap::new()
+                };
+                drop(st);
+                complete(done, &Ok(()));
+                if stopping {
+                    complete(
+                        left,
+                        &Err(JournalError {
+                            message: "the log stopped before this write reached it".into(),
+                        }),
+                    );
+                    return;
+                }
+                continue;
             }
             std::mem::take(&mut st.queued)
         };
@@ -151,7 +213,7 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             observe(started.elapsed(), batch.len());
         }
         let mut st = shared.state.lock().expect("journal lock");
-        let woken = match result {
+        let (woken, done, outcome) = match result {
             Ok(()) => {
                 st.durable = last;
                 st.syncs += 1;
@@ -159,19 +221,26 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
                 st.synced_bytes = writer.appended_bytes();
                 // Everything up to `last` is answered; later waiters stay asleep.
                 let later = st.waiters.split_off(&last.saturating_add(1));
-                std::mem::replace(&mut st.waiters, later)
+                let woken = std::mem::replace(&mut st.waiters, later);
+                (woken, st.covered_completions(), Ok(()))
             }
             Err(e) => {
                 // Never retried: the writer is stopped and so is every later write.
                 tracing::error!(error = %e, "the write-ahead log failed; writes are refused from now on");
+                let failed = JournalError {
+                    message: e.to_string(),
+                };
                 st.failure = Some(e.duplicate());
-                std::mem::take(&mut st.waiters)
+                let all = std::mem::take(&mut st.completions);
+                (std::mem::take(&mut st.waiters), all, Err(failed))
             }
         };
         drop(st);
         for thread in woken.into_values().flatten() {
             thread.unpark();
         }
+        drop(batch);
+        complete(done, &outcome);
     }
 }
 
@@ -211,6 +280,26 @@ impl Journal for WalJournal {
             }
             drop(st);
             std::thread::park();
+        }
+    }
+
+    fn when_durable(&self, seq: Seq, then: Completion) {
+        let mut st = self.shared.state.lock().expect("journal lock");
+        if let Some(e) = &st.failure {
+            let e = JournalError {
+                message: e.to_string(),
+            };
+            drop(st);
+            then(Err(e));
+            return;
+        }
+        let due = seq <= st.durable;
+        st.completions.entry(seq).or_default().push(then);
+        drop(st);
+        if due {
+            // Already durable, but run by the syncer all the same, so that it never overtakes
+            // a completion of a lower seq the syncer is still running.
+            self.shared.changed.notify_one();
         }
     }
 

@@ -202,3 +202,82 @@ fn every_waiter_is_answered_whatever_seq_it_waits_for() {
     // What was durable before stays answered.
     assert!(journal.wait_durable(200).is_ok());
 }
+
+#[test]
+fn completions_run_in_seq_order_once_durable_and_fail_with_the_log() {
+    use depot_engine::Journal;
+    use depot_wal::{WalJournal, WalWriter};
+    use std::sync::mpsc;
+    let mem = MemDir::new();
+    let faulty = FaultDir::new(mem.clone());
+    let writer = WalWriter::open(Box::new(faulty.clone()), WalOptions::default()).unwrap();
+    let journal = Arc::new(WalJournal::start(writer));
+    let (tx, rx) = mpsc::channel();
+    // Registers a completion for `seq` that reports it with whether it succeeded and how far
+    // the log was durable when it ran.
+    let when = |seq: u64| {
+        let (tx, j) = (tx.clone(), journal.clone());
+        move || {
+            let durable = Arc::downgrade(&j);
+            j.when_durable(
+                seq,
+                Box::new(move |r| {
+                    let at = durable.upgrade().map_or(0, |j| j.stats().durable_seq);
+                    tx.send((seq, r.is_ok(), at)).unwrap()
+                }),
+            );
+        }
+    };
+    // Registered before their entries are appended, for seqs in several rounds, and for one
+    // already durable: each runs once, in seq order, and only once its seq is durable.
+    for seq in [3u64, 17, 17, 40, 99, 200] {
+        when(seq)();
+    }
+    for round in common::entries(1, 200).chunks(17) {
+        journal.append(round.to_vec());
+    }
+    let got: Vec<_> = (0..6).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![3, 17, 17, 40, 99, 200]
+    );
+    assert!(got.iter().all(|g| g.1 && g.2 >= g.0), "{got:?}");
+    assert_eq!(journal.stats().durable_seq, 200);
+    when(150)();
+    assert_eq!(
+        rx.recv().unwrap().0,
+        150,
+        "already durable: run all the same"
+    );
+
+    // A failed sync fails every completion waiting, including one for a seq never written,
+    // and any made later.
+    faulty.set_fail_sync(true);
+    when(205)();
+    when(1_000)();
+    journal.append(common::entries(201, 10));
+    let failed: Vec<_> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(
+        failed.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        vec![(205, false), (1_000, false)]
+    );
+    when(2_000)();
+    assert!(!rx.recv().unwrap().1);
+    assert!(rx.try_recv().is_err(), "each completion runs once");
+}
+
+#[test]
+fn a_stopping_log_fails_completions_for_seqs_never_appended() {
+    use depot_engine::Journal;
+    use depot_wal::{WalJournal, WalWriter};
+    let writer = WalWriter::open(Box::new(MemDir::new()), WalOptions::default()).unwrap();
+    let journal = WalJournal::start(writer);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    journal.when_durable(3, Box::new(move |r| tx.send((3, r.is_ok())).unwrap()));
+    journal.when_durable(9, Box::new(move |r| tx2.send((9, r.is_ok())).unwrap()));
+    journal.append(common::entries(1, 5));
+    assert_eq!(rx.recv().unwrap(), (3, true));
+    drop(journal);
+    assert_eq!(rx.recv().unwrap(), (9, false));
+}
