@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// many, where one thread running a whole batch leaves cores idle, turn it off.
     #[arg(long, env = "DEPOT_COMBINE_PERCENT", default_value_t = depot_engine::Limits::default().combine_percent)]
     pub combine_percent: u32,
+    /// Most writes of a batch the engine's writer runs itself, under the shards' locks, instead
+    /// of handing them to the shard threads (0: never). Default: every batch on one or two
+    /// cores, where the shard threads would only take turns with the writer for the same
+    /// cores; 32 on more, where the shard threads run a large batch in parallel.
+    #[arg(long, env = "DEPOT_INLINE_TASKS")]
+    pub inline_tasks: Option<usize>,
     /// Threads serving HTTP connections (default: one per two cores, at least one: they share
     /// the cores with the shard threads and the log's threads).
     #[arg(long, env = "DEPOT_HTTP_THREADS")]
@@ -207,6 +213,8 @@ pub struct ServeConfig {
     pub shards: usize,
     /// See `--combine-percent` ([`depot_engine::Limits::combine_percent`]).
     pub combine_percent: u32,
+    /// See `--inline-tasks` ([`depot_engine::Limits::inline_tasks_max`]).
+    pub inline_tasks: usize,
     pub http_threads: usize,
     pub sync: SyncMode,
     pub log_format: LogFormat,
@@ -264,6 +272,11 @@ impl ServeArgs {
         {
             return Err(ConfigError::Shards(s));
         }
+        let inline_tasks = self.inline_tasks.unwrap_or(if cores <= 2 {
+            usize::MAX
+        } else {
+            depot_engine::Limits::default().inline_tasks_max
+        });
         let http_threads = self.http_threads.unwrap_or((cores / 2).max(1));
         if !(1..=HTTP_THREADS_MAX).contains(&http_threads) {
             return Err(ConfigError::HttpThreads(http_threads));
@@ -309,6 +322,7 @@ impl ServeArgs {
             master_key: self.master_key,
             shards,
             combine_percent: self.combine_percent,
+            inline_tasks,
             http_threads,
             sync,
             log_format: self.log_format,
@@ -370,6 +384,26 @@ mod tests {
             assert_eq!(
                 e.to_string(),
                 format!("--http-threads {bad}: expected 1 to 256")
+            );
+        }
+    }
+
+    #[test]
+    fn inline_tasks_default_to_every_batch_on_two_cores_and_may_be_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = config(&[]).unwrap().inline_tasks;
+        if cores <= 2 {
+            assert_eq!(default, usize::MAX);
+        } else {
+            assert_eq!(default, depot_engine::Limits::default().inline_tasks_max);
+        }
+        assert_eq!(config(&["--inline-tasks", "0"]).unwrap().inline_tasks, 0);
+        assert_eq!(config(&["--inline-tasks", "64"]).unwrap().inline_tasks, 64);
+        use clap::Parser;
+        for bad in ["-1", "all", ""] {
+            assert!(
+                Cli::try_parse_from(["depot", "--inline-tasks", bad]).is_err(),
+                "{bad:?}"
             );
         }
     }

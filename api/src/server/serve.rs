@@ -195,6 +195,7 @@ async fn start_engine(
     let (sync, shards) = (config.sync, config.shards);
     let limits = Limits {
         combine_percent: config.combine_percent,
+        inline_tasks_max: config.inline_tasks,
         ..Limits::default()
     };
     let events_kept = state.limits().events_kept;
