@@ -66,6 +66,17 @@ impl Unanswered {
     }
 }
 
+/// Counts its batch as answered when dropped: after its answers are sent, and also if the
+/// completion carrying it is dropped uncalled or unwinds, so the writer never waits for a batch
+/// nobody will answer (its handlers then get [`RunError::Closed`]).
+struct Answering(Arc<Unanswered>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
 struct Work {
     requests: Vec<Request>,
     reply: Option<oneshot::Sender<Vec<Answer>>>,
@@ -139,10 +150,10 @@ impl Runner {
                     drain(&writes_rx, &e, &t[0], |ran, works, lens| {
                         after = after.max(ran.waits_for());
                         unanswered.add(ACK_QUEUE);
-                        let (events, unanswered) = (events.clone(), unanswered.clone());
+                        let (events, counted) = (events.clone(), Answering(unanswered.clone()));
                         e.acknowledge_then(ran, after, move |answers| {
                             answer(&events, works, lens, answers);
-                            unanswered.answered();
+                            drop(counted);
                         });
                         true
                     });

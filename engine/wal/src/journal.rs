@@ -66,9 +66,14 @@ impl State {
 }
 
 /// Runs completions in seq order (and, for one seq, in the order they came).
+/// A completion that panics is reported and the others still run: the sync thread must go on
+/// making the log durable whatever a caller's completion does.
 fn complete(done: BTreeMap<Seq, Vec<Completion>>, result: &Result<(), JournalError>) {
     for then in done.into_values().flatten() {
-        then(result.clone());
+        let r = result.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || then(r))).is_err() {
+            tracing::error!("a completion of the write-ahead log panicked; the log goes on");
+        }
     }
 }
 

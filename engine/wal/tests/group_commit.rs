@@ -281,3 +281,22 @@ fn a_stopping_log_fails_completions_for_seqs_never_appended() {
     drop(journal);
     assert_eq!(rx.recv().unwrap(), (9, false));
 }
+
+#[test]
+fn a_panicking_completion_neither_stops_the_log_nor_the_others() {
+    use depot_engine::Journal;
+    use depot_wal::{WalJournal, WalWriter};
+    let writer = WalWriter::open(Box::new(MemDir::new()), WalOptions::default()).unwrap();
+    let journal = WalJournal::start(writer);
+    let (tx, rx) = std::sync::mpsc::channel();
+    journal.when_durable(2, Box::new(|_| panic!("a caller's bug")));
+    let t = tx.clone();
+    journal.when_durable(2, Box::new(move |r| t.send((2, r.is_ok())).unwrap()));
+    journal.append(common::entries(1, 3));
+    assert_eq!(rx.recv().unwrap(), (2, true));
+    // The log goes on syncing.
+    journal.when_durable(5, Box::new(move |r| tx.send((5, r.is_ok())).unwrap()));
+    journal.append(common::entries(4, 2));
+    assert_eq!(rx.recv().unwrap(), (5, true));
+    assert!(journal.wait_durable(5).is_ok());
+}
