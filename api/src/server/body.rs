@@ -94,6 +94,14 @@ impl Body {
         }
     }
 
+    /// The body as text, when it is JSON (by its content type) and UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Body::Json(b) | Body::Raw(b) => std::str::from_utf8(b).ok(),
+            Body::None | Body::NotJson(..) => None,
+        }
+    }
+
     /// Refuses any body (for operations that take none).
     pub fn empty(&self) -> Result<(), ApiError> {
         match self {

@@ -419,7 +419,12 @@ fn plan(op: &mut OpRequest<'_>, key: &KeyScope, lines_limit: usize) -> Result<Pl
             let b = match &op.reserve {
                 Some(b) => b,
                 None => {
-                    parsed = body.parse::<ReserveBody<'_>>()?;
+                    // A single request's body: read by hand where it has the shape nearly
+                    // every one has (as a batch's are), by serde otherwise.
+                    parsed = match body.text().and_then(super::batch::scan::reserve_body) {
+                        Some(b) => b,
+                        None => body.parse::<ReserveBody<'_>>()?,
+                    };
                     &parsed
                 }
             };

@@ -42,6 +42,21 @@ pub fn scan(text: &str, capacity: usize) -> Option<FastBatch<'_>> {
     (s.at == s.bytes.len()).then_some(FastBatch { operations })
 }
 
+/// A reservation's body alone (the body of a single `POST /v1/reservations`), read as [`scan`]
+/// reads one in a batch, or `None` when it is not of that shape (then serde reads it, and
+/// reports any error).
+pub fn reserve_body(text: &str) -> Option<ReserveBody<'_>> {
+    let mut s = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    s.ws();
+    let body = s.reserve()?;
+    s.ws();
+    (s.at == s.bytes.len()).then_some(body)
+}
+
 /// The keys an object may have, each as the bytes it starts with where it stands (its name and
 /// closing quote) in a 16-byte word with the rest masked off, its name's length, and what it
 /// stands for.
