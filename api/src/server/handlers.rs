@@ -10,7 +10,7 @@ use super::path::PathParam;
 use super::AppState;
 use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -35,9 +35,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdemHeader {
     }
 }
 
+/// The request header naming an idempotency key, and the answer header of a replay; as
+/// constants, so that no request parses their names to look them up.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("idempotent-replay");
+
 /// The `Idempotency-Key` header, when given.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
+    match headers.get(IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(v) => v
             .to_str()
@@ -63,7 +68,7 @@ pub fn respond(answer: Result<OpAnswer, ApiError>) -> Response {
             let mut res = (a.status, [(CONTENT_TYPE, JSON)], a.body).into_response();
             if a.replayed {
                 res.headers_mut()
-                    .insert("idempotent-replay", HeaderValue::from_static("true"));
+                    .insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
             }
             res
         }
