@@ -213,3 +213,33 @@ async fn a_journal_without_a_syncer_still_holds_answers_until_durable() {
     assert_eq!(events.latest_seq(), 2);
     stop(runner).await;
 }
+
+/// At most eight executed batches wait for their sync: the writer stops behind them (a ninth
+/// has run and waits to be counted, the tenth waits in the queue) and goes on once they are
+/// durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_waits_behind_eight_unanswered_batches() {
+    let (gate, runner, _events) = start(true);
+    const NAMES: [&str; 10] = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"];
+    let mut tasks = Vec::new();
+    for name in NAMES {
+        tasks.push(spawn_create(&runner, name));
+        // One batch each: the next goes in once this one ran.
+        appended(&gate, tasks.len().min(9)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gate.appended().len(), 9, "the writer went past the bound");
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    gate.release(9);
+    appended(&gate, 10).await;
+    gate.release(10);
+    for t in tasks {
+        let a = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(a[0].0.outcome, Outcome::Ok(_)), "{a:?}");
+    }
+    stop(runner).await;
+}

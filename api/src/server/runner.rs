@@ -42,27 +42,36 @@ const ACK_QUEUE: usize = 8;
 /// and for none before it stops.
 #[derive(Default)]
 struct Unanswered {
-    count: Mutex<usize>,
+    /// The count, and whether the writer waits for it to fall (only then is it woken: a notify
+    /// is a system call even when nobody waits).
+    count: Mutex<(usize, bool)>,
     changed: Condvar,
 }
 
 impl Unanswered {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
         self.count.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until fewer than `max` batches are unanswered, then counts one more.
     fn add(&self, max: usize) {
         let mut n = self.lock();
-        while *n >= max {
+        while n.0 >= max {
+            n.1 = true;
             n = self.changed.wait(n).unwrap_or_else(|p| p.into_inner());
         }
-        *n += 1;
+        n.1 = false;
+        n.0 += 1;
     }
 
     fn answered(&self) {
-        *self.lock() -= 1;
-        self.changed.notify_all();
+        let mut n = self.lock();
+        n.0 -= 1;
+        let waiting = n.1;
+        drop(n);
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 }
 

@@ -22,6 +22,9 @@ struct State {
     /// The error that stopped the log: every later write is refused with it.
     failure: Option<WalError>,
     stop: bool,
+    /// True while the syncer waits for work: only then does an append wake it (a notify is a
+    /// system call even when nobody waits, and under load the syncer is nearly always busy).
+    idle: bool,
     /// Syncs done and entries they covered, for metrics.
     syncs: u64,
     synced_entries: u64,
@@ -180,7 +183,9 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
         let batch = {
             let mut st = shared.state.lock().expect("journal lock");
             while st.queued.is_empty() && !st.completion_due() && !st.stop {
+                st.idle = true;
                 st = shared.changed.wait(st).expect("journal lock");
+                st.idle = false;
             }
             if st.queued.is_empty() {
                 // Completions registered for what an earlier sync already covered.
@@ -257,8 +262,11 @@ impl Journal for WalJournal {
         } else {
             st.queued.append(&mut entries);
         }
+        let idle = st.idle;
         drop(st);
-        self.shared.changed.notify_one();
+        if idle {
+            self.shared.changed.notify_one();
+        }
     }
 
     fn wait_durable(&self, seq: Seq) -> Result<(), JournalError> {
@@ -300,10 +308,12 @@ impl Journal for WalJournal {
         }
         let due = seq <= st.durable;
         st.completions.entry(seq).or_default().push(then);
+        let idle = st.idle;
         drop(st);
-        if due {
+        if due && idle {
             // Already durable, but run by the syncer all the same, so that it never overtakes
-            // a completion of a lower seq the syncer is still running.
+            // a completion of a lower seq the syncer is still running (a busy syncer looks at
+            // its completions before it waits again).
             self.shared.changed.notify_one();
         }
     }
