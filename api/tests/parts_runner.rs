@@ -111,6 +111,18 @@ async fn appended(gate: &Gate, n: usize) {
     panic!("the journal never saw {n} writes");
 }
 
+/// The outcome of the one request a task created a tenant with (within five seconds).
+async fn outcome(
+    task: tokio::task::JoinHandle<Result<Vec<depot_api::server::runner::Answer>, RunError>>,
+) -> Outcome {
+    let answers = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    answers[0].0.outcome.clone()
+}
+
 async fn stop(runner: Arc<Runner>) {
     let runner = Arc::try_unwrap(runner).expect("the only reference");
     tokio::task::spawn_blocking(move || runner.stop())
@@ -147,15 +159,15 @@ async fn answers_and_events_wait_for_durability_while_the_next_batch_runs() {
     );
 
     gate.release(1);
-    let a = first.await.unwrap().unwrap();
-    assert!(matches!(a[0].0.outcome, Outcome::Ok(_)), "{a:?}");
+    let a = outcome(first).await;
+    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!second.is_finished(), "the second batch is not durable yet");
     assert_eq!(events.latest_seq(), 1);
 
     gate.release(2);
-    let b = second.await.unwrap().unwrap();
-    assert!(matches!(b[0].0.outcome, Outcome::Ok(_)), "{b:?}");
+    let b = outcome(second).await;
+    assert!(matches!(b, Outcome::Ok(_)), "{b:?}");
     assert_eq!(events.latest_seq(), 2);
     stop(runner).await;
 }
@@ -179,10 +191,10 @@ async fn a_batch_without_writes_waits_for_the_batches_before_it() {
     );
     assert_eq!(events.latest_seq(), 0);
     gate.release(1);
-    let a = first.await.unwrap().unwrap();
-    assert!(matches!(a[0].0.outcome, Outcome::Ok(_)), "{a:?}");
-    let b = second.await.unwrap().unwrap();
-    assert!(matches!(b[0].0.outcome, Outcome::Refused(_)), "{b:?}");
+    let a = outcome(first).await;
+    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+    let b = outcome(second).await;
+    assert!(matches!(b, Outcome::Refused(_)), "{b:?}");
     assert_eq!(events.latest_seq(), 1);
     stop(runner).await;
 }
@@ -203,13 +215,13 @@ async fn a_journal_without_a_syncer_still_holds_answers_until_durable() {
     );
     let written = gate.appended().len();
     gate.release(written as Seq);
-    let a = first.await.unwrap().unwrap();
-    assert!(matches!(a[0].0.outcome, Outcome::Ok(_)), "{a:?}");
+    let a = outcome(first).await;
+    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
     // The second may have run only once the first was durable: release it too.
     appended(&gate, 2).await;
     gate.release(2);
-    let b = second.await.unwrap().unwrap();
-    assert!(matches!(b[0].0.outcome, Outcome::Ok(_)), "{b:?}");
+    let b = outcome(second).await;
+    assert!(matches!(b, Outcome::Ok(_)), "{b:?}");
     assert_eq!(events.latest_seq(), 2);
     stop(runner).await;
 }
@@ -234,12 +246,8 @@ async fn the_writer_waits_behind_eight_unanswered_batches() {
     appended(&gate, 10).await;
     gate.release(10);
     for t in tasks {
-        let a = tokio::time::timeout(Duration::from_secs(5), t)
-            .await
-            .expect("answered")
-            .unwrap()
-            .unwrap();
-        assert!(matches!(a[0].0.outcome, Outcome::Ok(_)), "{a:?}");
+        let a = outcome(t).await;
+        assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
     }
     stop(runner).await;
 }

@@ -68,6 +68,13 @@ impl State {
     }
 }
 
+/// What the engine is told of the error that stopped the log.
+fn journal_error(e: &WalError) -> JournalError {
+    JournalError {
+        message: e.to_string(),
+    }
+}
+
 /// Runs completions in seq order (and, for one seq, in the order they came).
 /// A completion that panics is reported and the others still run: the sync thread must go on
 /// making the log durable whatever a caller's completion does.
@@ -190,7 +197,7 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             if st.queued.is_empty() {
                 // Completions registered for what an earlier sync already covered.
                 let done = st.covered_completions();
-                let stopping = st.stop && !st.completion_due();
+                let stopping = st.stop;
                 let left = if stopping {
                     // Stopping, and everything queued is durable: a completion still waiting
                     // is for a seq that was never appended.
@@ -237,9 +244,7 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
             Err(e) => {
                 // Never retried: the writer is stopped and so is every later write.
                 tracing::error!(error = %e, "the write-ahead log failed; writes are refused from now on");
-                let failed = JournalError {
-                    message: e.to_string(),
-                };
+                let failed = journal_error(&e);
                 st.failure = Some(e.duplicate());
                 let all = std::mem::take(&mut st.completions);
                 (std::mem::take(&mut st.waiters), all, Err(failed))
@@ -277,9 +282,7 @@ impl Journal for WalJournal {
                 return Ok(());
             }
             if let Some(e) = &st.failure {
-                return Err(JournalError {
-                    message: e.to_string(),
-                });
+                return Err(journal_error(e));
             }
             // Once registered, the entry stays until the syncer wakes this thread for it (then
             // `durable >= seq` or the log failed); any other wake-up is spurious (`park` allows
@@ -298,10 +301,7 @@ impl Journal for WalJournal {
 
     fn when_durable(&self, seq: Seq, then: Completion) {
         let mut st = self.shared.state.lock().expect("journal lock");
-        if let Some(e) = &st.failure {
-            let e = JournalError {
-                message: e.to_string(),
-            };
+        if let Some(e) = st.failure.as_ref().map(journal_error) {
             drop(st);
             then(Err(e));
             return;
@@ -320,9 +320,7 @@ impl Journal for WalJournal {
 
     fn writable(&self) -> Result<(), JournalError> {
         match &self.shared.state.lock().expect("journal lock").failure {
-            Some(e) => Err(JournalError {
-                message: e.to_string(),
-            }),
+            Some(e) => Err(journal_error(e)),
             None => Ok(()),
         }
     }

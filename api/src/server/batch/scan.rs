@@ -20,11 +20,7 @@ use std::borrow::Cow;
 /// The batch in `text`, with room for `capacity` operations, or `None` when it is not of the
 /// shape this reader takes.
 pub fn scan(text: &str, capacity: usize) -> Option<FastBatch<'_>> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut s = Scanner::new(text);
     s.token(b'{')?;
     s.key(&BATCH)?;
     s.token(b'[')?;
@@ -38,23 +34,17 @@ pub fn scan(text: &str, capacity: usize) -> Option<FastBatch<'_>> {
         }
     }
     s.token(b'}')?;
-    s.ws();
-    (s.at == s.bytes.len()).then_some(FastBatch { operations })
+    s.at_end().then_some(FastBatch { operations })
 }
 
 /// A reservation's body alone (the body of a single `POST /v1/reservations`), read as [`scan`]
 /// reads one in a batch, or `None` when it is not of that shape (then serde reads it, and
 /// reports any error).
 pub fn reserve_body(text: &str) -> Option<ReserveBody<'_>> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut s = Scanner::new(text);
     s.ws();
     let body = s.reserve()?;
-    s.ws();
-    (s.at == s.bytes.len()).then_some(body)
+    s.at_end().then_some(body)
 }
 
 /// The keys an object may have, each as the bytes it starts with where it stands (its name and
@@ -142,6 +132,20 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Scanner {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+        }
+    }
+
+    /// True when nothing but whitespace is left.
+    fn at_end(&mut self) -> bool {
+        self.ws();
+        self.at == self.bytes.len()
+    }
+
     /// Skips JSON's whitespace (space, tab, line feed, carriage return).
     #[inline]
     fn ws(&mut self) {
