@@ -23,7 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use subtle::ConstantTimeEq;
 
 /// The master key's file inside the data directory (mode 0600).
@@ -124,7 +124,7 @@ impl KeyRecord {
 pub enum Principal {
     /// The master key: may create tenants and keys, nothing else.
     Master,
-    Key(KeyRecord),
+    Key(Arc<KeyRecord>),
 }
 
 impl Principal {
@@ -219,7 +219,8 @@ struct KeysFile {
 #[derive(Debug, Default)]
 struct Inner {
     /// Every key, in creation order (revoked ones too: indices never move).
-    keys: Vec<(KeyRecord, Digest)>,
+    /// Shared: an authenticated request holds its key's record without copying it.
+    keys: Vec<(Arc<KeyRecord>, Digest)>,
     by_id: HashMap<String, usize>,
     by_digest: HashMap<Digest, usize>,
     /// The BLAKE3 digest of each secret this process has seen authenticate (or created),
@@ -238,7 +239,7 @@ impl Inner {
         let i = self.keys.len();
         self.by_id.insert(record.id.clone(), i);
         self.by_digest.insert(digest, i);
-        self.keys.push((record, digest));
+        self.keys.push((Arc::new(record), digest));
         Ok(())
     }
 
@@ -257,7 +258,7 @@ impl Inner {
                 .keys
                 .iter()
                 .map(|(record, digest)| StoredKey {
-                    record: record.clone(),
+                    record: KeyRecord::clone(record),
                     secret_sha256: hex(digest),
                 })
                 .collect(),
@@ -384,7 +385,7 @@ impl KeyStore {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut inner = self.write();
         let i = *inner.by_id.get(id).ok_or(KeyError::NotFound)?;
-        let record = &mut inner.keys[i].0;
+        let record = Arc::make_mut(&mut inner.keys[i].0);
         if by_tenant.is_some_and(|t| record.tenant.as_ref() != Some(t)) {
             return Err(KeyError::NotFound);
         }
@@ -397,7 +398,7 @@ impl KeyStore {
         drop(inner);
         if let Err(e) = self.write_file(json) {
             // Memory and file agree again; the caller sees the error and may retry.
-            self.write().keys[i].0.revoked = false;
+            Arc::make_mut(&mut self.write().keys[i].0).revoked = false;
             return Err(e);
         }
         Ok(())
@@ -458,14 +459,17 @@ impl KeyStore {
             .keys
             .iter()
             .filter(|(r, _)| tenant.is_none() || r.tenant.as_ref() == tenant)
-            .map(|(r, _)| r.clone())
+            .map(|(r, _)| KeyRecord::clone(r))
             .collect()
     }
 
     /// The key `id`, if it exists.
     pub fn get(&self, id: &str) -> Option<KeyRecord> {
         let inner = self.read();
-        inner.by_id.get(id).map(|&i| inner.keys[i].0.clone())
+        inner
+            .by_id
+            .get(id)
+            .map(|&i| KeyRecord::clone(&inner.keys[i].0))
     }
 
     /// The directory the store lives in.

@@ -115,7 +115,7 @@ fn a_created_key_authenticates_and_only_its_digest_is_stored() {
     );
     assert_eq!(record.created_at_ms, 42);
     let p = store.authenticate(&secret, local()).unwrap();
-    assert_eq!(p, Principal::Key(record.clone()));
+    assert_eq!(p, Principal::Key(Arc::new(record.clone())));
     assert_eq!(p.key_id(), record.id);
     assert_eq!(p.tenant(), Some(&tenant("acme")));
     assert_eq!(p.role(), Some(Role::Channel));
@@ -179,7 +179,7 @@ fn keys_and_revocations_survive_a_reopen() {
     assert_eq!(store.list(None), listed);
     assert_eq!(
         store.authenticate(&secret_a, local()),
-        Ok(Principal::Key(a))
+        Ok(Principal::Key(Arc::new(a)))
     );
     assert_eq!(
         store.authenticate(&secret_b, local()),
@@ -361,7 +361,7 @@ fn concurrent_creates_and_authentications_lose_nothing() {
                     let (rec, secret) = create(&store, &format!("tenant-{t}"), Role::Reader);
                     assert_eq!(
                         store.authenticate(&secret, local()),
-                        Ok(Principal::Key(rec.clone())),
+                        Ok(Principal::Key(Arc::new(rec.clone()))),
                         "thread {t} key {i}"
                     );
                     made.push((rec, secret));
@@ -385,7 +385,7 @@ fn concurrent_creates_and_authentications_lose_nothing() {
     for (rec, secret) in &made {
         assert_eq!(
             store.authenticate(secret, local()),
-            Ok(Principal::Key(rec.clone()))
+            Ok(Principal::Key(Arc::new(rec.clone())))
         );
     }
 }

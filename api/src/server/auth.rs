@@ -60,17 +60,10 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, ApiError>
     }
     Ok(match principal {
         Principal::Master => Caller::Master,
-        Principal::Key(k) => match k.tenant {
-            Some(tenant) => Caller::Key(KeyScope {
-                id: k.id,
-                tenant,
-                role: k.role,
-                channels: k.channels,
-                locations: k.locations,
-            }),
-            // The store never makes such a key; refuse rather than guess a tenant.
-            None => return Err(ApiError::unauthenticated("the key has no tenant")),
-        },
+        // The store never makes a key without a tenant; refuse rather than guess one.
+        Principal::Key(k) => Caller::Key(
+            KeyScope::of(k).ok_or_else(|| ApiError::unauthenticated("the key has no tenant"))?,
+        ),
     })
 }
 

@@ -32,12 +32,9 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        // The content type is kept as the header's value (a cheap clone of shared bytes) and
+        // judged without allocating; only a body that is not JSON gets its text copied.
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
         let limit = req
             .extensions()
             .get::<BodyLimit>()
@@ -58,18 +55,27 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         if bytes.is_empty() {
             return Ok(RawBody(Body::None));
         }
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if essence == "application/json" || essence.ends_with("+json") {
+        let text = content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if is_json_type(text) {
             Ok(RawBody(Body::Json(bytes)))
         } else {
-            Ok(RawBody(Body::NotJson(bytes, content_type)))
+            Ok(RawBody(Body::NotJson(bytes, text.to_string())))
         }
     }
+}
+
+/// True for `application/json` and any `+json` type, in any case, with or without parameters.
+fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    const JSON: &str = "application/json";
+    const SUFFIX: &str = "+json";
+    essence.eq_ignore_ascii_case(JSON)
+        || (essence.len() >= SUFFIX.len()
+            && essence.as_bytes()[essence.len() - SUFFIX.len()..]
+                .eq_ignore_ascii_case(SUFFIX.as_bytes()))
 }
 
 /// The body size limit, put in the request's extensions by the edge layer
@@ -220,6 +226,30 @@ fn strip_position(m: &str) -> String {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn json_content_types_are_told_apart_without_case() {
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/merge-patch+json",
+            "application/problem+JSON;q=1",
+        ] {
+            assert!(is_json_type(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "json",
+            "text/plain",
+            "application/jsonx",
+            "application/json-seq",
+            "+jso",
+            "application/xml; note=+json",
+        ] {
+            assert!(!is_json_type(no), "{no}");
+        }
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -19,7 +19,9 @@ use depot_engine::{
 };
 use serde_json::{json, Value};
 
+use crate::keys::KeyRecord;
 pub use crate::keys::Role;
+use std::sync::Arc;
 
 /// Who is asking, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +31,28 @@ pub enum Caller {
     Key(KeyScope),
 }
 
-/// What a tenant key may do.
+/// What a tenant key may do: its record (id, role, channels, locations, through `Deref`),
+/// shared with the key store rather than copied for every request, and its tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyScope {
-    pub id: String,
     pub tenant: TenantId,
-    pub role: Role,
-    /// The channels a `channel` key may act for; empty: all of its tenant's.
-    pub channels: Vec<ChannelId>,
-    /// The locations a `wms` key may act for; empty: all of its tenant's.
-    pub locations: Vec<LocationId>,
+    record: Arc<KeyRecord>,
+}
+
+impl KeyScope {
+    /// The scope of `record`; `None` for a record without a tenant (the store never makes one).
+    pub fn of(record: Arc<KeyRecord>) -> Option<KeyScope> {
+        let tenant = record.tenant.clone()?;
+        Some(KeyScope { tenant, record })
+    }
+}
+
+impl std::ops::Deref for KeyScope {
+    type Target = KeyRecord;
+
+    fn deref(&self) -> &KeyRecord {
+        &self.record
+    }
 }
 
 impl Caller {
