@@ -248,6 +248,24 @@ pub async fn reserve(
     single(&s, &caller, Route::Reserve, body, idem.0).await
 }
 
+/// [`reserve`] without the router ([`super::App`]): the same extractors, in the same order
+/// (the key, then the idempotency header, then the body), and the same handler.
+pub async fn reserve_direct(state: AppState, req: axum::extract::Request) -> Response {
+    use axum::extract::FromRequest;
+    let (parts, body) = req.into_parts();
+    let caller = match super::auth::authenticate(&state, &parts) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let idem = idempotency_key(&parts.headers);
+    let req = axum::extract::Request::from_parts(parts, body);
+    let body = match RawBody::from_request(req, &state).await {
+        Ok(RawBody(body)) => body,
+        Err(e) => return e.into_response(),
+    };
+    single(&state, &caller, Route::Reserve, body, idem).await
+}
+
 /// A reservation (any role; a channel key sees only its channels' reservations, others are
 /// 404).
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",

@@ -18,7 +18,9 @@ use super::body::BodyLimit;
 use super::config::HttpLimits;
 use super::error::ApiError;
 use super::AppState;
+use axum::body::HttpBody as _;
 use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::HeaderValue;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -97,79 +99,150 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = EdgeFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The inner service is driven with `oneshot`, which waits for its readiness.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let start = Instant::now();
-        let state = self.state.clone();
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = RouteName::Matched(req.extensions().get::<MatchedPath>().cloned());
         let inner = self.inner.clone();
-        let id = match req
-            .headers()
-            .get(REQUEST_ID)
-            .filter(|v| usable_request_id(v))
-        {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.ids.next_id();
-                req.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
-        };
-        let route = req.extensions().get::<MatchedPath>().cloned();
-        let method = req.method().clone();
-        let span = tracing::info_span!(
-            "request",
-            method = %method,
-            uri = %req.uri().path(),
-            request_id = %String::from_utf8_lossy(id.as_bytes()),
-        );
-        let limits = state.limits();
-        let refused = check_headers(limits, &req);
-        req.extensions_mut()
-            .insert(BodyLimit(limits.body_bytes_max));
-        let timeout = limits.request_timeout;
-        Box::pin(
-            async move {
-                let mut res = match refused {
-                    Some(e) => e.into_response(),
-                    None => {
-                        let run = tokio::time::timeout(timeout, inner.oneshot(req));
-                        match AssertUnwindSafe(run).catch_unwind().await {
-                            Ok(Ok(Ok(res))) => res.into_response(),
-                            Ok(Ok(Err(never))) => match never {},
-                            Ok(Err(_)) => ApiError::timeout().into_response(),
-                            Err(_) => panicked(),
-                        }
-                    }
-                };
-                let status = res.status();
-                let seconds = start.elapsed().as_secs_f64();
-                if status.is_server_error() {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        seconds,
-                        "answered with a server error"
-                    );
-                } else {
-                    tracing::debug!(status = status.as_u16(), seconds, "answered");
-                }
-                res.headers_mut().insert(REQUEST_ID, id);
-                state.metrics().observe_request(
-                    route.as_ref().map_or("unmatched", MatchedPath::as_str),
-                    method.as_str(),
-                    status.as_u16(),
-                    seconds,
-                );
-                Ok(res)
-            }
-            .instrument(span),
+        edge(&self.state, &self.ids, route, false, req, move |req| {
+            inner.oneshot(req).map(|res| match res {
+                Ok(res) => res.into_response(),
+                Err(never) => match never {},
+            })
+        })
+    }
+}
+
+/// The future of [`edge`].
+pub type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// A request's route as the metrics name it.
+#[derive(Clone, Debug)]
+pub enum RouteName {
+    /// The route the router matched (its template); `None`: no route, `unmatched`.
+    Matched(Option<MatchedPath>),
+    /// A route served without the router (see [`super::App`]).
+    Fixed(&'static str),
+}
+
+impl RouteName {
+    fn as_str(&self) -> &str {
+        match self {
+            RouteName::Matched(m) => m.as_ref().map_or("unmatched", MatchedPath::as_str),
+            RouteName::Fixed(s) => s,
+        }
+    }
+}
+
+impl EdgeLayer {
+    /// Serves `req` with `inner` behind what the layer does for a routed request (see the
+    /// module docs), for a route served without the router; the answer gets the
+    /// `Content-Length` that the router adds to a routed answer.
+    pub fn serve<F, Fut>(&self, route: &'static str, req: Request, inner: F) -> EdgeFuture
+    where
+        F: FnOnce(Request) -> Fut + Send + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        edge(
+            &self.state,
+            &self.ids,
+            RouteName::Fixed(route),
+            true,
+            req,
+            inner,
         )
     }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+/// The work of the layer around `inner` (see the module docs); with `set_length`, also the
+/// router's `Content-Length` (see [`EdgeLayer::serve`]).
+fn edge<F, Fut>(
+    state: &AppState,
+    ids: &ProcessRequestIds,
+    route: RouteName,
+    set_length: bool,
+    mut req: Request,
+    inner: F,
+) -> EdgeFuture
+where
+    F: FnOnce(Request) -> Fut + Send + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let start = Instant::now();
+    let state = state.clone();
+    let id = match req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| usable_request_id(v))
+    {
+        Some(id) => id.clone(),
+        None => {
+            let id = ids.next_id();
+            req.headers_mut().insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        uri = %req.uri().path(),
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+    );
+    let limits = state.limits();
+    let refused = check_headers(limits, &req);
+    req.extensions_mut()
+        .insert(BodyLimit(limits.body_bytes_max));
+    let timeout = limits.request_timeout;
+    Box::pin(
+        async move {
+            let mut res = match refused {
+                Some(e) => e.into_response(),
+                None => {
+                    let run = tokio::time::timeout(timeout, inner(req));
+                    match AssertUnwindSafe(run).catch_unwind().await {
+                        Ok(Ok(res)) => res,
+                        Ok(Err(_)) => ApiError::timeout().into_response(),
+                        Err(_) => panicked(),
+                    }
+                }
+            };
+            let status = res.status();
+            let seconds = start.elapsed().as_secs_f64();
+            if status.is_server_error() {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    seconds,
+                    "answered with a server error"
+                );
+            } else {
+                tracing::debug!(status = status.as_u16(), seconds, "answered");
+            }
+            res.headers_mut().insert(REQUEST_ID, id);
+            if set_length && !res.headers().contains_key(CONTENT_LENGTH) {
+                if let Some(n) = res.body().size_hint().exact() {
+                    res.headers_mut().insert(CONTENT_LENGTH, n.into());
+                }
+            }
+            state.metrics().observe_request(
+                route.as_str(),
+                method.as_str(),
+                status.as_u16(),
+                seconds,
+            );
+            Ok(res)
+        }
+        .instrument(span),
+    )
 }
 
 /// Longest client-supplied `x-request-id` kept (it is repeated in every log line of the

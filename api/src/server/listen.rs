@@ -14,7 +14,6 @@
 //! flight finish (hyper's graceful shutdown).
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -78,7 +77,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// of open connections (a metric).
 pub async fn serve_connections(
     listener: TcpListener,
-    app: Router,
+    app: super::App,
     limits: ConnectionLimits,
     on_open: impl Fn(i64) + Send + Sync + 'static,
     stop: impl Future<Output = ()>,

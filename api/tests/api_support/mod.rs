@@ -5,9 +5,9 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use axum::Router;
 use depot_api::keys::KeyStore;
 use depot_api::server::config::HttpLimits;
+use depot_api::server::App;
 use depot_api::server::{app, AppState};
 use depot_engine::{Engine, EngineConfig, Limits};
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ pub const MASTER: &str = "master-key-for-the-api-tests-0123456789";
 
 /// A router on a fresh in-memory engine and key store.
 pub struct Fixture {
-    pub app: Router,
+    pub app: App,
     pub state: AppState,
     pub engine_digest: Box<dyn Fn() -> [u8; 32] + Send + Sync>,
     _dir: tempfile::TempDir,
@@ -108,6 +108,23 @@ impl Fixture {
             .oneshot(req)
             .await
             .expect("the router never fails");
+        Self::answer(res).await
+    }
+
+    /// Sends a request to the router alone, never to the direct route of
+    /// `POST /v1/reservations` (see `depot_api::server::App`).
+    pub async fn raw_via_router(&self, req: Request<Body>) -> Answer {
+        let res = self
+            .app
+            .router()
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router never fails");
+        Self::answer(res).await
+    }
+
+    async fn answer(res: axum::response::Response) -> Answer {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = axum::body::to_bytes(res.into_body(), 16 * 1024 * 1024)
