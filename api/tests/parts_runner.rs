@@ -123,6 +123,14 @@ async fn outcome(
     answers[0].0.outcome.clone()
 }
 
+/// Asserts the task's first answer is a success.
+async fn assert_ok(
+    task: tokio::task::JoinHandle<Result<Vec<depot_api::server::runner::Answer>, RunError>>,
+) {
+    let a = outcome(task).await;
+    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+}
+
 async fn stop(runner: Arc<Runner>) {
     let runner = Arc::try_unwrap(runner).expect("the only reference");
     tokio::task::spawn_blocking(move || runner.stop())
@@ -159,15 +167,13 @@ async fn answers_and_events_wait_for_durability_while_the_next_batch_runs() {
     );
 
     gate.release(1);
-    let a = outcome(first).await;
-    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+    assert_ok(first).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!second.is_finished(), "the second batch is not durable yet");
     assert_eq!(events.latest_seq(), 1);
 
     gate.release(2);
-    let b = outcome(second).await;
-    assert!(matches!(b, Outcome::Ok(_)), "{b:?}");
+    assert_ok(second).await;
     assert_eq!(events.latest_seq(), 2);
     stop(runner).await;
 }
@@ -191,8 +197,7 @@ async fn a_batch_without_writes_waits_for_the_batches_before_it() {
     );
     assert_eq!(events.latest_seq(), 0);
     gate.release(1);
-    let a = outcome(first).await;
-    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+    assert_ok(first).await;
     let b = outcome(second).await;
     assert!(matches!(b, Outcome::Refused(_)), "{b:?}");
     assert_eq!(events.latest_seq(), 1);
@@ -215,13 +220,11 @@ async fn a_journal_without_a_syncer_still_holds_answers_until_durable() {
     );
     let written = gate.appended().len();
     gate.release(written as Seq);
-    let a = outcome(first).await;
-    assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+    assert_ok(first).await;
     // The second may have run only once the first was durable: release it too.
     appended(&gate, 2).await;
     gate.release(2);
-    let b = outcome(second).await;
-    assert!(matches!(b, Outcome::Ok(_)), "{b:?}");
+    assert_ok(second).await;
     assert_eq!(events.latest_seq(), 2);
     stop(runner).await;
 }
@@ -246,8 +249,7 @@ async fn the_writer_waits_behind_eight_unanswered_batches() {
     appended(&gate, 10).await;
     gate.release(10);
     for t in tasks {
-        let a = outcome(t).await;
-        assert!(matches!(a, Outcome::Ok(_)), "{a:?}");
+        assert_ok(t).await;
     }
     stop(runner).await;
 }

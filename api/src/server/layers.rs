@@ -12,7 +12,8 @@
 //!   path no route has).
 //!
 //! The layer goes on the router with `Router::layer`, so it runs after routing and sees the
-//! route's template (`MatchedPath`).
+//! route's template (`MatchedPath`). A route served without the router (see
+//! [`super::App`]) gets the same work through [`EdgeLayer::serve`], under its own name.
 
 use super::body::BodyLimit;
 use super::config::HttpLimits;
@@ -24,7 +25,6 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::HeaderValue;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use futures_util::FutureExt;
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,11 +48,6 @@ pub async fn not_found() -> ApiError {
 /// 405 for a known path with another method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
-}
-
-/// Wraps the router in the [`EdgeLayer`], with the limits of `state`. See the module docs.
-pub fn wrap(router: Router, state: AppState) -> Router {
-    router.layer(EdgeLayer::new(state))
 }
 
 /// The one layer of the module docs; its limits are the state's [`HttpLimits`].
@@ -109,7 +104,7 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let route = RouteName::Matched(req.extensions().get::<MatchedPath>().cloned());
         let inner = self.inner.clone();
-        edge(&self.state, &self.ids, route, false, req, move |req| {
+        edge(&self.state, &self.ids, route, req, move |req| {
             inner.oneshot(req).map(|res| match res {
                 Ok(res) => res.into_response(),
                 Err(never) => match never {},
@@ -148,14 +143,7 @@ impl EdgeLayer {
         F: FnOnce(Request) -> Fut + Send + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
-        edge(
-            &self.state,
-            &self.ids,
-            RouteName::Fixed(route),
-            true,
-            req,
-            inner,
-        )
+        edge(&self.state, &self.ids, RouteName::Fixed(route), req, inner)
     }
 
     pub fn state(&self) -> &AppState {
@@ -163,13 +151,12 @@ impl EdgeLayer {
     }
 }
 
-/// The work of the layer around `inner` (see the module docs); with `set_length`, also the
-/// router's `Content-Length` (see [`EdgeLayer::serve`]).
+/// The work of the layer around `inner` (see the module docs); for a route served without the
+/// router, also the router's `Content-Length` (see [`EdgeLayer::serve`]).
 fn edge<F, Fut>(
     state: &AppState,
     ids: &ProcessRequestIds,
     route: RouteName,
-    set_length: bool,
     mut req: Request,
     inner: F,
 ) -> EdgeFuture
@@ -228,7 +215,8 @@ where
                 tracing::debug!(status = status.as_u16(), seconds, "answered");
             }
             res.headers_mut().insert(REQUEST_ID, id);
-            if set_length && !res.headers().contains_key(CONTENT_LENGTH) {
+            let routed = matches!(route, RouteName::Matched(_));
+            if !routed && !res.headers().contains_key(CONTENT_LENGTH) {
                 if let Some(n) = res.body().size_hint().exact() {
                     res.headers_mut().insert(CONTENT_LENGTH, n.into());
                 }
@@ -330,13 +318,19 @@ mod tests {
     use crate::keys::KeyStore;
     use axum::body::Body;
     use axum::routing::get;
+    use axum::Router;
     use std::time::Duration;
 
     fn edge_around(limits: HttpLimits, router: Router<AppState>) -> (Router, AppState) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (keys, _) = KeyStore::open(dir.path(), Some("m".repeat(32))).expect("keys open");
         let state = AppState::new(keys, limits);
-        (wrap(router.with_state(state.clone()), state.clone()), state)
+        (
+            router
+                .with_state(state.clone())
+                .layer(EdgeLayer::new(state.clone())),
+            state,
+        )
     }
 
     async fn call(app: &Router, path: &str, headers: &[(&str, &str)]) -> Response {

@@ -164,7 +164,6 @@ impl Runner {
                             answer(&events, works, lens, answers);
                             drop(counted);
                         });
-                        true
                     });
                     // Everything executed is answered (or refused) before the thread ends.
                     unanswered.add(1);
@@ -180,7 +179,6 @@ impl Runner {
                     .spawn(move || {
                         drain(&rx, &e, &t[1], |ran, works, lens| {
                             reply(works, lens, e.acknowledge(ran));
-                            true
                         });
                     })
                     .expect("spawn an engine read thread"),
@@ -283,12 +281,12 @@ impl Runner {
 }
 
 /// Takes whatever is queued (up to [`ENGINE_BATCH_MAX`] requests) as one batch, executes it and
-/// hands it to `then` (which returns false to stop), until a stop message.
+/// hands it to `then`, until a stop message.
 fn drain(
     rx: &Receiver<Msg>,
     engine: &Engine,
     taken: &AtomicU64,
-    mut then: impl FnMut(depot_engine::Unacked, Vec<Work>, Vec<usize>) -> bool,
+    mut then: impl FnMut(depot_engine::Unacked, Vec<Work>, Vec<usize>),
 ) {
     loop {
         let first = match rx.recv() {
@@ -326,7 +324,8 @@ fn drain(
         };
         taken.fetch_add(1, Ordering::Release);
         let ran = engine.execute_unacked(requests, wall_ms());
-        if !then(ran, works, lens) || stop {
+        then(ran, works, lens);
+        if stop {
             return;
         }
     }
