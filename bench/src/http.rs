@@ -87,7 +87,12 @@ impl DepotServer {
         .args(["--sync", &o.sync])
         // The limiter would measure itself: set far above any rate reached here.
         .args(["--rate-limit", "100000000", "--rate-burst", "100000000"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            // The server logs warnings unless the caller asks for more (`RUST_LOG=info` shows
+            // each snapshot, with the time it took).
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
@@ -142,7 +147,10 @@ impl Drop for DepotServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        // A log asked for with `RUST_LOG` is kept for its reader.
+        if std::env::var_os("RUST_LOG").is_none() {
+            let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        }
     }
 }
 

@@ -151,11 +151,17 @@ pub struct Stats {
     pub other: u64,
     /// Units granted per SKU (index rank - 1), over every successful operation of the run.
     pub granted: Vec<i64>,
+    /// Operations answered (ok + insufficient) in each [`TICK`] since the window's start,
+    /// warm-up included: where a run's throughput dipped, and for how long.
+    pub timeline: Vec<u64>,
     /// When the task stopped.
     pub end: Option<Instant>,
     /// The first error a target reported.
     pub error: Option<String>,
 }
+
+/// The width of a slice of [`Stats::timeline`].
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// An HDR histogram from 1 µs to 60 s with 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
@@ -171,6 +177,7 @@ impl Stats {
             insufficient: 0,
             other: 0,
             granted: vec![0; skus],
+            timeline: Vec::new(),
             end: None,
             error: None,
         }
@@ -185,6 +192,12 @@ impl Stats {
         self.insufficient += o.insufficient;
         self.other += o.other;
         for (a, b) in self.granted.iter_mut().zip(&o.granted) {
+            *a += b;
+        }
+        if self.timeline.len() < o.timeline.len() {
+            self.timeline.resize(o.timeline.len(), 0);
+        }
+        for (a, b) in self.timeline.iter_mut().zip(&o.timeline) {
             *a += b;
         }
         self.end = match (self.end, o.end) {
@@ -238,10 +251,14 @@ fn account(
     who: &[usize],
     ops: &[Op],
     replies: &[Reply],
-    latency: Duration,
+    (latency, at): (Duration, Duration),
     counted: bool,
 ) {
     let us = (latency.as_micros() as u64).max(1);
+    let tick = (at.as_nanos() / TICK.as_nanos()) as usize;
+    if stats.timeline.len() <= tick {
+        stats.timeline.resize(tick + 1, 0);
+    }
     for ((&i, op), &reply) in who.iter().zip(ops).zip(replies) {
         clients[i].observe(op, reply);
         match reply {
@@ -255,6 +272,9 @@ fn account(
             }
             Reply::Insufficient => stats.insufficient += 1,
             Reply::Other => stats.other += 1,
+        }
+        if reply != Reply::Other {
+            stats.timeline[tick] += 1;
         }
         if counted && reply != Reply::Other {
             stats.counted += 1;
@@ -305,7 +325,8 @@ fn settle(
     let at = done.duration_since(win.start);
     match replies {
         Ok(r) if r.len() == ops.len() => {
-            account(stats, clients, who, ops, &r, done - sent, win.counts(at));
+            let when = (done - sent, at);
+            account(stats, clients, who, ops, &r, when, win.counts(at));
             !win.over(at)
         }
         Ok(r) => {
@@ -388,6 +409,8 @@ pub struct RunFigures {
     pub other: u64,
     /// Seconds the throughput is over (the window, or W3's sell-out time).
     pub seconds: f64,
+    /// Operations answered in each [`TICK`] from the start ([`Stats::timeline`]).
+    pub timeline: Vec<u64>,
     pub error: Option<String>,
 }
 
@@ -421,6 +444,7 @@ pub fn figures(win: &Window, stats: &Stats) -> RunFigures {
         insufficient: stats.insufficient,
         other: stats.other,
         seconds,
+        timeline: stats.timeline.clone(),
         error: stats.error.clone(),
     }
 }
@@ -476,8 +500,13 @@ mod tests {
         // Each of the 16 clients sees each SKU sold out exactly once.
         assert_eq!(all.insufficient, 16 * W3_SKUS as u64);
         assert_eq!(all.counted, all.ok + all.insufficient);
+        // Every answered operation is in the timeline, in the slice of its completion.
+        assert_eq!(all.timeline.iter().sum::<u64>(), all.ok + all.insufficient);
+        let elapsed = all.end.expect("ended").duration_since(win.start);
+        assert!(all.timeline.len() as u128 <= elapsed.as_nanos() / TICK.as_nanos() + 1);
         let f = figures(&win, &all);
         assert!(f.ops_per_s > 0.0 && f.p50_us >= 1);
+        assert_eq!(f.timeline, all.timeline);
     }
 
     #[test]

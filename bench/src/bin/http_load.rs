@@ -19,10 +19,14 @@
 //! group-committed `fdatasync`, without depot's engine, keys or idempotency. Its figures are the
 //! most this machine gives for these exchanges.
 //!
+//! With `--timeline`, each run also prints its throughput in every 100 ms from the start
+//! (warm-up included), in thousands per second: where a run dipped (a background snapshot, a
+//! table's growth) and for how long.
+//!
 //! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
 //! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]
-//! [--floor]`
+//! [--floor] [--timeline]`
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,7 +40,7 @@ use std::path::PathBuf;
 const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
 [--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120] \
-[--floor]";
+[--floor] [--timeline]";
 
 /// Targets of issue 4.
 const SINGLE_TARGET: f64 = 60_000.0;
@@ -56,13 +60,16 @@ struct Opts {
     server: ServerOpts,
     /// Drive the floor server instead of depot.
     floor: bool,
+    /// Print each run's throughput per 100 ms.
+    timeline: bool,
 }
 
 fn opts() -> Result<Opts, String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    // The one flag without a value.
+    // The flags without a value.
     let floor = args.iter().any(|a| a == "--floor");
-    args.retain(|a| a != "--floor");
+    let timeline = args.iter().any(|a| a == "--timeline");
+    args.retain(|a| a != "--floor" && a != "--timeline");
     let mut o = Opts {
         w: Wk::W1,
         conns: vec![16, 64],
@@ -82,6 +89,7 @@ fn opts() -> Result<Opts, String> {
             shards: None,
         },
         floor: false,
+        timeline,
     };
     for (f, v) in cli::pairs(&args)? {
         match f.as_str() {
@@ -196,6 +204,9 @@ fn main() {
                         run.client * 100.0,
                         run.others * 100.0,
                     );
+                    if o.timeline {
+                        println!("  per 100 ms (k/s): {}", timeline(&f.timeline));
+                    }
                     failed |= !run.check.pass;
                     runs.push(run);
                 }
@@ -248,4 +259,14 @@ fn main() {
         eprintln!("a run failed or a check FAILED");
         std::process::exit(1);
     }
+}
+
+/// A run's timeline as thousands of operations per second in each slice.
+fn timeline(slices: &[u64]) -> String {
+    let per_s = 1.0 / depot_bench::load::TICK.as_secs_f64();
+    slices
+        .iter()
+        .map(|&n| format!("{:.0}", n as f64 * per_s / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
