@@ -16,14 +16,17 @@
 //! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
 //!   256 pointers. While a copy shares them, writes do not touch them: each change goes to a
 //!   small table of changes of its part (the part's *delta*, `None` for a removed key) that
-//!   lookups read first, and a part's changes are applied to its table by the part's first
-//!   change once no copy shares it. Copying each table on its first write instead (copy on
-//!   write) copied them all within milliseconds of every snapshot, on the front's thread: with
-//!   a million keys, about 90 MB and a fresh page fault every 4 KiB while writes waited, and a
-//!   quarter of a snapshot's cost. The deltas cost what was written meanwhile. One delta for
-//!   the whole store grew by doubling, every step moving all of it, and was applied by one
-//!   write: under keyed load, the hundreds of thousands of changes made during a snapshot of
-//!   a million keys held that write, and all behind it, for 100 to 300 ms.
+//!   lookups read first; once no copy shares the table, each change of the part moves a few
+//!   of them ([`DRAIN`]) into it, until none are left. Copying each table on its first write
+//!   instead (copy on write) copied them all within milliseconds of every snapshot, on the
+//!   front's thread: with a million keys, about 90 MB and a fresh page fault every 4 KiB while
+//!   writes waited, and a quarter of a snapshot's cost. The deltas cost what was written
+//!   meanwhile. One delta for the whole store grew by doubling, every step moving all of it,
+//!   and was applied by one write: under keyed load, the hundreds of thousands of changes made
+//!   during a snapshot of a million keys held that write, and all behind it, for 100 to 300 ms.
+//!   A part's whole delta applied by its first change did the same in 256 pieces, but those
+//!   first changes come within a few milliseconds of each other under load: a snapshot's end
+//!   still stopped the writes for 100 to 200 ms (`http_load --timeline`, keyed batches).
 //!
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
@@ -37,6 +40,11 @@ use std::sync::Arc;
 
 /// How many tables the keys are spread over.
 pub const PARTS: usize = 256;
+
+/// Changes a part moves from its delta into its table at each of its changes once no copy
+/// shares it (see [`Part::before_change`]): more than the one change a write adds, so the
+/// delta empties after about its length over `DRAIN - 1` changes of the part.
+const DRAIN: usize = 16;
 
 /// A remembered idempotency key.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,21 +192,32 @@ impl Part {
     }
 
     /// Called before every change of this part: starts keeping changes apart when a copy
-    /// shares the table, and applies them to the table once no copy does. Each part does this
-    /// on its own next change, so what piled up during a snapshot is applied a 256th at a time
-    /// instead of all at once by one write.
+    /// shares the table, and once no copy does, moves up to [`DRAIN`] of them into the table.
+    /// Each part does this on its own changes, so what piled up during a snapshot is applied a
+    /// little at a time by many writes instead of all at once by one (or by the first change of
+    /// every part, which come within milliseconds of each other under load).
     fn before_change(&mut self) {
         match &self.delta {
             None if self.shared() => self.delta = Some(Arc::default()),
-            Some(_) if !self.shared() => {
-                let delta = self.delta.take().expect("matched");
-                let changes = Arc::try_unwrap(delta).unwrap_or_else(|d| (*d).clone());
-                let table = Arc::make_mut(&mut self.table);
-                for c in changes {
-                    set_slot(table, c.hash, c.order, c.key, c.entry);
-                }
-            }
+            Some(_) if !self.shared() => self.drain_some(),
             _ => {}
+        }
+    }
+
+    /// Moves up to [`DRAIN`] changes into the table (no copy shares either); forgets the delta
+    /// once it is empty. A key's change replaces its entry in the table (or removes it): the
+    /// delta is the newer of the two.
+    fn drain_some(&mut self) {
+        let Some(delta) = &mut self.delta else {
+            return;
+        };
+        let delta = Arc::make_mut(delta);
+        let table = Arc::make_mut(&mut self.table);
+        for c in delta.extract_if(|_| true).take(DRAIN) {
+            set_slot(table, c.hash, c.order, c.key, c.entry);
+        }
+        if delta.is_empty() {
+            self.delta = None;
         }
     }
 
@@ -655,15 +674,42 @@ mod tests {
         for (copy, seen) in copies.drain(..) {
             assert_eq!(listing(&copy), seen);
         }
-        // No copy left: a part's next change puts its changes in its table, and only its.
+        // No copy left: a part's next change moves some of its changes into its table, and
+        // only its own.
         let pending = store.pending_parts();
         assert!(pending > 100, "{pending} parts with changes kept apart");
-        let e = entry(12_000, 1);
-        let last = IdemKey::new(0, "last");
-        let last_part = part(store.hash(last.tenant, &last.key));
-        let had = usize::from(store.parts[last_part].delta.is_some());
-        store.insert(last.clone(), e.clone());
-        model.insert((0, "last".into()), e);
+        // A key of the part with the most changes kept apart.
+        let most = (0..PARTS)
+            .max_by_key(|&i| store.parts[i].delta.as_ref().map_or(0, |d| d.len()))
+            .expect("parts");
+        let last = (0..)
+            .map(|j| IdemKey::new(0, &format!("last{j}")))
+            .find(|k| part(store.hash(k.tenant, &k.key)) == most)
+            .expect("some key falls in every part");
+        let last_part = most;
+        let kept = |store: &IdemStore| store.parts[last_part].delta.as_ref().map_or(0, |d| d.len());
+        let others = |store: &IdemStore| -> Vec<usize> {
+            (store.parts.iter().enumerate())
+                .filter(|&(i, _)| i != last_part)
+                .map(|(_, p)| p.delta.as_ref().map_or(0, |d| d.len()))
+                .collect()
+        };
+        let had = usize::from(kept(&store) > 0);
+        let mut step = 0u8;
+        while kept(&store) > 0 {
+            let (before, rest) = (kept(&store), others(&store));
+            let e = entry(12_000, step);
+            store.insert(last.clone(), e.clone());
+            model.insert((0, last.key.to_string()), e);
+            // The change itself may go to the delta: at least DRAIN - 1 fewer, or none left.
+            let after = kept(&store);
+            assert!(
+                after == 0 || after + (DRAIN - 1) <= before,
+                "{before} -> {after}"
+            );
+            assert_eq!(others(&store), rest);
+            step += 1;
+        }
         assert!(store.parts[last_part].delta.is_none());
         assert_eq!(store.pending_parts(), pending - had);
         assert_eq!(
@@ -681,6 +727,68 @@ mod tests {
             model.insert((tenant, key), e);
         }
         assert_eq!(store.pending_parts(), 0);
+        assert_eq!(store.len(), model.len());
+        assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// The changes made while a copy shared a part reach its table a few per change of that
+    /// part once the copy is gone, never all at once; lookups read the same all along.
+    #[test]
+    fn a_delta_drains_a_few_changes_at_a_time() {
+        let mut store = IdemStore::default();
+        let mut model: BTreeMap<(u32, String), IdemEntry> = BTreeMap::new();
+        // Keys of part 0 only.
+        let keys: Vec<String> = (0..)
+            .map(|j| format!("p0-{j}"))
+            .filter(|k| part(store.hash(1, k)) == 0)
+            .take(600)
+            .collect();
+        let put = |store: &mut IdemStore,
+                   model: &mut BTreeMap<(u32, String), IdemEntry>,
+                   key: &str,
+                   at: TimeMs,
+                   n: u8| {
+            store.insert(IdemKey::new(1, key), entry(at, n));
+            model.insert((1, key.to_string()), entry(at, n));
+        };
+        for (i, k) in keys[..300].iter().enumerate() {
+            put(&mut store, &mut model, k, i as TimeMs, 1);
+        }
+        let copy = store.image_copy();
+        // While shared: 300 new keys, 100 changed answers, all kept apart.
+        for (i, k) in keys[300..].iter().enumerate() {
+            put(&mut store, &mut model, k, 300 + i as TimeMs, 2);
+        }
+        for k in &keys[..100] {
+            let e = store.get_mut(&IdemKey::new(1, k)).expect("held");
+            e.seq = 99;
+            model.get_mut(&(1, k.clone())).expect("held").seq = 99;
+        }
+        let kept = |s: &IdemStore| s.parts[0].delta.as_ref().map_or(0, |d| d.len());
+        assert_eq!(kept(&store), 400);
+        assert_eq!(listing(&copy).len(), 300);
+        drop(copy);
+        let mut changes = 0;
+        while kept(&store) > 0 {
+            let before = kept(&store);
+            let key = &keys[changes % 600];
+            put(&mut store, &mut model, key, 1_000 + changes as TimeMs, 3);
+            changes += 1;
+            let after = kept(&store);
+            assert!(
+                after == 0 || after + (DRAIN - 1) <= before,
+                "{before} -> {after}"
+            );
+            assert!(
+                before - after <= DRAIN,
+                "{before} -> {after}: at most {DRAIN} a change"
+            );
+            for k in keys.iter().step_by(37) {
+                assert_eq!(store.get(1, k), model.get(&(1, k.clone())), "{k}");
+            }
+            assert!(store.parts[1..].iter().all(|p| p.delta.is_none()));
+        }
+        assert!(changes >= 400 / DRAIN, "{changes} changes emptied 400");
         assert_eq!(store.len(), model.len());
         assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
     }
