@@ -9,7 +9,7 @@ use crate::chunked::ChunkDeque;
 use crate::command::{Command, FillPolicy, Request};
 use crate::config::{Channel, Location, TenantConfig, TenantEntry};
 use crate::idem::IdemStore;
-pub use crate::idem::{IdemEntry, IdemKey};
+pub use crate::idem::{IdemAnswer, IdemEntry, IdemKey};
 use crate::ids::{ReservationId, Seq, Sku, TenantId, TimeMs};
 use crate::job::{Finished, ItemReq, Job, JobKind, LineHeader, LineHeaders};
 use crate::limits::{Limits, QUANTITY_MAX};
@@ -34,8 +34,12 @@ pub enum Admission {
     /// The same idempotency key is executing right now (as the write `Seq`); wait for its
     /// response.
     Wait(IdemKey, Seq),
-    /// Run on the shards. `idem` names the key to record the response under.
-    Run { job: Job, idem: Option<IdemKey> },
+    /// Run on the shards. `idem` names the key the job took and the answer it sets when it
+    /// finishes (the one the key's entry holds).
+    Run {
+        job: Job,
+        idem: Option<(IdemKey, IdemAnswer)>,
+    },
 }
 
 /// Front state. See the module documentation.
@@ -300,10 +304,10 @@ impl Front {
                 if !same_command(&e.fingerprint, &fingerprint, &req.command) {
                     return refuse(Refusal::IdempotencyKeyReused);
                 }
-                return match &e.response {
+                return match e.response.get() {
                     Some(r) => Admission::Immediate(Response {
                         replayed: true,
-                        ..(**r).clone()
+                        ..r.clone()
                     }),
                     None => Admission::Wait(IdemKey::new(t, key), e.seq),
                 };
@@ -332,16 +336,17 @@ impl Front {
         }
         let idem = idem.map(|(t, key, fingerprint)| {
             let key = IdemKey::new(t, key);
+            let answer = IdemAnswer::default();
             self.idempotency.insert(
                 key.clone(),
                 IdemEntry {
                     fingerprint,
                     at: now,
                     seq: job.seq,
-                    response: None,
+                    response: answer.clone(),
                 },
             );
-            key
+            (key, answer)
         });
         Admission::Run { job, idem }
     }
@@ -1021,38 +1026,26 @@ impl Front {
         Ok((headers, items))
     }
 
-    /// Records a finished job: stores the idempotent response, forgets dropped routes, and
-    /// turns the events into numbered [`Event`]s.
+    /// Records a finished job: sets the answer its idempotency key holds, forgets dropped
+    /// routes, and turns the events into numbered [`Event`]s.
     pub fn finish(
         &mut self,
         job: &Job,
-        idem: Option<IdemKey>,
+        idem: Option<(IdemKey, IdemAnswer)>,
         mut fin: Finished,
     ) -> (Response, Vec<Event>) {
         let dropped = std::mem::take(&mut fin.dropped);
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
-        let stored = idem.as_ref().map(|_| Arc::new(response.clone()));
-        self.record(idem.as_ref(), job.seq, stored, &dropped);
+        if let Some((_, answer)) = &idem {
+            answer.set(response.clone());
+        }
+        self.forget_routes(&dropped);
         (response, events)
     }
 
-    /// Stores the response of write `seq` under its idempotency key (unless the key has since
-    /// expired and been taken by a later write) and forgets routes of reservations that are
-    /// gone.
-    /// `stored` is the response as kept for repeats (built by the caller, which may do it
-    /// outside the sequencer lock); it is only read when `idem` is given.
-    pub fn record(
-        &mut self,
-        idem: Option<&IdemKey>,
-        seq: Seq,
-        stored: Option<Arc<Response>>,
-        dropped: &[ReservationId],
-    ) {
-        if let (Some(key), Some(response)) = (idem, stored) {
-            if let Some(e) = self.idempotency.get_mut(key).filter(|e| e.seq == seq) {
-                e.response = Some(response);
-            }
-        }
+    /// Forgets the routes of reservations that are gone (a finished job's front work; its
+    /// idempotent answer is set by whoever finished it, see [`IdemAnswer`]).
+    pub fn forget_routes(&mut self, dropped: &[ReservationId]) {
         for id in dropped {
             self.routes.remove(id);
         }

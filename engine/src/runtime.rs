@@ -6,7 +6,7 @@
 
 use crate::command::Request;
 use crate::exec::{decide, merge};
-use crate::front::{respond, Admission, Front, IdemKey};
+use crate::front::{respond, Admission, Front, IdemAnswer, IdemKey};
 use crate::ids::{ReservationId, Seq, TimeMs};
 use crate::job::{Decision, Job, PartOut, Prep};
 use crate::limits::Limits;
@@ -359,7 +359,7 @@ struct Rendezvous {
 struct Task {
     job: TaskJob,
     slot: usize,
-    idem: Option<IdemKey>,
+    idem: Option<(IdemKey, IdemAnswer)>,
     rendezvous: Option<Arc<Rendezvous>>,
 }
 
@@ -483,26 +483,27 @@ struct FrontSide {
 }
 
 /// Front work of a finished job that a shard thread leaves behind instead of waiting for the
-/// front lock: the response to keep under the job's idempotency key, and the routes of
-/// reservations that are gone. Whoever holds the front lock next applies it
-/// ([`FrontGuard`]). Until then a repeat of the key waits for the response as it waits for a
-/// job still running, and a request for a gone reservation goes to its shards, which answer
-/// "not found" as the front's fallback shard would.
+/// front lock: the requests waiting for the answer of the job's idempotency key, and the
+/// routes of reservations that are gone. Whoever holds the front lock next applies it
+/// ([`FrontGuard`]). The answer itself is set when the hand-off is made ([`IdemAnswer`]), so a
+/// repeat of the key admitted from then on is answered with it (once the job is durable); one
+/// admitted before waits, and the hand-off answers it. Until the hand-off is applied a request
+/// for a gone reservation goes to its shards, which answer "not found" as the front's fallback
+/// shard would.
 struct Handoff {
-    seq: Seq,
-    idem: Option<(IdemKey, Arc<Response>)>,
+    idem: Option<(IdemKey, IdemAnswer)>,
     dropped: Vec<ReservationId>,
 }
 
 impl Handoff {
-    /// The front work of `task`, answered `response`, after which `dropped` are gone.
+    /// The front work of `task`, answered `response`, after which `dropped` are gone; sets the
+    /// answer of the task's idempotency key.
     fn of(task: &Task, response: &Response, dropped: Vec<ReservationId>) -> Handoff {
+        if let Some((_, answer)) = &task.idem {
+            answer.set(response.clone());
+        }
         Handoff {
-            seq: task.job.seq,
-            idem: task
-                .idem
-                .clone()
-                .map(|key| (key, Arc::new(response.clone()))),
+            idem: task.idem.clone(),
             dropped,
         }
     }
@@ -1245,7 +1246,6 @@ fn collect(inner: &Inner, batch: Arc<Batch>, sent: Vec<Arc<Vec<Task>>>) -> Vec<A
                         if !fin.dropped.is_empty() {
                             // A refused reservation: the front forgets its route.
                             dropped.push(Handoff {
-                                seq: job.seq,
                                 idem: None,
                                 dropped: std::mem::take(&mut fin.dropped),
                             });
@@ -1391,34 +1391,29 @@ impl Inner {
     }
 }
 
-/// Applies a finished job's front work: stores its idempotent response, answers the requests
-/// waiting for it, forgets gone routes.
+/// Applies a finished job's front work: answers the requests waiting for its idempotent
+/// answer, forgets gone routes.
 fn apply_handoff(side: &mut FrontSide, h: Handoff) {
-    let (key, stored) = h.idem.unzip();
+    side.front.forget_routes(&h.dropped);
     // Nearly always nobody waits: then the key is not even hashed again.
-    let waiters = match (&key, &stored) {
-        (Some(key), Some(_)) if !side.waiting.is_empty() => side.waiting.remove(key),
-        _ => None,
-    };
-    let Some(waiters) = waiters else {
-        side.front.record(key.as_ref(), h.seq, stored, &h.dropped);
+    let Some((key, answer)) = h.idem.filter(|_| !side.waiting.is_empty()) else {
         return;
     };
-    side.front
-        .record(key.as_ref(), h.seq, stored.clone(), &h.dropped);
-    if let Some(response) = stored {
-        for (b, slot) in waiters {
-            b.complete(
-                slot,
-                (
-                    Response {
-                        replayed: true,
-                        ..(*response).clone()
-                    },
-                    Vec::new(),
-                ),
-            );
-        }
+    // Set by `Handoff::of`, before the hand-off existed.
+    let Some(response) = answer.get() else {
+        return;
+    };
+    for (b, slot) in side.waiting.remove(&key).unwrap_or_default() {
+        b.complete(
+            slot,
+            (
+                Response {
+                    replayed: true,
+                    ..response.clone()
+                },
+                Vec::new(),
+            ),
+        );
     }
 }
 

@@ -4,7 +4,7 @@
 //! it. Nothing here uses `usize`: the layout is the same on every platform.
 
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
-use crate::front::{Front, IdemEntry, IdemKey, UNKNOWN_FINGERPRINT};
+use crate::front::{Front, IdemAnswer, IdemEntry, IdemKey, UNKNOWN_FINGERPRINT};
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku, TenantId};
 use crate::job::{Granted, LineHeader, LineHeaders};
 use crate::limits::QUANTITY_MAX;
@@ -462,7 +462,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             key: String::from(&*k.key),
             fingerprint: e.fingerprint,
             at: e.at,
-            response: e.response.as_deref().map(|r| {
+            response: e.response.get().map(|r| {
                 response_image(r, |v| shows(front, k.tenant, v, &parts_of(&shards, v.id)))
             }),
         })
@@ -933,26 +933,23 @@ pub fn load(
         })
         .collect();
     references.sort_unstable_by_key(|&(id, i, ..)| (id, i));
-    let mut referred: Vec<Option<Arc<Response>>> = Vec::new();
+    let mut referred: Vec<Option<Response>> = Vec::new();
     if !references.is_empty() {
         referred.resize_with(image.idempotency.len(), || None);
         let shard_states: Vec<&ShardState> = m.shards.iter().collect();
         for (_, i, tenant, r) in references {
-            referred[i] = Some(Arc::new(referenced(&m.front, &shard_states, tenant, &r)?));
+            referred[i] = Some(referenced(&m.front, &shard_states, tenant, &r)?);
         }
     }
     let mut idempotency = Vec::with_capacity(image.idempotency.len());
     for (i, e) in image.idempotency.iter().enumerate() {
-        let response = e
-            .response
-            .as_ref()
-            .map(|r| match r {
-                ResponseImage::Reference(_) => {
-                    Ok(referred[i].take().expect("references are built above"))
-                }
-                r => response_of(r).map(Arc::new),
-            })
-            .transpose()?;
+        let response = match e.response.as_ref() {
+            None => IdemAnswer::default(),
+            Some(ResponseImage::Reference(_)) => {
+                IdemAnswer::ready(referred[i].take().expect("references are built above"))
+            }
+            Some(r) => IdemAnswer::ready(response_of(r)?),
+        };
         idempotency.push((
             IdemKey::new(e.tenant, &e.key),
             IdemEntry {
@@ -1011,7 +1008,7 @@ pub fn without_references(image: &Image) -> Result<Image, ImageError> {
     }
     let m = load(image, crate::limits::Limits::default(), 1)?;
     for (e, (_, loaded)) in old.idempotency.iter_mut().zip(m.front.idempotency_sorted()) {
-        if let (Some(ResponseImage::Reference(_)), Some(r)) = (&e.response, &loaded.response) {
+        if let (Some(ResponseImage::Reference(_)), Some(r)) = (&e.response, loaded.response.get()) {
             e.response = Some(response_image(r, |_| false));
         }
     }

@@ -122,7 +122,7 @@ impl<'a> StateImage<'a> {
             .map(|(key, entry)| IdemItem {
                 key,
                 entry,
-                stored: match entry.response.as_deref() {
+                stored: match entry.response.get() {
                     None => Stored::None,
                     Some(r) => match &r.outcome {
                         Outcome::Ok(Reply::Reservation(v)) => Stored::Reservation(r, v),
