@@ -51,9 +51,8 @@ const DRAIN: usize = 16;
 pub struct IdemEntry {
     pub fingerprint: [u8; 32],
     pub at: TimeMs,
-    /// The write that took the key: its answer is the one recorded here (a key can expire and
-    /// be taken again while the first write is still executing, in a replay of a log with a
-    /// long pause in it). 0 for a key restored from a snapshot, whose answer is already here.
+    /// The write that took the key: a repeat that arrives while it executes waits for it and
+    /// for its durability. 0 for a key restored from a snapshot, whose answer is already here.
     pub seq: Seq,
     /// Empty while the first request is still executing.
     pub response: IdemAnswer,
@@ -339,6 +338,10 @@ impl IdemStore {
         part
     }
 
+    /// The entry of `k`, to change in place. The engine never changes an entry once inserted
+    /// (its answer is set through [`IdemAnswer`]); tests change entries with it, also while a
+    /// copy shares the table.
+    #[cfg(test)]
     pub fn get_mut(&mut self, k: &IdemKey) -> Option<&mut IdemEntry> {
         let h = self.hash(k.tenant, &k.key);
         let part = self.part_mut(h);
