@@ -426,10 +426,10 @@ fn bucket_code(b: Bucket) -> u8 {
     }
 }
 
-struct Writer<'a>(&'a mut Vec<u8>);
+pub(crate) struct Writer<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
     fn u64(&mut self, v: u64) {
@@ -440,18 +440,26 @@ impl Writer<'_> {
     }
     /// A length or count: unsigned LEB128 (one byte below 128).
     fn len(&mut self, n: usize) {
-        let mut n = n as u64;
+        self.var(n as u64);
+    }
+    /// An unsigned number in LEB128: as many bytes as its significant bits need, 7 per byte.
+    pub(crate) fn var(&mut self, mut n: u64) {
         while n >= 0x80 {
             self.0.push((n as u8) | 0x80);
             n >>= 7;
         }
         self.0.push(n as u8);
     }
-    fn str(&mut self, s: &str) {
+    /// A signed number, zigzag-mapped (0, -1, 1, -2, ...) to [`Writer::var`]: small
+    /// magnitudes of either sign take one byte.
+    pub(crate) fn ivar(&mut self, v: i64) {
+        self.var(((v << 1) ^ (v >> 63)) as u64);
+    }
+    pub(crate) fn str(&mut self, s: &str) {
         self.len(s.len());
         self.0.extend_from_slice(s.as_bytes());
     }
-    fn opt<T>(&mut self, v: Option<T>, put: impl FnOnce(&mut Self, T)) {
+    pub(crate) fn opt<T>(&mut self, v: Option<T>, put: impl FnOnce(&mut Self, T)) {
         match v {
             None => self.u8(0),
             Some(v) => {
@@ -462,16 +470,41 @@ impl Writer<'_> {
     }
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+    /// True once every byte has been read.
+    pub(crate) fn done(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+    /// A number written by [`Writer::var`].
+    pub(crate) fn var(&mut self, what: &'static str) -> Result<u64, BodyError> {
+        let start = self.at;
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(self.fail_at(what, start, "number has more than 64 bits".into()))
+    }
+    /// A number written by [`Writer::ivar`].
+    pub(crate) fn ivar(&mut self, what: &'static str) -> Result<i64, BodyError> {
+        let z = self.var(what)?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
     fn fail_at(&self, what: &'static str, at: usize, reason: String) -> BodyError {
         BodyError { what, at, reason }
     }
-    fn fail(&self, what: &'static str, reason: String) -> BodyError {
+    pub(crate) fn fail(&self, what: &'static str, reason: String) -> BodyError {
         self.fail_at(what, self.at, reason)
     }
     fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], BodyError> {
@@ -491,7 +524,7 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(what, N)?);
         Ok(a)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, BodyError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, BodyError> {
         Ok(self.array::<1>(what)?[0])
     }
     fn u64(&mut self, what: &'static str) -> Result<u64, BodyError> {
@@ -502,7 +535,7 @@ impl<'a> Reader<'a> {
     }
     /// A LEB128 length. It can never exceed the bytes left, since every counted item takes at
     /// least one byte: so no hostile count becomes a large allocation.
-    fn len(&mut self, what: &'static str) -> Result<usize, BodyError> {
+    pub(crate) fn len(&mut self, what: &'static str) -> Result<usize, BodyError> {
         // The usual case, one byte: a length below 128 that fits.
         if let Some(&b) = self.bytes.get(self.at) {
             if b < 0x80 && usize::from(b) < self.bytes.len() - self.at {
@@ -539,14 +572,14 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes)
             .map_err(|e| self.fail_at(what, self.at - bytes.len(), e.to_string()))
     }
-    fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
+    pub(crate) fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
         let bytes = self.raw(what)?;
         self.utf8(what, bytes)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, BodyError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, BodyError> {
         self.str(what).map(str::to_string)
     }
-    fn id<T, E: std::fmt::Display>(
+    pub(crate) fn id<T, E: std::fmt::Display>(
         &mut self,
         what: &'static str,
         new: impl FnOnce(&str) -> Result<T, E>,
@@ -574,7 +607,7 @@ impl<'a> Reader<'a> {
         *last = Some(v.clone());
         Ok(v)
     }
-    fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         what: &'static str,
         get: impl FnOnce(&mut Self) -> Result<T, BodyError>,
@@ -585,7 +618,7 @@ impl<'a> Reader<'a> {
             t => Err(self.fail(what, format!("option tag {t} is neither 0 nor 1"))),
         }
     }
-    fn list<T>(
+    pub(crate) fn list<T>(
         &mut self,
         what: &'static str,
         mut get: impl FnMut(&mut Self) -> Result<T, BodyError>,

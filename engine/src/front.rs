@@ -307,7 +307,7 @@ impl Front {
                 return match e.response.get() {
                     Some(r) => Admission::Immediate(Response {
                         replayed: true,
-                        ..r.clone()
+                        ..r.into_owned()
                     }),
                     None => Admission::Wait(IdemKey::new(t, key), e.seq),
                 };
@@ -1037,7 +1037,7 @@ impl Front {
         let dropped = std::mem::take(&mut fin.dropped);
         let (response, events) = respond(job, fin, |t| self.tenants[t as usize].id.clone());
         if let Some((_, answer)) = &idem {
-            answer.set(response.clone());
+            answer.set(&response);
         }
         self.forget_routes(&dropped);
         (response, events)

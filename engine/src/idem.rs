@@ -34,7 +34,9 @@
 use crate::chunked::ChunkDeque;
 use crate::ids::{Seq, TimeMs};
 use crate::outcome::Response;
+use crate::packed::StoredAnswer;
 use hashbrown::HashTable;
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -68,28 +70,38 @@ pub struct IdemEntry {
 ///
 /// A copy of the store taken at a quiet point (a snapshot's) shares only answers already set:
 /// what it reads never changes.
+///
+/// The answer is kept in its stored form ([`StoredAnswer`]): a reservation's packed into a few
+/// bytes, as millions of them stay for the keys' retention window.
 #[derive(Clone, Default)]
-pub struct IdemAnswer(Arc<std::sync::OnceLock<Response>>);
+pub struct IdemAnswer(Arc<std::sync::OnceLock<StoredAnswer>>);
 
 impl IdemAnswer {
     /// An answer already known (a key restored from a snapshot, a test).
     pub fn ready(response: Response) -> IdemAnswer {
-        IdemAnswer(Arc::new(std::sync::OnceLock::from(response)))
+        IdemAnswer(Arc::new(std::sync::OnceLock::from(StoredAnswer::of(
+            &response,
+        ))))
     }
 
-    /// The answer, once set.
-    pub fn get(&self) -> Option<&Response> {
+    /// The answer, once set (a reservation's unpacked).
+    pub fn get(&self) -> Option<Cow<'_, Response>> {
+        self.0.get().map(StoredAnswer::response)
+    }
+
+    /// The answer in its stored form, once set.
+    pub fn stored(&self) -> Option<&StoredAnswer> {
         self.0.get()
     }
 
     pub fn is_none(&self) -> bool {
-        self.get().is_none()
+        self.0.get().is_none()
     }
 
     /// Sets the answer. The write that took the key sets it once; a second answer (never
     /// given) would be ignored, the first kept.
-    pub fn set(&self, response: Response) {
-        let first = self.0.set(response).is_ok();
+    pub fn set(&self, response: &Response) {
+        let first = self.0.set(StoredAnswer::of(response)).is_ok();
         debug_assert!(first, "an idempotency key's answer is set once");
     }
 }
@@ -580,15 +592,15 @@ mod tests {
         let copy = store.image_copy();
         let during = IdemAnswer::default();
         take(&mut store, "d", 11, &during);
-        during.set(done(11));
+        during.set(&done(11));
         assert_eq!(
             store.get(1, "d").and_then(|e| e.response.get()),
-            Some(&done(11))
+            Some(Cow::Owned(done(11)))
         );
         assert!(copy.get(1, "d").is_none());
         assert_eq!(
             copy.get(1, "q").and_then(|e| e.response.get()),
-            Some(&done(0))
+            Some(Cow::Owned(done(0)))
         );
         drop(copy);
         // "k" expires and is taken again before its first write answers.
@@ -596,12 +608,12 @@ mod tests {
         assert!(store.get(1, "k").is_none());
         let second = IdemAnswer::default();
         take(&mut store, "k", 200, &second);
-        first.set(done(10));
+        first.set(&done(10));
         assert!(store.get(1, "k").is_some_and(|e| e.response.is_none()));
-        second.set(done(200));
+        second.set(&done(200));
         assert_eq!(
             store.get(1, "k").and_then(|e| e.response.get()),
-            Some(&done(200))
+            Some(Cow::Owned(done(200)))
         );
         // Compared and printed as the answers they hold.
         assert_eq!(first, IdemAnswer::ready(done(10)));

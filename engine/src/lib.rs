@@ -25,6 +25,7 @@ pub mod limits;
 pub mod machine;
 pub mod one;
 pub mod outcome;
+pub mod packed;
 pub mod rules;
 pub mod runtime;
 pub mod shard;

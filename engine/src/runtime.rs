@@ -500,7 +500,7 @@ impl Handoff {
     /// answer of the task's idempotency key.
     fn of(task: &Task, response: &Response, dropped: Vec<ReservationId>) -> Handoff {
         if let Some((_, answer)) = &task.idem {
-            answer.set(response.clone());
+            answer.set(response);
         }
         Handoff {
             idem: task.idem.clone(),
@@ -1409,7 +1409,7 @@ fn apply_handoff(side: &mut FrontSide, h: Handoff) {
             (
                 Response {
                     replayed: true,
-                    ..response.clone()
+                    ..(*response).clone()
                 },
                 Vec::new(),
             ),

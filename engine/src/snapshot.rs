@@ -463,7 +463,7 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             fingerprint: e.fingerprint,
             at: e.at,
             response: e.response.get().map(|r| {
-                response_image(r, |v| shows(front, k.tenant, v, &parts_of(&shards, v.id)))
+                response_image(&r, |v| shows(front, k.tenant, v, &parts_of(&shards, v.id)))
             }),
         })
         .collect();
@@ -1009,7 +1009,7 @@ pub fn without_references(image: &Image) -> Result<Image, ImageError> {
     let m = load(image, crate::limits::Limits::default(), 1)?;
     for (e, (_, loaded)) in old.idempotency.iter_mut().zip(m.front.idempotency_sorted()) {
         if let (Some(ResponseImage::Reference(_)), Some(r)) = (&e.response, loaded.response.get()) {
-            e.response = Some(response_image(r, |_| false));
+            e.response = Some(response_image(&r, |_| false));
         }
     }
     Ok(old)

@@ -24,6 +24,7 @@ use crate::job::LineHeader;
 use crate::outcome::{
     AllocationView, ItemView, LineView, Outcome, Reply, ReservationView, Response,
 };
+use crate::packed::{packed_id, unpacked, StoredAnswer};
 use crate::shard::{Alloc, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
@@ -32,6 +33,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::with::{ArchiveWith, Inline, Map, SerializeWith};
 use rkyv::{Archive, Place, Serialize, SerializeUnsized};
 use smallvec::SmallVec;
+use std::borrow::Cow;
 
 /// A state ready to be serialized as its image: references into a front and its shards,
 /// sorted as [`take`](super::take) sorts them. The few things an image keeps as text of their
@@ -71,13 +73,27 @@ struct IdemItem<'a> {
 enum Stored<'a> {
     /// The request is still executing (never at a quiet point).
     None,
-    /// A reservation's answer, field by field.
-    Reservation(&'a Response, &'a ReservationView),
+    /// A reservation's answer in its stored form, packed ([`crate::packed`]), until the
+    /// image is built: then a `Reference`, or unpacked into a `Reservation`.
+    Packed(&'a [u8]),
+    /// A reservation's answer, field by field (unpacked for the image only when its
+    /// reservation no longer shows it).
+    Reservation(Cow<'a, Response>),
     /// A reservation's answer by reference to the reservation (see
     /// [`ResponseImage::Reference`](super::ResponseImage::Reference)).
     Reference(ReferenceImage),
     /// Any other answer, as its JSON.
     Json(String),
+}
+
+impl Stored<'_> {
+    /// The answer and its reservation, when this is a reservation's answer.
+    fn reservation(&self) -> Option<(&Response, &ReservationView)> {
+        match self {
+            Stored::Reservation(r) => r.outcome.reservation().map(|v| (&**r, v)),
+            _ => None,
+        }
+    }
 }
 
 struct SkuItem<'a> {
@@ -122,10 +138,11 @@ impl<'a> StateImage<'a> {
             .map(|(key, entry)| IdemItem {
                 key,
                 entry,
-                stored: match entry.response.get() {
+                stored: match entry.response.stored() {
                     None => Stored::None,
-                    Some(r) => match &r.outcome {
-                        Outcome::Ok(Reply::Reservation(v)) => Stored::Reservation(r, v),
+                    Some(StoredAnswer::Packed(b)) => Stored::Packed(b),
+                    Some(StoredAnswer::Full(r)) => match &r.outcome {
+                        Outcome::Ok(Reply::Reservation(_)) => Stored::Reservation(Cow::Borrowed(r)),
                         _ => Stored::Json(json(r)),
                     },
                 },
@@ -136,19 +153,26 @@ impl<'a> StateImage<'a> {
         // would be a lookup of its parts a few cache misses away. Answers were made in about
         // id order too, so they are read in about the order they are in memory; what this
         // needs of a key is taken in the keys' order, and the keys are changed in it.
-        let mut answers: Vec<(u64, usize, u32, &Response, &ReservationView)> = idempotency
+        let mut answers: Vec<(u64, usize, u32)> = idempotency
             .iter()
             .enumerate()
-            .filter_map(|(i, item)| match item.stored {
-                Stored::Reservation(r, v) => Some((v.id.0, i, item.key.tenant, r, v)),
-                _ => None,
+            .filter_map(|(i, item)| {
+                let id = match &item.stored {
+                    Stored::Packed(b) => packed_id(b),
+                    stored => stored.reservation()?.1.id.0,
+                };
+                Some((id, i, item.key.tenant))
             })
             .collect();
         answers.sort_unstable_by_key(|&(id, i, ..)| (id, i));
-        let mut referred: Vec<(usize, ReferenceImage)> = Vec::new();
         let mut group = 0;
         let mut group_parts: SmallVec<[&Part; 2]> = SmallVec::new();
-        for (id, i, tenant, r, v) in answers {
+        for (id, i, tenant) in answers {
+            // Unpacked one at a time, in the order they were made (about the order of their
+            // bytes in memory), and kept unpacked only if the image needs the answer itself.
+            if let Stored::Packed(b) = idempotency[i].stored {
+                idempotency[i].stored = Stored::Reservation(Cow::Owned(unpacked(b)));
+            }
             while group + 1 < starts.len() && parts[starts[group]].0 < id {
                 group += 1;
             }
@@ -161,13 +185,12 @@ impl<'a> StateImage<'a> {
                     .iter()
                     .map(|(_, p)| *p),
             );
+            let Some((r, v)) = idempotency[i].stored.reservation() else {
+                continue;
+            };
             if shows(front, tenant, v, &group_parts) {
-                referred.push((i, ReferenceImage::of(r, v)));
+                idempotency[i].stored = Stored::Reference(ReferenceImage::of(r, v));
             }
-        }
-        referred.sort_unstable_by_key(|&(i, _)| i);
-        for (i, reference) in referred {
-            idempotency[i].stored = Stored::Reference(reference);
         }
         StateImage {
             seq: front.seq,
@@ -379,9 +402,13 @@ impl<'a> IdemRef<'a> {
             at: i.entry.at,
             response: match &i.stored {
                 Stored::None => None,
-                Stored::Reservation(r, v) => {
-                    Some(ResponseRef::Reservation(Box::new(ReplyRef::of(r, v))))
+                Stored::Packed(_) => {
+                    unreachable!("`StateImage::new` unpacks or refers to every packed answer")
                 }
+                Stored::Reservation(_) => i
+                    .stored
+                    .reservation()
+                    .map(|(r, v)| ResponseRef::Reservation(Box::new(ReplyRef::of(r, v)))),
                 Stored::Json(json) => Some(ResponseRef::Json(json)),
                 Stored::Reference(r) => Some(ResponseRef::Reference(*r)),
             },
