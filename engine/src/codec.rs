@@ -544,23 +544,16 @@ impl<'a> Reader<'a> {
             }
         }
         let start = self.at;
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                let left = (self.bytes.len() - self.at) as u64;
-                if n > left {
-                    return Err(self.fail_at(
-                        what,
-                        start,
-                        format!("length {n} exceeds the {left} bytes left"),
-                    ));
-                }
-                return Ok(n as usize);
-            }
+        let n = self.var(what)?;
+        let left = (self.bytes.len() - self.at) as u64;
+        if n > left {
+            return Err(self.fail_at(
+                what,
+                start,
+                format!("length {n} exceeds the {left} bytes left"),
+            ));
         }
-        Err(self.fail_at(what, start, "length has more than 64 bits".into()))
+        Ok(n as usize)
     }
     /// A length-prefixed byte string, not yet checked to be UTF-8 (see [`Reader::utf8`]).
     fn raw(&mut self, what: &'static str) -> Result<&'a [u8], BodyError> {

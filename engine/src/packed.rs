@@ -22,9 +22,10 @@
 use crate::codec::{BodyError, Reader, Writer};
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku};
 use crate::outcome::{
-    AllocationView, Allocations, ItemView, LineView, Lines, Outcome, Reply, ReservationState,
-    ReservationView, Response,
+    AllocationView, Allocations, ItemView, LineView, Lines, Outcome, Reply, ReservationView,
+    Response,
 };
+use crate::snapshot::{state_code, state_of};
 use std::borrow::Cow;
 
 /// An answer as it is stored: packed when it is a reservation, else as it is.
@@ -118,7 +119,7 @@ fn unpack(bytes: &[u8]) -> Result<Response, BodyError> {
     let replayed = r.u8("replayed")? != 0;
     let id = ReservationId(r.var("id")?);
     let channel = r.id("channel", ChannelId::new)?;
-    let state = state_of(r.u8("state")?).ok_or_else(|| r.fail("state", "unknown code".into()))?;
+    let state = state_of(r.u8("state")?).map_err(|e| r.fail("state", e.to_string()))?;
     let created_at = r.var("created_at")?;
     let expires_at = r.var("expires_at")?;
     let order_ref = r.opt("order_ref", |r| r.string("order_ref"))?;
@@ -170,36 +171,10 @@ fn unpack_allocations(r: &mut Reader<'_>) -> Result<Allocations, BodyError> {
     .collect())
 }
 
-/// By [`state_code`].
-const STATES: [ReservationState; 7] = [
-    ReservationState::Held,
-    ReservationState::Committed,
-    ReservationState::Fulfilled,
-    ReservationState::PartiallyFulfilled,
-    ReservationState::Released,
-    ReservationState::Expired,
-    ReservationState::Cancelled,
-];
-
-fn state_code(s: ReservationState) -> u8 {
-    match s {
-        ReservationState::Held => 0,
-        ReservationState::Committed => 1,
-        ReservationState::Fulfilled => 2,
-        ReservationState::PartiallyFulfilled => 3,
-        ReservationState::Released => 4,
-        ReservationState::Expired => 5,
-        ReservationState::Cancelled => 6,
-    }
-}
-
-fn state_of(code: u8) -> Option<ReservationState> {
-    STATES.get(usize::from(code)).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::ReservationState;
     use proptest::prelude::*;
 
     fn alloc(location: &str, quantity: i64, shipped: i64, returned: i64) -> AllocationView {

@@ -254,7 +254,7 @@ fn lifecycle_of(code: u8) -> Result<Lifecycle, ImageError> {
     })
 }
 
-fn state_code(s: ReservationState) -> u8 {
+pub(crate) fn state_code(s: ReservationState) -> u8 {
     match s {
         ReservationState::Held => 0,
         ReservationState::Committed => 1,
@@ -266,7 +266,7 @@ fn state_code(s: ReservationState) -> u8 {
     }
 }
 
-fn state_of(code: u8) -> Result<ReservationState, ImageError> {
+pub(crate) fn state_of(code: u8) -> Result<ReservationState, ImageError> {
     Ok(match code {
         0 => ReservationState::Held,
         1 => ReservationState::Committed,
