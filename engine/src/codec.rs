@@ -470,41 +470,16 @@ impl Writer<'_> {
     }
 }
 
-pub(crate) struct Reader<'a> {
+struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { bytes, at: 0 }
-    }
-    /// True once every byte has been read.
-    pub(crate) fn done(&self) -> bool {
-        self.at == self.bytes.len()
-    }
-    /// A number written by [`Writer::var`].
-    pub(crate) fn var(&mut self, what: &'static str) -> Result<u64, BodyError> {
-        let start = self.at;
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(self.fail_at(what, start, "number has more than 64 bits".into()))
-    }
-    /// A number written by [`Writer::ivar`].
-    pub(crate) fn ivar(&mut self, what: &'static str) -> Result<i64, BodyError> {
-        let z = self.var(what)?;
-        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
-    }
     fn fail_at(&self, what: &'static str, at: usize, reason: String) -> BodyError {
         BodyError { what, at, reason }
     }
-    pub(crate) fn fail(&self, what: &'static str, reason: String) -> BodyError {
+    fn fail(&self, what: &'static str, reason: String) -> BodyError {
         self.fail_at(what, self.at, reason)
     }
     fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], BodyError> {
@@ -524,7 +499,7 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(what, N)?);
         Ok(a)
     }
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, BodyError> {
+    fn u8(&mut self, what: &'static str) -> Result<u8, BodyError> {
         Ok(self.array::<1>(what)?[0])
     }
     fn u64(&mut self, what: &'static str) -> Result<u64, BodyError> {
@@ -535,7 +510,7 @@ impl<'a> Reader<'a> {
     }
     /// A LEB128 length. It can never exceed the bytes left, since every counted item takes at
     /// least one byte: so no hostile count becomes a large allocation.
-    pub(crate) fn len(&mut self, what: &'static str) -> Result<usize, BodyError> {
+    fn len(&mut self, what: &'static str) -> Result<usize, BodyError> {
         // The usual case, one byte: a length below 128 that fits.
         if let Some(&b) = self.bytes.get(self.at) {
             if b < 0x80 && usize::from(b) < self.bytes.len() - self.at {
@@ -544,16 +519,23 @@ impl<'a> Reader<'a> {
             }
         }
         let start = self.at;
-        let n = self.var(what)?;
-        let left = (self.bytes.len() - self.at) as u64;
-        if n > left {
-            return Err(self.fail_at(
-                what,
-                start,
-                format!("length {n} exceeds the {left} bytes left"),
-            ));
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                let left = (self.bytes.len() - self.at) as u64;
+                if n > left {
+                    return Err(self.fail_at(
+                        what,
+                        start,
+                        format!("length {n} exceeds the {left} bytes left"),
+                    ));
+                }
+                return Ok(n as usize);
+            }
         }
-        Ok(n as usize)
+        Err(self.fail_at(what, start, "length has more than 64 bits".into()))
     }
     /// A length-prefixed byte string, not yet checked to be UTF-8 (see [`Reader::utf8`]).
     fn raw(&mut self, what: &'static str) -> Result<&'a [u8], BodyError> {
@@ -565,14 +547,14 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(bytes)
             .map_err(|e| self.fail_at(what, self.at - bytes.len(), e.to_string()))
     }
-    pub(crate) fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
+    fn str(&mut self, what: &'static str) -> Result<&'a str, BodyError> {
         let bytes = self.raw(what)?;
         self.utf8(what, bytes)
     }
-    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, BodyError> {
+    fn string(&mut self, what: &'static str) -> Result<String, BodyError> {
         self.str(what).map(str::to_string)
     }
-    pub(crate) fn id<T, E: std::fmt::Display>(
+    fn id<T, E: std::fmt::Display>(
         &mut self,
         what: &'static str,
         new: impl FnOnce(&str) -> Result<T, E>,
@@ -600,7 +582,7 @@ impl<'a> Reader<'a> {
         *last = Some(v.clone());
         Ok(v)
     }
-    pub(crate) fn opt<T>(
+    fn opt<T>(
         &mut self,
         what: &'static str,
         get: impl FnOnce(&mut Self) -> Result<T, BodyError>,
@@ -611,7 +593,7 @@ impl<'a> Reader<'a> {
             t => Err(self.fail(what, format!("option tag {t} is neither 0 nor 1"))),
         }
     }
-    pub(crate) fn list<T>(
+    fn list<T>(
         &mut self,
         what: &'static str,
         mut get: impl FnMut(&mut Self) -> Result<T, BodyError>,
