@@ -2260,12 +2260,98 @@ fn view_state(head: &Part, items: &[&PartItem], now: TimeMs) -> ReservationState
     }
 }
 
+/// A reservation's view as [`view_shows`] reads it: borrowed from a [`ReservationView`]
+/// ([`Shown::of`]) or read from a packed stored answer without building one
+/// ([`crate::packed::shown`]). A cart of up to four lines at one location each takes no heap.
+#[derive(Debug, PartialEq)]
+pub struct Shown<'a> {
+    pub id: u64,
+    pub channel: &'a str,
+    pub state: ReservationState,
+    pub created_at: TimeMs,
+    pub expires_at: TimeMs,
+    pub order_ref: Option<&'a str>,
+    pub lines: smallvec::SmallVec<[ShownLine<'a>; 4]>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ShownLine<'a> {
+    pub sku: &'a str,
+    pub quantity: i64,
+    pub requested: i64,
+    pub allocations: ShownAllocations<'a>,
+    pub components: Vec<ShownItem<'a>>,
+    pub backordered: i64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ShownItem<'a> {
+    pub sku: &'a str,
+    pub quantity: i64,
+    pub allocations: ShownAllocations<'a>,
+    pub backordered: i64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ShownAllocation<'a> {
+    pub location: &'a str,
+    pub quantity: i64,
+    pub shipped: i64,
+    pub returned: i64,
+}
+
+pub type ShownAllocations<'a> = smallvec::SmallVec<[ShownAllocation<'a>; 1]>;
+
+impl<'a> Shown<'a> {
+    pub fn of(v: &'a ReservationView) -> Shown<'a> {
+        let allocations = |a: &'a [AllocationView]| -> ShownAllocations<'a> {
+            a.iter()
+                .map(|a| ShownAllocation {
+                    location: a.location.as_str(),
+                    quantity: a.quantity,
+                    shipped: a.shipped,
+                    returned: a.returned,
+                })
+                .collect()
+        };
+        Shown {
+            id: v.id.0,
+            channel: v.channel.as_str(),
+            state: v.state,
+            created_at: v.created_at,
+            expires_at: v.expires_at,
+            order_ref: v.order_ref.as_deref(),
+            lines: v
+                .lines
+                .iter()
+                .map(|l| ShownLine {
+                    sku: l.sku.as_str(),
+                    quantity: l.quantity,
+                    requested: l.requested,
+                    allocations: allocations(&l.allocations),
+                    components: l
+                        .components
+                        .iter()
+                        .map(|c| ShownItem {
+                            sku: c.sku.as_str(),
+                            quantity: c.quantity,
+                            allocations: allocations(&c.allocations),
+                            backordered: c.backordered,
+                        })
+                        .collect(),
+                    backordered: l.backordered,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// True when `v` is exactly what [`reservation_view`] builds of `id` from `parts` at `now`,
 /// found without building it: a snapshot asks this of every reservation's stored answer, and
 /// building a view allocates. An empty `parts`, or parts naming a channel or location `cfg`
 /// does not have, are never shown.
 pub fn view_shows<P: std::borrow::Borrow<Part>>(
-    v: &ReservationView,
+    v: &Shown<'_>,
     cfg: &TenantConfig,
     id: ReservationId,
     parts: &[P],
@@ -2274,12 +2360,16 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
     let Some(head) = parts.first().map(|p| p.borrow()) else {
         return false;
     };
-    if v.id != id
+    if v.id != id.0
         || v.created_at != head.created_at
         || v.expires_at != head.expires_at
-        || v.order_ref.as_deref() != head.order_ref()
+        || v.order_ref != head.order_ref()
         || v.lines.len() != head.lines.len()
-        || cfg.channels.get(head.channel as usize).map(|c| &c.id) != Some(&v.channel)
+        || cfg
+            .channels
+            .get(head.channel as usize)
+            .map(|c| c.id.as_str())
+            != Some(v.channel)
     {
         return false;
     }
@@ -2289,13 +2379,13 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
     if v.state != view_state(head, &items, now) {
         return false;
     }
-    let allocations_are = |shown: &[AllocationView], it: &PartItem| {
+    let allocations_are = |shown: &[ShownAllocation<'_>], it: &PartItem| {
         shown.len() == it.allocs.len()
             && shown.iter().zip(&it.allocs).all(|(s, a)| {
                 s.quantity == a.open
                     && s.shipped == a.shipped()
                     && s.returned == a.returned()
-                    && cfg.locations.get(a.loc as usize).map(|l| &l.id) == Some(&s.location)
+                    && cfg.locations.get(a.loc as usize).map(|l| l.id.as_str()) == Some(s.location)
             })
     };
     head.lines
@@ -2309,7 +2399,10 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
             } else {
                 0
             };
-            if shown.sku != l.sku || shown.quantity != granted || shown.requested != requested {
+            if shown.sku != l.sku.as_str()
+                || shown.quantity != granted
+                || shown.requested != requested
+            {
                 return false;
             }
             let mut its = items.iter().filter(|i| i.line as usize == li);
@@ -2318,7 +2411,7 @@ pub fn view_shows<P: std::borrow::Borrow<Part>>(
                     && shown.backordered == 0
                     && shown.components.len() == its.clone().count()
                     && shown.components.iter().zip(its).all(|(c, it)| {
-                        c.sku == *it.sku(&head.lines)
+                        c.sku == it.sku(&head.lines).as_str()
                             && c.quantity == it.quantity
                             && c.backordered == it.backordered()
                             && allocations_are(&c.allocations, it)

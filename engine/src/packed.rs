@@ -20,6 +20,7 @@
 //! rare under keyed load.
 
 use crate::codec::Writer;
+use crate::exec::{Shown, ShownAllocation, ShownAllocations, ShownItem, ShownLine};
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku};
 use crate::outcome::{
     AllocationView, Allocations, ItemView, LineView, Lines, Outcome, Reply, ReservationView,
@@ -153,9 +154,6 @@ impl<'a> Cursor<'a> {
         self.at += n;
         std::str::from_utf8(s).ok()
     }
-    fn id<T, E>(&mut self, new: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
-        new(self.str()?).ok()
-    }
     fn opt<T>(&mut self, get: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
         match self.u8()? {
             0 => Some(None),
@@ -165,35 +163,38 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn unpack(bytes: &[u8]) -> Option<Response> {
+/// The seq, the replayed flag and the reservation's view packed in `bytes`, borrowed from
+/// them: what a snapshot needs to check the answer against its reservation, read without
+/// allocating (a cart of up to four lines at one location each).
+pub fn read(bytes: &[u8]) -> Option<(Option<u64>, bool, Shown<'_>)> {
     let mut r = Cursor { bytes, at: 0 };
     let seq = r.opt(Cursor::var)?;
     let replayed = r.u8()? != 0;
-    let id = ReservationId(r.var()?);
-    let channel = r.id(ChannelId::new)?;
+    let id = r.var()?;
+    let channel = r.str()?;
     let state = state_of(r.u8()?).ok()?;
     let created_at = r.var()?;
     let expires_at = r.var()?;
-    let order_ref = r.opt(|r| r.str().map(str::to_string))?;
+    let order_ref = r.opt(Cursor::str)?;
     let n = r.count()?;
-    // Every line takes at least six bytes: no count can ask for more room than that.
-    let mut lines = Vec::with_capacity(n.min(bytes.len() / 6));
+    // Every line takes at least six bytes: no count asks for more room than the bytes give.
+    let mut lines = smallvec::SmallVec::with_capacity(n.min(bytes.len() / 6));
     for _ in 0..n {
-        let sku = r.id(Sku::new)?;
+        let sku = r.str()?;
         let quantity = r.ivar()?;
         let requested = r.ivar()?;
-        let allocations = unpack_allocations(&mut r)?;
+        let allocations = read_allocations(&mut r)?;
         let c = r.count()?;
         let mut components = Vec::with_capacity(c.min(bytes.len() / 4));
         for _ in 0..c {
-            components.push(ItemView {
-                sku: r.id(Sku::new)?,
+            components.push(ShownItem {
+                sku: r.str()?,
                 quantity: r.ivar()?,
-                allocations: unpack_allocations(&mut r)?,
+                allocations: read_allocations(&mut r)?,
                 backordered: r.ivar()?,
             });
         }
-        lines.push(LineView {
+        lines.push(ShownLine {
             sku,
             quantity,
             requested,
@@ -205,34 +206,89 @@ fn unpack(bytes: &[u8]) -> Option<Response> {
     if r.at != bytes.len() {
         return None;
     }
-    Some(Response {
-        seq,
-        replayed,
-        outcome: Outcome::Ok(Reply::Reservation(ReservationView {
-            id,
-            channel,
-            state,
-            created_at,
-            expires_at,
-            order_ref,
-            lines: Lines::from(lines),
-        })),
-    })
+    let view = Shown {
+        id,
+        channel,
+        state,
+        created_at,
+        expires_at,
+        order_ref,
+        lines,
+    };
+    Some((seq, replayed, view))
 }
 
-fn unpack_allocations(r: &mut Cursor<'_>) -> Option<Allocations> {
-    // Straight into the list, which keeps one inline: no vector in between.
+fn read_allocations<'a>(r: &mut Cursor<'a>) -> Option<ShownAllocations<'a>> {
     let n = r.count()?;
-    let mut a = Allocations::with_capacity(n.min(r.bytes.len() / 4));
+    let mut a = ShownAllocations::with_capacity(n.min(r.bytes.len() / 4));
     for _ in 0..n {
-        a.push(AllocationView {
-            location: r.id(LocationId::new)?,
+        a.push(ShownAllocation {
+            location: r.str()?,
             quantity: r.ivar()?,
             shipped: r.ivar()?,
             returned: r.ivar()?,
         });
     }
     Some(a)
+}
+
+/// [`read`], for bytes that [`pack`] wrote.
+pub fn packed_view(bytes: &[u8]) -> (Option<u64>, bool, Shown<'_>) {
+    read(bytes).expect("packed answers are only ever made by `pack`")
+}
+
+fn unpack(bytes: &[u8]) -> Option<Response> {
+    let (seq, replayed, v) = read(bytes)?;
+    let allocations = |a: &ShownAllocations<'_>| -> Option<Allocations> {
+        a.iter()
+            .map(|a| {
+                Some(AllocationView {
+                    location: LocationId::new(a.location).ok()?,
+                    quantity: a.quantity,
+                    shipped: a.shipped,
+                    returned: a.returned,
+                })
+            })
+            .collect()
+    };
+    let lines = v
+        .lines
+        .iter()
+        .map(|l| {
+            Some(LineView {
+                sku: Sku::new(l.sku).ok()?,
+                quantity: l.quantity,
+                requested: l.requested,
+                allocations: allocations(&l.allocations)?,
+                components: l
+                    .components
+                    .iter()
+                    .map(|c| {
+                        Some(ItemView {
+                            sku: Sku::new(c.sku).ok()?,
+                            quantity: c.quantity,
+                            allocations: allocations(&c.allocations)?,
+                            backordered: c.backordered,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+                backordered: l.backordered,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Response {
+        seq,
+        replayed,
+        outcome: Outcome::Ok(Reply::Reservation(ReservationView {
+            id: ReservationId(v.id),
+            channel: ChannelId::new(v.channel).ok()?,
+            state: v.state,
+            created_at: v.created_at,
+            expires_at: v.expires_at,
+            order_ref: v.order_ref.map(str::to_string),
+            lines: Lines::from(lines),
+        })),
+    })
 }
 
 #[cfg(test)]
@@ -393,6 +449,11 @@ mod tests {
             };
             prop_assert_eq!(packed_id(b), id);
             prop_assert_eq!(&*s.response(), &r);
+            // Read in place, it is the same view (compared as printed: both borrow).
+            let (seq_read, replayed_read, shown) = packed_view(b);
+            prop_assert_eq!((seq_read, replayed_read), (seq, replayed));
+            let v = r.outcome.reservation().unwrap();
+            prop_assert_eq!(format!("{shown:?}"), format!("{:?}", Shown::of(v)));
         }
     }
 }

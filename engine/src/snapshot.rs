@@ -4,6 +4,7 @@
 //! it. Nothing here uses `usize`: the layout is the same on every platform.
 
 use crate::config::{Channel, Component, Location, TenantConfig, TenantEntry};
+use crate::exec::Shown;
 use crate::front::{Front, IdemAnswer, IdemEntry, IdemKey, UNKNOWN_FINGERPRINT};
 use crate::ids::{ChannelId, LocationId, ReservationId, Sku, TenantId};
 use crate::job::{Granted, LineHeader, LineHeaders};
@@ -304,19 +305,26 @@ fn parts_of<'a>(shards: &[&'a ShardState], id: ReservationId) -> SmallVec<[&'a P
 /// [`ResponseImage::Reference`]: `parts` (its reservation's, in shard order; none when the
 /// image holds no such reservation) are `tenant`'s, and their view at the front's `now` (what
 /// loading will build) is `v` exactly.
-fn shows(front: &Front, tenant: u32, v: &ReservationView, parts: &[&Part]) -> bool {
+fn shows(front: &Front, tenant: u32, v: &Shown<'_>, parts: &[&Part]) -> bool {
     let Some(head) = parts.first() else {
         return false;
     };
     let Some(cfg) = front.config(head.tenant).filter(|_| head.tenant == tenant) else {
         return false;
     };
-    let shows = crate::exec::view_shows(v, cfg, v.id, parts, front.now);
-    debug_assert_eq!(
-        shows,
-        crate::exec::reservation_view(cfg, v.id, parts, front.now) == *v,
-        "view_shows disagrees with reservation_view on {v:?}"
-    );
+    let id = ReservationId(v.id);
+    let shows = crate::exec::view_shows(v, cfg, id, parts, front.now);
+    #[cfg(debug_assertions)]
+    {
+        // Compared as printed: a `Shown` borrows, and one borrowing `built` is not of `v`'s
+        // lifetime (its lists make it invariant in it).
+        let built = crate::exec::reservation_view(cfg, id, parts, front.now);
+        assert_eq!(
+            shows,
+            format!("{:?}", Shown::of(&built)) == format!("{v:?}"),
+            "view_shows disagrees with reservation_view on {v:?}"
+        );
+    }
     shows
 }
 
@@ -463,7 +471,9 @@ pub fn take<'a>(front: &Front, shards: impl Iterator<Item = &'a ShardState>) -> 
             fingerprint: e.fingerprint,
             at: e.at,
             response: e.response.get().map(|r| {
-                response_image(&r, |v| shows(front, k.tenant, v, &parts_of(&shards, v.id)))
+                response_image(&r, |v| {
+                    shows(front, k.tenant, &Shown::of(v), &parts_of(&shards, v.id))
+                })
             }),
         })
         .collect();

@@ -19,12 +19,13 @@ use super::{
     ArchivedResponseImage, ArchivedSkuImage, LevelImage, ReferenceImage, TenantImage,
     IMAGE_VERSION,
 };
+use crate::exec::Shown;
 use crate::front::{Front, IdemEntry, IdemKey};
 use crate::job::LineHeader;
 use crate::outcome::{
     AllocationView, ItemView, LineView, Outcome, Reply, ReservationView, Response,
 };
-use crate::packed::{packed_id, unpacked, StoredAnswer};
+use crate::packed::{packed_id, packed_view, unpacked, StoredAnswer};
 use crate::shard::{Alloc, Part, PartItem, ShardState, SkuKey, SkuState};
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer};
@@ -168,15 +169,14 @@ impl<'a> StateImage<'a> {
         let mut group = 0;
         let mut group_parts: SmallVec<[&Part; 2]> = SmallVec::new();
         for (id, i, tenant) in answers {
-            // Unpacked one at a time, in the order they were made (about the order of their
-            // bytes in memory), and kept unpacked only if the image needs the answer itself.
-            if let Stored::Packed(b) = idempotency[i].stored {
-                idempotency[i].stored = Stored::Reservation(Cow::Owned(unpacked(b)));
-            }
             while group + 1 < starts.len() && parts[starts[group]].0 < id {
                 group += 1;
             }
             if group + 1 == starts.len() || parts[starts[group]].0 != id {
+                // No reservation: the answer itself goes into the image.
+                if let Stored::Packed(b) = idempotency[i].stored {
+                    idempotency[i].stored = Stored::Reservation(Cow::Owned(unpacked(b)));
+                }
                 continue;
             }
             group_parts.clear();
@@ -185,12 +185,28 @@ impl<'a> StateImage<'a> {
                     .iter()
                     .map(|(_, p)| *p),
             );
-            let Some((r, v)) = idempotency[i].stored.reservation() else {
-                continue;
+            // A packed answer is checked as it is packed, in the order the answers were made
+            // (about the order of their bytes in memory), and unpacked only if the image
+            // needs the answer itself.
+            let reference = match &idempotency[i].stored {
+                Stored::Packed(b) => {
+                    let (seq, replayed, v) = packed_view(b);
+                    shows(front, tenant, &v, &group_parts).then_some(ReferenceImage {
+                        seq,
+                        replayed,
+                        id,
+                    })
+                }
+                stored => stored.reservation().and_then(|(r, v)| {
+                    shows(front, tenant, &Shown::of(v), &group_parts)
+                        .then(|| ReferenceImage::of(r, v))
+                }),
             };
-            if shows(front, tenant, v, &group_parts) {
-                idempotency[i].stored = Stored::Reference(ReferenceImage::of(r, v));
-            }
+            idempotency[i].stored = match (reference, &idempotency[i].stored) {
+                (Some(reference), _) => Stored::Reference(reference),
+                (None, Stored::Packed(b)) => Stored::Reservation(Cow::Owned(unpacked(b))),
+                _ => continue,
+            };
         }
         StateImage {
             seq: front.seq,
