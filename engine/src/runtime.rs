@@ -1399,6 +1399,10 @@ fn apply_handoff(side: &mut FrontSide, h: Handoff) {
     let Some((key, answer)) = h.idem.filter(|_| !side.waiting.is_empty()) else {
         return;
     };
+    // The stored answer is unpacked only for a key that has requests waiting on it.
+    if !side.waiting.contains_key(&key) {
+        return;
+    }
     // Set by `Handoff::of`, before the hand-off existed.
     let Some(response) = answer.get() else {
         return;
