@@ -2262,8 +2262,10 @@ fn view_state(head: &Part, items: &[&PartItem], now: TimeMs) -> ReservationState
 
 /// A reservation's view as [`view_shows`] reads it: borrowed from a [`ReservationView`]
 /// ([`Shown::of`]) or read from a packed stored answer without building one
-/// ([`crate::packed::shown`]). A cart of up to four lines at one location each takes no heap.
-#[derive(Debug, PartialEq)]
+/// ([`crate::packed::packed_view`]). A cart of up to four lines at one location each takes no
+/// heap. Not comparable with `==`: its lists make it invariant in its lifetime, so two views
+/// borrowing different things are compared as printed.
+#[derive(Debug)]
 pub struct Shown<'a> {
     pub id: u64,
     pub channel: &'a str,
@@ -2274,7 +2276,7 @@ pub struct Shown<'a> {
     pub lines: smallvec::SmallVec<[ShownLine<'a>; 4]>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct ShownLine<'a> {
     pub sku: &'a str,
     pub quantity: i64,
@@ -2284,7 +2286,7 @@ pub struct ShownLine<'a> {
     pub backordered: i64,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct ShownItem<'a> {
     pub sku: &'a str,
     pub quantity: i64,
@@ -2292,7 +2294,7 @@ pub struct ShownItem<'a> {
     pub backordered: i64,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct ShownAllocation<'a> {
     pub location: &'a str,
     pub quantity: i64,
