@@ -242,6 +242,17 @@ impl Front {
 
     /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
     /// sequenced with that number.
+    /// Warms the idempotency tables for the keys of `requests` ([`IdemStore::warm`]) before
+    /// they are admitted one by one.
+    pub fn warm<'r>(&self, requests: impl Iterator<Item = &'r Request>) {
+        let keys = requests.filter_map(|r| {
+            let key = r.idempotency_key.as_deref()?;
+            let t = *self.tenant_index.get(&r.tenant)?;
+            Some((t, key))
+        });
+        std::hint::black_box(self.idempotency.warm(keys));
+    }
+
     pub fn admit(&mut self, req: &Request, now: TimeMs, forced_seq: Option<Seq>) -> Admission {
         let before = self.now;
         self.now = self.now.max(now);

@@ -801,6 +801,9 @@ impl Engine {
             .collect();
         let max = self.inner.queue_depth_max;
         let writable = side.journal.as_ref().map_or(Ok(()), |j| j.writable());
+        if len > 1 {
+            side.front.warm(requests.iter());
+        }
         for (slot, req) in requests.into_iter().enumerate() {
             if let (Err(e), false) = (&writable, req.command.is_read()) {
                 // Nothing can be made durable: refuse before anything changes. Reads go on.
