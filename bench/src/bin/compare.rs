@@ -8,8 +8,8 @@
 //!   per shard (the best of `--inproc-batch` logical clients each, 1,024 and 2,048 by default; W3: 32),
 //!   and `Engine::execute_one` from 64 threads (W3: also 16);
 //! - depot over HTTP (`depot serve --sync always`): single requests at 64x1 (W3: also 16x1), and
-//!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4 and 8 by
-//!   default; W3: 2 connections of 32 each);
+//!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4, 8 and 16
+//!   by default; W3: 2 connections of 32 each);
 //! - Redis 7 with the Lua script (`bench/peers/reserve.lua`), `appendfsync always` and
 //!   `everysec`, at 16 connections x 16 pipelined (W3: 256 clients) and 64x1 (W3: also 16x1);
 //! - PostgreSQL, one transaction per reservation, `synchronous_commit` on, the best of
@@ -29,7 +29,7 @@
 //! Usage: `compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3]
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
-//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
+//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
 //! [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]`
 
 #[global_allocator]
@@ -44,7 +44,7 @@ use std::path::PathBuf;
 
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
-[--inproc-batch 1024,2048] [--batch-conns 2,4,8] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
+[--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
 [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
 
 /// The reference row of the ratio column.
@@ -84,7 +84,7 @@ fn opts() -> Result<Opts, String> {
         pg: "host=127.0.0.1 port=5439 user=postgres dbname=postgres".into(),
         pg_clients: vec![8, 16, 32],
         inproc_batch: vec![1_024, 2_048],
-        batch_conns: vec![2, 4, 8],
+        batch_conns: vec![2, 4, 8, 16],
         only: vec!["depot".into(), "redis".into(), "pg".into(), "floor".into()],
         out: PathBuf::from("bench/results/compare.md"),
         client_threads: 1,
