@@ -6,11 +6,12 @@
 //! - It is split into [`PARTS`] hash tables by the key's hash. A table that grows moves only
 //!   its own part, so the pause of a growth step is bounded by a 256th of the keys instead of
 //!   stopping every write while all of them move at once.
-//! - A slot is small (24 bytes: the key's hashes and a box holding the key and its entry, see
+//! - A slot is small (16 bytes: the key's hash and a box holding the key and its entry, see
 //!   [`Slot`]): the stored response is behind an `Arc`, and the key's text is one shared
 //!   allocation that the expiry queue points at too. Copying the store (the pause of a
-//!   snapshot) copies pointers, not responses. The slot keeps the key's hash, so a probe, a
-//!   growth step or the canonical listing reads the box only on a full-hash match.
+//!   snapshot) copies pointers, not responses. The slot keeps the key's hash, so a probe or a
+//!   growth step reads the box only on a full-hash match. Four slots share a cache line, which
+//!   lets a batch's keys be warmed before they are inserted ([`IdemStore::warm`]).
 //! - Lookups take the key as `&str`: nothing is allocated to ask.
 //!
 //! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
@@ -136,7 +137,7 @@ impl IdemKey {
     }
 }
 
-/// A table's slot: 24 bytes, the key and its entry boxed behind it.
+/// A table's slot: 16 bytes, the key and its entry boxed behind it.
 ///
 /// A table that grows allocates (fresh pages the kernel clears) and moves its slots. With the
 /// key and entry in the slot (96 bytes), that was most of the writing thread's kernel time
@@ -150,8 +151,6 @@ struct Slot {
     /// table and comparing in a probe never follow the pointer to the key's text (a cache
     /// miss each, with millions of keys).
     hash: u64,
-    /// The key's place in the canonical order ([`order`]), kept for the same reason.
-    order: u64,
     body: Box<Body>,
 }
 
@@ -176,15 +175,9 @@ fn same_key(held_hash: u64, held: &IdemKey, h: u64, key: &IdemKey) -> bool {
         && (Arc::ptr_eq(&held.key, &key.key) || held.key == key.key)
 }
 
-/// Sets the slot of `key` (of hash `h`, canonical order `order`) in `table` to `entry`, or
-/// removes it (`None`); true when the table held the key before. One probe.
-fn set_slot(
-    table: &mut HashTable<Slot>,
-    h: u64,
-    order: u64,
-    key: IdemKey,
-    entry: Option<IdemEntry>,
-) -> bool {
+/// Sets the slot of `key` (of hash `h`) in `table` to `entry`, or removes it (`None`); true
+/// when the table held the key before. One probe.
+fn set_slot(table: &mut HashTable<Slot>, h: u64, key: IdemKey, entry: Option<IdemEntry>) -> bool {
     match table.entry(h, |s| s.holds(h, &key), |s| s.hash) {
         hashbrown::hash_table::Entry::Occupied(mut o) => {
             match entry {
@@ -199,7 +192,6 @@ fn set_slot(
             if let Some(entry) = entry {
                 v.insert(Slot {
                     hash: h,
-                    order,
                     body: Box::new(Body { key, entry }),
                 });
             }
@@ -212,7 +204,6 @@ fn set_slot(
 #[derive(Clone, Debug)]
 struct Change {
     hash: u64,
-    order: u64,
     key: IdemKey,
     entry: Option<IdemEntry>,
 }
@@ -229,6 +220,10 @@ impl Change {
 /// would all land in one probe sequence.
 fn order(tenant: u32, key: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one((tenant, key))
+}
+
+fn order_of(key: &IdemKey) -> u64 {
+    order(key.tenant, &key.key)
 }
 
 /// The part of a hash: bits the tables' own probing (low bits for the bucket, the top seven
@@ -275,7 +270,7 @@ impl Part {
         let delta = Arc::make_mut(delta);
         let table = Arc::make_mut(&mut self.table);
         for c in delta.extract_if(|_| true).take(DRAIN) {
-            set_slot(table, c.hash, c.order, c.key, c.entry);
+            set_slot(table, c.hash, c.key, c.entry);
         }
         if delta.is_empty() {
             self.delta = None;
@@ -343,10 +338,17 @@ impl IdemStore {
         self.parts[part(h)].find(h, |k| k.tenant == tenant && &*k.key == key)
     }
 
-    /// Reads where each of `keys` would be found, and forgets the answers: the reads of the
-    /// tables, a cache miss or two each with millions of keys, overlap when they come one
-    /// after another with nothing in between, and the lookups and inserts that follow for the
-    /// same keys find the lines in the cache. Called on a batch's keys before it is admitted.
+    /// Reads where each of `keys` would be found, and where a new one would be inserted, and
+    /// forgets the answers (returns how many were found): the reads of the tables, a cache
+    /// miss or two each with millions of keys, overlap when they come one after another with
+    /// nothing in between, and the lookups and inserts that follow for the same keys find the
+    /// lines in the cache. Called on a batch's keys before it is admitted.
+    ///
+    /// The insert's line matters most: a store that misses holds every later store of the
+    /// thread behind it (x86 commits stores in order), and a load that needs one of them
+    /// waits for all. Under keyed W1 batches the slot's write was 90 % of `set_slot`'s
+    /// samples and a stall in `Front::admit`; warmed, the writer's CPU per reservation fell
+    /// by about a tenth (ARCHITECTURE.md, "Idempotency").
     pub fn warm<'k>(&self, keys: impl Iterator<Item = (u32, &'k str)>) -> usize {
         let mut found = 0;
         for (tenant, key) in keys {
@@ -354,7 +356,33 @@ impl IdemStore {
             let part = &self.parts[part(h)];
             // Only the control bytes: a key's slot and text are read on a match, rare for the
             // new keys of a batch.
-            found += usize::from(part.table.find(h, |s| s.hash == h).is_some());
+            if part.table.find(h, |s| s.hash == h).is_some() {
+                found += 1;
+                continue;
+            }
+            if part.delta.is_some() {
+                // Inserts go to the delta while a copy shares the table.
+                continue;
+            }
+            // A new key goes into the first bucket that is not full from where its probe
+            // starts (hashbrown: the hash's low bits, a group of 16): found in the control
+            // bytes just read. That bucket cannot be read, but the line holding it can,
+            // through a full bucket beside it: four 16-byte slots share a 64-byte line (the
+            // slots end where the control bytes start, at a multiple of 64 in a table of
+            // more than a few buckets). The insert then writes into a line in the cache
+            // instead of waiting for it, and every store behind it with it.
+            let n = part.table.num_buckets();
+            let mask = n.wrapping_sub(1);
+            let start = h as usize & mask;
+            let Some(free) = (0..16.min(n))
+                .map(|k| (start + k) & mask)
+                .find(|&i| part.table.get_bucket(i).is_none())
+            else {
+                continue;
+            };
+            if let Some(s) = (free & !3..=free | 3).find_map(|i| part.table.get_bucket(i)) {
+                std::hint::black_box(s.hash);
+            }
         }
         found
     }
@@ -384,7 +412,6 @@ impl IdemStore {
             let slot = part.table.find(h, |s| s.holds(h, k))?;
             let change = Change {
                 hash: h,
-                order: slot.order,
                 key: slot.body.key.clone(),
                 entry: Some(slot.body.entry.clone()),
             };
@@ -403,11 +430,10 @@ impl IdemStore {
 
     fn put(&mut self, key: IdemKey, entry: IdemEntry) {
         let h = self.hash(key.tenant, &key.key);
-        let order = order(key.tenant, &key.key);
         let part = self.part_mut(h);
         let Some(delta) = &mut part.delta else {
             let table = Arc::make_mut(&mut part.table);
-            if !set_slot(table, h, order, key, Some(entry)) {
+            if !set_slot(table, h, key, Some(entry)) {
                 self.len += 1;
             }
             return;
@@ -422,7 +448,6 @@ impl IdemStore {
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(Change {
                     hash: h,
-                    order,
                     key,
                     entry: Some(entry),
                 });
@@ -450,13 +475,13 @@ impl IdemStore {
                 c.entry = None;
                 self.len -= 1;
             }
-        } else if let Some(slot) = part
+        } else if part
             .table
             .find(h, |s| s.holds(h, key) && s.body.entry.at == at)
+            .is_some()
         {
             let change = Change {
                 hash: h,
-                order: slot.order,
                 key: key.clone(),
                 entry: None,
             };
@@ -493,7 +518,7 @@ impl IdemStore {
     /// or written.
     pub fn image_copy(&self) -> IdemStore {
         IdemStore {
-            seed: self.seed,
+            seed: self.seed.clone(),
             parts: self.parts.clone(),
             order: ChunkDeque::default(),
             len: self.len,
@@ -517,6 +542,8 @@ impl IdemStore {
     ///
     /// Ordering by hash first keeps the sort on integers in a flat array: sorting millions of
     /// keys by their text chases a pointer per comparison and was most of a snapshot's cost.
+    /// The hash is computed here, once per key (the slots do not keep it: 16 bytes instead of
+    /// 24, four to a cache line).
     pub fn sorted(&self) -> Vec<(&IdemKey, &IdemEntry)> {
         let mut v: Vec<(u64, &IdemKey, &IdemEntry)> = Vec::with_capacity(self.len);
         for p in self.parts.iter() {
@@ -524,7 +551,7 @@ impl IdemStore {
                 None => v.extend(
                     p.table
                         .iter()
-                        .map(|s| (s.order, &s.body.key, &s.body.entry)),
+                        .map(|s| (order_of(&s.body.key), &s.body.key, &s.body.entry)),
                 ),
                 Some(d) => {
                     let changed =
@@ -533,11 +560,12 @@ impl IdemStore {
                         p.table
                             .iter()
                             .filter(|s| !changed(s))
-                            .map(|s| (s.order, &s.body.key, &s.body.entry)),
+                            .map(|s| (order_of(&s.body.key), &s.body.key, &s.body.entry)),
                     );
                     v.extend(
-                        d.iter()
-                            .filter_map(|c| c.entry.as_ref().map(|e| (c.order, &c.key, e))),
+                        d.iter().filter_map(|c| {
+                            c.entry.as_ref().map(|e| (order_of(&c.key), &c.key, e))
+                        }),
                     );
                 }
             }
@@ -995,11 +1023,29 @@ mod tests {
         assert_eq!(s.warm(std::iter::empty()), 0);
         assert_eq!(listing(&s), before);
         assert_eq!(s.len(), 1000);
+        // Tables of every small size, empty ones included, and one shared with a copy.
+        let mut small = IdemStore::default();
+        for i in 0..40u64 {
+            let new = format!("n{i}");
+            assert_eq!(
+                small.warm([(1, new.as_str()), (1, "n0")].into_iter()),
+                usize::from(i > 0)
+            );
+            small.insert(IdemKey::new(1, &new), entry(i, 0));
+        }
+        let copy = small.image_copy();
+        small.insert(IdemKey::new(1, "late"), entry(50, 0));
+        assert_eq!(
+            small.warm([(1, "late"), (1, "n39"), (1, "none")].into_iter()),
+            1
+        );
+        assert_eq!(copy.len(), 40);
+        assert_eq!(small.len(), 41);
     }
 
     #[test]
-    fn a_slot_is_three_words() {
-        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    fn a_slot_is_two_words() {
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
     }
 
     /// `expired` counts what `expire` drops; a restored store expires like the original.

@@ -928,7 +928,7 @@ impl SkuTable {
     }
     fn push(&mut self, key: SkuKey, st: SkuState) -> usize {
         let i = self.len;
-        let seed = self.seed;
+        let seed = self.seed.clone();
         let hash = sku_hash(&seed, key.tenant, &key.sku);
         if i % SKU_CHUNK == 0 {
             self.slab.push(Arc::new(Vec::with_capacity(SKU_CHUNK)));
