@@ -240,8 +240,6 @@ impl Front {
         1u64 << shard_of(tenant, sku, self.shards)
     }
 
-    /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
-    /// sequenced with that number.
     /// Warms the idempotency tables for the keys of `requests` ([`IdemStore::warm`]) before
     /// they are admitted one by one.
     pub fn warm<'r>(&self, requests: impl Iterator<Item = &'r Request>) {
@@ -253,6 +251,8 @@ impl Front {
         std::hint::black_box(self.idempotency.warm(keys));
     }
 
+    /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
+    /// sequenced with that number.
     pub fn admit(&mut self, req: &Request, now: TimeMs, forced_seq: Option<Seq>) -> Admission {
         let before = self.now;
         self.now = self.now.max(now);

@@ -354,8 +354,8 @@ impl IdemStore {
         for (tenant, key) in keys {
             let h = self.hash(tenant, key);
             let part = &self.parts[part(h)];
-            // Only the control bytes: a key's slot and text are read on a match, rare for the
-            // new keys of a batch.
+            // The control bytes, and a slot's hash only where its tag matches (rare for the
+            // new keys of a batch); never a key's text.
             if part.table.find(h, |s| s.hash == h).is_some() {
                 found += 1;
                 continue;
@@ -1008,7 +1008,7 @@ mod tests {
         assert_eq!(keys(&copy), keys(&store));
     }
 
-    /// A slot stays the size a growing table moves cheaply (see [`Slot`]).
+    /// Warming finds the keys a table holds and changes nothing, on tables of every size.
     #[test]
     fn warming_reads_the_tables_and_changes_nothing() {
         let mut s = IdemStore::default();
@@ -1043,6 +1043,8 @@ mod tests {
         assert_eq!(small.len(), 41);
     }
 
+    /// A slot stays the size a growing table moves cheaply and four share a cache line (see
+    /// [`Slot`] and [`IdemStore::warm`]).
     #[test]
     fn a_slot_is_two_words() {
         assert_eq!(std::mem::size_of::<Slot>(), 16);
