@@ -1403,14 +1403,15 @@ fn apply_handoff(side: &mut FrontSide, h: Handoff) {
         return;
     };
     // The stored answer is unpacked only for a key that has requests waiting on it.
-    if !side.waiting.contains_key(&key) {
-        return;
-    }
-    // Set by `Handoff::of`, before the hand-off existed.
-    let Some(response) = answer.get() else {
+    let Some(waiters) = side.waiting.remove(&key) else {
         return;
     };
-    for (b, slot) in side.waiting.remove(&key).unwrap_or_default() {
+    // Set by `Handoff::of`, before the hand-off existed; if not, the requests go on waiting.
+    let Some(response) = answer.get() else {
+        side.waiting.insert(key, waiters);
+        return;
+    };
+    for (b, slot) in waiters {
         b.complete(
             slot,
             (
