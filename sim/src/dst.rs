@@ -1032,9 +1032,16 @@ pub fn run_seed_with(
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shards = rng.gen_range(1..=4);
+    let segment_len_max = rng.gen_range(2_048..=16_384);
     let options = WalOptions {
-        segment_len_max: rng.gen_range(2_048..=16_384),
+        segment_len_max,
         write_buffer_max: rng.gen_range(64..=2_048),
+        // Half the seeds write zeros ahead of the records, half let segments grow with them.
+        preallocate: if seed % 2 == 0 {
+            segment_len_max / 2
+        } else {
+            0
+        },
     };
     let mem = MemDir::new();
     let base = SimDir {

@@ -116,8 +116,9 @@ pub fn reload(
 }
 
 /// A test seam: `DEPOT_INJECT_FAULT=fsync-after=N` makes every sync of the log fail (`EIO`)
-/// once N more have succeeded, `disk-full-after=BYTES` makes its writes fail (`ENOSPC`) after
-/// that many bytes (depot-wal's `FaultDir` over the real directory), so that what the server
+/// once N more have succeeded, `disk-full-after=BYTES` makes its writes fail (`ENOSPC`) once
+/// the log's files grew by that many bytes (depot-wal's `FaultDir` over the real directory;
+/// writes over the zeros the log writes ahead take no space), so that what the server
 /// does when its log fails is tested on the real binary (`tests/log_failure.rs`). Only builds
 /// with the `fault-injection` feature (this package's tests) read it; any other build warns
 /// that it is set and ignores it.

@@ -13,8 +13,8 @@ struct Faults {
     fail_sync: bool,
     /// Every sync fails with `EIO` once this many have succeeded.
     fail_sync_after: Option<u64>,
-    /// Bytes that may still be written; a write past it writes the prefix that fits and fails
-    /// with `ENOSPC`.
+    /// Bytes the files may still grow by (an overwrite takes none); a write past it writes the
+    /// prefix that fits and fails with `ENOSPC`.
     space_left: Option<u64>,
     /// Bytes that may still be written before the machine "crashes": the write that crosses
     /// it reaches the medium only up to it, and every later operation fails.
@@ -70,7 +70,7 @@ impl FaultDir {
         f.fail_sync_after = Some(f.syncs.saturating_add(syncs));
     }
 
-    /// After `bytes` more bytes, writes fail with `ENOSPC` (`None`: unlimited).
+    /// After files grew by `bytes` more bytes, writes fail with `ENOSPC` (`None`: unlimited).
     pub fn set_space_left(&self, bytes: Option<u64>) {
         self.lock().space_left = bytes;
     }
@@ -187,7 +187,10 @@ impl Storage for FaultFile {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        // Decide how much reaches the medium, then write it without holding the lock.
+        // Decide how much reaches the medium, then write it without holding the lock. Only
+        // bytes past the file's end take space: an overwrite (of the zeros the log writes
+        // ahead of its records) needs none.
+        let len = self.inner.len()?;
         let (allowed, failure) = {
             let mut f = self.dir.lock();
             if f.crashed {
@@ -205,11 +208,12 @@ impl Storage for FaultFile {
                 f.crash_after = Some(left.saturating_sub(want));
             }
             if let Some(left) = f.space_left {
-                if allowed > left {
-                    allowed = left;
+                let end = len.max(offset);
+                if offset + allowed > end + left {
+                    allowed = (end + left).saturating_sub(offset);
                     failure = Some(io::Error::from_raw_os_error(ENOSPC));
                 }
-                f.space_left = Some(left - allowed);
+                f.space_left = Some(left - (offset + allowed).saturating_sub(end));
             }
             f.bytes_written += allowed;
             (allowed, failure)

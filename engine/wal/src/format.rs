@@ -16,12 +16,19 @@ pub const SEGMENT_HEADER_LEN: u64 = 24;
 pub const RECORD_MAGIC: u8 = 0xD7;
 /// Second byte of every record: the record's version, which names its body's encoding. Version
 /// 1 bodies are the entry's JSON (logs written before version 2 existed; still read), version 2
-/// bodies the binary layout of [`crate::codec`], which the writer writes.
+/// and 3 bodies the binary layout of [`crate::codec`], which the writer writes: version 2 for
+/// the first record of a write group (the records between two `fdatasync`s), version 3 for the
+/// others. Recovery uses the difference to tell an unacknowledged write persisted out of order
+/// from damage (see `reader.rs`).
 pub const RECORD_VERSION: u8 = RECORD_VERSION_BINARY;
 /// Record version whose body is the `LogEntry` as JSON.
 pub const RECORD_VERSION_JSON: u8 = 1;
-/// Record version whose body is the binary layout of [`crate::codec`].
+/// Record version whose body is the binary layout of [`crate::codec`]: the first record of its
+/// write group (every record of a log written before version 3 existed).
 pub const RECORD_VERSION_BINARY: u8 = 2;
+/// Record version whose body is the binary layout of [`crate::codec`], in the same write group
+/// as the record before it (nothing was synced between them).
+pub const RECORD_VERSION_BINARY_GROUPED: u8 = 3;
 /// Bytes of the record header: magic (1), version (1), body length (4), seq (8), CRC32C (4).
 pub const RECORD_HEADER_LEN: u64 = 18;
 /// Longest record body. A length field above it is corruption, never an allocation.
@@ -182,7 +189,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, FrameError> {
 
 /// True for the record versions this reader knows.
 pub fn is_record_version(v: u8) -> bool {
-    v == RECORD_VERSION_JSON || v == RECORD_VERSION_BINARY
+    v == RECORD_VERSION_JSON || v == RECORD_VERSION_BINARY || v == RECORD_VERSION_BINARY_GROUPED
 }
 
 /// The body of a log entry as the writer writes it (record version [`RECORD_VERSION`]).
@@ -208,7 +215,9 @@ pub fn decode_entry_with(
     recent: &mut crate::codec::Recent,
 ) -> Result<LogEntry, BodyError> {
     match record.version {
-        RECORD_VERSION_BINARY => crate::codec::decode_with(record.seq, record.body, recent),
+        RECORD_VERSION_BINARY | RECORD_VERSION_BINARY_GROUPED => {
+            crate::codec::decode_with(record.seq, record.body, recent)
+        }
         RECORD_VERSION_JSON => {
             let entry: LogEntry = serde_json::from_slice(record.body).map_err(|e| BodyError {
                 what: "JSON body",

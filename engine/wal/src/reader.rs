@@ -2,11 +2,19 @@
 //! each segment header and record checksum, and that sequence numbers run on without a gap
 //! within and across segments. The end of the log is either clean or a torn tail (an
 //! unacknowledged write cut by a crash); anything else that does not decode is corruption.
+//!
+//! The last segment may end in zeros the writer wrote ahead of its records: the log ends
+//! cleanly where they start. Because those zeros are already allocated, a crash of the machine
+//! during an unacknowledged write into them can keep any of its pages and lose others: records
+//! of the write may survive after a hole. A damaged record in the last segment is therefore a
+//! torn tail when no valid record after it starts a write group (record version 3 continues
+//! the group of the record before it; the writer writes a group only after the previous one is
+//! synced, so a valid group start after the damage proves the damage was synced: corruption).
 
 use crate::error::WalError;
 use crate::format::{
     decode_entry_with, decode_record, decode_segment_header, is_record_version, parse_segment_name,
-    Record, RECORD_MAGIC, SEGMENT_HEADER_LEN,
+    Record, RECORD_MAGIC, RECORD_VERSION_BINARY_GROUPED, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{read_all, read_all_into, Directory};
 use depot_engine::{LogEntry, Seq};
@@ -19,7 +27,7 @@ pub const SEGMENT_FILE_MAX: u64 = 1 << 30;
 /// How the log ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tail {
-    /// The last segment ends exactly after its last valid record.
+    /// The last segment ends after its last valid record, or only zeros follow it.
     Clean,
     /// From `offset` of `file` (the last segment) on, the bytes are the remains of a write
     /// that a crash cut short: no valid record follows. Opening a [`crate::WalWriter`]
@@ -52,12 +60,25 @@ pub(crate) fn list_segments(dir: &dyn Directory) -> Result<Vec<(Seq, String)>, W
 /// True when a record with a valid checksum starts anywhere in `bytes[from..]`: then a failure
 /// before `from` cannot be a torn tail, because something was written durably after it.
 pub fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+    valid_after(bytes, from, |_| true)
+}
+
+/// True when a record with a valid checksum that starts a write group (any version but
+/// [`RECORD_VERSION_BINARY_GROUPED`]) starts anywhere in `bytes[from..]`: a damaged record
+/// before `from` was then synced before that group was written, so it is not a torn write.
+pub fn group_start_after(bytes: &[u8], from: usize) -> bool {
+    valid_after(bytes, from, |v| v != RECORD_VERSION_BINARY_GROUPED)
+}
+
+fn valid_after(bytes: &[u8], from: usize, version: impl Fn(u8) -> bool) -> bool {
     let Some(rest) = bytes.get(from..) else {
         return false;
     };
     (0..rest.len()).any(|i| {
         rest[i] == RECORD_MAGIC
-            && rest.get(i + 1).is_some_and(|&v| is_record_version(v))
+            && rest
+                .get(i + 1)
+                .is_some_and(|&v| is_record_version(v) && version(v))
             && decode_record(&rest[i..]).is_ok()
     })
 }
@@ -200,7 +221,13 @@ impl<'d> WalReader<'d> {
             let record = match decode_record(&cur.bytes[cur.offset..]) {
                 Ok(r) => r,
                 Err(e) => {
-                    if cur.last && !valid_record_after(&cur.bytes, cur.offset + 1) {
+                    if cur.last && cur.bytes[cur.offset..].iter().all(|&b| b == 0) {
+                        // The zeros written ahead of the records: a clean end.
+                        self.last_len = Some(offset);
+                        self.tail = Some(Tail::Clean);
+                        return Ok(None);
+                    }
+                    if cur.last && !group_start_after(&cur.bytes, cur.offset + 1) {
                         self.last_len = Some(offset);
                         self.tail = Some(Tail::Torn {
                             file: cur.name.clone(),
@@ -335,8 +362,9 @@ pub(crate) fn scan_end(dir: &dyn Directory) -> Result<LogEnd, WalError> {
 
 /// The bytes of the records after `seq` in the log of `dir` (headers included, as
 /// [`crate::WalWriter::appended_bytes`] counts them): the whole of every segment that starts
-/// after `seq`, and the records after `seq` of the one holding it, found by walking its
-/// frames. A damaged frame ends the count of its segment. Used to count the log already on
+/// after `seq` but the last, and the records after `seq` of the one holding it and of the last
+/// one (which may end in zeros), found by walking their frames. A damaged frame ends the count
+/// of its segment. Used to count the log already on
 /// disk after a snapshot towards the next one.
 pub fn log_bytes_after(dir: &dyn Directory, seq: Seq) -> Result<u64, WalError> {
     let segments = list_segments(dir)?;
@@ -348,7 +376,8 @@ pub fn log_bytes_after(dir: &dyn Directory, seq: Seq) -> Result<u64, WalError> {
         }
         let file = dir.open(name).map_err(|e| WalError::io(name, e))?;
         let len = file.len().map_err(|e| WalError::io(name, e))?;
-        if *first > seq {
+        if *first > seq && next_first.is_some() {
+            // Not the last segment: no zeros after its records.
             total += len.saturating_sub(SEGMENT_HEADER_LEN);
             continue;
         }
@@ -359,8 +388,7 @@ pub fn log_bytes_after(dir: &dyn Directory, seq: Seq) -> Result<u64, WalError> {
                 break;
             };
             if record.seq > seq {
-                total += rest.len() as u64;
-                break;
+                total += record.encoded_len();
             }
             at += record.encoded_len() as usize;
         }

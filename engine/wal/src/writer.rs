@@ -2,11 +2,21 @@
 //! with one `fdatasync` per [`WalWriter::sync`] (group commit calls it once per batch), and
 //! rotates to a new segment when the current one is full. A failed fsync, a failed write or a
 //! full disk stops it for good: every later call returns the same error.
+//!
+//! The segment is kept zero-filled some way ahead of its last record
+//! ([`WalOptions::preallocate`]): records then overwrite blocks the file system has already
+//! allocated and written, and an `fdatasync` writes the data alone, without the journal commit
+//! that a growing file's new length and blocks need (on ext4 on this project's benchmark
+//! machine, a 40 KB append-and-sync takes ~185 us, the same write into zeroed space ~110 us).
+//! The zeros are written a chunk at a time with the records and synced with them; a rotation
+//! cuts the old segment's zeros off, so only the last segment ends in zeros, which recovery
+//! reads as the end of the log.
 
 use crate::error::WalError;
 use crate::format::{
     encode_entry, encode_record, encode_segment_header, segment_name, SegmentHeader,
-    RECORD_BODY_MAX, RECORD_HEADER_LEN, RECORD_VERSION, SEGMENT_HEADER_LEN,
+    RECORD_BODY_MAX, RECORD_HEADER_LEN, RECORD_VERSION, RECORD_VERSION_BINARY_GROUPED,
+    SEGMENT_HEADER_LEN,
 };
 use crate::reader::{scan_end, Tail, SEGMENT_FILE_MAX};
 use crate::storage::{is_disk_full, Directory, Storage};
@@ -22,6 +32,10 @@ pub struct WalOptions {
     pub segment_len_max: u64,
     /// Buffered bytes that trigger a write (not a sync) before [`WalWriter::sync`].
     pub write_buffer_max: u64,
+    /// Bytes of zeros kept written ahead of the last record of the segment (up to
+    /// `segment_len_max`), added a quarter at a time; 0 writes no zeros (every write then grows
+    /// the file).
+    pub preallocate: u64,
 }
 
 impl Default for WalOptions {
@@ -29,6 +43,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_len_max: 64 * 1024 * 1024,
             write_buffer_max: 1024 * 1024,
+            preallocate: 8 * 1024 * 1024,
         }
     }
 }
@@ -39,6 +54,10 @@ struct Segment {
     /// Bytes handed to the medium (the buffer comes after them).
     written: u64,
     records: u64,
+    /// The file's length as this writer made it: records, then zeros up to here.
+    zeroed: u64,
+    /// Set when writing zeros failed (a full disk): the segment grows with its records.
+    no_zeros: bool,
 }
 
 /// Appends log entries to the segments of a directory. See the module docs.
@@ -55,6 +74,10 @@ pub struct WalWriter {
     stopped: Option<WalError>,
     /// Bytes of the records appended since the writer opened.
     appended: u64,
+    /// Whether a record was appended since the last sync (the next one continues its group).
+    in_group: bool,
+    /// A chunk of zeros for [`WalOptions::preallocate`], allocated on first use.
+    zeros: Vec<u8>,
 }
 
 impl fmt::Debug for WalWriter {
@@ -91,6 +114,8 @@ impl WalWriter {
             body: Vec::new(),
             stopped: None,
             appended: 0,
+            in_group: false,
+            zeros: Vec::new(),
         };
         if let Some((name, first_seq, valid_len)) = end.last {
             writer.reopen_last(name, first_seq, valid_len, &end.tail)?;
@@ -111,6 +136,7 @@ impl WalWriter {
     ) -> Result<(), WalError> {
         let mut file = self.dir.open(&name).map_err(|e| WalError::io(&name, e))?;
         let mut written = valid_len;
+        let mut zeroed = file.len().map_err(|e| WalError::io(&name, e))?;
         if let Tail::Torn { file: torn, offset } = tail {
             tracing::warn!(file = %torn, offset, "write-ahead log: truncating a torn tail");
             let io = |e| WalError::io(&name, e);
@@ -122,6 +148,7 @@ impl WalWriter {
             } else {
                 file.set_len(*offset).map_err(io)?;
             }
+            zeroed = written;
         }
         if let Err(e) = file.sync_data() {
             return Err(self.stop(sync_failed(&name, &e)));
@@ -134,6 +161,8 @@ impl WalWriter {
             file,
             written,
             records: u64::from(written > SEGMENT_HEADER_LEN),
+            zeroed: zeroed.max(written),
+            no_zeros: false,
         });
         Ok(())
     }
@@ -198,7 +227,13 @@ impl WalWriter {
             }
             Some(_) => {}
         }
-        encode_record(entry.seq, RECORD_VERSION, &self.body, &mut self.buf);
+        let version = if self.in_group {
+            RECORD_VERSION_BINARY_GROUPED
+        } else {
+            RECORD_VERSION
+        };
+        encode_record(entry.seq, version, &self.body, &mut self.buf);
+        self.in_group = true;
         let segment = self.segment.as_mut().expect("created above");
         segment.records += 1;
         self.appended += record_len;
@@ -221,6 +256,7 @@ impl WalWriter {
             let err = sync_failed(&segment.name, &e);
             return Err(self.stop(err));
         }
+        self.in_group = false;
         self.durable_seq = self.next_seq.and_then(|n| n.checked_sub(1));
         Ok(())
     }
@@ -250,7 +286,9 @@ impl WalWriter {
         match segment.file.write_at(segment.written, &self.buf) {
             Ok(()) => {
                 segment.written += self.buf.len() as u64;
+                segment.zeroed = segment.zeroed.max(segment.written);
                 self.buf.clear();
+                zero_ahead(segment, &self.options, &mut self.zeros);
                 Ok(())
             }
             Err(e) => {
@@ -269,11 +307,20 @@ impl WalWriter {
     fn rotate(&mut self, first_seq: Seq) -> Result<(), WalError> {
         self.flush()?;
         let segment = self.segment.as_mut().expect("rotating a segment");
+        if segment.zeroed > segment.written {
+            // Only the last segment may end in zeros.
+            if let Err(e) = segment.file.set_len(segment.written) {
+                let err = write_failed(&segment.name, &e);
+                return Err(self.stop(err));
+            }
+            segment.zeroed = segment.written;
+        }
         if let Err(e) = segment.file.sync_data() {
             let err = sync_failed(&segment.name, &e);
             return Err(self.stop(err));
         }
         self.durable_seq = first_seq.checked_sub(1);
+        self.in_group = false;
         self.create_segment(first_seq)
     }
 
@@ -301,8 +348,41 @@ impl WalWriter {
             file,
             written: SEGMENT_HEADER_LEN,
             records: 0,
+            zeroed: SEGMENT_HEADER_LEN,
+            no_zeros: false,
         });
         Ok(())
+    }
+}
+
+/// Writes the next chunk of zeros after the segment's records when fewer than
+/// `options.preallocate` bytes of zeros are left ahead of them (never past `segment_len_max`).
+/// The zeros become durable with the next sync. A failed write (a full disk) is not the
+/// records' failure: the segment goes on without zeros, and its records' own writes report
+/// whatever is wrong.
+fn zero_ahead(segment: &mut Segment, options: &WalOptions, zeros: &mut Vec<u8>) {
+    let chunk = (options.preallocate / 4).max(1);
+    if options.preallocate == 0
+        || segment.no_zeros
+        || segment.zeroed >= segment.written.saturating_add(options.preallocate)
+        || segment.zeroed >= options.segment_len_max
+    {
+        return;
+    }
+    let len = chunk.min(options.segment_len_max - segment.zeroed);
+    let Ok(len_usize) = usize::try_from(len) else {
+        segment.no_zeros = true;
+        return;
+    };
+    if zeros.len() < len_usize {
+        zeros.resize(len_usize, 0);
+    }
+    match segment.file.write_at(segment.zeroed, &zeros[..len_usize]) {
+        Ok(()) => segment.zeroed += len,
+        Err(e) => {
+            tracing::warn!(file = %segment.name, error = %e, "write-ahead log: cannot write zeros ahead of the records; the segment grows with them");
+            segment.no_zeros = true;
+        }
     }
 }
 

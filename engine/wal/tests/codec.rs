@@ -414,19 +414,22 @@ fn a_log_of_json_records_recovers_and_takes_binary_records_after_them() {
     let (entries, tail) = read_log(&dir, 1).unwrap();
     assert_eq!(tail, Tail::Clean);
     assert_eq!(entries, (1..=5).map(reserve).collect::<Vec<_>>());
-    // The new records are binary.
+    // The new records are binary, one write group (a start, then a continuation), and zeros
+    // written ahead of them follow.
     let bytes = dir.bytes(&segment_name(1)).unwrap();
-    let versions: Vec<u8> = {
+    let (versions, end) = {
         let mut v = Vec::new();
         let mut at = 24;
-        while at < bytes.len() {
+        while at < bytes.len() && bytes[at] != 0 {
             let r = depot_wal::format::decode_record(&bytes[at..]).unwrap();
             v.push(r.version);
             at += r.encoded_len() as usize;
         }
-        v
+        (v, at)
     };
-    assert_eq!(versions, [1, 1, 1, 2, 2]);
+    assert_eq!(versions, [1, 1, 1, 2, 3]);
+    assert!(bytes.len() > end, "zeros follow the records");
+    assert!(bytes[end..].iter().all(|&b| b == 0));
 }
 
 #[test]

@@ -1,26 +1,39 @@
-//! Damage before the tail: a flipped bit anywhere in the log except the last record, a bad
-//! segment header, a missing or misnamed segment. Recovery stops with `Corrupt` naming the file
-//! and byte offset, after yielding exactly the entries before it; the writer refuses to open.
+//! Damage before the tail: a flipped bit anywhere in the log except the last write group, a
+//! bad segment header, a missing or misnamed segment. Recovery stops with `Corrupt` naming the
+//! file and byte offset, after yielding exactly the entries before it; the writer refuses to
+//! open. Damage in the last write group (the records after the last sync) is a torn tail: a
+//! crash can keep any pages of an unacknowledged write into the zeros ahead of the records.
 
 mod common;
 
 use common::{entries, small_segments, write};
-use depot_wal::format::{decode_record, segment_name};
-use depot_wal::{flip_bit, read_log, MemDir, WalError, WalReader, WalWriter, SEGMENT_HEADER_LEN};
+use depot_wal::format::{decode_record, segment_name, RECORD_VERSION_BINARY_GROUPED};
+use depot_wal::{
+    flip_bit, read_log, MemDir, Tail, WalError, WalReader, WalWriter, SEGMENT_HEADER_LEN,
+};
 
-/// Every record of the log: (segment, offset, seq, encoded length).
-fn records(dir: &MemDir) -> Vec<(String, u64, u64, u64)> {
+/// Every record of the log: (segment, offset, seq, encoded length, version). Only the last
+/// segment ends in zeros.
+fn records(dir: &MemDir) -> Vec<(String, u64, u64, u64, u8)> {
     let mut out = Vec::new();
-    for name in dir.names() {
-        let bytes = dir.bytes(&name).unwrap();
+    let names = dir.names();
+    for name in &names {
+        let bytes = dir.bytes(name).unwrap();
         let mut at = SEGMENT_HEADER_LEN as usize;
-        while at < bytes.len() {
+        while at < bytes.len() && (bytes[at] != 0 || Some(name) != names.last()) {
             let r = decode_record(&bytes[at..]).unwrap();
-            out.push((name.clone(), at as u64, r.seq, r.encoded_len()));
+            out.push((name.clone(), at as u64, r.seq, r.encoded_len(), r.version));
             at += r.encoded_len() as usize;
         }
     }
     out
+}
+
+/// Where the last write group starts in `records(dir)`: at its last group start.
+fn last_group(all: &[(String, u64, u64, u64, u8)]) -> usize {
+    all.iter()
+        .rposition(|r| r.4 != RECORD_VERSION_BINARY_GROUPED)
+        .unwrap()
 }
 
 fn copy(dir: &MemDir) -> MemDir {
@@ -64,13 +77,15 @@ fn assert_corrupt_at(dir: &MemDir, file: &str, offset: u64, seq: u64) {
 }
 
 #[test]
-fn a_bit_flip_before_the_last_record_is_corruption() {
+fn a_bit_flip_before_the_last_write_group_is_corruption() {
     let dir = MemDir::new();
     write(dir.clone(), small_segments(), &entries(1, 120), 10);
     let all = records(&dir);
     assert!(dir.names().len() > 3);
-    // Every record but the very last one, at bytes of each header field and of the body.
-    for (name, offset, seq, len) in &all[..all.len() - 1] {
+    let group = last_group(&all);
+    assert!(all.len() - group > 1, "the last group has several records");
+    // Every record before the last group, at bytes of each header field and of the body.
+    for (name, offset, seq, len, _) in &all[..group] {
         for at in [0, 1, 2, 5, 6, 13, 14, 17, 18, len / 2, len - 1] {
             let damaged = copy(&dir);
             flip_bit(&damaged, name, offset + at, (at % 8) as u8).unwrap();
@@ -122,7 +137,7 @@ fn a_segment_that_does_not_continue_the_sequence_is_corruption() {
     // no longer continues the sequence.
     let prev = &names[names.len() - 2];
     let prev_records: Vec<_> = records(&dir).into_iter().filter(|x| &x.0 == prev).collect();
-    let (_, cut, seq, _) = prev_records.last().unwrap().clone();
+    let (_, cut, seq, _, _) = prev_records.last().unwrap().clone();
     damaged.insert(prev, dir.bytes(prev).unwrap()[..cut as usize].to_vec());
     assert_corrupt_at(&damaged, &last, 0, seq);
 }
@@ -139,4 +154,72 @@ fn a_segment_whose_name_disagrees_with_its_header_is_corruption() {
             if file == &segment_name(3) && reason.contains("header says first seq 1")),
         "{err}"
     );
+}
+
+#[test]
+fn damage_in_the_last_write_group_is_a_torn_tail() {
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 120), 10);
+    let all = records(&dir);
+    let group = last_group(&all);
+    for (name, offset, seq, len, _) in &all[group..] {
+        for at in [0, 1, 6, 14, 18, len / 2, len - 1] {
+            let damaged = copy(&dir);
+            flip_bit(&damaged, name, offset + at, (at % 8) as u8).unwrap();
+            let (got, tail) = read_log(&damaged, 1).unwrap();
+            assert_eq!(
+                tail,
+                Tail::Torn {
+                    file: name.clone(),
+                    offset: *offset
+                }
+            );
+            assert_eq!(got, entries(1, seq - 1));
+        }
+    }
+}
+
+#[test]
+fn a_lost_page_of_the_last_write_is_a_torn_tail_and_the_writer_goes_on() {
+    // A machine crash during an unacknowledged write into the zeros ahead of the records can
+    // keep its later pages and lose an earlier one: the group's start is gone, the records
+    // after it are intact.
+    let dir = MemDir::new();
+    write(dir.clone(), small_segments(), &entries(1, 120), 10);
+    let all = records(&dir);
+    let group = last_group(&all);
+    let (name, offset, seq, len, _) = all[group].clone();
+    let damaged = copy(&dir);
+    let mut bytes = damaged.bytes(&name).unwrap();
+    bytes[offset as usize..(offset + len) as usize].fill(0);
+    damaged.insert(&name, bytes);
+    let (got, tail) = read_log(&damaged, 1).unwrap();
+    assert_eq!(tail, Tail::Torn { file: name, offset });
+    assert_eq!(got, entries(1, seq - 1));
+
+    let mut w = WalWriter::open(Box::new(damaged.clone()), small_segments()).unwrap();
+    for e in entries(seq, 10) {
+        w.append(&e).unwrap();
+    }
+    w.sync().unwrap();
+    let (got, tail) = read_log(&damaged, 1).unwrap();
+    assert_eq!(tail, Tail::Clean);
+    assert_eq!(got, entries(1, seq + 9));
+}
+
+#[test]
+fn a_record_that_starts_a_later_group_after_damage_proves_corruption() {
+    // The same lost record, but a later write group follows it: the damaged record was synced
+    // before that group was written, so this is corruption, not a torn write.
+    let dir = MemDir::new();
+    let mut w = write(dir.clone(), small_segments(), &entries(1, 3), 3);
+    w.append(&entries(4, 1)[0]).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let all = records(&dir);
+    assert_eq!(all.iter().map(|r| r.4).collect::<Vec<_>>(), [2, 3, 3, 2]);
+    let (name, offset, _, _, _) = all[1].clone();
+    let damaged = copy(&dir);
+    flip_bit(&damaged, &name, offset + 20, 1).unwrap();
+    assert_corrupt_at(&damaged, &name, offset, 2);
 }

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{assert_same, entries, entry, small_segments, write};
-use depot_wal::{read_log, FaultDir, FsDir, Tail, WalError, WalOptions, WalWriter};
+use depot_wal::format::decode_record;
+use depot_wal::{
+    read_log, FaultDir, FsDir, Tail, WalError, WalOptions, WalWriter, SEGMENT_HEADER_LEN,
+};
 use std::fs;
 
 #[test]
@@ -29,26 +32,50 @@ fn round_trip_and_reopen_on_the_file_system() {
 
 #[test]
 fn a_torn_tail_on_the_file_system_is_cut_on_reopen() {
+    for preallocate in [0, WalOptions::default().preallocate] {
+        torn_tail_is_cut(WalOptions {
+            preallocate,
+            ..WalOptions::default()
+        });
+    }
+}
+
+/// Where the last record of a segment file starts and where the records end (zeros may
+/// follow them).
+fn last_record(bytes: &[u8]) -> (usize, usize) {
+    let (mut last, mut at) = (0, SEGMENT_HEADER_LEN as usize);
+    while at < bytes.len() && bytes[at] != 0 {
+        last = at;
+        at += decode_record(&bytes[at..]).unwrap().encoded_len() as usize;
+    }
+    (last, at)
+}
+
+fn torn_tail_is_cut(options: WalOptions) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = FsDir::open(tmp.path()).unwrap();
-    drop(write(
-        dir.clone(),
-        WalOptions::default(),
-        &entries(1, 20),
-        20,
-    ));
+    drop(write(dir.clone(), options, &entries(1, 20), 20));
     let path = tmp.path().join("wal-00000000000000000001.log");
-    let len = fs::metadata(&path).unwrap().len();
-    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.set_len(len - 5).unwrap();
-    drop(file);
+    let mut bytes = fs::read(&path).unwrap();
+    let (last, end) = last_record(&bytes);
+    if options.preallocate == 0 {
+        // A write cut short: the file ends inside the last record.
+        assert_eq!(end, bytes.len());
+        bytes.truncate(end - 5);
+    } else {
+        // A write into the zeros ahead that kept only the start of the last record (its
+        // checksum and body are zeros again).
+        assert!(bytes.len() > end);
+        bytes[last + 14..end].fill(0);
+    }
+    fs::write(&path, bytes).unwrap();
     let (got, tail) = read_log(&dir, 1).unwrap();
     assert_same(&got, &entries(1, 19));
     let Tail::Torn { file, offset } = tail else {
         panic!("{tail:?}")
     };
     assert_eq!(file, "wal-00000000000000000001.log");
-    let mut w = WalWriter::open(Box::new(dir.clone()), WalOptions::default()).unwrap();
+    let mut w = WalWriter::open(Box::new(dir.clone()), options).unwrap();
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
         offset,
@@ -63,11 +90,12 @@ fn a_torn_tail_on_the_file_system_is_cut_on_reopen() {
 fn a_flipped_bit_on_the_file_system_is_corruption() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = FsDir::open(tmp.path()).unwrap();
+    // Synced in groups of five: the damaged record (the second) is followed by later groups.
     drop(write(
         dir.clone(),
         WalOptions::default(),
         &entries(1, 20),
-        20,
+        5,
     ));
     let path = tmp.path().join("wal-00000000000000000001.log");
     let mut bytes = fs::read(&path).unwrap();

@@ -21,6 +21,7 @@ fn start(dir: impl Directory + 'static) -> (Engine, Arc<WalJournal>) {
     let options = WalOptions {
         segment_len_max: 1024,
         write_buffer_max: 256,
+        preallocate: 512,
     };
     let (engine, journal, _) = open_engine(Box::new(dir), options, Limits::default(), 2).unwrap();
     (engine, journal)

@@ -71,6 +71,7 @@ fn small_segments() -> WalOptions {
     WalOptions {
         segment_len_max: 4096,
         write_buffer_max: 1024,
+        preallocate: 2048,
     }
 }
 

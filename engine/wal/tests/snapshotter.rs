@@ -19,6 +19,7 @@ fn start(dir: impl Directory + 'static) -> (Arc<Engine>, Arc<WalJournal>) {
     let options = WalOptions {
         segment_len_max: 4096,
         write_buffer_max: 1024,
+        preallocate: 2048,
     };
     let (engine, journal, _) = open_engine(Box::new(dir), options, Limits::default(), 2).unwrap();
     (Arc::new(engine), journal)

@@ -1,10 +1,12 @@
 //! A crash that cuts the last write short: recovery yields every earlier entry and reports the
 //! torn tail, the reopened writer truncates it, and appends go on. Checked at every byte
-//! offset of the last record and of a new segment's header.
+//! offset of the last record and of a new segment's header. The logs are written without
+//! zeros ahead of the records, so that a cut file ends where the write was cut; zeros after
+//! the last whole record are a clean end.
 
 mod common;
 
-use common::{assert_same, entries, entry, small_segments, write};
+use common::{assert_same, entries, entry, no_zeros, small_segments, write};
 use depot_wal::format::segment_name;
 use depot_wal::{read_log, FaultDir, MemDir, Tail, WalOptions, WalWriter, SEGMENT_HEADER_LEN};
 
@@ -37,7 +39,11 @@ fn check(dir: &MemDir, count: u64, tail: Tail) {
 #[test]
 fn a_torn_last_record_at_every_byte_offset() {
     let dir = MemDir::new();
-    let mut w = write(dir.clone(), small_segments(), &entries(1, 40), 40);
+    let options = WalOptions {
+        preallocate: 0,
+        ..small_segments()
+    };
+    let mut w = write(dir.clone(), options, &entries(1, 40), 40);
     let last = dir.names().pop().unwrap();
     let before = dir.bytes(&last).unwrap().len();
     w.append(&entry(41)).unwrap();
@@ -59,11 +65,15 @@ fn a_torn_last_record_at_every_byte_offset() {
         } else {
             torn.clone()
         };
-        check(&with_file(&dir, &last, full[..cut].to_vec()), 40, expect);
+        check(
+            &with_file(&dir, &last, full[..cut].to_vec()),
+            40,
+            expect.clone(),
+        );
         // The file system may also leave zeros or stale bytes past the write.
         let mut zeros = full[..cut].to_vec();
         zeros.resize(full.len() + 100, 0);
-        check(&with_file(&dir, &last, zeros), 40, torn.clone());
+        check(&with_file(&dir, &last, zeros), 40, expect);
         let mut junk = full[..cut].to_vec();
         junk.extend(std::iter::repeat_n(0xd7, 40));
         check(&with_file(&dir, &last, junk), 40, torn);
@@ -73,7 +83,7 @@ fn a_torn_last_record_at_every_byte_offset() {
 #[test]
 fn a_checksum_failure_in_the_last_record_is_a_torn_tail() {
     let dir = MemDir::new();
-    write(dir.clone(), WalOptions::default(), &entries(1, 10), 10);
+    write(dir.clone(), no_zeros(), &entries(1, 10), 10);
     let name = segment_name(1);
     let full = dir.bytes(&name).unwrap();
     let mut bad = full.clone();
@@ -94,11 +104,11 @@ fn a_checksum_failure_in_the_last_record_is_a_torn_tail() {
 #[test]
 fn a_torn_segment_header_at_every_byte_offset() {
     let dir = MemDir::new();
-    write(dir.clone(), WalOptions::default(), &entries(1, 30), 30);
+    write(dir.clone(), no_zeros(), &entries(1, 30), 30);
     let next = segment_name(31);
     let header = {
         let probe = MemDir::new();
-        write(probe.clone(), WalOptions::default(), &entries(31, 1), 1);
+        write(probe.clone(), no_zeros(), &entries(31, 1), 1);
         probe.bytes(&next).unwrap()[..SEGMENT_HEADER_LEN as usize].to_vec()
     };
     for cut in 0..SEGMENT_HEADER_LEN as usize {

@@ -113,6 +113,15 @@ pub fn small_segments() -> WalOptions {
     WalOptions {
         segment_len_max: 1024,
         write_buffer_max: 256,
+        preallocate: 512,
+    }
+}
+
+/// The default options without zeros written ahead: a segment file ends at its last record.
+pub fn no_zeros() -> WalOptions {
+    WalOptions {
+        preallocate: 0,
+        ..WalOptions::default()
     }
 }
 
