@@ -4,9 +4,10 @@
 //! The floor server is axum 0.8 on hyper's HTTP/1.1 with as many tokio workers as depot's
 //! default (half the cores), `TCP_NODELAY` on every connection, and for every reservation:
 //! parse its JSON body, check and take the stock in a map under one mutex, append a record to
-//! a log file and, with `--sync always`, answer once a group `fdatasync` covering it has
-//! returned (one syncing thread; whatever arrives during a sync goes into the next one), then
-//! write an answer of the shape and size of depot's. `/v1/batch` does the same for each of its
+//! a log file (into zeros written ahead, as depot's log does) and, with `--sync always`,
+//! answer once a group `fdatasync` covering it has returned (one syncing thread; whatever
+//! arrives during a sync goes into the next one), then write an answer of the shape and size
+//! of depot's. `/v1/batch` does the same for each of its
 //! operations and waits for one sync. Nothing else: no keys, no idempotency, no rules, no
 //! events, no snapshots, no engine. What depot does beyond this floor is what its figures
 //! pay for; what the floor cannot reach on a machine, depot cannot either.
@@ -178,10 +179,20 @@ fn created(v: Value) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
+/// Zeros kept written ahead of the floor's records, and the chunk they are added in: what
+/// depot's log does by default (`depot_wal::WalOptions::preallocate`), so that a sync writes
+/// data into allocated blocks rather than growing the file.
+const ZEROS_AHEAD: u64 = 8 * 1024 * 1024;
+const ZEROS_CHUNK: usize = 2 * 1024 * 1024;
+
 /// Writes each group of records that queued up, syncs it (`always`), and wakes its waiters.
-fn group_commit(mut file: File, sync: bool, rx: &mpsc::Receiver<LogItem>) {
+/// The records go into zeros written ahead of them, as depot's log does.
+fn group_commit(file: File, sync: bool, rx: &mpsc::Receiver<LogItem>) {
+    use std::os::unix::fs::FileExt;
     let mut buf = Vec::new();
     let mut waiters = Vec::new();
+    let zeros = vec![0u8; ZEROS_CHUNK];
+    let (mut end, mut zeroed) = (0u64, 0u64);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some((record, done)) = next {
@@ -190,7 +201,16 @@ fn group_commit(mut file: File, sync: bool, rx: &mpsc::Receiver<LogItem>) {
             next = rx.try_recv().ok();
         }
         let written = file
-            .write_all(&buf)
+            .write_all_at(&buf, end)
+            .and_then(|()| {
+                end += buf.len() as u64;
+                zeroed = zeroed.max(end);
+                if zeroed < end + ZEROS_AHEAD {
+                    file.write_all_at(&zeros, zeroed)?;
+                    zeroed += ZEROS_CHUNK as u64;
+                }
+                Ok(())
+            })
             .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             // Waiters are dropped unanswered: their requests fail, as depot's would.
@@ -460,6 +480,9 @@ mod tests {
         for mut w in waits {
             assert!(w.try_recv().is_ok(), "every waiter is woken");
         }
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "r0\nr1\nr2\n");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..9], b"r0\nr1\nr2\n");
+        assert!(bytes.len() > 9, "zeros follow the records");
+        assert!(bytes[9..].iter().all(|&b| b == 0));
     }
 }
