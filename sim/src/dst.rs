@@ -1,6 +1,6 @@
 //! `depot sim dst`: deterministic simulation testing. One seed drives everything: the
 //! workload, the clock (with jumps forward and back), the shard count, the log's segment and
-//! buffer sizes, storage faults (torn writes, bit flips, failed fsyncs, a full disk) and crashes
+//! buffer sizes (even seeds write zeros ahead of the records), storage faults (torn writes, bit flips, failed fsyncs, a full disk) and crashes
 //! (of the process, or of the machine losing everything not synced), all through the real
 //! engine ([`Machine`]) and the real log code ([`WalWriter`], [`recover`]) on simulated storage
 //! ([`MemDir`] behind a [`FaultDir`]).
@@ -11,8 +11,8 @@
 //! (acknowledged = covered by a `sync` that returned `Ok`), and rebuilds exactly the state the
 //! live engine had after the last recovered write (nothing unacknowledged is half there); an
 //! idempotent retry of a recovered write returns its first answer. A bit flip must be detected
-//! (recovery stops with the file and offset, or — in the last record, the format's documented
-//! limit — reports a torn tail): it is flipped back afterwards. Now and then a snapshot is
+//! (recovery stops with the file and offset, or — in the last write group or the zeros after
+//! it, the format's documented limit — reports a torn tail): it is flipped back afterwards. Now and then a snapshot is
 //! written beside the log as the server's snapshotter writes it (armed faults may hit its
 //! writes: it then fails, and the engine goes on); recovery starts from the newest valid one,
 //! so the checks after a crash hold for snapshot + log, and bit flips are judged on the log
@@ -158,7 +158,7 @@ pub struct SeedRun {
     pub unacked_lost: u64,
     pub unacked_kept: u64,
     pub torn_tails: u64,
-    /// Bit flips detected as corruption (file and offset), and as a torn last record.
+    /// Bit flips detected as corruption (file and offset), and as a torn last write group.
     pub flips_corrupt: u64,
     pub flips_torn: u64,
     pub idempotent_retries: u64,
@@ -623,7 +623,8 @@ impl World {
                 ))
             }
             Ok((_, Tail::Torn { file, offset: at })) if last && file == name && at <= offset => {
-                // The documented limit: damage in the last record looks like a torn write.
+                // The documented limit: damage in the last write group (or the zeros after it)
+                // looks like a torn write.
                 self.run.flips_torn += 1;
                 format!("torn {file} {at}")
             }
@@ -1245,7 +1246,7 @@ pub fn report(opts: &DstOptions, runs: &[SeedRun], failure: Option<&DstFailure>)
         ),
         ("torn tails cut".into(), total(|r| r.torn_tails).to_string()),
         (
-            "bit flips detected: corrupt / torn last record".into(),
+            "bit flips detected: corrupt / torn last write group".into(),
             format!(
                 "{} / {}",
                 total(|r| r.flips_corrupt),
