@@ -7,6 +7,7 @@ pub mod demo;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod pretouch;
 pub mod ratelimit;
 pub mod server;
 

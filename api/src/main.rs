@@ -128,6 +128,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            depot_api::pretouch::prepare(config.pretouch_mib);
             depot_api::server::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }

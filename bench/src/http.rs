@@ -35,7 +35,14 @@ pub struct ServerOpts {
     pub sync: String,
     /// `--shards`; `None`: the server's default (one per core).
     pub shards: Option<usize>,
+    /// `--pretouch-memory-mib` (0: not passed). The benchmarks pass
+    /// [`PRETOUCH_MIB_DEFAULT`]: a run's state grows by gigabytes, and memory written for the
+    /// first time costs the engine's writing thread a page fault per page.
+    pub pretouch_mib: u64,
 }
+
+/// MiB the benchmarks have depot pretouch (`--pretouch-mib` of `http_load` and `compare`).
+pub const PRETOUCH_MIB_DEFAULT: u64 = 4_096;
 
 impl ServerOpts {
     /// `target/release/depot` next to the running benchmark binary, or `$DEPOT_BIN`.
@@ -98,6 +105,9 @@ impl DepotServer {
         .stderr(Stdio::from(log));
         if let Some(s) = o.shards {
             cmd.args(["--shards", &s.to_string()]);
+        }
+        if o.pretouch_mib > 0 {
+            cmd.args(["--pretouch-memory-mib", &o.pretouch_mib.to_string()]);
         }
         let mut child = cmd
             .spawn()

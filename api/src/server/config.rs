@@ -125,7 +125,17 @@ pub struct ServeArgs {
     /// disconnected.
     #[arg(long, env = "DEPOT_HEADER_TIMEOUT", default_value = "30s")]
     pub header_timeout: String,
+    /// MiB of memory to write once at start and keep for the state to grow into (0: none).
+    /// New memory costs a page fault and the kernel's clearing of each page, on the thread that
+    /// first writes it: the engine's writing thread, as the state grows. Pretouched memory is
+    /// kept by the allocator (depot restarts itself once with `MIMALLOC_PURGE_DELAY=-1` unless
+    /// that variable is set), so the resident size starts at about this much.
+    #[arg(long, env = "DEPOT_PRETOUCH_MEMORY_MIB", default_value_t = 0)]
+    pub pretouch_memory_mib: u64,
 }
+
+/// Most MiB `--pretouch-memory-mib` accepts (1 TiB).
+pub const PRETOUCH_MIB_MAX: u64 = 1 << 20;
 
 /// Most connections `--max-connections` accepts.
 pub const MAX_CONNECTIONS_MAX: usize = 1_000_000;
@@ -222,6 +232,8 @@ pub struct ServeConfig {
     pub limits: HttpLimits,
     pub snapshots: SnapshotSettings,
     pub connections: super::listen::ConnectionLimits,
+    /// See `--pretouch-memory-mib` ([`crate::pretouch`]).
+    pub pretouch_mib: u64,
 }
 
 /// Why the flags do not make a configuration.
@@ -249,6 +261,8 @@ pub enum ConfigError {
     MaxConnections(usize),
     #[error("--header-timeout {0:?}: expected a duration from 100ms to 1h, such as 30s")]
     HeaderTimeout(String),
+    #[error("--pretouch-memory-mib {0}: expected 0 to {PRETOUCH_MIB_MAX}")]
+    Pretouch(u64),
 }
 
 impl ServeArgs {
@@ -302,6 +316,9 @@ impl ServeArgs {
         if self.snapshot_log_growth > LOG_GROWTH_MAX {
             return Err(ConfigError::LogGrowth(self.snapshot_log_growth));
         }
+        if self.pretouch_memory_mib > PRETOUCH_MIB_MAX {
+            return Err(ConfigError::Pretouch(self.pretouch_memory_mib));
+        }
         if !(1..=MAX_CONNECTIONS_MAX).contains(&self.max_connections) {
             return Err(ConfigError::MaxConnections(self.max_connections));
         }
@@ -337,6 +354,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 header_timeout,
             },
+            pretouch_mib: self.pretouch_memory_mib,
         })
     }
 }

@@ -99,6 +99,12 @@ impl Server {
 }
 
 impl Server {
+    /// The server's process id.
+    #[allow(dead_code)] // not every test binary looks at the process
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `limit` for the server to exit on its own; its exit status.
     #[allow(dead_code)] // not every test binary waits for an exit it did not ask for
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {

@@ -30,7 +30,9 @@
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
 //! [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
-//! [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]`
+//! [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] [--wait-idle 60]`
+//!
+//! `--pretouch-mib` is passed to depot's server as `--pretouch-memory-mib` (0: not passed).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,7 +47,8 @@ use std::path::PathBuf;
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
 [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
-[--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--client-threads 1] [--shards 2] [--wait-idle 60]";
+[--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] \
+[--wait-idle 60]";
 
 /// The reference row of the ratio column.
 const REFERENCE: &str = "depot-inproc-batch";
@@ -94,6 +97,7 @@ fn opts() -> Result<Opts, String> {
             data_root: http::default_data_root(),
             sync: "always".into(),
             shards: None,
+            pretouch_mib: http::PRETOUCH_MIB_DEFAULT,
         },
     };
     for (f, v) in cli::pairs(&args)? {
@@ -143,6 +147,7 @@ fn opts() -> Result<Opts, String> {
             "--out" => o.out = PathBuf::from(v),
             "--data-dir" => o.server.data_root = PathBuf::from(v),
             "--depot-bin" => o.server.bin = PathBuf::from(v),
+            "--pretouch-mib" => o.server.pretouch_mib = cli::value(&f, &v)?,
             "--client-threads" => o.client_threads = cli::count(&f, &v)?,
             "--shards" => o.shards = cli::count(&f, &v)?,
             other => return Err(format!("unknown flag {other}")),
@@ -238,9 +243,11 @@ fn main() {
         o.runs, t.secs, t.warmup
     ));
     notes.push(format!(
-        "depot: write-ahead log with group commit, fdatasync before every answer, in {} ({} shards).",
+        "depot: write-ahead log with group commit, fdatasync before every answer, in {} ({} shards); \
+         the HTTP server with --pretouch-memory-mib {}.",
         o.server.data_root.display(),
-        o.shards
+        o.shards,
+        o.server.pretouch_mib
     ));
     let redis_ok = |url: &str| -> Option<String> {
         match rt.block_on(redis_peer::describe(url)) {

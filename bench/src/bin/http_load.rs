@@ -25,8 +25,10 @@
 //!
 //! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
-//! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--wait-idle 120]
-//! [--floor] [--timeline]`
+//! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--pretouch-mib 4096]
+//! [--wait-idle 120] [--floor] [--timeline]`
+//!
+//! `--pretouch-mib` is passed to depot as `--pretouch-memory-mib` (0: not passed).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,8 +41,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
-[--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--wait-idle 120] \
-[--floor] [--timeline]";
+[--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--pretouch-mib 4096] \
+[--wait-idle 120] [--floor] [--timeline]";
 
 /// Targets of issue 4.
 const SINGLE_TARGET: f64 = 60_000.0;
@@ -87,6 +89,7 @@ fn opts() -> Result<Opts, String> {
             data_root: http::default_data_root(),
             sync: "always".into(),
             shards: None,
+            pretouch_mib: http::PRETOUCH_MIB_DEFAULT,
         },
         floor: false,
         timeline,
@@ -120,6 +123,7 @@ fn opts() -> Result<Opts, String> {
             "--sync" => o.server.sync = v,
             "--data-dir" => o.server.data_root = PathBuf::from(v),
             "--depot-bin" => o.server.bin = PathBuf::from(v),
+            "--pretouch-mib" => o.server.pretouch_mib = cli::value(&f, &v)?,
 
             other => return Err(format!("unknown flag {other}")),
         }
