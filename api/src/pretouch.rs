@@ -10,8 +10,8 @@
 //! keeping it moves that cost to before the first request, as a JVM's `AlwaysPreTouch` does.
 //!
 //! "Keeping it" is the allocator's part: mimalloc gives memory freed in bulk back to the system
-//! after `MIMALLOC_PURGE_DELAY` milliseconds (10 by default), so the pretouched memory would be
-//! gone again when the state grows into it. mimalloc reads its options once, when the process
+//! after `MIMALLOC_PURGE_DELAY` milliseconds (1,000 by default), so the pretouched memory would
+//! be gone again when the state grows into it. mimalloc reads its options once, when the process
 //! starts; [`prepare`] therefore restarts the process (`exec`, same arguments) with
 //! `MIMALLOC_PURGE_DELAY=-1` (never give memory back) when that variable is not set, and only
 //! then writes the memory. An operator who sets the variable keeps the choice (and is warned
