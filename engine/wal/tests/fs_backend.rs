@@ -3,11 +3,8 @@
 
 mod common;
 
-use common::{assert_same, entries, entry, small_segments, write};
-use depot_wal::format::decode_record;
-use depot_wal::{
-    read_log, FaultDir, FsDir, Tail, WalError, WalOptions, WalWriter, SEGMENT_HEADER_LEN,
-};
+use common::{assert_same, entries, entry, last_record, small_segments, write};
+use depot_wal::{read_log, FaultDir, FsDir, Tail, WalError, WalOptions, WalWriter};
 use std::fs;
 
 #[test]
@@ -38,17 +35,6 @@ fn a_torn_tail_on_the_file_system_is_cut_on_reopen() {
             ..WalOptions::default()
         });
     }
-}
-
-/// Where the last record of a segment file starts and where the records end (zeros may
-/// follow them).
-fn last_record(bytes: &[u8]) -> (usize, usize) {
-    let (mut last, mut at) = (0, SEGMENT_HEADER_LEN as usize);
-    while at < bytes.len() && bytes[at] != 0 {
-        last = at;
-        at += decode_record(&bytes[at..]).unwrap().encoded_len() as usize;
-    }
-    (last, at)
 }
 
 fn torn_tail_is_cut(options: WalOptions) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{entries, entry, small_segments, write};
+use common::{entries, entry, last_record, small_segments, write};
 use depot_wal::format::decode_record;
 use depot_wal::{
     log_bytes_after, read_log, FaultDir, MemDir, Tail, WalOptions, WalWriter, SEGMENT_HEADER_LEN,
@@ -13,11 +13,7 @@ use depot_wal::{
 
 /// Where the records of a segment file end (zeros may follow them).
 fn records_end(bytes: &[u8]) -> usize {
-    let mut at = SEGMENT_HEADER_LEN as usize;
-    while at < bytes.len() && bytes[at] != 0 {
-        at += decode_record(&bytes[at..]).unwrap().encoded_len() as usize;
-    }
-    at
+    last_record(bytes).1
 }
 
 #[test]

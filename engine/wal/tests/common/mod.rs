@@ -117,6 +117,19 @@ pub fn small_segments() -> WalOptions {
     }
 }
 
+/// Where the last record of a segment file starts and where its records end (zeros may follow
+/// them; the last record of a file without records is at 0).
+pub fn last_record(bytes: &[u8]) -> (usize, usize) {
+    let (mut last, mut at) = (0, depot_wal::SEGMENT_HEADER_LEN as usize);
+    while at < bytes.len() && bytes[at] != 0 {
+        last = at;
+        at += depot_wal::format::decode_record(&bytes[at..])
+            .unwrap()
+            .encoded_len() as usize;
+    }
+    (last, at)
+}
+
 /// The default options without zeros written ahead: a segment file ends at its last record.
 pub fn no_zeros() -> WalOptions {
     WalOptions {
