@@ -223,3 +223,44 @@ fn a_record_that_starts_a_later_group_after_damage_proves_corruption() {
     flip_bit(&damaged, &name, offset + 20, 1).unwrap();
     assert_corrupt_at(&damaged, &name, offset, 2);
 }
+
+#[test]
+fn in_a_log_written_before_write_groups_any_damage_followed_by_a_record_is_corruption() {
+    // Every record version 2, as earlier versions wrote them: each its own group, so a valid
+    // record after damage proves the damage was synced, as it always did.
+    let dir = MemDir::new();
+    let mut seg =
+        depot_wal::format::encode_segment_header(depot_wal::format::SegmentHeader { first_seq: 1 })
+            .to_vec();
+    let mut offsets = Vec::new();
+    for e in entries(1, 6) {
+        offsets.push(seg.len() as u64);
+        let mut body = Vec::new();
+        depot_wal::format::encode_entry(&e, &mut body);
+        depot_wal::format::encode_record(
+            e.seq,
+            depot_wal::format::RECORD_VERSION_BINARY,
+            &body,
+            &mut seg,
+        );
+    }
+    dir.insert(&segment_name(1), seg);
+    assert_eq!(read_log(&dir, 1).unwrap(), (entries(1, 6), Tail::Clean));
+    for (i, offset) in offsets[..5].iter().enumerate() {
+        let damaged = copy(&dir);
+        flip_bit(&damaged, &segment_name(1), offset + 20, 2).unwrap();
+        assert_corrupt_at(&damaged, &segment_name(1), *offset, i as u64 + 1);
+    }
+    // The last record has nothing after it: a torn tail, as before.
+    let damaged = copy(&dir);
+    flip_bit(&damaged, &segment_name(1), offsets[5] + 20, 2).unwrap();
+    let (got, tail) = read_log(&damaged, 1).unwrap();
+    assert_eq!(got, entries(1, 5));
+    assert_eq!(
+        tail,
+        Tail::Torn {
+            file: segment_name(1),
+            offset: offsets[5]
+        }
+    );
+}
