@@ -40,18 +40,15 @@ pub fn prepare(mib: u64) {
         Err(_) => {
             let err = restart_with_purge_off();
             tracing::warn!(error = %err, "--pretouch-memory-mib: cannot restart with {PURGE_VAR}=-1; memory is not pretouched");
+            return;
         }
-        Ok(v) if v.trim() != "-1" => {
-            tracing::warn!(
-                value = %v,
-                "--pretouch-memory-mib: {PURGE_VAR} is set and not -1: the allocator may give the pretouched memory back"
-            );
-            touch(mib);
-        }
-        Ok(_) => {
-            touch(mib);
-        }
+        Ok(v) if v.trim() != "-1" => tracing::warn!(
+            value = %v,
+            "--pretouch-memory-mib: {PURGE_VAR} is set and not -1: the allocator may give the pretouched memory back"
+        ),
+        Ok(_) => {}
     }
+    touch(mib);
 }
 
 /// Replaces the process with itself, same arguments, [`PURGE_VAR`] set to -1. Returns only on
@@ -69,7 +66,7 @@ fn restart_with_purge_off() -> std::io::Error {
 }
 
 /// Allocates and writes `mib` MiB, then frees it to the allocator, which keeps it.
-pub fn touch(mib: u64) -> std::time::Duration {
+fn touch(mib: u64) {
     let started = Instant::now();
     let chunks = usize::try_from(mib).unwrap_or(usize::MAX);
     let mut kept: Vec<Vec<u8>> = Vec::new();
@@ -79,7 +76,6 @@ pub fn touch(mib: u64) -> std::time::Duration {
         kept.push(std::hint::black_box(vec![0x5a; CHUNK]));
     }
     drop(kept);
-    let took = started.elapsed();
-    tracing::info!(mib, ms = took.as_millis() as u64, "pretouched memory");
-    took
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(mib, ms, "pretouched memory");
 }

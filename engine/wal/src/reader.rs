@@ -66,7 +66,7 @@ pub fn valid_record_after(bytes: &[u8], from: usize) -> bool {
 /// True when a record with a valid checksum that starts a write group (any version but
 /// [`RECORD_VERSION_BINARY_GROUPED`]) starts anywhere in `bytes[from..]`: a damaged record
 /// before `from` was then synced before that group was written, so it is not a torn write.
-pub fn group_start_after(bytes: &[u8], from: usize) -> bool {
+fn group_start_after(bytes: &[u8], from: usize) -> bool {
     valid_after(bytes, from, |v| v != RECORD_VERSION_BINARY_GROUPED)
 }
 
@@ -364,8 +364,8 @@ pub(crate) fn scan_end(dir: &dyn Directory) -> Result<LogEnd, WalError> {
 /// [`crate::WalWriter::appended_bytes`] counts them): the whole of every segment that starts
 /// after `seq` but the last, and the records after `seq` of the one holding it and of the last
 /// one (which may end in zeros), found by walking their frames. A damaged frame ends the count
-/// of its segment. Used to count the log already on
-/// disk after a snapshot towards the next one.
+/// of its segment. Used to count the log already on disk after a snapshot towards the next
+/// one.
 pub fn log_bytes_after(dir: &dyn Directory, seq: Seq) -> Result<u64, WalError> {
     let segments = list_segments(dir)?;
     let mut total = 0u64;

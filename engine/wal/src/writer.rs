@@ -74,8 +74,6 @@ pub struct WalWriter {
     stopped: Option<WalError>,
     /// Bytes of the records appended since the writer opened.
     appended: u64,
-    /// Whether a record was appended since the last sync (the next one continues its group).
-    in_group: bool,
     /// A chunk of zeros for [`WalOptions::preallocate`], allocated on first use.
     zeros: Vec<u8>,
 }
@@ -114,7 +112,6 @@ impl WalWriter {
             body: Vec::new(),
             stopped: None,
             appended: 0,
-            in_group: false,
             zeros: Vec::new(),
         };
         if let Some((name, first_seq, valid_len)) = end.last {
@@ -227,13 +224,16 @@ impl WalWriter {
             }
             Some(_) => {}
         }
-        let version = if self.in_group {
+        // A record continues its write group when the record before it is not synced yet.
+        let grouped = self
+            .next_seq
+            .is_some_and(|n| n.checked_sub(1) != self.durable_seq);
+        let version = if grouped {
             RECORD_VERSION_BINARY_GROUPED
         } else {
             RECORD_VERSION
         };
         encode_record(entry.seq, version, &self.body, &mut self.buf);
-        self.in_group = true;
         let segment = self.segment.as_mut().expect("created above");
         segment.records += 1;
         self.appended += record_len;
@@ -256,7 +256,6 @@ impl WalWriter {
             let err = sync_failed(&segment.name, &e);
             return Err(self.stop(err));
         }
-        self.in_group = false;
         self.durable_seq = self.next_seq.and_then(|n| n.checked_sub(1));
         Ok(())
     }
@@ -320,7 +319,6 @@ impl WalWriter {
             return Err(self.stop(err));
         }
         self.durable_seq = first_seq.checked_sub(1);
-        self.in_group = false;
         self.create_segment(first_seq)
     }
 
