@@ -1309,9 +1309,9 @@ pub fn report(opts: &DstOptions, runs: &[SeedRun], failure: Option<&DstFailure>)
         .collect();
     Report {
         title: format!(
-            "depot deterministic simulation: seeds {}..{}",
+            "depot deterministic simulation: seeds {}..={}",
             opts.seed,
-            opts.seed.saturating_add(opts.seeds)
+            opts.seed.saturating_add(opts.seeds.saturating_sub(1))
         ),
         facts,
         runs: Vec::new(),

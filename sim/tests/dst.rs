@@ -112,3 +112,31 @@ fn without_faults_a_seed_recovers_nothing_and_still_replays_to_its_digest() {
     assert!(run.injected.is_empty());
     assert_ne!(run.final_digest, [0u8; 32]);
 }
+
+#[test]
+fn the_report_names_the_seeds_it_ran_first_and_last() {
+    let opts = DstOptions {
+        seed: 5,
+        seeds: 2,
+        steps: 20,
+        faults: Faults::default(),
+    };
+    let runs: Vec<_> = (5..=6)
+        .map(|seed| run_seed(seed, opts.steps, &opts.faults).unwrap())
+        .collect();
+    let report = depot_sim::dst::report(&opts, &runs, None);
+    assert!(
+        report.title.ends_with("seeds 5..=6"),
+        "title: {}",
+        report.title
+    );
+    let seeds: Vec<&str> = report
+        .table
+        .as_ref()
+        .unwrap()
+        .1
+        .iter()
+        .map(|r| r[0].as_str())
+        .collect();
+    assert_eq!(seeds, ["5", "6"]);
+}
