@@ -4,8 +4,8 @@
 //! takes one token or is refused with the time until one is there (`Retry-After`). Buckets
 //! live in a sharded concurrent map, so keys never contend on one lock. A bucket idle long
 //! enough to have refilled completely is the same as no bucket: such buckets are dropped (at
-//! most once a second, and whenever the map reaches [`BUCKETS_MAX`]), so memory follows the
-//! keys in use, not every key ever seen.
+//! most once a second, and whenever a new key finds the map at [`BUCKETS_MAX`]), so memory
+//! follows the keys in use, not every key ever seen.
 //!
 //! Time is an argument (`now`), so tests and the simulator drive it; the server passes
 //! `Instant::now()`.
@@ -58,12 +58,17 @@ impl RateLimiter {
         let Some(rate) = self.rate else {
             return Ok(());
         };
-        self.maybe_sweep(now);
+        self.maybe_sweep(now, false);
         if let Some(mut b) = self.buckets.get_mut(key_id) {
             return take(&mut b, rate, self.burst, now);
         }
-        // (The guard above is released here: `entry` locks the same shard.) Another thread may
-        // insert the same key meanwhile; `or_insert` keeps the first, and both take from it.
+        // (The guard above is released here: `entry` locks the same shard.) The map grows only
+        // here, so only here is its size checked (`len` locks every shard of the map in turn).
+        if self.buckets.len() >= BUCKETS_MAX {
+            self.maybe_sweep(now, true);
+        }
+        // Another thread may insert the same key meanwhile; `or_insert` keeps the first, and
+        // both take from it.
         let full = Bucket {
             tokens: self.burst,
             last: now,
@@ -91,12 +96,13 @@ impl RateLimiter {
         self.buckets.is_empty()
     }
 
-    fn maybe_sweep(&self, now: Instant) {
+    /// Sweeps idle buckets if the last sweep is [`SWEEP_INTERVAL`] old, or at once if `full`.
+    fn maybe_sweep(&self, now: Instant, full: bool) {
         let Ok(mut last) = self.last_sweep.try_lock() else {
             return; // another thread is sweeping
         };
         let due = last.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
-        if due || self.buckets.len() >= BUCKETS_MAX {
+        if due || full {
             *last = Some(now);
             drop(last);
             self.evict_idle(now);

@@ -1,7 +1,7 @@
 //! Rate limits: refusal past the burst with the wait until the next token, independent keys,
 //! eviction of idle buckets, concurrent use. Time is passed in, so nothing here sleeps.
 
-use depot_api::ratelimit::{retry_after_secs, RateLimiter};
+use depot_api::ratelimit::{retry_after_secs, RateLimiter, BUCKETS_MAX};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,4 +121,23 @@ fn concurrent_checks_grant_exactly_the_burst() {
         t.join().unwrap();
     }
     assert_eq!(granted.load(Ordering::Relaxed), 50);
+}
+
+#[test]
+fn a_new_key_that_finds_the_map_full_sweeps_it_before_the_next_periodic_sweep() {
+    // One token at 1,000/s: a bucket is full again, so idle, 1 ms after its last request.
+    let limiter = RateLimiter::new(1_000.0, 1);
+    let t0 = Instant::now();
+    // The first check sweeps (nothing swept yet); the rest come within the sweep interval.
+    for i in 0..BUCKETS_MAX {
+        assert!(limiter.check(&format!("key_{i}"), t0).is_ok());
+    }
+    assert_eq!(limiter.len(), BUCKETS_MAX);
+    // A known key does not sweep, even with the map full and every other bucket idle.
+    let soon = t0 + ms(5);
+    assert!(limiter.check("key_0", soon).is_ok());
+    assert_eq!(limiter.len(), BUCKETS_MAX);
+    // A new one does: only the buckets used within the last millisecond stay.
+    assert!(limiter.check("key_new", soon).is_ok());
+    assert_eq!(limiter.len(), 2, "key_0 (used at `soon`) and key_new");
 }
