@@ -555,9 +555,7 @@ mod tests {
 pub struct Measured {
     pub stats: Stats,
     pub win: Window,
-    pub others: f64,
-    pub server: f64,
-    pub client: f64,
+    pub cpu: crate::procs::Shares,
 }
 
 /// Waits for a quiet machine (at most `wait_idle` s), then runs one task per target on `rt`,
@@ -602,16 +600,10 @@ pub fn run_async<T: AsyncTarget + 'static>(
         }
         Ok::<_, String>((all, kept))
     })?;
-    let (others, server, client) = crate::procs::Snapshot::now().since(&cpu0);
+    let cpu = crate::procs::Snapshot::now().since(&cpu0);
     let (stats, kept) = stats;
     drop(kept);
-    Ok(Measured {
-        stats,
-        win,
-        others,
-        server,
-        client,
-    })
+    Ok(Measured { stats, win, cpu })
 }
 
 /// The blocking twin of [`run_async`]: one thread per target.
@@ -653,14 +645,8 @@ pub fn run_threads<T: SyncTarget + 'static>(
         Ok::<_, String>(all)
     })?;
     // In process, the server is this process: others = busy - own.
-    let (others, server, client) = crate::procs::Snapshot::now().since(&cpu0);
-    Ok(Measured {
-        stats,
-        win,
-        others,
-        server,
-        client,
-    })
+    let cpu = crate::procs::Snapshot::now().since(&cpu0);
+    Ok(Measured { stats, win, cpu })
 }
 
 impl Measured {
@@ -677,9 +663,10 @@ impl Measured {
         crate::report::Run {
             fig,
             check,
-            others: self.others,
-            server: self.server,
-            client: self.client,
+            others: self.cpu.others,
+            server: self.cpu.server,
+            client: self.cpu.client,
+            steal: self.cpu.steal,
         }
     }
 }

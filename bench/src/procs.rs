@@ -48,12 +48,27 @@ fn parse_stat(stat: &str, names: &[&str]) -> Option<u64> {
 pub struct Snapshot {
     total: u64,
     busy: u64,
+    steal: u64,
     own: u64,
     server: u64,
 }
 
-/// (total, busy) ticks of the machine from `/proc/stat`.
-fn machine() -> (u64, u64) {
+/// Shares of the machine's CPU time over an interval (0 to 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shares {
+    /// Processes other than this one and the servers under test.
+    pub others: f64,
+    /// The servers under test.
+    pub server: f64,
+    /// This process (the client; in process, client and engine).
+    pub client: f64,
+    /// Time the hypervisor ran something else while this machine's CPUs had work ("steal" in
+    /// `/proc/stat`; 0 on bare metal): a share here means the run was slowed from outside.
+    pub steal: f64,
+}
+
+/// (total, busy, steal) ticks of the machine from `/proc/stat`; busy includes steal.
+fn machine() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> = stat
         .lines()
@@ -69,7 +84,7 @@ fn machine() -> (u64, u64) {
     // traffic and block I/O of the benchmark itself, which no process is charged for.
     let field = |k: usize| f.get(k).copied().unwrap_or(0);
     let not_busy = field(3) + field(4) + field(5) + field(6);
-    (total, total.saturating_sub(not_busy))
+    (total, total.saturating_sub(not_busy), field(7))
 }
 
 /// This process's ticks.
@@ -101,27 +116,29 @@ fn ticks_of_pid(pid: u32) -> u64 {
 
 impl Snapshot {
     pub fn now() -> Snapshot {
-        let (total, busy) = machine();
+        let (total, busy, steal) = machine();
         Snapshot {
             total,
             busy,
+            steal,
             own: own(),
             server: ticks_of(SERVERS) + ticks_of_pid(DEPOT_PID.load(Ordering::Relaxed)),
         }
     }
 
-    /// (others, server, client): shares of the machine's CPU time since `before` used by
-    /// processes other than this one and the servers, by the servers, and by this process.
-    pub fn since(&self, before: &Snapshot) -> (f64, f64, f64) {
+    /// The shares of the machine's CPU time since `before` (see [`Shares`]).
+    pub fn since(&self, before: &Snapshot) -> Shares {
         let total = self.total.saturating_sub(before.total).max(1) as f64;
         let busy = self.busy.saturating_sub(before.busy) as f64;
+        let steal = self.steal.saturating_sub(before.steal) as f64;
         let own = self.own.saturating_sub(before.own) as f64;
         let server = self.server.saturating_sub(before.server) as f64;
-        (
-            ((busy - own - server) / total).max(0.0),
-            (server / total).min(1.0),
-            (own / total).min(1.0),
-        )
+        Shares {
+            others: ((busy - steal - own - server) / total).max(0.0),
+            server: (server / total).min(1.0),
+            client: (own / total).min(1.0),
+            steal: (steal / total).min(1.0),
+        }
     }
 }
 
@@ -142,5 +159,26 @@ mod tests {
         let odd = "9 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 3 4 0 0";
         assert_eq!(parse_stat(odd, &["a (b) c"]), Some(7));
         assert_eq!(parse_stat("garbage", SERVERS), None);
+    }
+
+    #[test]
+    fn steal_is_its_own_share_not_others() {
+        let at = |total, busy, steal, own, server| Snapshot {
+            total,
+            busy,
+            steal,
+            own,
+            server,
+        };
+        let before = at(1_000, 400, 10, 100, 100);
+        // 200 ticks: 150 busy, of them 30 stolen, 40 client, 50 server: 30 others.
+        let s = at(1_200, 550, 40, 140, 150).since(&before);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(s.steal, 0.15), "{s:?}");
+        assert!(close(s.client, 0.20), "{s:?}");
+        assert!(close(s.server, 0.25), "{s:?}");
+        assert!(close(s.others, 0.15), "{s:?}");
+        // No time passed: nothing divides by zero.
+        assert_eq!(before.since(&before), Shares::default());
     }
 }

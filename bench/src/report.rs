@@ -77,6 +77,9 @@ pub struct Run {
     pub server: f64,
     /// Share used by the client (this process; in process: client and engine).
     pub client: f64,
+    /// Share the hypervisor gave to others while this machine had work
+    /// ([`crate::procs::Shares::steal`]).
+    pub steal: f64,
 }
 
 /// One row of the table: a system, a setting, a connection shape and a workload.
@@ -172,9 +175,9 @@ pub fn ratio(num: f64, den: f64) -> String {
 pub fn markdown(cells: &[Cell], reference: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "| workload | system | durability | clients | ops/s (median) | min–max | p50 µs | p99 µs | p99.9 µs | oversell | check | others' CPU | {reference} ÷ row |\n"
+        "| workload | system | durability | clients | ops/s (median) | min–max | p50 µs | p99 µs | p99.9 µs | oversell | check | others' CPU | host steal | {reference} ÷ row |\n"
     ));
-    s.push_str("|---|---|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|\n");
+    s.push_str("|---|---|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|\n");
     for w in [Wk::W1, Wk::W2, Wk::W3] {
         let refops = cells
             .iter()
@@ -183,7 +186,7 @@ pub fn markdown(cells: &[Cell], reference: &str) -> String {
         for c in cells.iter().filter(|c| c.w == w) {
             if c.runs.is_empty() {
                 s.push_str(&format!(
-                    "| {} | {} | {} | {} | not measured (every run failed) | | | | | | FAIL | | |\n",
+                    "| {} | {} | {} | {} | not measured (every run failed) | | | | | | FAIL | | | |\n",
                     w.name(),
                     c.system,
                     c.durability,
@@ -204,7 +207,7 @@ pub fn markdown(cells: &[Cell], reference: &str) -> String {
                 format!("FAIL: {}", notes.join(" / "))
             };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {}–{} | {} | {} | {} | {} | {} | {:.0}% | {} |\n",
+                "| {} | {} | {} | {} | {} | {}–{} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {} |\n",
                 w.name(),
                 c.system,
                 c.durability,
@@ -218,6 +221,7 @@ pub fn markdown(cells: &[Cell], reference: &str) -> String {
                 c.oversell(),
                 check,
                 c.med(|r| r.others) * 100.0,
+                c.med(|r| r.steal) * 100.0,
                 refops.map_or("-".into(), |r| ratio(r, c.ops())),
             ));
         }
@@ -347,6 +351,22 @@ mod tests {
             t.contains("| W1 | depot | fsync | 1x1 | 1,000,000 | 900,000–1,100,000 | 100 | 900 |")
         );
         assert!(t.contains("20.0x |"), "{t}");
+        // Every row has as many cells as the header, the host's steal among them.
+        let cols = |l: &str| l.matches('|').count();
+        assert!(
+            t.lines()
+                .all(|l| cols(l) == cols(t.lines().next().unwrap())),
+            "{t}"
+        );
+        assert!(t
+            .lines()
+            .next()
+            .unwrap()
+            .contains("| others' CPU | host steal |"));
+        let mut stolen = cell("redis", Wk::W2, &[40_000.0]);
+        stolen.runs[0].steal = 0.34;
+        let t2 = markdown(&[stolen], "depot");
+        assert!(t2.contains("| pass | 0% | 34% | - |"), "{t2}");
         let g = goals(
             &cells,
             &[

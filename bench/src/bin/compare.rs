@@ -176,7 +176,7 @@ fn cell(
             Ok(run) => {
                 let x = &run.fig;
                 eprintln!(
-                    "  {} {key} [{shape}] run {}: {} ops/s, p50 {} us, p99 {} us, ok {} insufficient {} failed {}, check {} {}, others {:.0}% server {:.0}%",
+                    "  {} {key} [{shape}] run {}: {} ops/s, p50 {} us, p99 {} us, ok {} insufficient {} failed {}, check {} {}, others {:.0}% server {:.0}% steal {:.0}%",
                     w.name(),
                     r + 1,
                     thousands(x.ops_per_s),
@@ -188,7 +188,8 @@ fn cell(
                     if run.check.pass { "pass" } else { "FAIL" },
                     run.check.note,
                     run.others * 100.0,
-                    run.server * 100.0
+                    run.server * 100.0,
+                    run.steal * 100.0
                 );
                 runs.push(run);
             }
@@ -466,7 +467,7 @@ fn main() {
     for n in &notes {
         md.push_str(&format!("- {n}\n"));
     }
-    md.push_str("- Latency: client side, per operation (for batch rows: the whole batch request); \"others' CPU\": share of the machine used by processes other than the client and the server under test during the run.\n");
+    md.push_str("- Latency: client side, per operation (for batch rows: the whole batch request); \"others' CPU\": share of the machine used by processes other than the client and the server under test during the run; \"host steal\": share of it the hypervisor gave to other machines while this one had work (a run with steal was slowed from outside; 0% on bare metal).\n");
     md.push_str("- Oversell: units granted beyond a SKU's stock (from the replies); check: the store's final stock equals stock - granted for every SKU, no failed request, and for W3 exactly 100,000 units sold.\n\n");
     md.push_str(&table);
     md.push_str("\n## Goals\n\n");

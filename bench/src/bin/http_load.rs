@@ -190,7 +190,7 @@ fn main() {
                     println!(
                         "{} run {}: {} {}/s, p50 {} us, p99 {} us, p99.9 {} us, max {} us; \
                          ok {} insufficient {} failed {}; check {}{}; CPU: server {:.0}%, \
-                         client {:.0}%, others {:.0}%",
+                         client {:.0}%, others {:.0}%, host steal {:.0}%",
                         shape.label(),
                         r + 1,
                         thousands(f.ops_per_s),
@@ -207,6 +207,7 @@ fn main() {
                         run.server * 100.0,
                         run.client * 100.0,
                         run.others * 100.0,
+                        run.steal * 100.0,
                     );
                     if o.timeline {
                         println!("  per 100 ms (k/s): {}", timeline(&f.timeline));
@@ -247,7 +248,7 @@ fn main() {
         };
         println!(
             "{} median of {}: {} {}/s, p50 {} us, p99 {} us, p99.9 {} us; server CPU {:.0}%, \
-             others {:.0}% ({verdict})",
+             others {:.0}%, host steal {:.0}% ({verdict})",
             shape.label(),
             runs.len(),
             thousands(ops),
@@ -257,6 +258,7 @@ fn main() {
             thousands(m(&|r| r.fig.p999_us as f64)),
             m(&|r| r.server) * 100.0,
             m(&|r| r.others) * 100.0,
+            m(&|r| r.steal) * 100.0,
         );
     }
     if failed {
