@@ -65,6 +65,17 @@ pub fn verify(w: Wk, available: &[i64], granted: &[i64], ok: u64, other: u64) ->
     }
 }
 
+/// Times one run may be repeated because the host stole more than `--max-steal` of the
+/// machine while it ran; the last try is kept whatever its steal.
+pub const STEAL_REPEATS: u32 = 2;
+
+/// Whether a run whose host steal was `steal` (a share, 0 to 1) is run again: the steal is
+/// above `max_steal_pct` percent and the run has been repeated fewer than [`STEAL_REPEATS`]
+/// times. A run is repeated whole, with the same seed, whichever system it measures.
+pub fn repeat_for_steal(steal: f64, max_steal_pct: f64, repeated: u32) -> bool {
+    steal * 100.0 > max_steal_pct && repeated < STEAL_REPEATS
+}
+
 /// One measured run of a cell.
 #[derive(Debug, Clone, Default)]
 pub struct Run {
@@ -336,6 +347,19 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_run_is_repeated_for_steal_above_the_limit_at_most_twice() {
+        assert!(!repeat_for_steal(0.0, 10.0, 0));
+        assert!(!repeat_for_steal(0.10, 10.0, 0), "at the limit: kept");
+        assert!(repeat_for_steal(0.11, 10.0, 0));
+        assert!(repeat_for_steal(0.35, 10.0, 1));
+        assert!(
+            !repeat_for_steal(0.35, 10.0, STEAL_REPEATS),
+            "the last try is kept"
+        );
+        assert!(!repeat_for_steal(1.0, 100.0, 0), "100 %: never repeated");
     }
 
     #[test]

@@ -30,9 +30,15 @@
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
 //! [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
-//! [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] [--wait-idle 60]`
+//! [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] [--wait-idle 60]
+//! [--max-steal 10]`
 //!
 //! `--pretouch-mib` is passed to depot's server as `--pretouch-memory-mib` (0: not passed).
+//!
+//! On a virtual machine the host may run other machines on these cores during a run ("steal"
+//! in `/proc/stat`). A run with more than `--max-steal` percent of the machine stolen (10 by
+//! default; 100: never) is run again, at most twice, with the same seed; the last try is kept
+//! whatever its steal, and the report says how many runs were repeated.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,12 +49,16 @@ use depot_bench::load::Wk;
 use depot_bench::report::{self, thousands, Cell, Goal, Run};
 use depot_bench::{inproc, pg_peer, redis_peer};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Runs repeated for host steal so far (see the module docs).
+static REPEATED: AtomicU32 = AtomicU32::new(0);
 
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
 [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
 [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] \
-[--wait-idle 60]";
+[--wait-idle 60] [--max-steal 10]";
 
 /// The reference row of the ratio column.
 const REFERENCE: &str = "depot-inproc-batch";
@@ -70,6 +80,8 @@ struct Opts {
     client_threads: usize,
     shards: usize,
     server: ServerOpts,
+    /// Percent of the machine the host may steal during a run before it is run again.
+    max_steal: f64,
 }
 
 fn opts() -> Result<Opts, String> {
@@ -99,6 +111,7 @@ fn opts() -> Result<Opts, String> {
             shards: None,
             pretouch_mib: http::PRETOUCH_MIB_DEFAULT,
         },
+        max_steal: 10.0,
     };
     for (f, v) in cli::pairs(&args)? {
         match f.as_str() {
@@ -150,6 +163,14 @@ fn opts() -> Result<Opts, String> {
             "--pretouch-mib" => o.server.pretouch_mib = cli::value(&f, &v)?,
             "--client-threads" => o.client_threads = cli::count(&f, &v)?,
             "--shards" => o.shards = cli::count(&f, &v)?,
+            "--max-steal" => {
+                o.max_steal = cli::value(&f, &v)?;
+                if !(0.0..=100.0).contains(&o.max_steal) {
+                    return Err(format!(
+                        "--max-steal {v}: expected a percentage from 0 to 100"
+                    ));
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -171,7 +192,9 @@ fn cell(
     mut f: impl FnMut(u64) -> Result<Run, String>,
 ) -> Cell {
     let mut runs = Vec::new();
-    for r in 0..o.runs as u64 {
+    let mut repeated = 0;
+    let mut r = 0;
+    while r < o.runs as u64 {
         match f(r) {
             Ok(run) => {
                 let x = &run.fig;
@@ -191,10 +214,18 @@ fn cell(
                     run.server * 100.0,
                     run.steal * 100.0
                 );
+                if report::repeat_for_steal(run.steal, o.max_steal, repeated) {
+                    repeated += 1;
+                    REPEATED.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("    host steal above {}%: run {} again", o.max_steal, r + 1);
+                    continue;
+                }
                 runs.push(run);
             }
             Err(e) => eprintln!("  {} {key} [{shape}] run {}: error: {e}", w.name(), r + 1),
         }
+        repeated = 0;
+        r += 1;
     }
     Cell {
         key: key.into(),
@@ -468,6 +499,12 @@ fn main() {
         md.push_str(&format!("- {n}\n"));
     }
     md.push_str("- Latency: client side, per operation (for batch rows: the whole batch request); \"others' CPU\": share of the machine used by processes other than the client and the server under test during the run; \"host steal\": share of it the hypervisor gave to other machines while this one had work (a run with steal was slowed from outside; 0% on bare metal).\n");
+    md.push_str(&format!(
+        "- Runs with more than {}% host steal were run again with the same seed, at most {} times each (the last try kept): {} repeated in all.\n",
+        o.max_steal,
+        report::STEAL_REPEATS,
+        REPEATED.load(Ordering::Relaxed)
+    ));
     md.push_str("- Oversell: units granted beyond a SKU's stock (from the replies); check: the store's final stock equals stock - granted for every SKU, no failed request, and for W3 exactly 100,000 units sold.\n\n");
     md.push_str(&table);
     md.push_str("\n## Goals\n\n");
