@@ -663,10 +663,7 @@ impl Measured {
         crate::report::Run {
             fig,
             check,
-            others: self.cpu.others,
-            server: self.cpu.server,
-            client: self.cpu.client,
-            steal: self.cpu.steal,
+            cpu: self.cpu,
         }
     }
 }

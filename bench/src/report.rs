@@ -81,16 +81,9 @@ pub fn repeat_for_steal(steal: f64, max_steal_pct: f64, repeated: u32) -> bool {
 pub struct Run {
     pub fig: RunFigures,
     pub check: Check,
-    /// Share of the machine's CPU time used by processes other than the client and the server
-    /// under test during the run.
-    pub others: f64,
-    /// Share used by the server under test (its processes), when known.
-    pub server: f64,
-    /// Share used by the client (this process; in process: client and engine).
-    pub client: f64,
-    /// Share the hypervisor gave to others while this machine had work
-    /// ([`crate::procs::Shares::steal`]).
-    pub steal: f64,
+    /// Shares of the machine's CPU time during the run: others, the server under test (when
+    /// known), the client, the host's steal.
+    pub cpu: crate::procs::Shares,
 }
 
 /// One row of the table: a system, a setting, a connection shape and a workload.
@@ -231,8 +224,8 @@ pub fn markdown(cells: &[Cell], reference: &str) -> String {
                 thousands(c.med(|r| r.fig.p999_us as f64)),
                 c.oversell(),
                 check,
-                c.med(|r| r.others) * 100.0,
-                c.med(|r| r.steal) * 100.0,
+                c.med(|r| r.cpu.others) * 100.0,
+                c.med(|r| r.cpu.steal) * 100.0,
                 refops.map_or("-".into(), |r| ratio(r, c.ops())),
             ));
         }
@@ -388,7 +381,7 @@ mod tests {
             .unwrap()
             .contains("| others' CPU | host steal |"));
         let mut stolen = cell("redis", Wk::W2, &[40_000.0]);
-        stolen.runs[0].steal = 0.34;
+        stolen.runs[0].cpu.steal = 0.34;
         let t2 = markdown(&[stolen], "depot");
         assert!(t2.contains("| pass | 0% | 34% | - |"), "{t2}");
         let g = goals(

@@ -192,40 +192,38 @@ fn cell(
     mut f: impl FnMut(u64) -> Result<Run, String>,
 ) -> Cell {
     let mut runs = Vec::new();
-    let mut repeated = 0;
-    let mut r = 0;
-    while r < o.runs as u64 {
-        match f(r) {
-            Ok(run) => {
-                let x = &run.fig;
-                eprintln!(
-                    "  {} {key} [{shape}] run {}: {} ops/s, p50 {} us, p99 {} us, ok {} insufficient {} failed {}, check {} {}, others {:.0}% server {:.0}% steal {:.0}%",
-                    w.name(),
-                    r + 1,
-                    thousands(x.ops_per_s),
-                    x.p50_us,
-                    x.p99_us,
-                    x.ok,
-                    x.insufficient,
-                    x.other,
-                    if run.check.pass { "pass" } else { "FAIL" },
-                    run.check.note,
-                    run.others * 100.0,
-                    run.server * 100.0,
-                    run.steal * 100.0
-                );
-                if report::repeat_for_steal(run.steal, o.max_steal, repeated) {
-                    repeated += 1;
-                    REPEATED.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("    host steal above {}%: run {} again", o.max_steal, r + 1);
-                    continue;
+    for r in 0..o.runs as u64 {
+        for repeated in 0.. {
+            match f(r) {
+                Ok(run) => {
+                    let x = &run.fig;
+                    eprintln!(
+                        "  {} {key} [{shape}] run {}: {} ops/s, p50 {} us, p99 {} us, ok {} insufficient {} failed {}, check {} {}, others {:.0}% server {:.0}% steal {:.0}%",
+                        w.name(),
+                        r + 1,
+                        thousands(x.ops_per_s),
+                        x.p50_us,
+                        x.p99_us,
+                        x.ok,
+                        x.insufficient,
+                        x.other,
+                        if run.check.pass { "pass" } else { "FAIL" },
+                        run.check.note,
+                        run.cpu.others * 100.0,
+                        run.cpu.server * 100.0,
+                        run.cpu.steal * 100.0
+                    );
+                    if report::repeat_for_steal(run.cpu.steal, o.max_steal, repeated) {
+                        REPEATED.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("    host steal above {}%: run {} again", o.max_steal, r + 1);
+                        continue;
+                    }
+                    runs.push(run);
                 }
-                runs.push(run);
+                Err(e) => eprintln!("  {} {key} [{shape}] run {}: error: {e}", w.name(), r + 1),
             }
-            Err(e) => eprintln!("  {} {key} [{shape}] run {}: error: {e}", w.name(), r + 1),
+            break;
         }
-        repeated = 0;
-        r += 1;
     }
     Cell {
         key: key.into(),

@@ -204,10 +204,10 @@ fn main() {
                         f.other,
                         if run.check.pass { "pass" } else { "FAIL: " },
                         run.check.note,
-                        run.server * 100.0,
-                        run.client * 100.0,
-                        run.others * 100.0,
-                        run.steal * 100.0,
+                        run.cpu.server * 100.0,
+                        run.cpu.client * 100.0,
+                        run.cpu.others * 100.0,
+                        run.cpu.steal * 100.0,
                     );
                     if o.timeline {
                         println!("  per 100 ms (k/s): {}", timeline(&f.timeline));
@@ -256,9 +256,9 @@ fn main() {
             thousands(m(&|r| r.fig.p50_us as f64)),
             thousands(p99),
             thousands(m(&|r| r.fig.p999_us as f64)),
-            m(&|r| r.server) * 100.0,
-            m(&|r| r.others) * 100.0,
-            m(&|r| r.steal) * 100.0,
+            m(&|r| r.cpu.server) * 100.0,
+            m(&|r| r.cpu.others) * 100.0,
+            m(&|r| r.cpu.steal) * 100.0,
         );
     }
     if failed {
