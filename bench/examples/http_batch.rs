@@ -23,7 +23,6 @@
 
 use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn, SingleTarget};
 use depot_bench::load::{zipf_for, AsyncTarget, LogicalClient, Op, Reply, Wk};
-use hyper::Method;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -113,13 +112,13 @@ async fn run(
     let start = Instant::now();
     let mut ok = 0usize;
     for body in bodies {
-        let (status, answer) = conn
-            .send(Method::POST, "/v1/batch", None, body.into())
+        let a = conn
+            .send("POST", "/v1/batch", None, body.as_bytes())
             .await?;
-        if status != 200 {
-            return Err(format!("POST /v1/batch: {status}"));
+        if a.status != 200 {
+            return Err(format!("POST /v1/batch: {}", a.status));
         }
-        ok += batch_replies(&answer, PER_BATCH)?
+        ok += batch_replies(a.body, PER_BATCH)?
             .iter()
             .filter(|r| **r == Reply::Ok)
             .count();

@@ -1,17 +1,12 @@
 //! depot over HTTP: the real `depot serve` binary on a free loopback port with a fresh data
 //! directory, its W1/W2/W3 tenant set up through the API (`/v1/batch` for the receives), and
-//! closed-loop targets over HTTP/1.1 keep-alive connections (hyper's client connection API,
-//! one connection per task, one request in flight on it): single `POST /v1/reservations`, or
+//! closed-loop targets over HTTP/1.1 keep-alive connections (the lean client of
+//! [`crate::wire`], one connection per task, one request in flight on it): single `POST /v1/reservations`, or
 //! `POST /v1/batch` carrying one reservation per logical client of the task.
 
 use crate::load::{self, AsyncTarget, Op, Reply, Wk};
 use crate::report::Run;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use crate::wire;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -167,87 +162,45 @@ impl Drop for DepotServer {
 /// One HTTP/1.1 keep-alive connection.
 #[derive(Debug)]
 pub struct HttpConn {
-    sender: SendRequest<Full<Bytes>>,
-    host: HeaderValue,
-    auth: HeaderValue,
-}
-
-fn json_type() -> HeaderValue {
-    HeaderValue::from_static("application/json")
+    conn: wire::Conn,
 }
 
 impl HttpConn {
-    /// Connects (TCP_NODELAY) and spawns the connection's driver on the current runtime.
+    /// Connects (TCP_NODELAY); `key` is sent as the bearer of every request.
     pub async fn connect(addr: SocketAddr, key: &str) -> Result<HttpConn, String> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok(HttpConn {
-            sender,
-            host: HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
-            auth: HeaderValue::from_str(&format!("Bearer {key}")).map_err(|e| e.to_string())?,
+            conn: wire::Conn::connect(addr, key).await?,
         })
     }
 
-    /// Sends one request and reads the whole answer: (status, body).
+    /// Sends one request and reads the whole answer (borrowed until the next request).
     pub async fn send(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
         idem: Option<&str>,
-        body: Bytes,
-    ) -> Result<(u16, Bytes), String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, self.host.clone())
-            .header(AUTHORIZATION, self.auth.clone());
-        if !body.is_empty() {
-            req = req.header(CONTENT_TYPE, json_type());
-        }
-        if let Some(k) = idem {
-            req = req.header("idempotency-key", k);
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection: {e}"))?;
-        let res = self
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = res.status().as_u16();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((status, body))
+        body: &[u8],
+    ) -> Result<wire::Answer<'_>, String> {
+        self.conn.request(method, path, idem, body).await
     }
 
     async fn ok(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        let (status, b) = self
-            .send(method, path, None, Bytes::from(body.to_string()))
+        let a = self
+            .send(method, path, None, body.to_string().as_bytes())
             .await?;
-        if !(200..300).contains(&status) {
-            return Err(format!("{path}: {status} {}", String::from_utf8_lossy(&b)));
+        if !(200..300).contains(&a.status) {
+            return Err(format!(
+                "{path}: {} {}",
+                a.status,
+                String::from_utf8_lossy(a.body)
+            ));
         }
-        serde_json::from_slice(&b).map_err(|e| format!("{path}: bad JSON: {e}"))
+        serde_json::from_slice(a.body).map_err(|e| format!("{path}: bad JSON: {e}"))
     }
 }
 
@@ -349,21 +302,33 @@ pub async fn setup(addr: SocketAddr, n: usize, stock: i64) -> Result<String, Str
     let mut m = HttpConn::connect(addr, MASTER_KEY).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match m.send(Method::GET, "/readyz", None, Bytes::new()).await {
-            Ok((200, _)) => break,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+        let got = match m.send("GET", "/readyz", None, b"").await {
+            Ok(a) => Ok(a.status),
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(200) => break,
+            _ if Instant::now() < deadline => {
+                // A failed connection stays failed: connect again.
+                if got.is_err() {
+                    if let Ok(c) = HttpConn::connect(addr, MASTER_KEY).await {
+                        m = c;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             other => return Err(format!("the server is not ready: {other:?}")),
         }
     }
     m.ok(
-        Method::POST,
+        "POST",
         "/v1/tenants",
         serde_json::json!({"id": crate::TENANT}),
     )
     .await?;
     let k = m
         .ok(
-            Method::POST,
+            "POST",
             "/v1/keys",
             serde_json::json!({"tenant": crate::TENANT, "role": "admin"}),
         )
@@ -374,13 +339,13 @@ pub async fn setup(addr: SocketAddr, n: usize, stock: i64) -> Result<String, Str
         .to_string();
     let mut a = HttpConn::connect(addr, &key).await?;
     a.ok(
-        Method::PUT,
+        "PUT",
         &format!("/v1/locations/{}", crate::LOCATION),
         serde_json::json!({"kind": "warehouse", "name": "Bench warehouse"}),
     )
     .await?;
     a.ok(
-        Method::PUT,
+        "PUT",
         &format!("/v1/channels/{}", crate::CHANNEL),
         serde_json::json!({"kind": "shopify", "priority": 0}),
     )
@@ -400,11 +365,7 @@ pub async fn setup(addr: SocketAddr, n: usize, stock: i64) -> Result<String, Str
             })
             .collect();
         let v = a
-            .ok(
-                Method::POST,
-                "/v1/batch",
-                serde_json::json!({"operations": ops}),
-            )
+            .ok("POST", "/v1/batch", serde_json::json!({"operations": ops}))
             .await?;
         let ok = v["results"].as_array().is_some_and(|rs| {
             rs.len() == chunk.len()
@@ -430,11 +391,7 @@ pub async fn read_available(addr: SocketAddr, key: &str, n: usize) -> Result<Vec
             .map(|&r| serde_json::json!({"method": "GET", "path": format!("/v1/stock/{}", crate::sku_name(r))}))
             .collect();
         let v = a
-            .ok(
-                Method::POST,
-                "/v1/batch",
-                serde_json::json!({"operations": ops}),
-            )
+            .ok("POST", "/v1/batch", serde_json::json!({"operations": ops}))
             .await?;
         let results = v["results"]
             .as_array()
@@ -455,6 +412,7 @@ pub struct SingleTarget {
     pub conn: HttpConn,
     pub names: Arc<Vec<String>>,
     buf: String,
+    idem: String,
 }
 
 impl SingleTarget {
@@ -463,6 +421,7 @@ impl SingleTarget {
             conn,
             names,
             buf: String::with_capacity(256),
+            idem: String::with_capacity(24),
         }
     }
 }
@@ -473,21 +432,24 @@ impl AsyncTarget for SingleTarget {
         for op in ops {
             self.buf.clear();
             reservation_body(op, &self.names, &mut self.buf);
-            let idem = format!("r{}", op.id);
-            let (status, body) = self
+            self.idem.clear();
+            self.idem.push('r');
+            self.idem.push_str(itoa::Buffer::new().format(op.id));
+            let a = self
                 .conn
                 .send(
-                    Method::POST,
+                    "POST",
                     "/v1/reservations",
-                    Some(&idem),
-                    Bytes::from(self.buf.clone()),
+                    Some(&self.idem),
+                    self.buf.as_bytes(),
                 )
                 .await?;
-            let r = classify(status, &body);
+            let r = classify(a.status, a.body);
             if r == Reply::Other {
                 return Err(format!(
-                    "POST /v1/reservations: {status} {}",
-                    String::from_utf8_lossy(&body)
+                    "POST /v1/reservations: {} {}",
+                    a.status,
+                    String::from_utf8_lossy(a.body)
                 ));
             }
             out.push(r);
@@ -506,17 +468,18 @@ pub struct BatchTarget {
 impl AsyncTarget for BatchTarget {
     async fn submit(&mut self, ops: &[Op]) -> Result<Vec<Reply>, String> {
         let body = batch_body(ops, &self.names);
-        let (status, answer) = self
+        let a = self
             .conn
-            .send(Method::POST, "/v1/batch", None, Bytes::from(body))
+            .send("POST", "/v1/batch", None, body.as_bytes())
             .await?;
-        if status != 200 {
+        if a.status != 200 {
             return Err(format!(
-                "POST /v1/batch: {status} {}",
-                String::from_utf8_lossy(&answer)
+                "POST /v1/batch: {} {}",
+                a.status,
+                String::from_utf8_lossy(a.body)
             ));
         }
-        batch_replies(&answer, ops.len())
+        batch_replies(a.body, ops.len())
     }
 }
 

@@ -572,4 +572,6 @@ pub mod pg_peer;
 pub mod procs;
 pub mod redis_peer;
 pub mod report;
+pub mod resp;
 pub mod sellout;
+pub mod wire;

@@ -1,13 +1,16 @@
 //! The Redis peer: one Lua script per reservation (`bench/peers/reserve.lua`: check every line,
 //! decrement all or none, then `SET rs:<id> ... EX 900`), stock in `st:%012d` keys, on a server
-//! `bench/peers/start.sh` started (appendfsync `always` or `everysec`). Connections are the
-//! client's multiplexed connections: `depth` logical clients share one connection, their
-//! requests pipelined on it.
+//! `bench/peers/start.sh` started (appendfsync `always` or `everysec`). Each connection carries
+//! `depth` logical clients: a round of their reservations is pipelined on it (`EVALSHA` each,
+//! in one write, as `redis-benchmark -P depth` does) by the lean client of [`crate::resp`];
+//! setup and checks use the `redis` crate.
 
 use crate::load::{self, AsyncTarget, Op, Reply, Wk};
 use crate::report::Run;
+use crate::resp;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,21 @@ async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| format!("redis {url}: {e}"))
+}
+
+/// The TCP address of a `redis://host:port/` URL (the measured path's connections).
+pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+    match client.get_connection_info().addr {
+        redis::ConnectionAddr::Tcp(ref host, port) => (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("redis {url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("redis {url}: no address")),
+        _ => Err(format!(
+            "redis {url}: the benchmark measures over plain TCP only"
+        )),
+    }
 }
 
 /// The server's version and `appendfsync`, for the report.
@@ -121,44 +139,51 @@ pub async fn read_available(url: &str, n: usize) -> Result<Vec<i64>, String> {
     Ok(out)
 }
 
-/// One logical client's handle on a (shared) connection.
-#[derive(Clone)]
+/// One connection and the logical clients pipelined on it.
+#[derive(Debug)]
 pub struct RedisTarget {
-    conn: MultiplexedConnection,
-    script: Arc<Script>,
+    conn: resp::Conn,
+    sha: Arc<str>,
     keys: Arc<Vec<String>>,
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisTarget").finish_non_exhaustive()
-    }
+    scratch: String,
+    replies: Vec<i64>,
 }
 
 impl AsyncTarget for RedisTarget {
     async fn submit(&mut self, ops: &[Op]) -> Result<Vec<Reply>, String> {
-        let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let mut inv = self.script.prepare_invoke();
+            let n = op.lines.len();
+            // EVALSHA sha numkeys key... rs:<id> qty... record
+            self.conn.command(3 + 2 * (n + 1));
+            self.conn.arg(b"EVALSHA");
+            self.conn.arg(self.sha.as_bytes());
+            self.conn.int(n as i64 + 1);
             for &(r, _) in &op.lines {
-                inv.key(self.keys.get(r - 1).map_or("", String::as_str));
+                let key = self.keys.get(r - 1).map_or("", String::as_str);
+                self.conn.arg(key.as_bytes());
             }
-            inv.key(format!("rs:{}", op.id));
+            self.scratch.clear();
+            self.scratch.push_str("rs:");
+            self.scratch.push_str(itoa::Buffer::new().format(op.id));
+            self.conn.arg(self.scratch.as_bytes());
             for &(_, q) in &op.lines {
-                inv.arg(q);
+                self.conn.int(q);
             }
-            inv.arg(record(op));
-            let got: i64 = inv
-                .invoke_async(&mut self.conn)
-                .await
-                .map_err(|e| format!("redis: {e}"))?;
-            out.push(if got == 1 {
-                Reply::Ok
-            } else {
-                Reply::Insufficient
-            });
+            self.conn.arg(record(op).as_bytes());
         }
-        Ok(out)
+        self.replies.clear();
+        self.conn.integers(&mut self.replies).await?;
+        Ok(self
+            .replies
+            .iter()
+            .map(|&got| {
+                if got == 1 {
+                    Reply::Ok
+                } else {
+                    Reply::Insufficient
+                }
+            })
+            .collect())
     }
 }
 
@@ -174,22 +199,22 @@ pub fn measure(
 ) -> Result<Run, String> {
     rt.block_on(reset(url, w.skus(), w.stock()))?;
     let keys = Arc::new((1..=w.skus()).map(stock_key).collect::<Vec<_>>());
-    let script = Arc::new(Script::new(SCRIPT));
+    let sha: Arc<str> = Script::new(SCRIPT).get_hash().into();
+    let addr = socket_addr(url)?;
     let targets = rt.block_on(async {
-        let mut v = Vec::with_capacity(conns * depth);
+        let mut v = Vec::with_capacity(conns);
         for _ in 0..conns {
-            let conn = connect(url).await?;
-            for _ in 0..depth {
-                v.push(RedisTarget {
-                    conn: conn.clone(),
-                    script: script.clone(),
-                    keys: keys.clone(),
-                });
-            }
+            v.push(RedisTarget {
+                conn: resp::Conn::connect(addr).await?,
+                sha: sha.clone(),
+                keys: keys.clone(),
+                scratch: String::with_capacity(24),
+                replies: Vec::with_capacity(depth),
+            });
         }
         Ok::<_, String>(v)
     })?;
-    let m = load::run_async(rt, w, targets, 1, t.secs, t.warmup, t.wait_idle, run)?;
+    let m = load::run_async(rt, w, targets, depth, t.secs, t.warmup, t.wait_idle, run)?;
     let available = rt.block_on(read_available(url, w.skus()))?;
     Ok(m.into_run(&available))
 }
@@ -208,5 +233,11 @@ mod tests {
         };
         assert_eq!(record(&op), "2:1,9:3");
         assert!(SCRIPT.contains("DECRBY") && SCRIPT.contains("'EX', 900"));
+        assert_eq!(
+            socket_addr("redis://127.0.0.1:6390/"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 6390)))
+        );
+        assert!(socket_addr("redis+unix:///tmp/redis.sock").is_err());
+        assert!(socket_addr("not a url").is_err());
     }
 }
