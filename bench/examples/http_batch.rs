@@ -19,7 +19,8 @@
 //! sends N x 100 single `POST /v1/reservations` instead (the same reservations, one request
 //! each). Without valgrind, `run` prints reservations per second of one connection. Several
 //! `run`s at once need their own reservations (the same ones would be idempotent replays):
-//! `part=P` gives the `P`th hundred logical clients (default 0).
+//! `part=P` gives the `P`th hundred logical clients (default 0). `w2` sends W2's three-line
+//! carts instead of W1's reservations (the same tenant: W2's data is W1's).
 
 use depot_bench::http::{batch_body, batch_replies, setup, sku_names, HttpConn, SingleTarget};
 use depot_bench::load::{zipf_for, AsyncTarget, LogicalClient, Op, Reply, Wk};
@@ -30,7 +31,7 @@ use std::time::Instant;
 const PER_BATCH: usize = 100;
 
 fn usage() -> ! {
-    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES [single] [part=P]");
+    eprintln!("http_batch ADDR setup | http_batch ADDR run KEY BATCHES [single] [w2] [part=P]");
     std::process::exit(2)
 }
 
@@ -57,11 +58,16 @@ async fn main() {
             };
             let rest = &args[4.min(args.len())..];
             let single = rest.iter().any(|m| m == "single");
+            let w = if rest.iter().any(|m| m == "w2") {
+                Wk::W2
+            } else {
+                Wk::W1
+            };
             let part = match rest.iter().find_map(|m| m.strip_prefix("part=")) {
                 None => 0,
                 Some(p) => p.parse::<u64>().unwrap_or_else(|_| usage()),
             };
-            if let Err(e) = run(addr, key, batches, single, part).await {
+            if let Err(e) = run(addr, key, w, batches, single, part).await {
                 eprintln!("run: {e}");
                 std::process::exit(1)
             }
@@ -73,21 +79,22 @@ async fn main() {
 async fn run(
     addr: SocketAddr,
     key: &str,
+    w: Wk,
     batches: usize,
     single: bool,
     part: u64,
 ) -> Result<(), String> {
-    let names = sku_names(Wk::W1.skus());
-    let zipf = zipf_for(Wk::W1);
+    let names = sku_names(w.skus());
+    let zipf = zipf_for(w);
     let first = part * PER_BATCH as u64;
     let mut clients: Vec<LogicalClient> = (first..first + PER_BATCH as u64)
-        .map(|i| LogicalClient::new(Wk::W1, 7, i))
+        .map(|i| LogicalClient::new(w, 7, i))
         .collect();
     let ops: Vec<Vec<Op>> = (0..batches)
         .map(|_| {
             clients
                 .iter_mut()
-                .filter_map(|c| c.next_op(Wk::W1, &zipf))
+                .filter_map(|c| c.next_op(w, &zipf))
                 .collect()
         })
         .collect();
