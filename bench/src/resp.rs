@@ -20,7 +20,7 @@ pub struct Conn {
     out: Vec<u8>,
     /// Commands written into `out` and not yet answered.
     pending: usize,
-    /// Arguments announced by [`Conn::command`] and not yet added.
+    /// Arguments announced by [`Conn::command`] and not yet added (over the whole round).
     owed: usize,
     buf: Vec<u8>,
     /// Unread bytes: `buf[pos..filled]`.
@@ -29,7 +29,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects (TCP_NODELAY) to `host:port`.
+    /// Connects (TCP_NODELAY) to `addr`.
     pub async fn connect(addr: SocketAddr) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr)
             .await

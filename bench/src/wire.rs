@@ -82,9 +82,13 @@ impl Conn {
         if self.closed {
             return Err("the server closed the connection".into());
         }
-        let line_break = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == b' ');
-        if line_break(method) || line_break(path) || idem.is_some_and(line_break) {
+        let splits_line = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n' || b == b' ');
+        if splits_line(method) || splits_line(path) || idem.is_some_and(splits_line) {
             return Err("a method, path or key with a space or line break".into());
+        }
+        // The answer to HEAD has a length and no body: this reader would wait for the body.
+        if method.eq_ignore_ascii_case("HEAD") {
+            return Err("HEAD is not supported by this client".into());
         }
         self.out.clear();
         self.out.extend_from_slice(method.as_bytes());
@@ -148,10 +152,9 @@ impl Conn {
     }
 
     /// Reads one answer: (status, its body's range in `buf`, or `true` when chunked and
-    /// decoded into `chunked`). Consumed bytes are dropped from the front of `buf` at the
-    /// next read.
+    /// decoded into `chunked`). The buffer starts empty for every answer: with one request in
+    /// flight, a byte after an answer is the server's error.
     async fn read_answer(&mut self) -> Result<(u16, std::ops::Range<usize>, bool), String> {
-        // The previous answer was consumed whole (one request in flight), so nothing is kept.
         self.filled = 0;
         let (status, head_len, framing, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -398,6 +401,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("line break"), "{e}");
+        let e = c.request("HEAD", "/", None, b"").await.unwrap_err();
+        assert!(e.contains("HEAD"), "{e}");
         assert!(Conn::connect(addr, "a\nb").await.is_err());
         drop(c);
         h.await.unwrap();
