@@ -254,8 +254,9 @@ fn sync_loop(mut writer: WalWriter, shared: &Shared) {
         for thread in woken.into_values().flatten() {
             thread.unpark();
         }
-        drop(batch);
         complete(done, &outcome);
+        // Freed after the answers: they wait for nothing the entries hold.
+        drop(batch);
     }
 }
 
