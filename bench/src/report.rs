@@ -269,6 +269,22 @@ pub fn goals(cells: &[Cell], goals: &[Goal]) -> String {
     s
 }
 
+/// One line per cell measured for a "best of" row (batch sizes, client or connection counts),
+/// in the order measured: what each count gave, so that a reader sees more than the best (a
+/// larger count often buys throughput with latency).
+pub fn tried_line(c: &Cell) -> String {
+    format!(
+        "- {} {}, {}: {} ops/s, p50 {} us, p99 {} us{}\n",
+        c.w.name(),
+        c.system,
+        c.shape,
+        thousands(c.ops()),
+        thousands(c.med(|r| r.fig.p50_us as f64)),
+        thousands(c.med(|r| r.fig.p99_us as f64)),
+        if c.pass() { "" } else { " (check FAILED)" }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +356,22 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_tried_line_gives_the_median_figures_and_a_failed_check() {
+        let c = cell(
+            "depot-http-batch",
+            Wk::W1,
+            &[500_000.0, 700_000.0, 600_000.0],
+        );
+        assert_eq!(
+            tried_line(&c),
+            "- W1 depot-http-batch, 1x1: 600,000 ops/s, p50 100 us, p99 900 us\n"
+        );
+        let mut bad = c.clone();
+        bad.runs[1].check.pass = false;
+        assert!(tried_line(&bad).ends_with("(check FAILED)\n"));
     }
 
     #[test]

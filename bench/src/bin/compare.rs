@@ -8,8 +8,9 @@
 //!   per shard (the best of `--inproc-batch` logical clients each, 1,024 and 2,048 by default; W3: 32),
 //!   and `Engine::execute_one` from 64 threads (W3: also 16);
 //! - depot over HTTP (`depot serve --sync always`): single requests at 64x1 (W3: also 16x1), and
-//!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4, 8 and 16
-//!   by default; W3: 2 connections of 32 each);
+//!   `/v1/batch` of 100 reservations on the best of `--batch-conns` connections (2, 4, 8, 16, 32
+//!   and 64 by default, 64 as the single requests; W3: 2 connections of 32 each), each count's
+//!   figures listed under the goals;
 //! - Redis 7 with the Lua script (`bench/peers/reserve.lua`), `appendfsync always` and
 //!   `everysec`, at 16 connections x 16 pipelined (W3: 256 clients) and 64x1 (W3: also 16x1);
 //! - PostgreSQL, one transaction per reservation, `synchronous_commit` on, the best of
@@ -29,7 +30,7 @@
 //! Usage: `compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3]
 //! [--redis-always redis://127.0.0.1:6390/] [--redis-everysec redis://127.0.0.1:6391/]
 //! [--pg 'host=127.0.0.1 port=5439 user=postgres dbname=postgres'] [--pg-clients 8,16,32]
-//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
+//! [--inproc-batch 1024,2048] [--batch-conns 2,4,8,16,32,64] [--only depot,redis,pg,floor] [--out bench/results/compare.md] [--data-dir /var/tmp/depot-bench]
 //! [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] [--wait-idle 60]
 //! [--max-steal 10]`
 //!
@@ -54,9 +55,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Runs repeated for host steal so far (see the module docs).
 static REPEATED: AtomicU32 = AtomicU32::new(0);
 
+/// What each count of a "best of" row gave ([`report::tried_line`]), in the order measured.
+static TRIED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 const USAGE: &str = "compare [--seconds 5] [--warmup 1] [--runs 1] [--workloads w1,w2,w3] \
 [--redis-always URL] [--redis-everysec URL] [--pg CONNINFO] [--pg-clients 8,16,32] \
-[--inproc-batch 1024,2048] [--batch-conns 2,4,8,16] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
+[--inproc-batch 1024,2048] [--batch-conns 2,4,8,16,32,64] [--only depot,redis,pg,floor] [--out bench/results/compare.md] \
 [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--pretouch-mib 4096] [--client-threads 1] [--shards 2] \
 [--wait-idle 60] [--max-steal 10]";
 
@@ -99,7 +103,7 @@ fn opts() -> Result<Opts, String> {
         pg: "host=127.0.0.1 port=5439 user=postgres dbname=postgres".into(),
         pg_clients: vec![8, 16, 32],
         inproc_batch: vec![1_024, 2_048],
-        batch_conns: vec![2, 4, 8, 16],
+        batch_conns: vec![2, 4, 8, 16, 32, 64],
         only: vec!["depot".into(), "redis".into(), "pg".into(), "floor".into()],
         out: PathBuf::from("bench/results/compare.md"),
         client_threads: 1,
@@ -507,6 +511,11 @@ fn main() {
     md.push_str(&table);
     md.push_str("\n## Goals\n\n");
     md.push_str(&goal_lines);
+    let tried = TRIED.lock().map(|t| t.concat()).unwrap_or_default();
+    if !tried.is_empty() {
+        md.push_str("\n## Every count tried\n\nThe rows above marked \"best of\" keep the count that gave the most operations per second; each count gave:\n\n");
+        md.push_str(&tried);
+    }
     println!("\n{table}\n{goal_lines}");
     if let Some(dir) = o.out.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -587,6 +596,11 @@ fn each(tried: &[usize], mut measure: impl FnMut(usize) -> Cell) -> Vec<Cell> {
         .iter()
         .map(|&n| {
             let cl = measure(n);
+            if tried.len() > 1 {
+                if let Ok(mut t) = TRIED.lock() {
+                    t.push(report::tried_line(&cl));
+                }
+            }
             eprintln!(
                 "  {} {}, {}: {} ops/s",
                 cl.w.name(),

@@ -23,7 +23,7 @@
 //! (warm-up included), in thousands per second: where a run dipped (a background snapshot, a
 //! table's growth) and for how long.
 //!
-//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] [--batch-size 100]
+//! Usage: `http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8,16,32,64] [--batch-size 100]
 //! [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] [--sync always]
 //! [--data-dir /var/tmp/depot-bench] [--depot-bin target/release/depot] [--pretouch-mib 4096]
 //! [--wait-idle 120] [--floor] [--timeline]`
@@ -39,7 +39,7 @@ use depot_bench::load::Wk;
 use depot_bench::report::{median, thousands, Run};
 use std::path::PathBuf;
 
-const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8] \
+const USAGE: &str = "http_load [--workload w1|w2] [--conns 16,64] [--batch-conns 2,4,8,16,32,64] \
 [--batch-size 100] [--secs 10] [--warmup 1] [--runs 2] [--client-threads 1] [--shards N] \
 [--sync always] [--data-dir /var/tmp/depot-bench] [--depot-bin PATH] [--pretouch-mib 4096] \
 [--wait-idle 120] [--floor] [--timeline]";
@@ -75,7 +75,7 @@ fn opts() -> Result<Opts, String> {
     let mut o = Opts {
         w: Wk::W1,
         conns: vec![16, 64],
-        batch_conns: vec![2, 4, 8],
+        batch_conns: vec![2, 4, 8, 16, 32, 64],
         batch_size: 100,
         timing: Timing {
             secs: 10.0,
