@@ -596,11 +596,6 @@ fn each(tried: &[usize], mut measure: impl FnMut(usize) -> Cell) -> Vec<Cell> {
         .iter()
         .map(|&n| {
             let cl = measure(n);
-            if tried.len() > 1 {
-                if let Ok(mut t) = TRIED.lock() {
-                    t.push(report::tried_line(&cl));
-                }
-            }
             eprintln!(
                 "  {} {}, {}: {} ops/s",
                 cl.w.name(),
@@ -616,6 +611,11 @@ fn each(tried: &[usize], mut measure: impl FnMut(usize) -> Cell) -> Vec<Cell> {
 /// The cell with the most operations per second of those measured for each of `tried` (batch
 /// sizes, client counts); its shape names what was tried when that was more than one.
 fn best_of(measured: Vec<Cell>, tried: &[usize]) -> Option<Cell> {
+    if tried.len() > 1 {
+        if let Ok(mut t) = TRIED.lock() {
+            t.extend(measured.iter().map(report::tried_line));
+        }
+    }
     let mut best = measured
         .into_iter()
         .reduce(|b, c| if c.ops() > b.ops() { c } else { b })?;
