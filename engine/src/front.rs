@@ -251,6 +251,12 @@ impl Front {
         std::hint::black_box(self.idempotency.warm(keys));
     }
 
+    /// Tidies the idempotency tables a little ([`IdemStore::tidy`]); true while there is more
+    /// to do. Changes nothing any request can see.
+    pub fn tidy(&mut self, budget: usize) -> bool {
+        self.idempotency.tidy(budget)
+    }
+
     /// Admits a request at time `now`. With `forced_seq` (log replay) the request is
     /// sequenced with that number.
     pub fn admit(&mut self, req: &Request, now: TimeMs, forced_seq: Option<Seq>) -> Admission {

@@ -17,8 +17,9 @@
 //! - The tables are behind `Arc`: the copy a snapshot takes ([`IdemStore::image_copy`]) copies
 //!   256 pointers. While a copy shares them, writes do not touch them: each change goes to a
 //!   small table of changes of its part (the part's *delta*, `None` for a removed key) that
-//!   lookups read first; once no copy shares the table, each change of the part moves a few
-//!   of them ([`DRAIN`]) into it, until none are left. Copying each table on its first write
+//!   lookups read first; once no copy shares the table, a writer with nothing else to do
+//!   moves them into it a few dozen at a time ([`IdemStore::tidy`]), and each change of the
+//!   part moves a few ([`DRAIN`]), until none are left. Copying each table on its first write
 //!   instead (copy on write) copied them all within milliseconds of every snapshot, on the
 //!   front's thread: with a million keys, about 90 MB and a fresh page fault every 4 KiB while
 //!   writes waited, and a quarter of a snapshot's cost. The deltas cost what was written
@@ -28,6 +29,9 @@
 //!   A part's whole delta applied by its first change did the same in 256 pieces, but those
 //!   first changes come within a few milliseconds of each other under load: a snapshot's end
 //!   still stopped the writes for 100 to 200 ms (`http_load --timeline`, keyed batches).
+//!   Sixteen moved by each change spread that over more writes, but kept the writer busy
+//!   with them for a few hundred milliseconds while the other threads waited for it; moved
+//!   in its idle moments, a part after another, they cost the writes next to nothing.
 //!
 //! Expiry walks a queue in insertion order (time never goes back for sequenced writes), so it
 //! never scans the table.
@@ -46,8 +50,9 @@ pub const PARTS: usize = 256;
 
 /// Changes a part moves from its delta into its table at each of its changes once no copy
 /// shares it (see [`Part::before_change`]): more than the one change a write adds, so the
-/// delta empties after about its length over `DRAIN - 1` changes of the part.
-const DRAIN: usize = 16;
+/// delta empties after about its length over `DRAIN - 1` changes of the part even when the
+/// writer is never idle ([`IdemStore::tidy`] moves most of them otherwise).
+const DRAIN: usize = 4;
 
 /// A remembered idempotency key.
 #[derive(Clone, Debug, PartialEq)]
@@ -261,20 +266,29 @@ impl Part {
     }
 
     /// Moves up to [`DRAIN`] changes into the table (no copy shares either); forgets the delta
-    /// once it is empty. A key's change replaces its entry in the table (or removes it): the
-    /// delta is the newer of the two.
+    /// once it is empty.
     fn drain_some(&mut self) {
+        self.drain(DRAIN);
+    }
+
+    /// Moves up to `most` changes into the table (no copy shares either) and returns how many
+    /// it moved; forgets the delta once it is empty. A key's change replaces its entry in the
+    /// table (or removes it): the delta is the newer of the two.
+    fn drain(&mut self, most: usize) -> usize {
         let Some(delta) = &mut self.delta else {
-            return;
+            return 0;
         };
         let delta = Arc::make_mut(delta);
         let table = Arc::make_mut(&mut self.table);
-        for c in delta.extract_if(|_| true).take(DRAIN) {
+        let mut moved = 0;
+        for c in delta.extract_if(|_| true).take(most) {
             set_slot(table, c.hash, c.key, c.entry);
+            moved += 1;
         }
         if delta.is_empty() {
             self.delta = None;
         }
+        moved
     }
 
     /// The entry of `key` (of hash `h`): the delta's first, then the table's.
@@ -305,6 +319,11 @@ pub struct IdemStore {
     /// a doubling `VecDeque` copied them all at once on the front's thread.
     order: ChunkDeque<(TimeMs, IdemKey)>,
     len: usize,
+    /// Where [`IdemStore::tidy`] looks for a delta first.
+    tidy_at: usize,
+    /// False only when no part has a delta (set when one starts, cleared by
+    /// [`IdemStore::tidy`] when it finds none): a writer with nothing to tidy asks cheaply.
+    deltas: bool,
 }
 
 impl Default for IdemStore {
@@ -314,6 +333,8 @@ impl Default for IdemStore {
             parts: (0..PARTS).map(|_| Part::default()).collect(),
             order: ChunkDeque::default(),
             len: 0,
+            tidy_at: 0,
+            deltas: false,
         }
     }
 }
@@ -391,7 +412,45 @@ impl IdemStore {
     fn part_mut(&mut self, h: u64) -> &mut Part {
         let part = &mut self.parts[part(h)];
         part.before_change();
+        self.deltas |= part.delta.is_some();
         part
+    }
+
+    /// Moves up to `budget` of the changes kept aside during a snapshot into their tables, in
+    /// parts no copy shares any more, and tells whether any are left that could move now
+    /// (false for a `budget` of 0, which moves nothing).
+    ///
+    /// For a writer with nothing else to do: each change of a part also moves a few
+    /// ([`DRAIN`]), but right after a snapshot of millions of keys nearly every write pays for
+    /// them (an insert into a large table, a cache miss or two each), and under keyed load the
+    /// writer ran flat out for a few hundred milliseconds while the other threads, waiting for
+    /// it, left a core idle. Moved in the writer's idle moments instead, in steps of `budget`
+    /// so that a request arriving meanwhile waits for one step at most, they are mostly gone
+    /// before the writes get to them. What a key's entry is does not change: lookups read the
+    /// delta first either way.
+    pub fn tidy(&mut self, mut budget: usize) -> bool {
+        if !self.deltas || budget == 0 {
+            return false;
+        }
+        let mut shared = false;
+        for _ in 0..PARTS {
+            let part = &mut self.parts[self.tidy_at];
+            if part.delta.is_some() {
+                if part.shared() {
+                    shared = true;
+                } else {
+                    budget -= part.drain(budget);
+                    if part.delta.is_some() {
+                        // The budget is spent; the rest of this part next time.
+                        return true;
+                    }
+                }
+            }
+            self.tidy_at = (self.tidy_at + 1) % PARTS;
+        }
+        // A whole round: every delta left belongs to a part a copy still shares.
+        self.deltas = shared;
+        false
     }
 
     /// The entry of `k`, to change in place. The engine never changes an entry once inserted
@@ -522,6 +581,8 @@ impl IdemStore {
             parts: self.parts.clone(),
             order: ChunkDeque::default(),
             len: self.len,
+            tidy_at: 0,
+            deltas: self.deltas,
         }
     }
 
@@ -958,6 +1019,65 @@ mod tests {
             assert!(store.parts[1..].iter().all(|p| p.delta.is_none()));
         }
         assert!(changes >= 400 / DRAIN, "{changes} changes emptied 400");
+        assert_eq!(store.len(), model.len());
+        assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A writer with nothing to do moves the changes kept apart into their tables, `budget`
+    /// at a time, only in parts no copy shares; lookups read the same all along, and once
+    /// nothing is left it says so without looking again.
+    #[test]
+    fn tidy_moves_kept_changes_a_budget_at_a_time_once_no_copy_shares_them() {
+        let mut store = IdemStore::default();
+        let mut model: BTreeMap<(u32, String), IdemEntry> = BTreeMap::new();
+        let mut put = |store: &mut IdemStore, key: String, at: TimeMs, n: u8| {
+            store.insert(IdemKey::new(1, &key), entry(at, n));
+            model.insert((1, key), entry(at, n));
+        };
+        for i in 0..2_000u64 {
+            put(&mut store, format!("k{i}"), i, 1);
+        }
+        assert!(!store.tidy(64), "nothing kept apart: nothing to tidy");
+        let copy = store.image_copy();
+        // While shared: new keys and new entries of old ones, all kept apart.
+        for i in 0..3_000u64 {
+            put(&mut store, format!("k{}", i * 7 % 5_000), 5_000 + i, 2);
+        }
+        let kept = |s: &IdemStore| -> usize {
+            s.parts
+                .iter()
+                .map(|p| p.delta.as_ref().map_or(0, |d| d.len()))
+                .sum()
+        };
+        let total = kept(&store);
+        assert!(total > 2_000, "{total} changes kept apart");
+        // The copy still shares every table: nothing moves.
+        assert!(!store.tidy(64));
+        assert_eq!(kept(&store), total);
+        assert_eq!(listing(&copy).len(), 2_000);
+        drop(copy);
+        assert!(!store.tidy(0), "a budget of nothing moves nothing");
+        assert_eq!(kept(&store), total);
+        let mut steps = 0;
+        loop {
+            let before = kept(&store);
+            let more = store.tidy(64);
+            let after = kept(&store);
+            assert_eq!(before - after, before.min(64), "a step moves its budget");
+            assert_eq!(more, after > 0, "{after} left");
+            for i in (0..5_000u64).step_by(97) {
+                let key = format!("k{i}");
+                assert_eq!(store.get(1, &key), model.get(&(1, key.clone())), "{key}");
+            }
+            steps += 1;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(steps, total.div_ceil(64));
+        assert_eq!(store.pending_parts(), 0);
+        assert!(!store.deltas, "nothing left, and it knows");
+        assert!(!store.tidy(64));
         assert_eq!(store.len(), model.len());
         assert_eq!(listing(&store), model.into_iter().collect::<Vec<_>>());
     }

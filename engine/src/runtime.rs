@@ -1065,6 +1065,15 @@ impl Engine {
         }
     }
 
+    /// Work that keeps the state fast and changes nothing it holds, in a step of about
+    /// `budget` items, for a writer with no requests waiting ([`Front::tidy`]); true while
+    /// there is more. Returns at once, false, when the front is busy.
+    pub fn tidy(&self, budget: usize) -> bool {
+        self.inner
+            .try_lock_front()
+            .is_some_and(|mut side| side.front.tidy(budget))
+    }
+
     /// Waits until every queued job has run, then calls `f` with the front and all shards.
     /// New requests wait meanwhile. Used for digests and snapshots.
     pub fn inspect<R>(&self, f: impl FnOnce(&Front, &[&ShardState]) -> R) -> R {
@@ -1353,6 +1362,16 @@ impl Inner {
             inner: self,
             side: Some(side),
         }
+    }
+
+    /// [`Inner::lock_front`] if no one holds it.
+    fn try_lock_front(&self) -> Option<FrontGuard<'_>> {
+        let mut side = self.front.try_lock().ok()?;
+        self.take_handoffs(&mut side);
+        Some(FrontGuard {
+            inner: self,
+            side: Some(side),
+        })
     }
 
     /// Applies the hand-offs left so far; the caller holds the front lock.

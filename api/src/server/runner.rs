@@ -18,7 +18,7 @@
 //! threads and never wait behind a sync.
 
 use crate::events::EventLog;
-use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam::channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use depot_engine::{Command, Engine, Event, Outcome, Reply, Request, Response, TenantId};
 use depot_wal::WalJournal;
 use std::borrow::Cow;
@@ -156,7 +156,7 @@ impl Runner {
                     // The largest seq a batch so far waited for: every later batch waits for
                     // it too, so batches are answered in order.
                     let mut after = None;
-                    drain(&writes_rx, &e, &t[0], |ran, works, lens| {
+                    drain(&writes_rx, &e, &t[0], true, |ran, works, lens| {
                         after = after.max(ran.waits_for());
                         unanswered.add(ACK_QUEUE);
                         let (events, counted) = (events.clone(), Answering(unanswered.clone()));
@@ -177,7 +177,7 @@ impl Runner {
                     .name(format!("depot-api-reads-{i}"))
                     // Reads write nothing: their answers are final at once (and have no events).
                     .spawn(move || {
-                        drain(&rx, &e, &t[1], |ran, works, lens| {
+                        drain(&rx, &e, &t[1], false, |ran, works, lens| {
                             reply(works, lens, e.acknowledge(ran));
                         });
                     })
@@ -280,16 +280,33 @@ impl Runner {
     }
 }
 
+/// Items one step of [`Engine::tidy`] moves on the writer's idle moments: a few microseconds,
+/// the most a request arriving meanwhile waits for it.
+const TIDY_STEP: usize = 32;
+
 /// Takes whatever is queued (up to [`ENGINE_BATCH_MAX`] requests) as one batch, executes it and
-/// hands it to `then`, until a stop message.
+/// hands it to `then`, until a stop message. With `tidy`, tidies the engine
+/// ([`Engine::tidy`]) while nothing is queued.
 fn drain(
     rx: &Receiver<Msg>,
     engine: &Engine,
     taken: &AtomicU64,
+    tidy: bool,
     mut then: impl FnMut(depot_engine::Unacked, Vec<Work>, Vec<usize>),
 ) {
     loop {
-        let first = match rx.recv() {
+        let next = match rx.try_recv() {
+            Err(TryRecvError::Empty) => {
+                // Nothing waiting: the writer tidies the state a step at a time while it can
+                // ([`Engine::tidy`]), looking for requests between steps, then sleeps.
+                if tidy && engine.tidy(TIDY_STEP) {
+                    continue;
+                }
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            }
+            other => other,
+        };
+        let first = match next {
             Ok(Msg::Work(w)) => w,
             Ok(Msg::Stop) | Err(_) => return,
         };
