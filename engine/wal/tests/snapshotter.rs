@@ -119,6 +119,60 @@ fn a_snapshot_on_request_recovers_to_the_live_state() {
     );
 }
 
+/// Keyed writes made while a snapshot's copy shares the idempotency tables are kept apart;
+/// once the copy is gone, `Engine::tidy` (the API's writer, when idle) moves them into the
+/// tables a step at a time, and nothing the state shows changes: the digest, the answers a
+/// repeat gets, what recovery finds.
+#[test]
+fn tidying_after_a_snapshot_changes_nothing_the_state_shows() {
+    let mem = MemDir::new();
+    let (engine, journal) = start(mem.clone());
+    setup(&engine);
+    let keyed = |i: u64| {
+        let mut r = reserve(i);
+        r.idempotency_key = Some(format!("order-{i}"));
+        r
+    };
+    let mut answers = Vec::new();
+    for i in 0..200 {
+        answers.push(engine.execute_one(keyed(i), 10_000 + i * 100).0);
+    }
+    assert!(!engine.tidy(32), "nothing kept apart: nothing to tidy");
+    let copy = depot_wal::capture_state(&engine);
+    for i in 200..1_200 {
+        answers.push(engine.execute_one(keyed(i), 10_000 + i * 100).0);
+    }
+    assert!(answers.iter().all(|a| a.outcome.is_ok() && !a.replayed));
+    assert!(!engine.tidy(32), "the copy still shares every table");
+    let before = engine.digest();
+    drop(copy);
+    let mut steps = 0;
+    while engine.tidy(32) {
+        steps += 1;
+        assert!(steps <= 1_000 / 32 + 1, "a thousand changes, 32 a step");
+        assert_eq!(engine.digest(), before);
+    }
+    assert!(
+        steps >= 1_000 / 32 - 1,
+        "{steps} steps moved a thousand changes"
+    );
+    assert!(!engine.tidy(32));
+    assert_eq!(engine.digest(), before);
+    for i in (0..1_200).step_by(7) {
+        let (again, _) = engine.execute_one(keyed(i), 200_000);
+        assert!(again.replayed, "{again:?}");
+        assert_eq!(again.outcome, answers[i as usize].outcome, "order-{i}");
+    }
+    assert_eq!(engine.digest(), before);
+    drop(engine);
+    drop(journal);
+    mem.crash();
+    assert_eq!(
+        recover(&mem, Limits::default(), 2).unwrap().0.digest(),
+        before
+    );
+}
+
 #[test]
 fn a_write_count_triggers_snapshots_while_writes_go_on() {
     let mem = MemDir::new();
