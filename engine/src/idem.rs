@@ -260,15 +260,11 @@ impl Part {
     fn before_change(&mut self) {
         match &self.delta {
             None if self.shared() => self.delta = Some(Arc::default()),
-            Some(_) if !self.shared() => self.drain_some(),
+            Some(_) if !self.shared() => {
+                self.drain(DRAIN);
+            }
             _ => {}
         }
-    }
-
-    /// Moves up to [`DRAIN`] changes into the table (no copy shares either); forgets the delta
-    /// once it is empty.
-    fn drain_some(&mut self) {
-        self.drain(DRAIN);
     }
 
     /// Moves up to `most` changes into the table (no copy shares either) and returns how many

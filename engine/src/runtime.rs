@@ -1353,25 +1353,25 @@ fn settle(answers: Vec<Answer>, durable: Result<(), JournalError>) -> Vec<Answer
 
 impl Inner {
     fn lock_front(&self) -> FrontGuard<'_> {
-        let mut side = self
-            .front
-            .lock()
-            .expect("front lock: a panic elsewhere poisoned it");
+        self.hold_front(
+            self.front
+                .lock()
+                .expect("front lock: a panic elsewhere poisoned it"),
+        )
+    }
+
+    /// [`Inner::lock_front`] if no one holds it.
+    fn try_lock_front(&self) -> Option<FrontGuard<'_>> {
+        self.front.try_lock().ok().map(|side| self.hold_front(side))
+    }
+
+    /// The front lock just taken, with the hand-offs left so far applied.
+    fn hold_front<'a>(&'a self, mut side: MutexGuard<'a, FrontSide>) -> FrontGuard<'a> {
         self.take_handoffs(&mut side);
         FrontGuard {
             inner: self,
             side: Some(side),
         }
-    }
-
-    /// [`Inner::lock_front`] if no one holds it.
-    fn try_lock_front(&self) -> Option<FrontGuard<'_>> {
-        let mut side = self.front.try_lock().ok()?;
-        self.take_handoffs(&mut side);
-        Some(FrontGuard {
-            inner: self,
-            side: Some(side),
-        })
     }
 
     /// Applies the hand-offs left so far; the caller holds the front lock.

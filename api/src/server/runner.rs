@@ -296,19 +296,14 @@ fn drain(
 ) {
     loop {
         let next = match rx.try_recv() {
-            Err(TryRecvError::Empty) => {
-                // Nothing waiting: the writer tidies the state a step at a time while it can
-                // ([`Engine::tidy`]), looking for requests between steps, then sleeps.
-                if tidy && engine.tidy(TIDY_STEP) {
-                    continue;
-                }
-                rx.recv().map_err(|_| TryRecvError::Disconnected)
-            }
-            other => other,
+            // Nothing waiting: the writer tidies the state a step at a time while it can
+            // ([`Engine::tidy`]), looking for requests between steps, then sleeps.
+            Err(TryRecvError::Empty) if tidy && engine.tidy(TIDY_STEP) => continue,
+            Err(TryRecvError::Empty) => rx.recv().ok(),
+            other => other.ok(),
         };
-        let first = match next {
-            Ok(Msg::Work(w)) => w,
-            Ok(Msg::Stop) | Err(_) => return,
+        let Some(Msg::Work(first)) = next else {
+            return;
         };
         let mut total = first.requests.len();
         let mut works = vec![first];
